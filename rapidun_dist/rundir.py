@@ -1,0 +1,145 @@
+"""The run directory: the contract between stages (DESIGN section 3).
+
+`manifest.json` records, per stage: status, start/end time, wall seconds, a fingerprint of the
+config sections and upstream stages it depends on, output hashes, versions and world size. A stage
+whose record is `done`, whose fingerprint matches and whose outputs still hash the same is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapidun_dist.io import file_sha256, read_json, write_json
+
+STAGES = ("prepare", "implant", "influence", "weights", "unlearn", "evaluate")
+
+# Which config sections each stage's outputs depend on (upstream stages are chained in through
+# their fingerprints).
+STAGE_CONFIG = {
+    "prepare": ("data", "seed"),
+    "implant": ("model", "implant"),
+    "influence": ("influence",),
+    "weights": ("weights",),
+    "unlearn": ("unlearn", "methods"),
+    "evaluate": ("eval",),
+}
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "transformers", "peft", "deepspeed"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
+            pass
+    return out
+
+
+@dataclass
+class RunDir:
+    root: Path
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    # paths ----------------------------------------------------------------------------------------
+    def sub(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def influence(self) -> Path:
+        return self.root / "influence"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def unlearn(self) -> Path:
+        return self.root / "unlearn"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    # manifest -------------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return read_json(self.manifest_path)
+
+    def record(self, stage: str) -> dict | None:
+        return self.manifest()["stages"].get(stage)
+
+    def fingerprint(self, stage: str, cfg_dict: dict) -> str:
+        """Hash of the config sections `stage` depends on and of every upstream stage's fingerprint."""
+        h = hashlib.sha256()
+        for name in STAGES[: STAGES.index(stage) + 1]:
+            for key in STAGE_CONFIG[name]:
+                h.update(json.dumps({key: cfg_dict.get(key)}, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    def is_done(self, stage: str, fingerprint: str) -> bool:
+        rec = self.record(stage)
+        if not rec or rec.get("status") != "done" or rec.get("fingerprint") != fingerprint:
+            return False
+        for rel, digest in rec.get("outputs", {}).items():
+            p = self.root / rel
+            if not p.exists() or file_sha256(p) != digest:
+                return False
+        return True
+
+    def _update(self, stage: str, rec: dict) -> None:
+        man = self.manifest()
+        man["stages"][stage] = rec
+        write_json(self.manifest_path, man)
+
+    def start(self, stage: str, fingerprint: str, world_size: int = 1) -> dict:
+        rec = {"status": "running", "fingerprint": fingerprint, "start": time.time(), "world_size": world_size,
+               "versions": _versions()}
+        self._update(stage, rec)
+        rec["_t0"] = time.perf_counter()
+        return rec
+
+    def finish(self, stage: str, rec: dict, outputs: list[Path], extra: dict | None = None) -> dict:
+        rec = dict(rec)
+        t0 = rec.pop("_t0")
+        rec.update(status="done", end=time.time(), seconds=time.perf_counter() - t0)
+        rec["outputs"] = {str(p.relative_to(self.root)): file_sha256(p) for p in outputs if p.is_file()}
+        if extra:
+            rec.update(extra)
+        self._update(stage, rec)
+        return rec
+
+    def fail(self, stage: str, rec: dict, error: BaseException) -> None:
+        rec = dict(rec)
+        t0 = rec.pop("_t0", None)
+        rec.update(status="failed", end=time.time(), error=f"{type(error).__name__}: {error}")
+        if t0 is not None:
+            rec["seconds"] = time.perf_counter() - t0
+        self._update(stage, rec)
+
+    def stage_seconds(self, stage: str) -> float | None:
+        rec = self.record(stage)
+        return None if rec is None else rec.get("seconds")
