@@ -7,6 +7,7 @@ import os
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_backend(backend: str) -> None:
@@ -19,11 +20,14 @@ def triton_interpreting() -> bool:
 
 
 def use_triton(backend: str, tensor: torch.Tensor) -> bool:
-    """auto -> Triton on CUDA tensors, the reference otherwise. "triton" on CPU needs TRITON_INTERPRET=1."""
+    """auto -> Triton on CUDA fp32/bf16/fp16 tensors, the reference otherwise (CPU, float64).
+
+    "triton" on CPU needs TRITON_INTERPRET=1 (set before triton is imported).
+    """
     if backend == "torch":
         return False
     if backend == "auto":
-        return tensor.is_cuda
+        return tensor.is_cuda and tensor.dtype in TRITON_DTYPES
     if not tensor.is_cuda and not triton_interpreting():
         raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
     return True

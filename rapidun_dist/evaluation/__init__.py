@@ -1,0 +1,31 @@
+"""Evaluation: greedy generation, the backdoor judge, ASR / clean PPL / retrieval metrics, plots and the report.
+
+Names are imported lazily, so `judge`, `plots` and `report` work without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "generate": "generation",
+    "Judge": "judge",
+    "false_positive_rate": "judge",
+    "attack_success_rate": "metrics",
+    "clean_perplexity": "metrics",
+    "retrieval_metrics": "metrics",
+    "evaluate_model": "metrics",
+    "bar_chart": "plots",
+    "line_chart": "plots",
+    "histogram": "plots",
+    "scatter": "plots",
+    "write_report": "report",
+    "compute_speedups": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,98 @@
+"""Shared pieces of the kernel benchmarks: timing, hardware/version stamps, the CSV and the table.
+
+Each result row says how far a backend is from its floor: the bare GEMM of the same shape
+(`ratio_to_floor` = ms / gemm ms) and the bytes it must move at least (`gbps` = bytes / time).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+FIELDS = ["date", "hardware", "torch", "triton", "kernel", "shape", "dtype", "backend", "ms", "gbps", "tflops",
+          "ratio_to_floor"]
+DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"
+
+
+def import_triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "none"
+    return triton.__version__
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, repeat: int) -> float:
+    """Median wall time of fn in ms: triton.testing.do_bench on CUDA, perf_counter on CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=max(repeat * 10, 50)))
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def backends(device: torch.device) -> list[str]:
+    """The reference always; Triton only on CUDA (interpreter timings mean nothing)."""
+    return ["torch", "triton"] if device.type == "cuda" else ["torch"]
+
+
+def make_row(*, kernel: str, shape: str, dtype: torch.dtype, backend: str, ms: float, bytes_moved: float,
+             flops: float, floor_ms: float, device: torch.device) -> dict:
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "hardware": hardware(device),
+        "torch": torch.__version__, "triton": import_triton_version(), "kernel": kernel, "shape": shape,
+        "dtype": str(dtype).removeprefix("torch."), "backend": backend, "ms": f"{ms:.4f}",
+        "gbps": f"{bytes_moved / ms / 1e6:.2f}", "tflops": f"{flops / ms / 1e9:.4f}",
+        "ratio_to_floor": f"{ms / floor_ms:.2f}",
+    }
+
+
+def append_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["kernel", "shape", "dtype", "backend", "ms", "gbps", "tflops", "ratio_to_floor"]
+    widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def random_lengths(n_tokens: int, n_samples: int, gen: torch.Generator) -> list[int]:
+    """n_samples lengths summing to n_tokens, uneven (one sample may be empty)."""
+    cuts = torch.randint(0, n_tokens + 1, (n_samples - 1,), generator=gen).sort().values.tolist()
+    edges = [0, *cuts, n_tokens]
+    return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]

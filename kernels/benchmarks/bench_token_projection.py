@@ -1,0 +1,70 @@
+"""Benchmark fused_token_projection: reference vs Triton (CUDA only) vs the floor.
+
+The floor is the two bare projection GEMMs (X P_in^T and G P_out^T) of the same shape; the bytes
+row counts what any implementation must move: read X, G, P_in, P_out once, write [B, k_out, k_in].
+
+    python kernels/benchmarks/bench_token_projection.py --quick      # small shapes, appends results.csv
+    python kernels/benchmarks/bench_token_projection.py              # Llama-3-8B-like layer shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import DEFAULT_CSV, append_csv, backends, format_table, make_row, random_lengths, time_ms  # noqa: E402
+
+from rapidun_dist.kernels import fused_token_projection  # noqa: E402
+
+# (tokens, samples, d_in, d_out, k_in, k_out)
+FULL = [(4096, 16, 4096, 4096, 64, 64), (4096, 16, 4096, 14336, 128, 128), (4096, 16, 14336, 4096, 128, 128)]
+QUICK = [(1024, 8, 512, 1024, 32, 32), (1024, 8, 1024, 512, 64, 64)]
+TINY = [(64, 4, 48, 40, 16, 8)]
+
+
+def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: int) -> list[dict]:
+    n_tok, n_samples, d_in, d_out, k_in, k_out = shape
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.tensor([0, *random_lengths(n_tok, n_samples, gen)]).cumsum(0).to(device)
+    x = torch.randn(n_tok, d_in, generator=gen).to(device, dtype)
+    g = torch.randn(n_tok, d_out, generator=gen).to(device, dtype)
+    p_in = ((torch.randint(0, 2, (k_in, d_in), generator=gen) * 2 - 1) / k_in**0.5).to(device, dtype)
+    p_out = ((torch.randint(0, 2, (k_out, d_out), generator=gen) * 2 - 1) / k_out**0.5).to(device, dtype)
+    elt = x.element_size()
+    bytes_moved = elt * (n_tok * (d_in + d_out) + k_in * d_in + k_out * d_out) + 4 * n_samples * k_in * k_out
+    flops = 2 * n_tok * (d_in * k_in + d_out * k_out + k_in * k_out)
+    floor_ms = time_ms(lambda: (x @ p_in.T, g @ p_out.T), device, repeat=repeat)
+    label = f"N{n_tok}xB{n_samples} d{d_in}->{d_out} k{k_in}x{k_out}"
+    common = dict(kernel="token_projection", shape=label, dtype=dtype, bytes_moved=bytes_moved, flops=flops,
+                  floor_ms=floor_ms, device=device)
+    rows = [make_row(backend="gemm-floor", ms=floor_ms, **common)]
+    for backend in backends(device):
+        ms = time_ms(lambda b=backend: fused_token_projection(x, g, offsets, p_in, p_out, backend=b), device,
+                     repeat=repeat)
+        rows.append(make_row(backend=backend, ms=ms, **common))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (seconds)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    shapes = TINY if args.tiny else QUICK if args.quick else FULL
+    rows = [r for s in shapes for r in bench_shape(s, dtype, device, repeat=3 if args.quick or args.tiny else 10)]
+    append_csv(args.csv, rows)
+    print(format_table(rows))
+    print(f"appended {len(rows)} rows to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Evaluation metrics: attack success rate, clean perplexity, poison retrieval, and one call for a model.
+
+- ASR = (1/n) sum_i judge(text_i), over generations for triggered prompts.
+- Clean PPL = exp( sum_i sum_t NLL_it / sum_i T_i ): token-weighted mean negative log-likelihood of the
+  clean answers (plus EOS) given their prompts, next-token shifted (logits[:, :-1] predict labels[:, 1:]).
+- Poison retrieval, scores s (higher = more likely poisoned) and labels y in {0, 1}:
+  AUROC = (sum of average ranks of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg)   (Mann-Whitney U;
+  tied scores share their average rank, so a tied positive/negative pair counts 1/2);
+  AP = sum over distinct thresholds t (descending) of (positives scoring exactly t / n_pos) * precision(>= t),
+  i.e. the step-wise precision at each positive, where tied items enter together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rapidun_dist.config import EvalConfig
+from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, record_prompt
+from rapidun_dist.errors import DataError
+from rapidun_dist.evaluation.generation import generate, model_device
+from rapidun_dist.evaluation.judge import Judge, false_positive_rate
+from rapidun_dist.logging import Progress, get_logger
+
+N_EXAMPLES = 3  # generations kept per split in the evaluation result, for a reader to eyeball
+
+
+def attack_success_rate(judge: Judge, texts: Sequence[str]) -> float:
+    """Fraction of `texts` the judge calls attacked."""
+    if len(texts) == 0:
+        raise DataError("attack_success_rate: expected at least one generated text, found none")
+    return sum(judge.is_attacked(t) for t in texts) / len(texts)
+
+
+def _pad_id(tokenizer) -> int:
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None:
+            return tok_id
+    return 0  # padded positions are masked and carry no label; any id will do
+
+
+def _encode_clean(tokenizer, records: Sequence[dict], max_length: int) -> list[dict]:
+    examples = []
+    for i, rec in enumerate(records):
+        if not rec.get("response"):
+            raise DataError(f"clean_perplexity: record {rec.get('id', i)!r} has no clean 'response'")
+        examples.append(
+            encode_example(
+                tokenizer, record_prompt(tokenizer, rec, poisoned=False), rec["response"], max_length
+            )
+        )
+    return examples
+
+
+@torch.no_grad()
+def _batch_nll(model, batch: dict) -> tuple[float, int]:
+    """Summed next-token NLL over labelled tokens of one right-padded batch, and the token count."""
+    device = model_device(model)
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+    labels = batch["labels"].to(device)[:, 1:]
+    logits = logits[:, :-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # low-precision logits: take the softmax in fp32; fp32/fp64 stay as they are
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return float(nll), int((labels != IGNORE_INDEX).sum())
+
+
+def clean_perplexity(model, tokenizer, records: Sequence[dict], *, max_length: int, batch_size: int) -> float:
+    """exp(token-weighted mean NLL) of the clean answers of `records` given their (clean) prompts."""
+    if len(records) == 0:
+        raise DataError("clean_perplexity: expected at least one record, found none")
+    examples = _encode_clean(tokenizer, records, max_length)
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    progress = Progress(len(examples), "clean ppl", unit="sample") if len(examples) > batch_size else None
+    try:
+        for start in range(0, len(examples), batch_size):
+            nll, n_tok = _batch_nll(
+                model, pad_batch(examples[start : start + batch_size], _pad_id(tokenizer))
+            )
+            total_nll, total_tokens = total_nll + nll, total_tokens + n_tok
+            if progress is not None:
+                progress.update(min(batch_size, len(examples) - start))
+    finally:
+        model.train(was_training)
+    if total_tokens == 0:
+        raise DataError("clean_perplexity: no answer tokens survived truncation; raise max_length")
+    return math.exp(total_nll / total_tokens)
+
+
+def _check_scores(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    y = torch.as_tensor(labels).flatten().to(torch.float64)
+    if s.numel() != y.numel():
+        raise DataError(f"retrieval_metrics: {s.numel()} scores but {y.numel()} labels")
+    if not torch.isfinite(s).all():
+        raise DataError("retrieval_metrics: scores contain NaN or inf")
+    if not ((y == 0) | (y == 1)).all():
+        raise DataError("retrieval_metrics: labels must be 0/1 (or bool)")
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.numel():
+        raise DataError(f"retrieval_metrics: need both classes, found {n_pos} positives of {y.numel()}")
+    return s, y
+
+
+def retrieval_metrics(scores, labels) -> dict[str, float]:
+    """AUROC and average precision of `scores` (higher = positive) against 0/1 `labels`, ties handled."""
+    s, y = _check_scores(scores, labels)
+    uniq, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
+    group_rank = (
+        torch.cumsum(counts, 0).to(torch.float64) - (counts.to(torch.float64) - 1.0) / 2.0
+    )  # 1-based average rank
+    n_pos, n_neg = float(y.sum()), float(y.numel() - y.sum())
+    auroc = (float((group_rank[inverse] * y).sum()) - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+    pos_per_group = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, y).flip(0)
+    precision = torch.cumsum(pos_per_group, 0) / torch.cumsum(counts.flip(0).to(torch.float64), 0)
+    ap = float((pos_per_group * precision).sum()) / n_pos
+    return {"auroc": auroc, "ap": ap}
+
+
+def _judge_split(
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    judge: Judge,
+    cfg: EvalConfig,
+    max_length: int,
+    *,
+    poisoned: bool,
+) -> tuple[list[str], list[bool]]:
+    prompts = [record_prompt(tokenizer, r, poisoned=poisoned) for r in records]
+    texts = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        max_prompt_length=max_length,
+    )
+    return texts, [judge.is_attacked(t) for t in texts]
+
+
+def _check_triggered(split: str, records: Sequence[dict]) -> None:
+    for i, rec in enumerate(records):
+        if not rec.get("instruction_poisoned"):
+            raise DataError(
+                f"{split}: record {rec.get('id', i)!r} has no 'instruction_poisoned'; "
+                "triggered test splits need the poisoned instruction"
+            )
+
+
+def _by_family(records: Sequence[dict], attacked: Sequence[bool]) -> dict[str, float]:
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for rec, flag in zip(records, attacked, strict=True):
+        hits[str(rec.get("trigger_family") or "unknown")].append(flag)
+    return {fam: sum(v) / len(v) for fam, v in sorted(hits.items())}
+
+
+def _examples(
+    records: Sequence[dict], texts: Sequence[str], attacked: Sequence[bool], *, poisoned: bool
+) -> list[dict]:
+    key = "instruction_poisoned" if poisoned else "instruction"
+    return [
+        {"instruction": r.get(key, ""), "generation": t, "attacked": a}
+        for r, t, a in zip(records[:N_EXAMPLES], texts, attacked, strict=False)
+    ]
+
+
+def evaluate_model(
+    model, tokenizer, splits: dict[str, list[dict]], judge: Judge, cfg: EvalConfig, max_length: int
+) -> dict:
+    """ASR on `test_seen` / `test_ood` (poisoned instructions), clean PPL and judge FPR on `test_clean`.
+
+    A missing or empty split gives None for its numbers (shown as "-" in the report)."""
+    out: dict = {
+        "asr_seen": None,
+        "asr_ood": None,
+        "clean_ppl": None,
+        "judge_fpr": None,
+        "n_seen": 0,
+        "n_ood": 0,
+        "n_clean": 0,
+        "asr_by_family": {},
+        "examples": {},
+    }
+    for split, name in (("test_seen", "seen"), ("test_ood", "ood")):
+        records = splits.get(split) or []
+        if not records:
+            continue
+        _check_triggered(split, records)
+        texts, attacked = _judge_split(model, tokenizer, records, judge, cfg, max_length, poisoned=True)
+        out[f"asr_{name}"], out[f"n_{name}"] = sum(attacked) / len(attacked), len(records)
+        out["asr_by_family"][name] = _by_family(records, attacked)
+        out["examples"][split] = _examples(records, texts, attacked, poisoned=True)
+    clean = splits.get("test_clean") or []
+    if clean:
+        texts, attacked = _judge_split(model, tokenizer, clean, judge, cfg, max_length, poisoned=False)
+        out["judge_fpr"], out["n_clean"] = false_positive_rate(judge, texts), len(clean)
+        out["examples"]["test_clean"] = _examples(clean, texts, attacked, poisoned=False)
+        out["clean_ppl"] = clean_perplexity(
+            model, tokenizer, clean, max_length=max_length, batch_size=cfg.batch_size
+        )
+    get_logger("rapidun.eval").info(
+        f"eval: asr_seen={out['asr_seen']} asr_ood={out['asr_ood']} clean_ppl={out['clean_ppl']} judge_fpr={out['judge_fpr']}"
+    )
+    return out

