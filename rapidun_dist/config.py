@@ -315,6 +315,11 @@ def _coerce(value, hint, path):
     target = base[0]
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if target is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if target is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if target is bool and isinstance(value, bool):

@@ -17,11 +17,23 @@ def _rank() -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (so redirection and test capture see the messages)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def get_logger(name: str = "rapidun") -> logging.Logger:
     global _CONFIGURED
     if not _CONFIGURED:
         root = logging.getLogger("rapidun")
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         rank = _rank()
         handler.setFormatter(logging.Formatter(f"[%(asctime)s rank{rank}] %(message)s", "%H:%M:%S"))
         root.addHandler(handler)

@@ -13,7 +13,8 @@ from rapidun_dist.data.prompt import IGNORE_INDEX
 
 def per_sample_nll(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token NLL, number of answer tokens) per sample, with the next-token shift."""
-    logits = logits_BTV[:, :-1].float()
+    logits = logits_BTV[:, :-1]
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # fp16/bf16 -> fp32; fp64 stays fp64
     labels = labels_BT[:, 1:]
     mask = labels != IGNORE_INDEX
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp_min(0).reshape(-1), reduction="none")

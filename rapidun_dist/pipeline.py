@@ -92,7 +92,11 @@ def stage_unlearn(cfg: RunConfig, rd: RunDir) -> list[Path]:
         if summary.exists() and read_json(summary).get("fingerprint") == rd.fingerprint("unlearn", cfg.to_dict()):
             log.info(f"unlearn[{method}]: done already, skipping")
         elif method in ("retrain", "retrain_oracle"):
-            run_retrain(cfg, rd, method, out)
+            from rapidun_dist.distributed import env as dist_env  # multi-rank launch: rank 0 retrains alone
+
+            if dist_env.rank() == 0:
+                run_retrain(cfg, rd, method, out)
+            dist_env.barrier()
         else:
             run_method(cfg, rd, method, out)
         outputs.append(summary)
@@ -149,7 +153,8 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
     summary = {"method": method, "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()), "steps": len(runner.metrics),
                "seconds": {"unlearn": seconds, "unlearn_train_only": runner.train_seconds},
                "final": runner.metrics[-1] if runner.metrics else {}}
-    write_json(out / "summary.json", summary)
+    if runner.info.rank == 0:  # multi-rank launch: rank 0 writes shared files
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -273,21 +278,31 @@ STAGE_FNS = {"prepare": stage_prepare, "implant": stage_implant, "influence": st
              "weights": stage_weights, "unlearn": stage_unlearn, "evaluate": stage_evaluate}
 
 
-def run_stage(cfg: RunConfig, rd: RunDir, stage: str, *, force: bool = False, world_size: int = 1) -> bool:
-    """Run one stage unless done; returns True when it ran."""
+def run_stage(cfg: RunConfig, rd: RunDir, stage: str, *, force: bool = False, world_size: int = 1,
+              rank: int = 0) -> bool:
+    """Run one stage unless done; returns True when it ran.
+
+    Under P > 1 ranks every rank calls this (the stage function is collective); rank 0 decides whether
+    to skip (broadcast, so a lagging shared file system cannot split the ranks) and alone writes the manifest.
+    """
+    from rapidun_dist.distributed.env import broadcast_object
+
     fp = rd.fingerprint(stage, cfg.to_dict())
-    if not force and rd.is_done(stage, fp):
+    skip = broadcast_object(not force and rank == 0 and rd.is_done(stage, fp), src=0)
+    if skip:
         log.info(f"[{stage}] complete and consistent with the config: skipped (use --force to redo)")
         return False
     log.info(f"[{stage}] starting")
-    rec = rd.start(stage, fp, world_size=world_size)
+    rec = rd.start(stage, fp, world_size=world_size) if rank == 0 else None
     try:
         outputs = STAGE_FNS[stage](cfg, rd)
     except BaseException as e:
-        rd.fail(stage, rec, e)
+        if rec is not None:
+            rd.fail(stage, rec, e)
         raise
-    rec = rd.finish(stage, rec, outputs)
-    log.info(f"[{stage}] done in {rec['seconds']:.1f}s")
+    if rec is not None:
+        rec = rd.finish(stage, rec, outputs)
+        log.info(f"[{stage}] done in {rec['seconds']:.1f}s")
     return True
 
 

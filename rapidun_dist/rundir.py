@@ -93,11 +93,15 @@ class RunDir:
         return self.manifest()["stages"].get(stage)
 
     def fingerprint(self, stage: str, cfg_dict: dict) -> str:
-        """Hash of the config sections `stage` depends on and of every upstream stage's fingerprint."""
+        """Hash of the config sections `stage` and its upstream stages depend on, and of the upstream stages'
+        recorded output hashes: redoing an upstream stage invalidates everything downstream."""
         h = hashlib.sha256()
+        stages = self.manifest()["stages"]
         for name in STAGES[: STAGES.index(stage) + 1]:
             for key in STAGE_CONFIG[name]:
                 h.update(json.dumps({key: cfg_dict.get(key)}, sort_keys=True, default=str).encode())
+            if name != stage and name in stages:
+                h.update(json.dumps(stages[name].get("outputs", {}), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
     def is_done(self, stage: str, fingerprint: str) -> bool:

@@ -84,7 +84,7 @@ def finetune(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_len
         sched.step()
         step += 1
         tokens += int(batch["attention_mask"].sum())
-        losses.append(float(loss))
-        progress.update(loss=float(loss))
+        losses.append(loss.item())
+        progress.update(loss=losses[-1])
     model.eval()
     return {"steps": step, "final_loss": sum(losses[-10:]) / len(losses[-10:]), "tokens": tokens, "losses": losses}

@@ -15,6 +15,8 @@ its shifted label (token t+1) is an answer token.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -38,8 +40,23 @@ def _unit(z: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, z / n.clamp_min(1e-30), torch.zeros_like(z))
 
 
+@contextmanager
+def _frozen_params(model: nn.Module):
+    """Parameters stop requiring grad for the duration: the backward then computes only the activation
+    gradients the hooks need (no weight gradients, nothing accumulated into `.grad`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class TokenwiseExtractor:
-    """Hooks + fused projection. `__call__(examples)` -> features [B, L * k_out * k_in] (float32, unit rows)."""
+    """Hooks + fused projection. `__call__(examples)` -> features [B, L * k_out * k_in] (unit rows; float32,
+    float64 when the model and the projections are float64)."""
 
     def __init__(self, model: nn.Module, cfg: InfluenceConfig, *, pad_id: int):
         self.model, self.cfg, self.pad_id = model, cfg, pad_id
@@ -62,7 +79,7 @@ class TokenwiseExtractor:
         offsets[1:] = counts.cumsum(0)
         handle = enable_input_grads(self.model)
         try:
-            with GradientCapture(self.layers) as cap:
+            with _frozen_params(self.model), GradientCapture(self.layers) as cap:
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 nll, _ = per_sample_nll(out.logits, batch["labels"])
                 nll.sum().backward()
@@ -76,7 +93,8 @@ class TokenwiseExtractor:
         g_TO = cap.grads[name][mask]
         p_in, p_out = self.proj[name]
         sums_BOI = fused_token_projection(x_TD, g_TO, offsets, p_in, p_out, backend=self.cfg.backend)
-        mean = sums_BOI.flatten(1).float() / counts.clamp_min(1).unsqueeze(1)
+        sums = sums_BOI.flatten(1)
+        mean = sums.to(torch.promote_types(sums.dtype, torch.float32)) / counts.clamp_min(1).unsqueeze(1)
         return _unit(mean)
 
 
@@ -116,8 +134,12 @@ class RapidGradExtractor:
                 p.requires_grad_(f)
         flat = torch.cat([_unit(g.flatten().float()) if g is not None else torch.zeros(p.numel(), device=dev)
                           for g, p in zip(grads, self.params)]).cpu()
-        sketch = torch.zeros(self.dim).index_add_(0, self.bucket, (flat * self.signs)[self.perm])
-        return _unit(sketch)
+        return _unit(self.sketch(flat))
+
+    def sketch(self, flat: torch.Tensor) -> torch.Tensor:
+        """OPORP: s[k] = sum_{j: j mod K = k} (sign * v)[perm[j]] (random signs, permutation, K bucket sums)."""
+        signed = flat * self.signs.to(flat.dtype)
+        return torch.zeros(self.dim, dtype=flat.dtype).index_add_(0, self.bucket, signed[self.perm])
 
 
 def make_extractor(model: nn.Module, cfg: InfluenceConfig, *, pad_id: int):

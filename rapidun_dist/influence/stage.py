@@ -7,6 +7,8 @@ computation on a single process, the tiled distributed computation otherwise. Ra
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -57,7 +59,17 @@ def extract_features(cfg: RunConfig, model, tokenizer, records: list[dict], stor
             parts.append(extractor(batch).detach().cpu())
             progress.update(len(batch))
         store.write_shard(i, shards[i], torch.cat(parts))
+        _test_kill_hook(rank, n_written=mine.index(i) + 1)
     return store
+
+
+def _test_kill_hook(rank: int, *, n_written: int) -> None:
+    """Test-only crash injection for the resume tests: RAPIDUN_TEST_KILL_AFTER_SHARDS="R:N" makes rank R
+    SIGKILL itself right after writing its N-th shard of this call. Unset (always, outside tests): no-op."""
+    spec = os.environ.get("RAPIDUN_TEST_KILL_AFTER_SHARDS")
+    if spec and tuple(int(x) for x in spec.split(":")) == (rank, n_written):
+        log.warning(f"RAPIDUN_TEST_KILL_AFTER_SHARDS={spec}: killing rank {rank} now")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:
@@ -101,12 +113,21 @@ def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: in
         feats, _ = load_features(rd.features)
         return dense_directional_scores(feats[:n_forget], feats[n_forget:], **kw)
     from rapidun_dist.distributed.blocks import distributed_directional_scores, gather_scores_to_rank0
+    from rapidun_dist.weights.scores import split_directional
 
-    rows = list(range(rank, n_total, world_size))
-    feats, _ = load_features(rd.features, rows)
-    local = distributed_directional_scores(feats, torch.tensor(rows), n_forget, n_total,
-                                           tile_size=cfg.influence.tile_size, **kw)
-    return gather_scores_to_rank0(local, torch.tensor(rows), n_forget, n_total)
+    lo, hi = rank * n_total // world_size, (rank + 1) * n_total // world_size  # contiguous: few shards to load
+    rows = torch.arange(lo, hi, dtype=torch.long)
+    feats, _ = load_features(rd.features, rows.tolist())
+    local = distributed_directional_scores(feats, rows, n_forget, n_total, tile_size=cfg.influence.tile_size, **kw)
+    log.info(f"blocks: {_comm_summary(local['stats'])}")
+    full = gather_scores_to_rank0(local, rows, n_total)
+    return None if full is None else split_directional(full["self_score"], full["cross_score"], n_forget)
+
+
+def _comm_summary(stats: dict) -> str:
+    ag = stats.get("all_gather", {})
+    return (f"{stats.get('rounds', 0)} tile rounds, {ag.get('calls', 0)} all_gathers, "
+            f"{ag.get('bytes_recv', 0) / 2**20:.1f} MiB received on this rank")
 
 
 def _score_rows(forget, retain, scores) -> list[dict]:

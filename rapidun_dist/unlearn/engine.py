@@ -4,12 +4,19 @@ Lifecycle: `UnlearnRunner(...).setup()` -> `.train()` -> `.save()` -> `.cleanup(
 Per global batch (fixed by the seed, see sampler.py), each sample i gets a loss l_i (losses.py) and a weight
 w_i (influence weights, uniform, or LoReUn's dynamic ones); the micro-batch loss is sum_i w_i l_i / |micro|
 and DeepSpeed's averaging over ranks and accumulation turns it into the global (1/|B|) sum_i w_i l_i.
+
+World-size invariance: the global batches, the LoRA initialisation (seeded before get_peft_model on every rank)
+and the loss normalisation do not depend on (world_size, grad_accum), so 1 rank x 2 accumulation steps and
+2 ranks x 1 step give the same updates up to float summation order. Two exceptions, by construction:
+lora_dropout > 0 (each rank draws its own dropout masks from its own RNG stream) and `loreun` (its dynamic
+weights are z-scored within a micro-batch). Set unlearn.lora_dropout=0 when comparing world sizes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +27,7 @@ import torch
 from rapidun_dist.config import RunConfig
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.errors import StageError
+from rapidun_dist.errors import ConfigError, StageError
 from rapidun_dist.io import read_jsonl
 from rapidun_dist.logging import Progress, get_logger
 from rapidun_dist.losses import per_sample_ce, unlearning_sample_losses, weighted_batch_loss
@@ -31,6 +38,9 @@ from rapidun_dist.unlearn.sampler import GlobalBatchSchedule, micro_batch
 
 log = get_logger("unlearn")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+# The adapter update dW = s * B @ A counts as "not moved" when a bound on its largest entry, s * r * max|B| * max|A|,
+# is below this: about fp32 resolution (1.2e-7) of a typical 1e-2 weight, so merging would change nothing.
+ADAPTER_MOVE_TOL = 1e-9
 
 
 @dataclass
@@ -57,12 +67,18 @@ def encode_packs(forget: list[dict], retain: list[dict], tokenizer, max_length: 
 
 
 def load_weight_file(path: Path, n: int) -> torch.Tensor:
+    """Per-sample weights {"index", "weight"} for the n rows of a pack; finite, >= 0, every index once."""
     rows = read_jsonl(path)
     if len(rows) != n:
         raise StageError(f"{path}: expected {n} weights (one per pack row), found {len(rows)}")
-    w = torch.ones(n)
-    for row in rows:
-        w[int(row["index"])] = float(row["weight"])
+    w = torch.full((n,), float("nan"))
+    for line, row in enumerate(rows, 1):
+        i, value = int(row["index"]), float(row["weight"])
+        if not 0 <= i < n or not math.isnan(float(w[i])):
+            raise StageError(f"{path}:{line}: index {i} out of range [0, {n}) or repeated")
+        if not math.isfinite(value) or value < 0:
+            raise StageError(f"{path}:{line}: expected a finite weight >= 0, found {value}")
+        w[i] = value
     return w
 
 
@@ -78,6 +94,24 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     ds["gradient_clipping"] = u.clip_grad
     ds["bf16"] = {"enabled": torch_dtype(cfg.model.dtype) == torch.bfloat16}
     return ds
+
+
+def check_method_config(cfg: RunConfig, method: MethodSpec) -> None:
+    """Combinations the engine cannot run, refused before any model is loaded."""
+    if method.fisher_gate and cfg.unlearn.zero_stage == 3:
+        raise ConfigError("method fisher with unlearn.zero_stage=3: the diagonal Fisher needs whole per-sample "
+                          "LoRA gradients, which ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 "
+                          "(the LoRA optimizer state is small, ZeRO-2 still shards it)")
+
+
+def single_process_rendezvous() -> None:
+    """deepspeed.initialize always builds a process group; without a launcher it would take MASTER_PORT 29500,
+    often taken on a shared machine. Give a lone process a free local port instead."""
+    if "RANK" in os.environ and "MASTER_PORT" in os.environ:
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(dist_env.free_port()))
 
 
 @dataclass
@@ -96,9 +130,12 @@ class UnlearnRunner:
         import deepspeed
         from peft import LoraConfig, get_peft_model
 
+        check_method_config(self.cfg, self.method)
         self.info = dist_env.init_distributed()
+        if self.info.world_size == 1:
+            single_process_rendezvous()
         u = self.cfg.unlearn
-        torch.manual_seed(u.seed)
+        torch.manual_seed(u.seed)  # same LoRA init on every rank and for every world size
         model, self.tokenizer = load_saved(self.model_dir, self.cfg.model)
         model.requires_grad_(False)
         if self.cfg.model.gradient_checkpointing:
@@ -141,20 +178,21 @@ class UnlearnRunner:
         return per_sample_ce(out.logits, batch["labels"])
 
     def micro_loss(self, items) -> tuple[torch.Tensor, dict]:
+        """Weighted loss of one micro-batch (global-batch normalised) and its detached CE sums for logging.
+        The clean answers of forget rows ride in the same forward as the main answers (one pass under ZeRO-3)."""
         u, spec, P = self.cfg.unlearn, self.method, self.packs
         is_f = torch.tensor([it.kind == "forget" for it in items], device=self.device)
         main = [P.forget_poisoned[it.index] if it.kind == "forget" else P.retain[it.index] for it in items]
-        ce_main = self._forward_ce(main)
-        ce_clean, has_clean = None, None
-        f_items = [it for it in items if it.kind == "forget"]
-        if spec.clean_descent and u.beta_d > 0 and f_items:
-            pairs = [(i, P.forget_clean[it.index]) for i, it in enumerate(items) if it.kind == "forget"]
-            with_clean = [(i, ex) for i, ex in pairs if ex is not None]
-            ce_clean = torch.zeros_like(ce_main)
-            has_clean = torch.zeros_like(is_f)
-            if with_clean:
-                ce_clean[[i for i, _ in with_clean]] = self._forward_ce([ex for _, ex in with_clean])
-                has_clean[[i for i, _ in with_clean]] = True
+        with_clean = []
+        if spec.clean_descent and u.beta_d > 0:
+            with_clean = [(i, P.forget_clean[it.index]) for i, it in enumerate(items)
+                          if it.kind == "forget" and P.forget_clean[it.index] is not None]
+        ce_all = self._forward_ce(main + [ex for _, ex in with_clean])
+        ce_main, ce_clean, has_clean = ce_all[:len(main)], None, None
+        if spec.clean_descent and u.beta_d > 0 and bool(is_f.any()):
+            rows = torch.tensor([i for i, _ in with_clean], dtype=torch.long, device=self.device)
+            ce_clean = torch.zeros_like(ce_main).index_put((rows,), ce_all[len(main):])
+            has_clean = torch.zeros_like(is_f).index_put((rows,), torch.ones_like(rows, dtype=torch.bool))
         ref_ce = self._reference_ce(main) if spec.ascent == "npo" else None
         losses = unlearning_sample_losses(
             ce_main=ce_main, ce_clean=ce_clean, has_clean=has_clean, is_forget=is_f, alpha_a=u.alpha_a, beta_d=u.beta_d,
@@ -164,7 +202,7 @@ class UnlearnRunner:
         parts = {"forget_ce": ce_main[is_f].detach().sum(), "n_forget": is_f.sum(),
                  "retain_ce": ce_main[~is_f].detach().sum(), "n_retain": (~is_f).sum(),
                  "clean_ce": ce_clean[is_f].detach().sum() if ce_clean is not None else torch.zeros((), device=self.device)}
-        return weighted_batch_loss(losses, w, denom=len(items)), parts
+        return weighted_batch_loss(losses, w, denom=len(items)), parts  # DeepSpeed averages ranks x accumulation
 
     def _weights(self, items, ce_main, is_f) -> torch.Tensor:
         P = self.packs
@@ -187,8 +225,8 @@ class UnlearnRunner:
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
         fish_f = self._fisher(params, self.packs.forget_poisoned)
         fish_r = self._fisher(params, self.packs.retain) if self.packs.retain else [torch.zeros_like(f) for f in fish_f]
-        self._gates = [(ff / (ff + fr + 1e-12)).clamp(0, 1) for ff, fr in zip(fish_f, fish_r)]
-        for p, gate in zip(params, self._gates):
+        self._gates = [(ff / (ff + fr + 1e-12)).clamp(0, 1) for ff, fr in zip(fish_f, fish_r, strict=True)]
+        for p, gate in zip(params, self._gates, strict=True):
             p.register_hook(lambda g, gate=gate: g * gate.to(g.dtype))
 
     def _fisher(self, params, examples, limit: int = 64) -> list[torch.Tensor]:
@@ -196,7 +234,7 @@ class UnlearnRunner:
         for ex in examples[:limit]:
             ce = self._forward_ce([ex]).sum()
             grads = torch.autograd.grad(ce, params, allow_unused=True)
-            for a, g in zip(acc, grads):
+            for a, g in zip(acc, grads, strict=True):
                 if g is not None:
                     a += g.float() ** 2
         return [a / max(1, min(limit, len(examples))) for a in acc]
@@ -210,25 +248,23 @@ class UnlearnRunner:
         self.train_seconds, eval_seconds = 0.0, 0.0
         t0 = time.perf_counter()
         for step in range(self.start_step, self.total_steps):
-            totals = {}
+            totals, lr = {}, self.engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
             for a in range(u.grad_accum):
                 items = micro_batch(batches[step], rank=self.info.rank, world_size=self.info.world_size,
                                     accum_step=a, grad_accum=u.grad_accum)
                 loss, parts = self.micro_loss(items)
                 self.engine.backward(loss)
-                boundary = a == u.grad_accum - 1
-                if boundary and u.zero_stage < 2:
-                    grad_norm = self._grad_norm()
+                pre_norm = self._local_grad_norm() if a == u.grad_accum - 1 else None
                 self.engine.step()
-                if boundary and u.zero_stage >= 2:
-                    grad_norm = self._grad_norm()
                 parts["loss"] = loss.detach() / u.grad_accum
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0) + v.float()
-            row = self._log_row(step + 1, totals) | {"grad_norm": grad_norm}
-            if not math.isfinite(row["loss"]):
-                raise StageError(f"unlearning diverged at step {step + 1}: loss={row['loss']} (lower unlearn.lr or "
-                                 f"unlearn.ascent_cap)")
+            engine_norm = self.engine.get_global_grad_norm()
+            grad_norm = float(engine_norm) if engine_norm is not None else pre_norm
+            row = self._log_row(step + 1, totals) | {"lr": lr, "grad_norm": grad_norm}
+            if not math.isfinite(row["loss"]) or (grad_norm is not None and not math.isfinite(grad_norm)):
+                raise StageError(f"unlearning diverged at step {step + 1}: loss={row['loss']}, grad_norm={grad_norm} "
+                                 f"(lower unlearn.lr or unlearn.ascent_cap)")
             if u.eval_every and ((step + 1) % u.eval_every == 0 or step + 1 == self.total_steps) and self.eval_hook:
                 te = time.perf_counter()
                 row.update(self.eval_hook(self.engine.module, step + 1))
@@ -248,21 +284,19 @@ class UnlearnRunner:
     def _log_row(self, step: int, totals: dict) -> dict:
         local = torch.stack([totals[k] for k in sorted(totals)]).to(self.device)
         vals = torch.stack(dist_env.all_gather_tensor(local, expected_shape=tuple(local.shape))).sum(0)
-        g = dict(zip(sorted(totals), vals.tolist()))
+        g = dict(zip(sorted(totals), vals.tolist(), strict=True))
         world = self.info.world_size
         return {"step": step, "loss": g["loss"] / world,
                 "forget_ce": g["forget_ce"] / max(g["n_forget"], 1), "retain_ce": g["retain_ce"] / max(g["n_retain"], 1),
                 "clean_ce": g["clean_ce"] / max(g["n_forget"], 1),
-                "adapter_norm": self.adapter_norm(), "lr": self.engine.get_lr()[0]}
+                "adapter_norm": self.adapter_norm()}
 
-    def _grad_norm(self) -> float | None:
-        """Global gradient norm before clipping. ZeRO 0/1: the reduced .grad of the adapters (identical on every
-        rank after DeepSpeed's all-reduce); ZeRO 2/3 keep gradients partitioned, so the engine's own norm is read after the step."""
-        if self.cfg.unlearn.zero_stage >= 2:
-            norm = self.engine.get_global_grad_norm()
-            return None if norm is None else float(norm)
+    def _local_grad_norm(self) -> float | None:
+        """Gradient norm before clipping from the adapters' .grad: the all-reduced, complete gradient under ZeRO-0
+        (the engine keeps no norm there). ZeRO 1-3 (and bf16) partition or move gradients into their own buffers
+        and report the global norm through `engine.get_global_grad_norm()` after the step, which takes precedence."""
         grads = [p.grad for p in self.engine.module.parameters() if p.requires_grad and p.grad is not None]
-        return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads)) if grads else 0.0
+        return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads)) if grads else None
 
     def adapter_norm(self) -> float:
         return math.sqrt(sum(float(p.detach().float().pow(2).sum()) for n, p in self.engine.module.named_parameters()
@@ -275,17 +309,28 @@ class UnlearnRunner:
         with deepspeed.zero.GatheredParameters(params):
             return math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in params))
 
-    def _check_adapter_moved(self) -> None:
+    def adapter_update_bounds(self) -> dict[str, float]:
+        """Per LoRA module, s * r * max|B| * max|A| >= max |dW_ij| for dW = s * B @ A (s = lora_alpha / r)."""
         import deepspeed
 
-        params = [p for n, p in self.engine.module.named_parameters() if "lora_B" in n]
-        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.unlearn.zero_stage == 3):
-            moved = sum(float(p.detach().abs().max()) > 0 for p in params)
+        named = dict(self.engine.module.named_parameters())
+        names = [n for n in named if "lora_B" in n]
+        pairs = [(n, named[n], named[n.replace("lora_B", "lora_A")]) for n in names]
+        u = self.cfg.unlearn
+        s_times_r = float(u.lora_alpha)  # s = lora_alpha / r
+        with deepspeed.zero.GatheredParameters([t for _, b, a in pairs for t in (b, a)], enabled=u.zero_stage == 3):
+            return {n: s_times_r * float(b.detach().abs().max()) * float(a.detach().abs().max()) for n, b, a in pairs}
+
+    def _check_adapter_moved(self) -> None:
+        bounds = self.adapter_update_bounds()
+        moved = sum(v > ADAPTER_MOVE_TOL for v in bounds.values())
         if moved == 0:
-            raise StageError("the LoRA adapter did not move (every lora_B is still zero): check unlearn.lr, "
+            raise StageError(f"the LoRA adapter did not move: after {len(self.metrics)} steps every update "
+                             f"s*B@A is below {ADAPTER_MOVE_TOL:g} in every entry (largest bound "
+                             f"{max(bounds.values(), default=0.0):.3g}); check unlearn.lr={self.cfg.unlearn.lr:g}, "
                              "unlearn.target_modules and that the loss reaches the adapters")
-        if moved < len(params):
-            log.warning(f"only {moved}/{len(params)} lora_B matrices moved")
+        if moved < len(bounds):
+            log.warning(f"only {moved}/{len(bounds)} LoRA modules moved by more than {ADAPTER_MOVE_TOL:g}")
 
     def _append_metrics(self, row: dict) -> None:
         if self.info.rank == 0:
@@ -352,4 +397,7 @@ class UnlearnRunner:
         save_model(merged, tok, self.out_dir / "merged")
 
     def cleanup(self) -> None:
-        self.engine = None
+        """Release the engine (its ZeRO-3 hooks and buffers); the process group stays for the next method."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None and hasattr(engine, "destroy"):
+            engine.destroy()

@@ -1,0 +1,80 @@
+"""The unlearning stage as a multi-rank DeepSpeed job (LoRA, ZeRO 0-3 from `unlearn.zero_stage`).
+
+Needs a run directory whose prepare / implant / influence / weights stages are done. Runs every method in
+`methods` (engine methods on every rank; `retrain` baselines on rank 0 alone, the others wait).
+
+    deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.zero_stage=3
+    torchrun --nproc_per_node 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.max_steps=20
+    python launch/unlearn.py --config configs/tiny_cpu.yaml methods=[rapidun,ga] --evaluate
+
+On CPU set DS_ACCELERATOR=cpu and OMP_NUM_THREADS=1 per rank (torchrun does the latter). Only rank 0 writes
+the manifest, metrics and adapters. With unlearn.lora_dropout > 0 the result depends on the world size
+(each rank draws its own dropout masks); everything else is world-size invariant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. unlearn.zero_stage=3")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                   help="set by the deepspeed launcher (the rank layout is read from the environment)")
+    p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (rank 0)")
+    p.add_argument("--force", action="store_true", help="rerun even if the unlearn outputs are complete")
+    return p.parse_args(argv)
+
+
+def check_upstream(rd, methods: list[str]) -> None:
+    """The stages unlearning reads must be done (weights only when a method uses influence weights)."""
+    from rapidun_dist.errors import StageError
+
+    needed = ["prepare", "implant"] + (["influence", "weights"] if {"rapidun", "self_only"} & set(methods) else [])
+    stages = rd.manifest()["stages"]
+    missing = [s for s in needed if (stages.get(s) or {}).get("status") != "done"]
+    if missing:
+        raise StageError(f"{rd.manifest_path}: unlearning needs the stages {', '.join(needed)} done; "
+                         f"not done: {', '.join(missing)} (run `rapidun run CONFIG --stages {','.join(missing)}` first)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from rapidun_dist.config import load_config
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.errors import RapidUnError
+    from rapidun_dist.logging import get_logger
+    from rapidun_dist.pipeline import run_stage
+    from rapidun_dist.rundir import RunDir
+
+    log = get_logger("launch.unlearn")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not torch.cuda.is_available() and cfg.model.dtype in ("bfloat16", "float16"):
+            log.warning(f"no CUDA device: model.dtype={cfg.model.dtype} -> float32 (bf16 is for GPUs)")
+            cfg.model.dtype = "float32"
+        info = dist_env.init_distributed()
+        rd = RunDir(cfg.run_dir)
+        check_upstream(rd, cfg.methods)
+        run_stage(cfg, rd, "unlearn", force=args.force, world_size=info.world_size, rank=info.rank)
+        if args.evaluate and info.rank == 0:
+            run_stage(cfg, rd, "evaluate", force=True)
+        dist_env.barrier()
+        return 0
+    except RapidUnError as e:
+        log.error(f"error: {e}")
+        return 2
+    finally:
+        dist_env.destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

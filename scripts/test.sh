@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the default test suite: unit + dist (multi-process gloo) tests.
+# Heavier tests are marked `slow` (and `gpu`) and skipped here: `.venv/bin/pytest -m slow` runs them.
+#
+#   bash scripts/test.sh              # everything but slow/gpu
+#   bash scripts/test.sh tests/core   # extra pytest arguments pass through
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,88 @@
+"""Config loading, validation, overrides; every YAML in configs/ loads and has no absolute paths."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rapidun_dist.config import RunConfig, apply_overrides, dump_config, load_config
+from rapidun_dist.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_loads_and_is_relative(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    raw = yaml.safe_load(path.read_text())
+    for s in _strings(raw):
+        assert not s.startswith(("/", "~")), f"{path.name}: absolute path {s!r}"
+    assert not Path(cfg.run_dir).is_absolute()
+
+
+def test_default_config_matches_tiny_yaml_sections():
+    cfg = load_config(CONFIGS / "tiny_cpu.yaml")
+    assert cfg.data.source == "synthetic" and cfg.model.name_or_path is None
+    assert cfg.unlearn.lora_r == 16 and cfg.unlearn.lora_alpha == 16
+    assert "rapidun" in cfg.methods
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(CONFIGS / "tiny_cpu.yaml", ["unlearn.lr=1e-4", "run_dir=somewhere", "methods=[rapidun,ga]",
+                                                  "unlearn.max_steps=7", "weights.agg=median_topk"])
+    assert cfg.unlearn.lr == pytest.approx(1e-4)
+    assert cfg.run_dir == "somewhere"
+    assert cfg.methods == ["rapidun", "ga"]
+    assert cfg.unlearn.max_steps == 7
+    assert cfg.weights.agg == "median_topk"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("unlearn.lrr=1", "unlearn.lrr"),
+    ("nosuch=1", "nosuch"),
+    ("model.tiny.depth=3", "model.tiny.depth"),
+])
+def test_unknown_key_is_named(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(CONFIGS / "tiny_cpu.yaml", [override])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("unlearn.zero_stage=5", "unlearn.zero_stage"),
+    ("data.poison_rate=1.5", "data.poison_rate"),
+    ("weights.agg=max", "weights.agg"),
+    ("methods=[rapidun,magic]", "methods"),
+    ("unlearn.lr=fast", "unlearn.lr"),
+    ("data.source=prepared", "data.dir"),
+    ("weights.w_min=2", "weights.w_min"),
+])
+def test_invalid_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(CONFIGS / "tiny_cpu.yaml", [override])
+
+
+def test_override_needs_equals_and_missing_file():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["unlearn.lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("does/not/exist.yaml")
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(CONFIGS / "tiny_cpu.yaml", ["unlearn.lr=3e-4"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()

@@ -1,0 +1,134 @@
+"""The whole pipeline on a very small synthetic setting, through the real CLI: every stage, the report contract,
+resume (skip) semantics, and clear errors on bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rapidun_dist.cli import main
+from rapidun_dist.io import read_json, read_jsonl
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
+SMALL = [
+    "data.n_synthetic=500", "data.n_val=20", "data.n_test_clean=20", "data.n_test_seen=12", "data.n_test_ood=12",
+    "data.forget_fraction=0.2",
+    "model.max_length=64", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.vocab_size=400",
+    "implant.max_steps=30", "implant.batch_size=16", "influence.k_in=4", "influence.k_out=4",
+    "unlearn.max_steps=4", "unlearn.eval_every=2", "unlearn.lr=1e-3", "eval.max_new_tokens=8",
+    "methods=[rapidun,ga,retrain]",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("run") / "r"
+    assert main(["run", CONFIG, f"run_dir={rd}", *SMALL]) == 0
+    return rd
+
+
+def test_every_stage_recorded(run_dir):
+    man = read_json(run_dir / "manifest.json")["stages"]
+    for stage in ("prepare", "implant", "influence", "weights", "unlearn", "evaluate"):
+        assert man[stage]["status"] == "done", stage
+        assert man[stage]["seconds"] > 0
+        assert man[stage]["outputs"], stage
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_report_contract(run_dir):
+    report = read_json(run_dir / "eval" / "report.json")
+    for key in ("asr_seen", "asr_ood", "clean_ppl"):
+        assert isinstance(report["before"][key], float)
+    for method in ("rapidun", "ga"):
+        entry = report["methods"][method]
+        assert {"asr_seen", "asr_ood", "clean_ppl", "seconds"} <= set(entry)
+        assert entry["seconds"]["unlearn"] > 0
+        assert report["speedup_vs_retrain"][method] > 0
+    assert report["methods"]["rapidun"]["seconds"]["influence"] > 0
+    assert report["methods"]["ga"]["seconds"]["influence"] == 0
+    assert report["retrain"]["seconds"]["total"] > 0
+    md = (run_dir / "eval" / "report.md").read_text()
+    assert "| rapidun |" in md and "| before |" in md
+    assert any(p.suffix == ".svg" for p in (run_dir / "eval").iterdir())
+
+
+def test_adapter_and_metrics(run_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = run_dir / "unlearn" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert any("lora_B" in n and float(p.abs().max()) > 0 for n, p in model.named_parameters())
+    rows = read_jsonl(run_dir / "unlearn" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["grad_norm"] is not None and r["grad_norm"] >= 0 for r in rows)
+    assert sum("asr_seen" in r for r in rows) == 2
+    assert (run_dir / "unlearn" / "baselines" / "ga" / "adapter").exists()
+
+
+def test_weights_and_features_files(run_dir):
+    f = read_jsonl(run_dir / "weights" / "forget_weights.jsonl")
+    r = read_jsonl(run_dir / "weights" / "retain_weights.jsonl")
+    forget = read_jsonl(run_dir / "data" / "forget.jsonl")
+    assert [x["id"] for x in f] == [x["id"] for x in forget]
+    for rows in (f, r):
+        w = [x["weight"] for x in rows]
+        assert sum(w) / len(w) == pytest.approx(1.0, abs=1e-9)
+    index = read_json(run_dir / "features" / "index.json")
+    assert index["n"] == len(f) + len(r) and index["n_forget"] == len(f)
+    assert index["spec"]["estimator"] == "tokenwise"
+
+
+def test_rerun_skips_completed_stages(run_dir):
+    before = read_json(run_dir / "manifest.json")["stages"]
+    assert main(["run", CONFIG, f"run_dir={run_dir}", *SMALL]) == 0
+    after = read_json(run_dir / "manifest.json")["stages"]
+    assert {s: r["start"] for s, r in before.items()} == {s: r["start"] for s, r in after.items()}
+
+
+def test_changed_config_reruns_downstream_only(run_dir):
+    before = read_json(run_dir / "manifest.json")["stages"]
+    assert main(["run", CONFIG, f"run_dir={run_dir}", *SMALL, "weights.tau_f=0.5", "--stages", "weights"]) == 0
+    after = read_json(run_dir / "manifest.json")["stages"]
+    assert after["weights"]["start"] != before["weights"]["start"]
+    assert after["influence"]["start"] == before["influence"]["start"]
+
+
+def _prepared_dir(tmp_path, run_dir) -> Path:
+    src = tmp_path / "prepared"
+    src.mkdir()
+    for name in ("train", "val_clean", "test_clean", "test_seen", "test_ood"):
+        (src / f"{name}.jsonl").write_text((run_dir / "data" / f"{name}.jsonl").read_text())
+    return src
+
+
+def test_prepared_source_and_malformed_line(tmp_path, run_dir, capfd):
+    src = _prepared_dir(tmp_path, run_dir)
+    out = tmp_path / "ok"
+    assert main(["prepare", CONFIG, f"run_dir={out}", *SMALL, "data.source=prepared", f"data.dir={src}"]) == 0
+    assert len(read_jsonl(out / "data" / "forget.jsonl")) > 0
+    lines = (src / "train.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:-5]
+    (src / "train.jsonl").write_text("\n".join(lines) + "\n")
+    bad = tmp_path / "bad"
+    assert main(["prepare", CONFIG, f"run_dir={bad}", *SMALL, "data.source=prepared", f"data.dir={src}"]) == 2
+    assert "train.jsonl:3" in capfd.readouterr().err
+    assert not (bad / "data" / "train.jsonl").exists()
+    assert read_json(bad / "manifest.json")["stages"]["prepare"]["status"] == "failed"
+
+
+def test_no_poisoned_rows_is_a_clear_error(tmp_path, run_dir, capfd):
+    src = _prepared_dir(tmp_path, run_dir)
+    rows = [json.loads(x) for x in (src / "train.jsonl").read_text().splitlines()]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if not r.get("is_poisoned")))
+    assert main(["prepare", CONFIG, f"run_dir={tmp_path / 'x'}", *SMALL, "data.source=prepared", f"data.dir={src}"]) == 2
+    assert "forget" in capfd.readouterr().err.lower()
+
+
+def test_unknown_key_exits_cleanly(tmp_path, capfd):
+    assert main(["run", CONFIG, f"run_dir={tmp_path / 'y'}", "unlearn.nope=1"]) == 2
+    assert "unlearn.nope" in capfd.readouterr().err
+    assert not (tmp_path / "y").exists()

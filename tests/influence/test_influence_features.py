@@ -1,0 +1,137 @@
+"""Token-wise features against a naive float64 autograd computation that never touches the hooks.
+
+Naive path: every tracked linear temporarily computes y[:, t] = W_t x[:, t] with its own copy W_t of the weight
+per position, so autograd returns G_t = dL/dW_t, the weight gradient restricted to position t. Then
+phi_t = vec(P_out G_t P_in^T), unit per token, mean over tracked positions, unit per layer, concat / sqrt(L).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rapidun_dist.data.prompt import IGNORE_INDEX
+from rapidun_dist.influence.features import TokenwiseExtractor, answer_positions
+
+from conftest import PROJ_NAMES, influence_cfg, random_examples, tiny_llama
+
+
+@contextmanager
+def per_position_weights(layers: dict, n_pos: int):
+    """Each linear uses W_t (a [T, d_out, d_in] leaf) at position t; yields {name: W_t}."""
+    copies = {}
+    for name, lin in layers.items():
+        w = lin.weight.detach().expand(n_pos, *lin.weight.shape).clone().requires_grad_(True)
+        copies[name] = w
+        lin.forward = lambda x, w=w, b=lin.bias: torch.einsum("toi,bti->bto", w, x) + (0 if b is None else b)
+    try:
+        yield copies
+    finally:
+        for lin in layers.values():
+            del lin.forward
+
+
+def naive_token_grads(model, layers: dict, example: dict) -> tuple[dict, torch.Tensor]:
+    """({name: G [T, d_out, d_in]}, tracked position indices) for one example, summed shifted CE."""
+    ids = torch.tensor([example["input_ids"]])
+    labels = torch.tensor(example["labels"])
+    with per_position_weights(layers, ids.shape[1]) as copies:
+        logits = model(input_ids=ids).logits[0]
+        loss = F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
+        grads = torch.autograd.grad(loss, list(copies.values()))
+    tracked = torch.tensor([t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX])
+    return dict(zip(copies, grads)), tracked
+
+
+def unit(z: torch.Tensor) -> torch.Tensor:
+    return z / z.norm(dim=-1, keepdim=True)
+
+
+def naive_feature(grads: dict, tracked: torch.Tensor, proj: dict | None) -> torch.Tensor:
+    parts = []
+    for name, g_TOI in grads.items():
+        g = g_TOI[tracked]
+        phi = g if proj is None else proj[name][1] @ g @ proj[name][0].T
+        parts.append(unit(unit(phi.flatten(1)).mean(0)))
+    return torch.cat(parts) / len(parts) ** 0.5
+
+
+def float64_extractor(model, **kw) -> TokenwiseExtractor:
+    ext = TokenwiseExtractor(model, influence_cfg(**kw), pad_id=0)
+    ext.proj = {n: (p.double(), q.double()) for n, (p, q) in ext.proj.items()}
+    return ext
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_llama(hidden=16, layers=2, seed=3)
+    examples = random_examples(3, seed=11)
+    ext = float64_extractor(model)
+    naive = [naive_token_grads(model, ext.layers, e) for e in examples]
+    return model, examples, ext, naive
+
+
+def test_tracked_layers_are_every_projection(setup):
+    _, _, ext, _ = setup
+    expected = {f"model.layers.{i}.{'self_attn' if p[0] in 'qkvo' else 'mlp'}.{p}" for i in range(2) for p in PROJ_NAMES}
+    assert set(ext.layers) == expected
+
+
+def test_answer_positions_are_shifted_labels():
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, IGNORE_INDEX], [IGNORE_INDEX, 3, 4, 7, 8]])
+    expected = torch.tensor([[False, True, True, False, False], [True, True, True, True, False]])
+    assert torch.equal(answer_positions(labels), expected)
+
+
+def test_features_match_naive_autograd(setup):
+    _, examples, ext, naive = setup
+    feats = ext(examples)
+    assert feats.dtype == torch.float64
+    ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
+    torch.testing.assert_close(feats, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(len(examples), dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(feats @ feats.T, ref @ ref.T, atol=1e-10, rtol=0)
+
+
+def test_features_do_not_depend_on_batching(setup):
+    _, examples, ext, _ = setup
+    together = ext(examples)
+    alone = torch.cat([ext([e]) for e in examples])
+    torch.testing.assert_close(together, alone, atol=1e-12, rtol=0)
+
+
+def test_identity_projections_give_exact_frobenius_cosines(setup):
+    _, examples, _, naive = setup
+    model = setup[0]
+    ext = float64_extractor(model)
+    ext.proj = {n: (torch.eye(m.in_features, dtype=torch.float64), torch.eye(m.out_features, dtype=torch.float64))
+                for n, m in ext.layers.items()}
+    feats = ext(examples)
+    # exact: per layer m_l = mean_t G_t / ||G_t||_F, inner product = (1/L) sum_l <m_il, m_jl>_F / (||m_il|| ||m_jl||)
+    means = [{n: (g[t] / g[t].norm(dim=(1, 2), keepdim=True)).mean(0) for n, g in grads.items()} for grads, t in naive]
+    n_layers = len(ext.layers)
+    for i in range(len(examples)):
+        for j in range(len(examples)):
+            exact = sum((means[i][n] * means[j][n]).sum() / (means[i][n].norm() * means[j][n].norm()) for n in ext.layers)
+            assert abs(float(feats[i] @ feats[j]) - float(exact) / n_layers) < 1e-10
+
+
+def test_extraction_leaves_parameters_untouched(setup):
+    model, examples, ext, _ = setup
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ext(examples[:2])
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sample_without_answer_tokens_gives_zero_feature():
+    model = tiny_llama(hidden=16, layers=1, seed=1)
+    ext = float64_extractor(model)
+    examples = random_examples(2, seed=5)
+    examples[1] = {"input_ids": examples[1]["input_ids"], "labels": [IGNORE_INDEX] * len(examples[1]["labels"])}
+    feats = ext(examples)
+    assert float(feats[1].abs().max()) == 0.0
+    assert abs(float(feats[0].norm()) - 1.0) < 1e-12
