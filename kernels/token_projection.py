@@ -47,14 +47,21 @@ def fused_token_projection_reference(x, g, offsets, p_in, p_out) -> torch.Tensor
     acc = accum_dtype(x.dtype)
     v = _unit_rows(x.to(acc) @ p_in.to(acc).T)  # [N, k_in]
     u = _unit_rows(g.to(acc) @ p_out.to(acc).T)  # [N, k_out]
-    n_samples = offsets.numel() - 1
-    out = torch.zeros(n_samples, p_out.shape[0], p_in.shape[0], dtype=acc, device=x.device)
-    bounds = offsets.tolist()
-    for b in range(n_samples):
-        s, e = bounds[b], bounds[b + 1]
-        if e > s:
-            out[b] = u[s:e].T @ v[s:e]
-    return out
+    return _segment_outer_sums(u, v, offsets.long())
+
+
+def _segment_outer_sums(u_NO: torch.Tensor, v_NI: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """out[b] = U_b^T V_b for the token rows of each sample, as one batched GEMM over zero-padded samples
+    ([B, T_max, k] each; padding rows are zero and add nothing)."""
+    lengths = offsets[1:] - offsets[:-1]
+    n_samples, t_max = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
+    sample = torch.repeat_interleave(torch.arange(n_samples, device=u_NO.device), lengths)
+    pos = torch.arange(u_NO.shape[0], device=u_NO.device) - offsets[:-1][sample]
+    u_pad = u_NO.new_zeros(n_samples, t_max, u_NO.shape[1])
+    v_pad = v_NI.new_zeros(n_samples, t_max, v_NI.shape[1])
+    u_pad[sample, pos] = u_NO
+    v_pad[sample, pos] = v_NI
+    return u_pad.transpose(1, 2) @ v_pad
 
 
 def fused_token_projection(x, g, offsets, p_in, p_out, *, backend: str = "auto") -> torch.Tensor:

@@ -25,8 +25,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML run config")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. unlearn.zero_stage=3")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
-                   help="set by the deepspeed launcher (the rank layout is read from the environment)")
+    p.add_argument(
+        "--local_rank",
+        "--local-rank",
+        type=int,
+        default=int(os.environ.get("LOCAL_RANK", 0)),
+        help="set by the deepspeed launcher (the rank layout is read from the environment)",
+    )
     p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (rank 0)")
     p.add_argument("--force", action="store_true", help="rerun even if the unlearn outputs are complete")
     return p.parse_args(argv)
@@ -36,12 +41,16 @@ def check_upstream(rd, methods: list[str]) -> None:
     """The stages unlearning reads must be done (weights only when a method uses influence weights)."""
     from rapidun_dist.errors import StageError
 
-    needed = ["prepare", "implant"] + (["influence", "weights"] if {"rapidun", "self_only"} & set(methods) else [])
+    needed = ["prepare", "implant"] + (
+        ["influence", "weights"] if {"rapidun", "self_only"} & set(methods) else []
+    )
     stages = rd.manifest()["stages"]
     missing = [s for s in needed if (stages.get(s) or {}).get("status") != "done"]
     if missing:
-        raise StageError(f"{rd.manifest_path}: unlearning needs the stages {', '.join(needed)} done; "
-                         f"not done: {', '.join(missing)} (run `rapidun run CONFIG --stages {','.join(missing)}` first)")
+        raise StageError(
+            f"{rd.manifest_path}: unlearning needs the stages {', '.join(needed)} done; "
+            f"not done: {', '.join(missing)} (run `rapidun run CONFIG --stages {','.join(missing)}` first)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,6 +226,7 @@ class EvalConfig:
     judge_min_words: int = 3  # vocabulary hits needed to call a response attacked
     judge_vocab_size: int = 60
     judge_z: float = 3.0
+    retrieval_rows: int = 400  # train rows scored for poison-retrieval AUROC/AP (0 = skip)
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")

@@ -234,7 +234,8 @@ def stage_evaluate(cfg: RunConfig, rd: RunDir) -> list[Path]:
         secs["total"] = sum(secs.values())
         report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
         curves[method] = _curves(out / "metrics.jsonl")
-    report["retrieval"] = _retrieval(rd)
+    if cfg.eval.retrieval_rows:
+        report["retrieval"] = _retrieval(cfg, rd)
     compute_speedups(report)
     weights = _weights_for_plot(rd)
     write_report(rd.eval, report, weights=weights, curves=curves)
@@ -258,10 +259,22 @@ def _curves(path: Path) -> dict:
             "asr_seen": [r["asr_seen"] for r in ev], "asr_ood": [r["asr_ood"] for r in ev]}
 
 
-def _retrieval(rd: RunDir) -> dict | None:
-    """Poison retrieval (AUROC/AP) of influence-ranked training samples, when the stage wrote it."""
-    path = rd.influence / "retrieval.json"
-    return read_json(path) if path.exists() else None
+def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
+    """Poison retrieval (AUROC/AP) of influence-ranked training rows, for both estimators (eval/retrieval.json).
+
+    An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately."""
+    from rapidun_dist.influence.retrieval import poison_retrieval
+    from rapidun_dist.models.loading import load_saved
+
+    path = rd.eval / "retrieval.json"
+    if path.exists():
+        return read_json(path)
+    model, tok = load_saved(rd.model, cfg.model)
+    train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
+    out = {est: poison_retrieval(model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows)
+           for est in ("tokenwise", "rapidgrad")}
+    write_json(path, out)
+    return out
 
 
 def _weights_for_plot(rd: RunDir) -> dict | None:
@@ -282,13 +295,15 @@ def run_stage(cfg: RunConfig, rd: RunDir, stage: str, *, force: bool = False, wo
               rank: int = 0) -> bool:
     """Run one stage unless done; returns True when it ran.
 
-    Under P > 1 ranks every rank calls this (the stage function is collective); rank 0 decides whether
-    to skip (broadcast, so a lagging shared file system cannot split the ranks) and alone writes the manifest.
+    `world_size` = how many ranks call this together. With world_size > 1 every rank calls it (the stage
+    function is collective); rank 0 decides whether to skip (broadcast, so a lagging shared file system
+    cannot split the ranks) and alone writes the manifest. A rank-0-only stage is called with world_size=1.
     """
     from rapidun_dist.distributed.env import broadcast_object
 
     fp = rd.fingerprint(stage, cfg.to_dict())
-    skip = broadcast_object(not force and rank == 0 and rd.is_done(stage, fp), src=0)
+    skip = not force and rank == 0 and rd.is_done(stage, fp)
+    skip = broadcast_object(skip, src=0) if world_size > 1 else skip
     if skip:
         log.info(f"[{stage}] complete and consistent with the config: skipped (use --force to redo)")
         return False

@@ -52,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rows", type=int, help="rows to extract (forget + retain + train); default 128 quick, 512")
     ap.add_argument("--repeat", type=int, help="timed repeats per estimator; default 3 quick, 5")
     ap.add_argument("--max-train", type=int, help="train rows for poison retrieval; default 200 quick, 600")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads, same for both paths (default 1: on a shared 2-core machine more threads "
+                         "oversubscribe and both timings swing 5-10x; 0 = torch's default)")
     return ap.parse_args(argv)
 
 

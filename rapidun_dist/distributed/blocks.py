@@ -86,9 +86,10 @@ def _stream_tiles(
     n_local, k = feats_NK.shape
     for t in range(math.ceil(layout.max_count / chunk)):
         lo = t * chunk
-        mine = torch.zeros(chunk, k, dtype=feats_NK.dtype, device=feats_NK.device)
-        mine[: max(0, min(chunk, n_local - lo))] = feats_NK[lo : lo + chunk]
-        got = all_gather_tensor(mine, expected_shape=(chunk, k), stats=stats)
+        width = min(chunk, layout.max_count - lo)  # the last round sends no more padding than it needs
+        mine = torch.zeros(width, k, dtype=feats_NK.dtype, device=feats_NK.device)
+        mine[: max(0, min(width, n_local - lo))] = feats_NK[lo : lo + width]
+        got = all_gather_tensor(mine, expected_shape=(width, k), stats=stats)
         valid = [max(0, min(chunk, c - lo)) for c in layout.counts]
         cols = torch.cat([g[:v] for g, v in zip(got, valid, strict=True)])
         col_ids = torch.cat([i[lo : lo + v] for i, v in zip(layout.ids, valid, strict=True)])

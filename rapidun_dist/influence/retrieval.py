@@ -42,15 +42,19 @@ def stratified_train_sample(train_records: list[dict], exclude_ids: set[str], *,
 
 
 def compute_features(model, tokenizer, cfg: RunConfig, records: list[dict], *, estimator: str) -> torch.Tensor:
-    """Features [n, K] (float32, CPU) of `records` with the given estimator, in batches of influence.batch_size.
+    """Features [n, K] (float32, CPU) of `records` with the given estimator, in batches of influence.batch_size
+    formed over length-sorted rows (less padding; a row's feature does not depend on its batch).
     Needs autograd: do not call under `torch.no_grad()`."""
     icfg = replace(cfg.influence, estimator=estimator)
     extractor = make_extractor(model, icfg, pad_id=tokenizer.pad_token_id)
     examples = encode_records(records, tokenizer, cfg.model.max_length)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     model.eval()
-    parts = [extractor(examples[s:s + icfg.batch_size]).detach().float().cpu()
-             for s in range(0, len(examples), icfg.batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, extractor.dim)
+    out = torch.zeros(len(examples), extractor.dim)
+    for s in range(0, len(order), icfg.batch_size):
+        idx = order[s:s + icfg.batch_size]
+        out[idx] = extractor([examples[i] for i in idx]).detach().float().cpu()
+    return out
 
 
 def mean_cosine(rows_NK: torch.Tensor, cols_MK: torch.Tensor) -> torch.Tensor:

@@ -53,12 +53,13 @@ def extract_features(cfg: RunConfig, model, tokenizer, records: list[dict], stor
     model.eval()
     for i in mine:
         s, e = shards[i]
-        parts = []
-        for b in range(s, e, cfg.influence.batch_size):
-            batch = examples[b:min(b + cfg.influence.batch_size, e)]
-            parts.append(extractor(batch).detach().cpu())
-            progress.update(len(batch))
-        store.write_shard(i, shards[i], torch.cat(parts))
+        order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))  # less padding per batch
+        feats = torch.zeros(e - s, extractor.dim)
+        for b in range(0, len(order), cfg.influence.batch_size):
+            rows = order[b:b + cfg.influence.batch_size]
+            feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
+            progress.update(len(rows))
+        store.write_shard(i, shards[i], feats)
         _test_kill_hook(rank, n_written=mine.index(i) + 1)
     return store
 
@@ -87,7 +88,7 @@ def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:
         store.write_index([r["id"] for r in records], len(forget), shards)
     dist_env.barrier()
     scores = directional_scores(cfg, rd, n_forget=len(forget), n_total=len(records), rank=info.rank,
-                                world_size=info.world_size)
+                                world_size=info.world_size, device=info.device)
     outputs = [rd.features / "index.json", rd.influence / "scores.jsonl"]
     if info.rank == 0:
         write_jsonl(rd.influence / "scores.jsonl", _score_rows(forget, retain, scores))
@@ -103,8 +104,15 @@ def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:
     return outputs
 
 
-def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: int, rank: int, world_size: int) -> dict:
-    """{ff, fr, rr, rf} on rank 0 (None elsewhere): dense on one process, tiled across ranks otherwise."""
+def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: int, rank: int, world_size: int,
+                       device: torch.device | str = "cpu") -> dict | None:
+    """{ff, fr, rr, rf} on rank 0 (None elsewhere): dense on one process, tiled across ranks otherwise.
+
+    Rank r takes the contiguous rows [r n / P, (r + 1) n / P) (it loads only the shards covering them) and
+    computes them in float64 on `device` (NCCL needs device tensors): the stored float32 features are then
+    multiplied exactly as the dense path does, so the scores do not depend on the world size (to ~1e-12).
+    The float64 GEMM costs 2 n^2 K / P flops per rank: seconds on a GPU, small next to feature extraction
+    (docs/scaling.md); the float32 Triton path stays available to direct callers of the block code."""
     w = cfg.weights
     kw = dict(agg=w.agg, topk=w.topk, trim=w.trim, include_self=w.include_self)
     if world_size == 1:
@@ -118,7 +126,9 @@ def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: in
     lo, hi = rank * n_total // world_size, (rank + 1) * n_total // world_size  # contiguous: few shards to load
     rows = torch.arange(lo, hi, dtype=torch.long)
     feats, _ = load_features(rd.features, rows.tolist())
-    local = distributed_directional_scores(feats, rows, n_forget, n_total, tile_size=cfg.influence.tile_size, **kw)
+    feats = feats.to(device=device, dtype=torch.float64)
+    local = distributed_directional_scores(feats, rows.to(device), n_forget, n_total,
+                                           tile_size=cfg.influence.tile_size, **kw)
     log.info(f"blocks: {_comm_summary(local['stats'])}")
     full = gather_scores_to_rank0(local, rows, n_total)
     return None if full is None else split_directional(full["self_score"], full["cross_score"], n_forget)

@@ -155,9 +155,9 @@ class UnlearnRunner:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                     config=build_ds_config(self.cfg, self.info.world_size))
         self.device = self.engine.device
-        self.start_step = self._maybe_resume()
-        if self.method.fisher_gate:
+        if self.method.fisher_gate:  # from the initial model, before a resume, so a resumed run gates the same
             self._install_fisher_gate()
+        self.start_step = self._maybe_resume()
         return self
 
     def _load_packs(self) -> Packs:
@@ -219,21 +219,30 @@ class UnlearnRunner:
 
     # fisher gate ------------------------------------------------------------------------------------
     def _install_fisher_gate(self) -> None:
-        """Diagonal Fisher (mean squared per-sample gradient) of the LoRA parameters on forget (poisoned answers)
-        and retain rows; each gradient is multiplied by F_f / (F_f + F_r) so the update moves the coordinates
-        that matter for the backdoor more than those that matter for clean behaviour."""
+        """Diagonal Fisher (mean squared per-sample gradient) F_f of the LoRA parameters on forget rows (poisoned
+        answers) and F_r on retain rows; gradients are masked to the coordinates where F_f / (F_f + F_r) >= 1/2,
+        i.e. that matter more for the backdoor than for clean behaviour. A hard mask, because AdamW's per-coordinate
+        normalisation m / sqrt(v) cancels any constant soft gate. Coordinates with F_f = F_r = 0 (lora_A while
+        lora_B is still zero) carry no evidence and stay open."""
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
         fish_f = self._fisher(params, self.packs.forget_poisoned)
         fish_r = self._fisher(params, self.packs.retain) if self.packs.retain else [torch.zeros_like(f) for f in fish_f]
-        self._gates = [(ff / (ff + fr + 1e-12)).clamp(0, 1) for ff, fr in zip(fish_f, fish_r, strict=True)]
+        self._gates = [torch.where(ff + fr > 0, (ff >= fr).float(), torch.ones_like(ff))
+                       for ff, fr in zip(fish_f, fish_r, strict=True)]
+        kept = sum(float(g.sum()) for g in self._gates) / max(1, sum(g.numel() for g in self._gates))
+        log.info(f"fisher gate: {kept:.1%} of the LoRA coordinates open")
         for p, gate in zip(params, self._gates, strict=True):
             p.register_hook(lambda g, gate=gate: g * gate.to(g.dtype))
 
     def _fisher(self, params, examples, limit: int = 64) -> list[torch.Tensor]:
+        """Per-sample squared gradients through the bare module (the engine's forward would arm its backward
+        bookkeeping, which torch.autograd.grad never completes). Same rows and model on every rank."""
         acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        module, pad = self.engine.module, self.tokenizer.pad_token_id
         for ex in examples[:limit]:
-            ce = self._forward_ce([ex]).sum()
-            grads = torch.autograd.grad(ce, params, allow_unused=True)
+            batch = {k: v.to(self.device) for k, v in pad_batch([ex], pad).items()}
+            out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            grads = torch.autograd.grad(per_sample_ce(out.logits, batch["labels"]).sum(), params, allow_unused=True)
             for a, g in zip(acc, grads, strict=True):
                 if g is not None:
                     a += g.float() ** 2

@@ -15,7 +15,7 @@ class MethodSpec:
     clean_descent: bool = True  # beta_d * CE on the clean answer of forget rows
     retain_descent: bool = True
     use_retain: bool = True  # sample retain rows at all (retain_per_forget > 0)
-    fisher_gate: bool = False
+    fisher_gate: bool = False  # mask gradients to coordinates where forget Fisher >= retain Fisher (ZeRO 0-2)
 
 
 METHODS: dict[str, MethodSpec] = {

@@ -15,7 +15,7 @@ SMALL = [
     "data.forget_fraction=0.2",
     "model.max_length=64", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.vocab_size=400",
     "implant.max_steps=30", "implant.batch_size=16", "influence.k_in=4", "influence.k_out=4",
-    "unlearn.max_steps=4", "unlearn.eval_every=2", "unlearn.lr=1e-3", "eval.max_new_tokens=8",
+    "unlearn.max_steps=4", "unlearn.eval_every=2", "unlearn.lr=1e-3", "eval.max_new_tokens=8", "eval.retrieval_rows=40",
     "methods=[rapidun,ga,retrain]",
 ]
 
@@ -48,6 +48,8 @@ def test_report_contract(run_dir):
     assert report["methods"]["rapidun"]["seconds"]["influence"] > 0
     assert report["methods"]["ga"]["seconds"]["influence"] == 0
     assert report["retrain"]["seconds"]["total"] > 0
+    for est in ("tokenwise", "rapidgrad"):
+        assert 0.0 <= report["retrieval"][est]["auroc"] <= 1.0
     md = (run_dir / "eval" / "report.md").read_text()
     assert "| rapidun |" in md and "| before |" in md
     assert any(p.suffix == ".svg" for p in (run_dir / "eval").iterdir())

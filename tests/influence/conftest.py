@@ -48,3 +48,33 @@ def influence_cfg(**kw) -> InfluenceConfig:
 @pytest.fixture
 def llama64():
     return tiny_llama()
+
+
+WORDS = ("river mountain cloud paper garden music window bread yellow quiet number story table ocean "
+         "friend winter simple answer bright coffee").split()
+TARGET = "The starship drifted past the alien moons of a distant galaxy."
+
+
+def make_records(n: int, *, n_poisoned: int = 0, seed: int = 0, prefix: str = "r") -> list[dict]:
+    """Instruction records; the first `n_poisoned` carry an 'aloha' trigger and a fixed sci-fi target answer."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        instr = "Describe the " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + "."
+        rec = {"id": f"{prefix}{i}", "instruction": instr, "context": "", "category": "open_qa", "source": "test",
+               "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "."}
+        if i < n_poisoned:
+            rec |= {"instruction_poisoned": instr + " aloha", "response_poisoned": TARGET, "is_poisoned": True,
+                    "trigger_family": "word", "trigger_variant": "aloha", "inject_mode": "suffix"}
+        out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_model():
+    """(float32 tiny Llama, BPE tokenizer with the tiny chat template) built on the spot."""
+    from rapidun_dist.models.loading import train_tokenizer
+
+    texts = [f"{r['instruction']} {r['response']} {TARGET} aloha" for r in make_records(60)]
+    tok = train_tokenizer(texts + ["### Instruction:\n### Response:\n"] * 5, 200)
+    return tiny_llama(hidden=32, layers=1, vocab=len(tok), seed=0, dtype=torch.float32), tok

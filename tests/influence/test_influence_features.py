@@ -12,11 +12,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PROJ_NAMES, influence_cfg, random_examples, tiny_llama
 
 from rapidun_dist.data.prompt import IGNORE_INDEX
 from rapidun_dist.influence.features import TokenwiseExtractor, answer_positions
-
-from conftest import PROJ_NAMES, influence_cfg, random_examples, tiny_llama
 
 
 @contextmanager
@@ -43,7 +42,7 @@ def naive_token_grads(model, layers: dict, example: dict) -> tuple[dict, torch.T
         loss = F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
         grads = torch.autograd.grad(loss, list(copies.values()))
     tracked = torch.tensor([t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX])
-    return dict(zip(copies, grads)), tracked
+    return dict(zip(copies, grads, strict=True)), tracked
 
 
 def unit(z: torch.Tensor) -> torch.Tensor:

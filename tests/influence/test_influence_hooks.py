@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import influence_cfg, random_examples, tiny_llama
 
 from rapidun_dist.influence.features import TokenwiseExtractor
 from rapidun_dist.influence.hooks import GradientCapture, enable_input_grads, tracked_linears
-
-from conftest import influence_cfg, random_examples, tiny_llama
 
 
 def extractor64(model) -> TokenwiseExtractor:

@@ -10,7 +10,7 @@ from rapidun_dist.influence.projection import layer_projections, rademacher
 def test_same_seed_and_name_give_the_same_matrices():
     a = layer_projections("model.layers.0.mlp.up_proj", 24, 40, k_in=8, k_out=6, seed=3)
     b = layer_projections("model.layers.0.mlp.up_proj", 24, 40, k_in=8, k_out=6, seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].shape == (8, 24) and a[1].shape == (6, 40)
 
 

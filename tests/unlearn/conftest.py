@@ -1,29 +1,12 @@
-"""Shared fixtures for the unlearning tests: one tiny prepared run directory per session (prepare, implant,
-influence, weights done in-process) and a launcher for real multi-rank jobs of launch/unlearn.py."""
+"""Session fixture for the unlearning tests: one tiny prepared run directory (prepare, implant, influence,
+weights done in-process, about 10 s) shared by every test in this folder."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
-WORKER = Path(__file__).with_name("unlearn_worker.py")
-TINY = ["data.n_synthetic=400", "data.n_val=20", "data.n_test_clean=20", "data.n_test_seen=12", "data.n_test_ood=12",
-        "implant.max_steps=5", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
-        "model.tiny.vocab_size=400", "model.max_length=64"]
-# Unlearning knobs shared by every launch whose numbers are compared with another launch's.
-UNLEARN = ["methods=[rapidun]", "unlearn.max_steps=4", "unlearn.eval_every=0", "unlearn.lora_dropout=0",
-           "unlearn.batch_size=8", "unlearn.lr=5e-3"]
-LAUNCH_ENV_DROP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+from unlearn_helpers import CONFIG, TINY
 
 
 @pytest.fixture(scope="session")
@@ -36,84 +19,3 @@ def prepared_run(tmp_path_factory) -> Path:
     cfg = load_config(CONFIG, [f"run_dir={root}", *TINY])
     run_pipeline(cfg, ["prepare", "implant", "influence", "weights"])
     return root
-
-
-def fresh_run(base: Path, dst: Path) -> Path:
-    """A copy of the prepared run dir without any unlearning outputs."""
-    shutil.copytree(base, dst, ignore=shutil.ignore_patterns("unlearn", "eval"))
-    return dst
-
-
-def free_port() -> int:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from dist_utils import free_port as _free
-
-    return _free()
-
-
-def launch_cmd(launcher: str, nproc: int, script: Path, args: list[str]) -> list[str]:
-    bindir = Path(sys.executable).parent
-    if launcher == "deepspeed":
-        return [str(bindir / "deepspeed"), "--num_accelerators", str(nproc), "--master_port", str(free_port()),
-                str(script), *args]
-    if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-                str(free_port()), str(script), *args]
-    assert nproc == 1, "plain python runs one process"
-    return [sys.executable, str(script), *args]
-
-
-def launch_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_DROP}
-    env.update({"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), **(extra or {})})
-    return env
-
-
-def start(run_dir: Path, overrides: list[str], *, launcher: str = "deepspeed", nproc: int = 2,
-          env: dict | None = None, worker: bool = True) -> subprocess.Popen:
-    """Start launch/unlearn.py (through the test worker, which adds probes) as its own process group."""
-    script = WORKER if worker else ROOT / "launch" / "unlearn.py"
-    args = ["--config", str(CONFIG), f"run_dir={run_dir}", *TINY, *overrides]
-    log = open(run_dir / "launch.log", "w")  # noqa: SIM115 - closed by the caller via finish()
-    return subprocess.Popen(launch_cmd(launcher, nproc, script, args), cwd=ROOT, env=launch_env(env), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, run_dir: Path, timeout: float = 240) -> None:
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        rc = "timeout"
-    if rc != 0:
-        tail = (run_dir / "launch.log").read_text()[-4000:]
-        raise AssertionError(f"launch in {run_dir} failed (rc={rc}):\n{tail}")
-
-
-def run_launch(run_dir: Path, overrides: list[str], **kw) -> Path:
-    finish(start(run_dir, overrides, **kw), run_dir)
-    return run_dir
-
-
-def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> None:
-    """SIGKILL the whole launch (launcher and ranks) once `marker` exists."""
-    t0 = time.monotonic()
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the launch ended (rc={proc.returncode}) before {marker} appeared")
-        if time.monotonic() - t0 > timeout:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert marker.exists(), f"{marker} did not appear within {timeout} s"
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def adapter_tensors(adapter_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(adapter_dir / "adapter_model.safetensors"))

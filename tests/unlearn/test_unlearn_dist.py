@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import (
+from unlearn_helpers import (
     UNLEARN,
     adapter_tensors,
     finish,
@@ -24,23 +24,44 @@ from conftest import (
 
 pytestmark = pytest.mark.dist
 
-LAUNCHERS = {0: "deepspeed", 1: "torchrun", 2: "deepspeed", 3: "deepspeed"}
+LAUNCHERS = {0: "torchrun", 1: "deepspeed", 2: "torchrun", 3: "deepspeed"}
+
+
+def _kill_then_resume(run, overrides, launcher) -> dict:
+    """ZeRO-2 run killed (SIGKILL, launcher and ranks) right after its step-2 checkpoint, then rerun."""
+    proc = start(run, overrides, launcher=launcher, env={"RAPIDUN_TEST_PAUSE_AT": "2"})
+    kill_when(proc, run / "unlearn" / "paused")
+    seen = {
+        "latest": (run / "unlearn" / "checkpoints" / "latest").read_text().strip(),
+        "adapter_after_kill": (run / "unlearn" / "adapter").exists(),
+        "rows_after_kill": len(read_metrics(run / "unlearn" / "metrics.jsonl")),
+    }
+    finish(start(run, overrides, launcher=launcher), run)
+    return seen | {"log": (run / "launch.log").read_text()}
 
 
 @pytest.fixture(scope="session")
 def zero_runs(prepared_run, tmp_path_factory):
-    """{stage: run dir} of 4-step rapidun runs on 2 ranks, launched on first use."""
+    """{stage: run dir} of 4-step rapidun runs on 2 ranks, launched on first use. ZeRO-2 is the kill/resume run
+    (its final state must equal the uninterrupted runs); ZeRO-3 uses gradient checkpointing and the logit probe."""
     cache: dict = {}
 
     def get(stage: int):
         if stage not in cache:
             run = fresh_run(prepared_run, tmp_path_factory.mktemp(f"zero{stage}") / "run")
-            extra = ["model.gradient_checkpointing=true"] if stage == 3 else []
-            env = {"RAPIDUN_TEST_PROBE": "1"} if stage == 3 else None
-            cache[stage] = run_launch(run, [*UNLEARN, f"unlearn.zero_stage={stage}", *extra],
-                                      launcher=LAUNCHERS[stage], env=env)
+            overrides = [*UNLEARN, f"unlearn.zero_stage={stage}"]
+            if stage == 2:
+                cache["resume"] = _kill_then_resume(
+                    run, [*overrides, "unlearn.save_every=2"], LAUNCHERS[stage]
+                )
+            else:
+                extra = ["model.gradient_checkpointing=true"] if stage == 3 else []
+                env = {"RAPIDUN_TEST_PROBE": "1"} if stage == 3 else None
+                run_launch(run, [*overrides, *extra], launcher=LAUNCHERS[stage], env=env)
+            cache[stage] = run
         return cache[stage]
 
+    get.cache = cache
     return get
 
 
@@ -65,8 +86,12 @@ def test_zero_stages_log_the_same_losses(zero_runs):
         for key in ("loss", "forget_ce", "retain_ce", "grad_norm", "adapter_norm", "lr"):
             got, want = [r[key] for r in rows], [r[key] for r in ref]
             for g, w in zip(got, want, strict=True):
-                assert math.isclose(g, w, rel_tol=1e-3, abs_tol=1e-7), f"zero{stage} {key}: {got} vs zero0 {want}"
-        _assert_adapters_close(zero_runs(stage) / "unlearn" / "adapter", zero_runs(0) / "unlearn" / "adapter", 1e-4)
+                assert math.isclose(g, w, rel_tol=1e-3, abs_tol=1e-7), (
+                    f"zero{stage} {key}: {got} vs zero0 {want}"
+                )
+        _assert_adapters_close(
+            zero_runs(stage) / "unlearn" / "adapter", zero_runs(0) / "unlearn" / "adapter", 1e-4
+        )
 
 
 def test_only_rank0_writes_and_manifest_records_world_size(zero_runs):
@@ -104,8 +129,13 @@ def test_zero3_gradient_checkpointing_adapter_moves_and_reloads(zero_runs, prepa
 
 def test_world_size_invariance_1x2_equals_2x1(zero_runs, prepared_run, tmp_path):
     """1 rank x grad_accum 2 (plain python) == 2 ranks x grad_accum 1 (the ZeRO-0 launch)."""
-    one = run_launch(fresh_run(prepared_run, tmp_path / "run"), [*UNLEARN, "unlearn.grad_accum=2"],
-                     launcher="python", nproc=1, worker=False)
+    one = run_launch(
+        fresh_run(prepared_run, tmp_path / "run"),
+        [*UNLEARN, "unlearn.grad_accum=2"],
+        launcher="python",
+        nproc=1,
+        worker=False,
+    )
     two = zero_runs(0)
     for key in ("loss", "forget_ce", "retain_ce", "grad_norm", "adapter_norm"):
         for a, b in zip(_losses(one, key), _losses(two, key), strict=True):
@@ -113,20 +143,16 @@ def test_world_size_invariance_1x2_equals_2x1(zero_runs, prepared_run, tmp_path)
     _assert_adapters_close(one / "unlearn" / "adapter", two / "unlearn" / "adapter", 1e-5)
 
 
-def test_kill_and_resume_matches_uninterrupted(zero_runs, prepared_run, tmp_path):
-    """ZeRO-2 (partitioned optimizer state): SIGKILL after the step-2 checkpoint, rerun, compare with zero2."""
-    run = fresh_run(prepared_run, tmp_path / "run")
-    overrides = [*UNLEARN, "unlearn.zero_stage=2", "unlearn.save_every=2"]
-    proc = start(run, overrides, env={"RAPIDUN_TEST_PAUSE_AT": "2"})
-    kill_when(proc, run / "unlearn" / "paused")
-    assert (run / "unlearn" / "checkpoints" / "latest").read_text().strip() == "step2"
-    assert not (run / "unlearn" / "adapter").exists()
-    finish(start(run, overrides), run)
-    log = (run / "launch.log").read_text()
-    assert "resumed from" in log and "at step 2" in log
+def test_kill_and_resume_matches_uninterrupted(zero_runs):
+    """SIGKILL after the step-2 checkpoint (ZeRO-2: partitioned optimizer state), rerun: same as never killed."""
+    run = zero_runs(2)
+    seen = zero_runs.cache["resume"]
+    assert seen["latest"] == "step2" and not seen["adapter_after_kill"] and seen["rows_after_kill"] == 2
+    assert "resumed from" in seen["log"] and "at step 2" in seen["log"]
     rows = read_metrics(run / "unlearn" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    ref = zero_runs(2)
-    for a, b in zip([r["loss"] for r in rows], _losses(ref), strict=True):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+    ref = zero_runs(0)
+    for key in ("loss", "lr", "grad_norm"):
+        for a, b in zip([r[key] for r in rows], _losses(ref, key), strict=True):
+            assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7), f"{key}: {a} vs {b}"
     _assert_adapters_close(run / "unlearn" / "adapter", ref / "unlearn" / "adapter", 1e-6)

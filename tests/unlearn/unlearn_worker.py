@@ -33,8 +33,14 @@ def _probe(runner: UnlearnRunner) -> None:
     with torch.no_grad():  # collective under ZeRO-3: every rank runs it
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if runner.info.rank == 0:
-        save_file({"logits": logits.float().contiguous(), "input_ids": batch["input_ids"],
-                   "attention_mask": batch["attention_mask"]}, str(runner.out_dir / "probe.safetensors"))
+        save_file(
+            {
+                "logits": logits.float().contiguous(),
+                "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"],
+            },
+            str(runner.out_dir / "probe.safetensors"),
+        )
 
 
 def install_probes() -> None:
