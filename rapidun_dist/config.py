@@ -150,7 +150,7 @@ class InfluenceConfig:
     seed: int = 1234
     batch_size: int = 16
     shard_size: int = 256  # samples per feature shard file
-    tile_size: int = 1024  # column tile for Gram blocks
+    tile_size: int = 4096  # column tile for Gram blocks (4096: within ~1.1x of a bare GEMM, benchmarks/results.md)
     backend: str = "auto"  # kernel backend: auto | triton | torch
 
     def __post_init__(self):

@@ -152,7 +152,7 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
     seconds = time.perf_counter() - t0
     summary = {"method": method, "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()), "steps": len(runner.metrics),
                "seconds": {"unlearn": seconds, "unlearn_train_only": runner.train_seconds},
-               "final": runner.metrics[-1] if runner.metrics else {}}
+               "final": runner.metrics[-1] if runner.metrics else {}, "initial_eval": runner.initial_eval}
     if runner.info.rank == 0:  # multi-rank launch: rank 0 writes shared files
         write_json(out / "summary.json", summary)
     return summary
@@ -233,7 +233,7 @@ def stage_evaluate(cfg: RunConfig, rd: RunDir) -> list[Path]:
                 "unlearn": summary["seconds"]["unlearn"]}
         secs["total"] = sum(secs.values())
         report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
-        curves[method] = _curves(out / "metrics.jsonl")
+        curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
     if cfg.eval.retrieval_rows:
         report["retrieval"] = _retrieval(cfg, rd)
     compute_speedups(report)
@@ -251,9 +251,9 @@ def _with_adapter(cfg, rd, adapter: Path):
     return PeftModel.from_pretrained(base, str(adapter))
 
 
-def _curves(path: Path) -> dict:
+def _curves(path: Path, initial: dict | None = None) -> dict:
     rows = read_jsonl(path) if path.exists() else []
-    ev = [r for r in rows if "asr_seen" in r]
+    ev = ([initial] if initial else []) + [r for r in rows if "asr_seen" in r]
     return {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
             "forget_ce": [r["forget_ce"] for r in rows], "eval_step": [r["step"] for r in ev],
             "asr_seen": [r["asr_seen"] for r in ev], "asr_ood": [r["asr_ood"] for r in ev]}

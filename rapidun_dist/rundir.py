@@ -31,11 +31,14 @@ STAGE_CONFIG = {
 
 
 def _versions() -> dict:
+    """Installed versions, read from package metadata (importing deepspeed here would cost seconds per stage)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "peft", "deepspeed"):
+    for dist in ("torch", "transformers", "peft", "deepspeed", "triton"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
+            out[dist] = version(dist)
+        except PackageNotFoundError:
             pass
     return out
 

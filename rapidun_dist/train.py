@@ -12,8 +12,8 @@ import torch
 
 from rapidun_dist.config import TrainConfig
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
-from rapidun_dist.losses import per_sample_nll
 from rapidun_dist.logging import Progress, get_logger
+from rapidun_dist.losses import per_sample_nll
 
 log = get_logger("train")
 

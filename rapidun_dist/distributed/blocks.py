@@ -128,15 +128,12 @@ def _mean_scores(feats, local_ids, layout, n_forget, n_total, *, include_self, c
     def consume(tile: _Tile) -> None:
         groups = (tile.col_ids >= n_forget).long()
         sums.add_(grouped_cosine_sums(feats, tile.cols_CK, groups, 2, backend=backend).to(sums.dtype))
-        if not include_self and tile.own_rows.stop > tile.own_rows.start:
-            own = feats[tile.own_rows]
-            with_self = grouped_cosine_sums(own, tile.cols_CK, groups, 2, backend=backend)
-            no_self = grouped_cosine_sums(
-                own, tile.cols_CK, groups, 2, self_offset=tile.own_offset, backend=backend
-            )
-            sums[tile.own_rows] += (no_self - with_self).to(sums.dtype)
 
     _stream_tiles(feats, layout, chunk, stats, consume)
+    if not include_self:  # every row met itself in exactly one tile: take cos(f_i, f_i) (1, or 0 for a zero row) out
+        self_cos = (feats.norm(dim=1) > 0).to(sums.dtype)
+        own = (local_ids >= n_forget).long()
+        sums[torch.arange(feats.shape[0], device=feats.device), own] -= self_cos
     counts = _group_counts(local_ids, n_forget, n_total, include_self).to(sums.dtype)
     mean = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
     return _self_cross(mean, local_ids, n_forget)

@@ -149,10 +149,10 @@ class RapidGradExtractor:
             nll, _ = per_sample_nll(out.logits, batch["labels"])
             grads = torch.autograd.grad(nll.sum(), self.params, allow_unused=True)
         finally:
-            for p, f in zip(self.params, flags):
+            for p, f in zip(self.params, flags, strict=True):
                 p.requires_grad_(f)
         flat = torch.cat([_unit(g.flatten().float()) if g is not None else torch.zeros(p.numel(), device=dev)
-                          for g, p in zip(grads, self.params)]).cpu()
+                          for g, p in zip(grads, self.params, strict=True)]).cpu()
         return _unit(self.sketch(flat))
 
     def sketch(self, flat: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.errors import DataError
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.influence.store import FeatureStore, assign_shards, load_features, plan_shards
-from rapidun_dist.io import read_jsonl, save_safetensors, write_json, write_jsonl
+from rapidun_dist.io import read_jsonl, save_safetensors, write_jsonl
 from rapidun_dist.logging import Progress, get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.train import encode_records

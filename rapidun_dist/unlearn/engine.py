@@ -123,6 +123,7 @@ class UnlearnRunner:
     weights_dir: Path | None
     out_dir: Path
     eval_hook: object = None  # callable(model, step) -> dict, run every unlearn.eval_every steps
+    initial_eval: dict | None = None  # the eval hook's result before the first step
     metrics: list[dict] = field(default_factory=list)
 
     # setup ------------------------------------------------------------------------------------------
@@ -148,7 +149,11 @@ class UnlearnRunner:
         self.schedule = GlobalBatchSchedule(
             n_forget=len(self.packs.forget_poisoned), n_retain=len(self.packs.retain), batch_size=u.batch_size,
             retain_per_forget=u.retain_per_forget if self.method.use_retain else 0, seed=u.seed)
-        self.total_steps = u.max_steps or max(1, math.ceil(self.schedule.steps_per_epoch * u.epochs))
+        # Every method gets the same step budget: epochs are passes over the forget set at the configured
+        # retain:forget mix (so `ga`, whose batches hold forget rows only, is not handed fewer steps).
+        budget = GlobalBatchSchedule(n_forget=len(self.packs.forget_poisoned), n_retain=max(len(self.packs.retain), 1),
+                                     batch_size=u.batch_size, retain_per_forget=u.retain_per_forget, seed=u.seed)
+        self.total_steps = u.max_steps or max(1, math.ceil(budget.steps_per_epoch * u.epochs))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=u.lr, weight_decay=u.weight_decay)
         sched = cosine_schedule(opt, self.total_steps, u.warmup_ratio)
@@ -255,6 +260,8 @@ class UnlearnRunner:
         batches = self.schedule.batches(self.total_steps)
         progress = Progress(self.total_steps - self.start_step, f"unlearn[{self.method.name}]", unit="step")
         self.train_seconds, eval_seconds = 0.0, 0.0
+        if u.eval_every and self.eval_hook and self.start_step == 0:  # the curve's starting point, not timed
+            self.initial_eval = {"step": 0, **self.eval_hook(self.engine.module, 0)}
         t0 = time.perf_counter()
         for step in range(self.start_step, self.total_steps):
             totals, lr = {}, self.engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)

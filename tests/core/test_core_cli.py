@@ -26,7 +26,7 @@ def test_rapidin_reference_weights_reproduced(tmp_path):
     for name in ("forget_weights.jsonl", "retain_weights.jsonl"):
         ours, ref = read_jsonl(out / name), read_jsonl(SHARED / name)
         assert len(ours) == len(ref)
-        for a, b in zip(ours, ref):
+        for a, b in zip(ours, ref, strict=True):
             assert a["index"] == b["index"]
             assert a["weight"] == pytest.approx(b["weight"], abs=1e-9)
 

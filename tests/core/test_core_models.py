@@ -7,8 +7,15 @@ import torch
 
 from rapidun_dist.config import ModelConfig, TinyModelConfig
 from rapidun_dist.errors import ConfigError
-from rapidun_dist.models.loading import (build_tiny_model, load_pretrained, load_saved, load_tokenizer, resolve_path,
-                                         save_model, train_tokenizer)
+from rapidun_dist.models.loading import (
+    build_tiny_model,
+    load_pretrained,
+    load_saved,
+    load_tokenizer,
+    resolve_path,
+    save_model,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def test_local_folder_round_trip(tiny):
 def test_tiny_model_is_seeded():
     a = build_tiny_model(TinyModelConfig(), vocab_size=64, max_length=16, seed=1)
     b = build_tiny_model(TinyModelConfig(), vocab_size=64, max_length=16, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_package_paths():
