@@ -23,7 +23,8 @@ STAGES = ("prepare", "implant", "influence", "weights", "unlearn", "evaluate")
 STAGE_CONFIG = {
     "prepare": ("data", "seed"),
     "implant": ("model", "implant"),
-    "influence": ("influence",),
+    # the influence stage also aggregates the Gram blocks into directional scores (weights.agg and friends)
+    "influence": ("influence", "weights.agg", "weights.topk", "weights.trim", "weights.include_self"),
     "weights": ("weights",),
     "unlearn": ("unlearn", "methods"),
     "evaluate": ("eval",),
@@ -41,6 +42,13 @@ def _versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
+
+
+def _lookup(cfg_dict: dict, dotted: str):
+    node = cfg_dict
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 @dataclass
@@ -102,7 +110,7 @@ class RunDir:
         stages = self.manifest()["stages"]
         for name in STAGES[: STAGES.index(stage) + 1]:
             for key in STAGE_CONFIG[name]:
-                h.update(json.dumps({key: cfg_dict.get(key)}, sort_keys=True, default=str).encode())
+                h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
             if name != stage and name in stages:
                 h.update(json.dumps(stages[name].get("outputs", {}), sort_keys=True).encode())
         return h.hexdigest()[:16]

@@ -114,6 +114,18 @@ def single_process_rendezvous() -> None:
     os.environ.setdefault("MASTER_PORT", str(dist_env.free_port()))
 
 
+def warm_up() -> None:
+    """Process-level set-up shared by every method (imports, DeepSpeed's communication backend), done once
+    before any method is timed, so the first method measured does not carry it."""
+    import deepspeed
+    import peft  # noqa: F401
+
+    info = dist_env.init_distributed()
+    if info.world_size == 1:
+        single_process_rendezvous()
+    deepspeed.init_distributed(dist_backend="nccl" if info.device.type == "cuda" else "gloo")
+
+
 @dataclass
 class UnlearnRunner:
     cfg: RunConfig
@@ -124,6 +136,7 @@ class UnlearnRunner:
     out_dir: Path
     eval_hook: object = None  # callable(model, step) -> dict, run every unlearn.eval_every steps
     initial_eval: dict | None = None  # the eval hook's result before the first step
+    eval_seconds: float = 0.0  # time spent in the eval hook (excluded from the method's measured cost)
     metrics: list[dict] = field(default_factory=list)
 
     # setup ------------------------------------------------------------------------------------------
@@ -261,7 +274,9 @@ class UnlearnRunner:
         progress = Progress(self.total_steps - self.start_step, f"unlearn[{self.method.name}]", unit="step")
         self.train_seconds, eval_seconds = 0.0, 0.0
         if u.eval_every and self.eval_hook and self.start_step == 0:  # the curve's starting point, not timed
+            te = time.perf_counter()
             self.initial_eval = {"step": 0, **self.eval_hook(self.engine.module, 0)}
+            self.eval_seconds += time.perf_counter() - te
         t0 = time.perf_counter()
         for step in range(self.start_step, self.total_steps):
             totals, lr = {}, self.engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
@@ -294,6 +309,7 @@ class UnlearnRunner:
                 log.info(f"stop rule: forget poisoned CE {row['forget_ce']:.3f} >= {u.stop_forget_ce} at step {step + 1}")
                 break
         self.train_seconds = time.perf_counter() - t0 - eval_seconds
+        self.eval_seconds += eval_seconds
         self._check_adapter_moved()
         return self.metrics
 

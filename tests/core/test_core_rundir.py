@@ -63,3 +63,12 @@ def test_redone_upstream_invalidates_downstream(tmp_path):
     out.write_text("two")
     rd.finish("prepare", rd.start("prepare", rd.fingerprint("prepare", cfg)), [out])
     assert rd.fingerprint("implant", cfg) != fp_implant
+
+
+def test_influence_fingerprint_follows_the_aggregation(tmp_path):
+    rd = RunDir(tmp_path)
+    base = {"influence": {"k_in": 16}, "weights": {"agg": "mean", "tau_f": 0.7}}
+    other_agg = {"influence": {"k_in": 16}, "weights": {"agg": "median_topk", "tau_f": 0.7}}
+    other_tau = {"influence": {"k_in": 16}, "weights": {"agg": "mean", "tau_f": 0.5}}
+    assert rd.fingerprint("influence", base) != rd.fingerprint("influence", other_agg)
+    assert rd.fingerprint("influence", base) == rd.fingerprint("influence", other_tau)
