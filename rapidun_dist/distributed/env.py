@@ -217,8 +217,15 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Tear down the default process group, and DeepSpeed's cached clones of it: DeepSpeed keeps the group it
+    cloned at module level, so a later `deepspeed.initialize` in the same process would use a dead group."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None and hasattr(groups, "_WORLD_GROUP"):
+        groups._WORLD_GROUP = None
 
 
 def all_gather_object(obj) -> list:

@@ -170,6 +170,9 @@ def _retrieval_section(report: dict) -> list[str]:
     return lines + [""]
 
 
+SCATTER_MAX_RATIO = 3.0  # methods that wreck clean PPL beyond this are named in the title, not plotted
+
+
 def _plots(eval_dir: Path, report: dict, weights: dict | None, curves: dict | None) -> list[str]:
     """Write the SVG plots; returns the Markdown lines that show them."""
     rows = _rows(report)
@@ -189,12 +192,15 @@ def _plots(eval_dir: Path, report: dict, weights: dict | None, curves: dict | No
         },
         "ASR (fraction) / PPL ratio",
     )
+    on_scale = {lab: (r, _num(e.get("asr_ood"))) for (lab, e), r in zip(rows, ratio, strict=True)
+                if r is not None and r <= SCATTER_MAX_RATIO}
+    off_scale = [f"{lab} {r:.3g}x" for (lab, _), r in zip(rows, ratio, strict=True) if r is not None and r > SCATTER_MAX_RATIO]
     plots.scatter(
         eval_dir / "asr_vs_ppl.svg",
-        "Attack success vs clean perplexity",
-        {lab: (_num(e.get("clean_ppl")), _num(e.get("asr_seen"))) for lab, e in rows},
-        "clean perplexity (lower is better)",
-        "ASR on seen triggers (lower is better)",
+        "OOD attack success vs clean perplexity" + (f" (off scale: {', '.join(off_scale)})" if off_scale else ""),
+        on_scale,
+        "clean PPL / PPL before (lower is better)",
+        "ASR on OOD triggers (lower is better)",
     )
     names = ["asr_ppl_by_method", "asr_vs_ppl"]
     if weights:
@@ -204,7 +210,7 @@ def _plots(eval_dir: Path, report: dict, weights: dict | None, curves: dict | No
         names.append("weights_hist")
     if curves:
         _curve_plots(eval_dir, curves)
-        names += ["loss_curves", "asr_vs_steps"]
+        names += ["loss_curves", "asr_seen_vs_steps", "asr_ood_vs_steps"]
     return ["## Plots", ""] + [line for n in names for line in (f"![{n}]({n}.svg)", "")]
 
 
@@ -216,11 +222,10 @@ def _curve_plots(eval_dir: Path, curves: dict) -> None:
         "step",
         "loss",
     )
-    asr = {}
-    for m, c in curves.items():
-        asr[f"{m} seen"] = (c.get("eval_step", []), c.get("asr_seen", []))
-        asr[f"{m} OOD"] = (c.get("eval_step", []), c.get("asr_ood", []))
-    plots.line_chart(eval_dir / "asr_vs_steps.svg", "ASR during unlearning", asr, "step", "ASR")
+    for key, label in (("asr_seen", "seen"), ("asr_ood", "OOD")):
+        series = {m: (c.get("eval_step", []), c.get(key, [])) for m, c in curves.items()}
+        plots.line_chart(eval_dir / f"{key}_vs_steps.svg", f"ASR ({label} triggers) during unlearning", series,
+                         "step", "ASR")
 
 
 def _json_safe(obj):

@@ -25,10 +25,9 @@ def single_process():
     saved = {k: os.environ.get(k) for k in keys}
     os.environ["DS_ACCELERATOR"] = "cpu"
     yield
-    import torch.distributed as dist
+    from rapidun_dist.distributed import env as dist_env
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    dist_env.destroy()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
