@@ -96,3 +96,24 @@ def random_lengths(n_tokens: int, n_samples: int, gen: torch.Generator) -> list[
     cuts = torch.randint(0, n_tokens + 1, (n_samples - 1,), generator=gen).sort().values.tolist()
     edges = [0, *cuts, n_tokens]
     return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def run_cli(doc: str, bench_shape: Callable, shapes: dict, default_csv: Path, argv: list[str] | None = None) -> None:
+    """The shared command line of the kernel benchmarks: pick shapes (`--tiny`/`--quick`/full) and dtype, time
+    every shape with `bench_shape(shape, dtype, device, repeat=)`, append the rows to the CSV, print a table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (seconds)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--csv", type=Path, default=default_csv)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    chosen = shapes["tiny"] if args.tiny else shapes["quick"] if args.quick else shapes["full"]
+    rows = [r for s in chosen for r in bench_shape(s, dtype, device, repeat=3 if args.quick or args.tiny else 10)]
+    append_csv(args.csv, rows)
+    print(format_table(rows))
+    print(f"appended {len(rows)} rows to {args.csv}")

@@ -9,14 +9,20 @@ row counts what any implementation must move: read X, G, P_in, P_out once, write
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import DEFAULT_CSV, append_csv, backends, format_table, make_row, random_lengths, time_ms  # noqa: E402
+from bench_common import (  # noqa: E402
+    DEFAULT_CSV,
+    backends,
+    make_row,
+    random_lengths,
+    run_cli,
+    time_ms,
+)
 
 from rapidun_dist.kernels import fused_token_projection  # noqa: E402
 
@@ -50,20 +56,7 @@ def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
-    parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (seconds)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    shapes = TINY if args.tiny else QUICK if args.quick else FULL
-    rows = [r for s in shapes for r in bench_shape(s, dtype, device, repeat=3 if args.quick or args.tiny else 10)]
-    append_csv(args.csv, rows)
-    print(format_table(rows))
-    print(f"appended {len(rows)} rows to {args.csv}")
+    run_cli(__doc__, bench_shape, {"tiny": TINY, "quick": QUICK, "full": FULL}, DEFAULT_CSV, argv)
 
 
 if __name__ == "__main__":
