@@ -7,8 +7,6 @@ computation on a single process, the tiled distributed computation otherwise. Ra
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import torch
@@ -60,17 +58,7 @@ def extract_features(cfg: RunConfig, model, tokenizer, records: list[dict], stor
             feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
             progress.update(len(rows))
         store.write_shard(i, shards[i], feats)
-        _test_kill_hook(rank, n_written=mine.index(i) + 1)
     return store
-
-
-def _test_kill_hook(rank: int, *, n_written: int) -> None:
-    """Test-only crash injection for the resume tests: RAPIDUN_TEST_KILL_AFTER_SHARDS="R:N" makes rank R
-    SIGKILL itself right after writing its N-th shard of this call. Unset (always, outside tests): no-op."""
-    spec = os.environ.get("RAPIDUN_TEST_KILL_AFTER_SHARDS")
-    if spec and tuple(int(x) for x in spec.split(":")) == (rank, n_written):
-        log.warning(f"RAPIDUN_TEST_KILL_AFTER_SHARDS={spec}: killing rank {rank} now")
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:

@@ -53,10 +53,13 @@ def assert_weights_close(got: dict, want: dict, atol: float) -> None:
 
 def torchrun_influence(run: Path, *, nproc: int = 2, env_extra: dict | None = None,
                        timeout: float = 120) -> subprocess.CompletedProcess:
-    """launch/influence.py on `nproc` gloo ranks (python -m torch.distributed.run of this venv)."""
+    """launch/influence.py on `nproc` gloo ranks (python -m torch.distributed.run of this venv); through
+    kill_worker.py (the same launch with a crash hook) when env_extra sets RAPIDUN_TEST_KILL_AFTER_SHARDS."""
+    script = (Path(__file__).parent / "kill_worker.py" if "RAPIDUN_TEST_KILL_AFTER_SHARDS" in (env_extra or {})
+              else REPO / "launch" / "influence.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPIDUN_LOG_ALL_RANKS": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-           "--monitor_interval", "0.2", str(REPO / "launch" / "influence.py"), "--config", str(CONFIG),
+           "--monitor_interval", "0.2", str(script), "--config", str(CONFIG),
            f"run_dir={run}", *OVERRIDES]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -1,8 +1,8 @@
 """Kill one rank of a 2-rank feature extraction hard (SIGKILL), rerun: only the missing shards are recomputed
 and the final weights equal an uninterrupted single-process run.
 
-The crash is injected by the test hook RAPIDUN_TEST_KILL_AFTER_SHARDS="RANK:N" of
-rapidun_dist.influence.stage.extract_features (rank RANK SIGKILLs itself after writing its N-th shard);
+The crash is injected by tests/influence_dist/kill_worker.py (RAPIDUN_TEST_KILL_AFTER_SHARDS="RANK:N"): rank
+RANK SIGKILLs itself right after writing its N-th feature shard;
 torchrun then tears down the other rank.
 """
 
