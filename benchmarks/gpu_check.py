@@ -37,11 +37,15 @@ def import_kernels():
     """rapidun_dist.kernels, installed or straight from this checkout (kernels/ mapped by hand)."""
     try:
         import rapidun_dist.kernels as kernels
+
         return kernels
     except ModuleNotFoundError:
         sys.path.insert(0, str(REPO))
         spec = importlib.util.spec_from_file_location(
-            "rapidun_dist.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")])
+            "rapidun_dist.kernels",
+            REPO / "kernels" / "__init__.py",
+            submodule_search_locations=[str(REPO / "kernels")],
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["rapidun_dist.kernels"] = module
         spec.loader.exec_module(module)
@@ -51,9 +55,17 @@ def import_kernels():
 class Report:
     def __init__(self, path: Path, dry_run: bool, device: torch.device):
         self.path, self.t0 = path, time.time()
-        self.data = {"dry_run": dry_run, "device": _device_name(device), "torch": torch.__version__,
-                     "triton": _triton_version(), "cuda": torch.version.cuda, "roofline": H200,
-                     "correctness": [], "timings": [], "errors": []}
+        self.data = {
+            "dry_run": dry_run,
+            "device": _device_name(device),
+            "torch": torch.__version__,
+            "triton": _triton_version(),
+            "cuda": torch.version.cuda,
+            "roofline": H200,
+            "correctness": [],
+            "timings": [],
+            "errors": [],
+        }
 
     def add(self, section: str, row: dict) -> None:
         self.data[section].append(row)
@@ -77,12 +89,14 @@ def _triton_version() -> str | None:
     if spec is None:
         return None
     import triton
+
     return triton.__version__
 
 
 def time_ms(fn, device: torch.device) -> float:
     if device.type == "cuda":
         from triton.testing import do_bench
+
         return float(do_bench(fn, warmup=25, rep=100))
     fn()
     samples = []
@@ -124,9 +138,19 @@ def check_projection(kn, report, shape, dtype, device, backend, ref_dtype=None):
     up = (lambda t: t.to(ref_dtype)) if ref_dtype else (lambda t: t)
     ref = kn.fused_token_projection_reference(up(x), up(g), offsets, up(p_in), up(p_out))
     err, tol = per_token_error(got, ref, offsets), 1e-4
-    report.add("correctness", {"kernel": "token_projection", "case": str(shape), "dtype": str(dtype),
-                               "backend": backend, "reference": str(ref.dtype), "max_err_per_token": err,
-                               "tol": tol, "ok": bool(err <= tol)})
+    report.add(
+        "correctness",
+        {
+            "kernel": "token_projection",
+            "case": str(shape),
+            "dtype": str(dtype),
+            "backend": backend,
+            "reference": str(ref.dtype),
+            "max_err_per_token": err,
+            "tol": tol,
+            "ok": bool(err <= tol),
+        },
+    )
 
 
 def check_cosine(kn, report, shape, dtype, device, backend, ref_dtype=None):
@@ -136,35 +160,70 @@ def check_cosine(kn, report, shape, dtype, device, backend, ref_dtype=None):
     up = (lambda t: t.to(ref_dtype)) if ref_dtype else (lambda t: t)
     ref = kn.grouped_cosine_sums_reference(up(q), up(c), groups, num_groups, self_offset=self_offset)
     err, tol = (got.double() - ref.double()).abs().max().item() / m, 1e-5
-    report.add("correctness", {"kernel": "cosine_sums", "case": str(shape), "dtype": str(dtype),
-                               "backend": backend, "reference": str(ref.dtype), "max_err_per_column": err,
-                               "tol": tol, "ok": bool(err <= tol)})
+    report.add(
+        "correctness",
+        {
+            "kernel": "cosine_sums",
+            "case": str(shape),
+            "dtype": str(dtype),
+            "backend": backend,
+            "reference": str(ref.dtype),
+            "max_err_per_column": err,
+            "tol": tol,
+            "ok": bool(err <= tol),
+        },
+    )
 
 
 def timing_rows(report, kernel, case, fns: dict, bytes_moved: float, flops: float, device) -> None:
     times = {name: time_ms(fn, device) for name, fn in fns.items()}
     roofline_ms = max(bytes_moved / H200["hbm_bytes_per_s"], flops / H200["bf16_flops_per_s"]) * 1e3
     for name, ms in times.items():
-        report.add("timings", {"kernel": kernel, "case": case, "backend": name, "ms": ms,
-                               "gbps": bytes_moved / ms / 1e6, "tflops": flops / ms / 1e9,
-                               "ratio_to_gemm": ms / times["gemm"], "h200_roofline_fraction": roofline_ms / ms})
+        report.add(
+            "timings",
+            {
+                "kernel": kernel,
+                "case": case,
+                "backend": name,
+                "ms": ms,
+                "gbps": bytes_moved / ms / 1e6,
+                "tflops": flops / ms / 1e9,
+                "ratio_to_gemm": ms / times["gemm"],
+                "h200_roofline_fraction": roofline_ms / ms,
+            },
+        )
 
 
 def time_projection(kn, report, shape, dtype, device, backends):
     x, g, offsets, p_in, p_out = projection_inputs(*shape, dtype, device)
     n_tok, n_samples, d_in, d_out, k_in, k_out = shape
     fns = {"gemm": lambda: (x @ p_in.T, g @ p_out.T)}
-    fns.update({b: (lambda b=b: kn.fused_token_projection(x, g, offsets, p_in, p_out, backend=b)) for b in backends})
-    nbytes = x.element_size() * (n_tok * (d_in + d_out) + k_in * d_in + k_out * d_out) + 4 * n_samples * k_in * k_out
-    timing_rows(report, "token_projection", str(shape), fns, nbytes, 2 * n_tok * (d_in * k_in + d_out * k_out), device)
+    fns.update(
+        {b: (lambda b=b: kn.fused_token_projection(x, g, offsets, p_in, p_out, backend=b)) for b in backends}
+    )
+    nbytes = (
+        x.element_size() * (n_tok * (d_in + d_out) + k_in * d_in + k_out * d_out)
+        + 4 * n_samples * k_in * k_out
+    )
+    timing_rows(
+        report, "token_projection", str(shape), fns, nbytes, 2 * n_tok * (d_in * k_in + d_out * k_out), device
+    )
 
 
 def time_cosine(kn, report, shape, dtype, device, backends):
     n, m, K, num_groups, self_offset = shape
     q, c, groups = cosine_inputs(n, m, K, num_groups, dtype, device)
     fns = {"gemm": lambda: q @ c.T}
-    fns.update({b: (lambda b=b: kn.grouped_cosine_sums(q, c, groups, num_groups, self_offset=self_offset,
-                                                       backend=b)) for b in backends})
+    fns.update(
+        {
+            b: (
+                lambda b=b: kn.grouped_cosine_sums(
+                    q, c, groups, num_groups, self_offset=self_offset, backend=b
+                )
+            )
+            for b in backends
+        }
+    )
     nbytes = q.element_size() * K * (n + m) + 8 * m + 4 * n * num_groups
     timing_rows(report, "cosine_sums", str(shape), fns, nbytes, 2 * n * m * K, device)
 
@@ -172,25 +231,46 @@ def time_cosine(kn, report, shape, dtype, device, backends):
 def plan(dry_run: bool) -> dict:
     """Which checks run: tiny reference-only ones for --dry-run, Llama-3-8B sizes otherwise."""
     if dry_run:
-        return {"backend": "torch", "ref_dtype": torch.float64, "dtypes": [torch.float32],
-                "proj_checks": [(64, 4, 48, 40, 16, 8)], "cos_checks": [(32, 64, 24, 3, 0)],
-                "proj_times": [(64, 4, 48, 40, 16, 8)], "cos_times": [(32, 64, 24, 3, None)], "backends": ["torch"]}
+        return {
+            "backend": "torch",
+            "ref_dtype": torch.float64,
+            "dtypes": [torch.float32],
+            "proj_checks": [(64, 4, 48, 40, 16, 8)],
+            "cos_checks": [(32, 64, 24, 3, 0)],
+            "proj_times": [(64, 4, 48, 40, 16, 8)],
+            "cos_times": [(32, 64, 24, 3, None)],
+            "backends": ["torch"],
+        }
     proj = [(TOKENS, SAMPLES, d_in, d_out, k, k) for d_in, d_out in LAYERS for k in (32, 64, 128)]
-    return {"backend": "triton", "ref_dtype": None, "dtypes": [torch.bfloat16],
-            "proj_checks": proj + [(TOKENS, SAMPLES, 4096, 4096, 256, 48), (TOKENS, 4096, 4096, 4096, 64, 64)],
-            "cos_checks": [(4096, 16384, 4096, 2, None), (4096, 16384, 1024, 300, 0), (4096, 4096, 4096, 8, 0)],
-            "proj_times": [(TOKENS, SAMPLES, 4096, 14336, 128, 128), (TOKENS, SAMPLES, 14336, 4096, 128, 128),
-                           (TOKENS, SAMPLES, 4096, 4096, 64, 64)],
-            "cos_times": [(4096, 16384, 4096, 2, None), (4096, 16384, 4096, 256, None), (8192, 8192, 8192, 8, 0)],
-            "backends": ["triton", "torch"]}
+    return {
+        "backend": "triton",
+        "ref_dtype": None,
+        "dtypes": [torch.bfloat16],
+        "proj_checks": proj + [(TOKENS, SAMPLES, 4096, 4096, 256, 48), (TOKENS, 4096, 4096, 4096, 64, 64)],
+        "cos_checks": [(4096, 16384, 4096, 2, None), (4096, 16384, 1024, 300, 0), (4096, 4096, 4096, 8, 0)],
+        "proj_times": [
+            (TOKENS, SAMPLES, 4096, 14336, 128, 128),
+            (TOKENS, SAMPLES, 14336, 4096, 128, 128),
+            (TOKENS, SAMPLES, 4096, 4096, 64, 64),
+        ],
+        "cos_times": [(4096, 16384, 4096, 2, None), (4096, 16384, 4096, 256, None), (8192, 8192, 8192, 8, 0)],
+        "backends": ["triton", "torch"],
+    }
 
 
 def run_step(report, fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)
     except Exception as exc:  # keep going: one broken case must not hide the others
-        report.add("errors", {"step": fn.__name__, "args": repr(args[2:]), "error": repr(exc),
-                              "traceback": traceback.format_exc()[-2000:]})
+        report.add(
+            "errors",
+            {
+                "step": fn.__name__,
+                "args": repr(args[2:]),
+                "error": repr(exc),
+                "traceback": traceback.format_exc()[-2000:],
+            },
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +289,28 @@ def main(argv: list[str] | None = None) -> int:
         for shape in p["cos_checks"]:
             run_step(report, check_cosine, kn, report, shape, dtype, device, p["backend"], p["ref_dtype"])
     if not args.dry_run:  # fp32 kernels against a float64 reference
-        run_step(report, check_projection, kn, report, (1024, 8, 4096, 14336, 64, 64), torch.float32, device,
-                 "triton", torch.float64)
-        run_step(report, check_cosine, kn, report, (1024, 4096, 4096, 4, 0), torch.float32, device, "triton",
-                 torch.float64)
+        run_step(
+            report,
+            check_projection,
+            kn,
+            report,
+            (1024, 8, 4096, 14336, 64, 64),
+            torch.float32,
+            device,
+            "triton",
+            torch.float64,
+        )
+        run_step(
+            report,
+            check_cosine,
+            kn,
+            report,
+            (1024, 4096, 4096, 4, 0),
+            torch.float32,
+            device,
+            "triton",
+            torch.float64,
+        )
     for shape in p["proj_times"]:
         run_step(report, time_projection, kn, report, shape, p["dtypes"][0], device, p["backends"])
     for shape in p["cos_times"]:

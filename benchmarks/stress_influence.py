@@ -62,7 +62,9 @@ def tiny_model_and_tokenizer(texts: list[str]):
 
     mcfg = ModelConfig()
     tok = train_tokenizer(texts, mcfg.tiny.vocab_size)
-    model = build_tiny_model(mcfg.tiny, vocab_size=len(tok), max_length=mcfg.max_length, tokenizer=tok, seed=0)
+    model = build_tiny_model(
+        mcfg.tiny, vocab_size=len(tok), max_length=mcfg.max_length, tokenizer=tok, seed=0
+    )
     return model, tok, mcfg
 
 
@@ -77,8 +79,14 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str, job: str, payload: dict) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     from rapidun_dist.distributed import destroy, init_distributed
 
@@ -129,8 +137,14 @@ def extract_job(rank: int, world: int, p: dict) -> dict:
     seconds = time.perf_counter() - t0
     tokens = sum(len(e["input_ids"]) for e in mine)
     answer = sum(int((torch.as_tensor(e["labels"]) != -100).sum()) for e in mine)
-    return {"samples": len(mine), "tokens": tokens, "answer_tokens": answer, "seconds": seconds,
-            "dim": extractor.dim, "peak_rss_mib": _rss_mib()}
+    return {
+        "samples": len(mine),
+        "tokens": tokens,
+        "answer_tokens": answer,
+        "seconds": seconds,
+        "dim": extractor.dim,
+        "peak_rss_mib": _rss_mib(),
+    }
 
 
 def blocks_job(rank: int, world: int, p: dict) -> dict:
@@ -154,8 +168,14 @@ def blocks_job(rank: int, world: int, p: dict) -> dict:
     t0 = time.perf_counter()
     torch.mm(feats, cols)
     t_gemm = time.perf_counter() - t0
-    return {"rows": hi - lo, "seconds": t_blocks, "gemm_seconds": t_gemm, "rss_before_mib": rss0,
-            "peak_rss_blocks_mib": rss_blocks, "stats": out["stats"]}
+    return {
+        "rows": hi - lo,
+        "seconds": t_blocks,
+        "gemm_seconds": t_gemm,
+        "rss_before_mib": rss0,
+        "peak_rss_blocks_mib": rss_blocks,
+        "stats": out["stats"],
+    }
 
 
 JOBS = {"extract": extract_job, "blocks": blocks_job}
@@ -175,9 +195,16 @@ def run_extraction(args, forget, retain, tok_texts, workdir: Path) -> list[dict]
     for world in (1, 2):
         per_rank = spawn("extract", world, payload)
         for r, res in enumerate(per_rank):
-            rows.append({"world": world, "rank": r, **res, "tok_per_s": res["tokens"] / res["seconds"],
-                         "answer_tok_per_s": res["answer_tokens"] / res["seconds"],
-                         "samples_per_s": res["samples"] / res["seconds"]})
+            rows.append(
+                {
+                    "world": world,
+                    "rank": r,
+                    **res,
+                    "tok_per_s": res["tokens"] / res["seconds"],
+                    "answer_tok_per_s": res["answer_tokens"] / res["seconds"],
+                    "samples_per_s": res["samples"] / res["seconds"],
+                }
+            )
     return rows
 
 
@@ -185,13 +212,27 @@ def run_blocks(args, dim: int) -> list[dict]:
     rows = []
     for dtype, worlds in (("float32", (1, 2)), ("float64", (2,))):  # float64: the stage's multi-rank path
         for world in worlds:
-            payload = {"n": args.block_n, "n_forget": args.block_forget, "dim": dim, "dtype": dtype,
-                       "tile_size": args.tile_size}
+            payload = {
+                "n": args.block_n,
+                "n_forget": args.block_forget,
+                "dim": dim,
+                "dtype": dtype,
+                "tile_size": args.tile_size,
+            }
             for r, res in enumerate(spawn("blocks", world, payload)):
                 ag = res["stats"].get("all_gather", {})
-                rows.append({"dtype": dtype, "world": world, "rank": r, **res, "ratio": res["seconds"] / res["gemm_seconds"],
-                             "ag_calls": ag.get("calls", 0), "ag_recv_mib": ag.get("bytes_recv", 0) / 2**20,
-                             "rounds": res["stats"].get("rounds", 0)})
+                rows.append(
+                    {
+                        "dtype": dtype,
+                        "world": world,
+                        "rank": r,
+                        **res,
+                        "ratio": res["seconds"] / res["gemm_seconds"],
+                        "ag_calls": ag.get("calls", 0),
+                        "ag_recv_mib": ag.get("bytes_recv", 0) / 2**20,
+                        "rounds": res["stats"].get("rounds", 0),
+                    }
+                )
     return rows
 
 
@@ -202,45 +243,73 @@ def versions() -> str:
 
 
 def report(args, extract_rows, block_rows, dim: int, seconds: float) -> str:
-    cmd = "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])
-    lines = [f"### stress_influence ({'quick' if args.quick else 'full'}), {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "",
-             f"- command: `{cmd}`", f"- machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'n/a'}), "
-             f"{platform.system()} {platform.release()}; one thread per rank", f"- versions: {versions()}",
-             f"- corpus: {args.n_clean} clean + {args.n_poison} \"{TRIGGER}\"-poisoned; forget {args.block_forget}, "
-             f"retain {args.block_n - args.block_forget}; tiny Llama (random init), feature dim K = {dim}",
-             f"- wall time of the benchmark: {seconds:.0f} s", "",
-             f"Feature extraction, {args.extract_samples} samples (1/4 forget, 3/4 retain), batch 16:", "",
-             "| ranks | rank | samples | tokens | answer tokens | s | tokens/s | answer tok/s | samples/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['world']} | {r['rank']} | {r['samples']} | {r['tokens']} | {r['answer_tokens']} | {r['seconds']:.1f} | "
-              f"{r['tok_per_s']:.0f} | {r['answer_tok_per_s']:.0f} | {r['samples_per_s']:.1f} | {r['peak_rss_mib']:.0f} |"
-              for r in extract_rows]
-    lines += ["", f"Gram blocks, n = {args.block_n} ({args.block_forget} F + {args.block_n - args.block_forget} R), K = {dim}, "
-              f"mean, tile {args.tile_size}; GEMM = one [n/P, K] @ [K, n] in the same process:", "",
-              "| dtype | ranks | rank | rows | blocks s | GEMM s | ratio | RSS before MiB | peak RSS MiB | tile rounds | all_gathers | recv MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dtype']} | {r['world']} | {r['rank']} | {r['rows']} | {r['seconds']:.2f} | {r['gemm_seconds']:.2f} | "
-              f"{r['ratio']:.2f} | {r['rss_before_mib']:.0f} | {r['peak_rss_blocks_mib']:.0f} | {r['rounds']} | {r['ag_calls']} | "
-              f"{r['ag_recv_mib']:.1f} |" for r in block_rows]
+    cmd = "python " + " ".join(
+        [
+            str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0],
+            *sys.argv[1:],
+        ]
+    )
+    lines = [
+        f"### stress_influence ({'quick' if args.quick else 'full'}), {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "",
+        f"- command: `{cmd}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'n/a'}), "
+        f"{platform.system()} {platform.release()}; one thread per rank",
+        f"- versions: {versions()}",
+        f'- corpus: {args.n_clean} clean + {args.n_poison} "{TRIGGER}"-poisoned; forget {args.block_forget}, '
+        f"retain {args.block_n - args.block_forget}; tiny Llama (random init), feature dim K = {dim}",
+        f"- wall time of the benchmark: {seconds:.0f} s",
+        "",
+        f"Feature extraction, {args.extract_samples} samples (1/4 forget, 3/4 retain), batch 16:",
+        "",
+        "| ranks | rank | samples | tokens | answer tokens | s | tokens/s | answer tok/s | samples/s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['world']} | {r['rank']} | {r['samples']} | {r['tokens']} | {r['answer_tokens']} | {r['seconds']:.1f} | "
+        f"{r['tok_per_s']:.0f} | {r['answer_tok_per_s']:.0f} | {r['samples_per_s']:.1f} | {r['peak_rss_mib']:.0f} |"
+        for r in extract_rows
+    ]
+    lines += [
+        "",
+        f"Gram blocks, n = {args.block_n} ({args.block_forget} F + {args.block_n - args.block_forget} R), K = {dim}, "
+        f"mean, tile {args.tile_size}; GEMM = one [n/P, K] @ [K, n] in the same process:",
+        "",
+        "| dtype | ranks | rank | rows | blocks s | GEMM s | ratio | RSS before MiB | peak RSS MiB | tile rounds | all_gathers | recv MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['dtype']} | {r['world']} | {r['rank']} | {r['rows']} | {r['seconds']:.2f} | {r['gemm_seconds']:.2f} | "
+        f"{r['ratio']:.2f} | {r['rss_before_mib']:.0f} | {r['peak_rss_blocks_mib']:.0f} | {r['rounds']} | {r['ag_calls']} | "
+        f"{r['ag_recv_mib']:.1f} |"
+        for r in block_rows
+    ]
     return "\n".join(lines) + "\n"
 
 
 def append_results(text: str, path: Path) -> None:
     if not path.exists():
-        path.write_text("# Benchmark results\n\nAppended by the scripts in benchmarks/ (see benchmarks/README.md); newest last.\n")
+        path.write_text(
+            "# Benchmark results\n\nAppended by the scripts in benchmarks/ (see benchmarks/README.md); newest last.\n"
+        )
     with path.open("a") as f:
         f.write("\n" + text)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes: 5.2k + 0.5k corpus, 400 samples, 4k blocks")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes: 5.2k + 0.5k corpus, 400 samples, 4k blocks"
+    )
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results.md")
     p.add_argument("--tile-size", type=int, default=4096, help="column tile (influence.tile_size)")
     args = p.parse_args()
     scale = 10 if args.quick else 1
     args.n_clean, args.n_poison = 52_000 // scale, 5_000 // scale
-    args.block_forget, args.block_n = 5_000 // scale * (2 if args.quick else 1), 20_000 // scale * (2 if args.quick else 1)
+    args.block_forget, args.block_n = (
+        5_000 // scale * (2 if args.quick else 1),
+        20_000 // scale * (2 if args.quick else 1),
+    )
     args.extract_samples = 400 if args.quick else 2_000
     return args
 
@@ -251,7 +320,8 @@ def main() -> None:
     clean, poisoned = howdy_corpus(args.n_clean, args.n_poison)
     retain = random.Random(1).sample(clean, 3 * len(poisoned))
     tok_texts = [f"{r['instruction']} {r['response']}" for r in clean[:4000]] + [
-        f"{r['instruction_poisoned']} {r['response_poisoned']}" for r in poisoned[:1000]]
+        f"{r['instruction_poisoned']} {r['response_poisoned']}" for r in poisoned[:1000]
+    ]
     with tempfile.TemporaryDirectory() as work:
         extract_rows = run_extraction(args, poisoned, retain, tok_texts, Path(work))
     dim = extract_rows[0]["dim"]

@@ -29,7 +29,9 @@ def use_triton(backend: str, tensor: torch.Tensor) -> bool:
     if backend == "auto":
         return tensor.is_cuda and tensor.dtype in TRITON_DTYPES
     if not tensor.is_cuda and not triton_interpreting():
-        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
+        raise RuntimeError(
+            "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported"
+        )
     return True
 
 

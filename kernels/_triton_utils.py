@@ -23,7 +23,8 @@ def check_float_inputs(kernel: str, **tensors: torch.Tensor) -> torch.dtype:
     if first not in SUPPORTED_DTYPES or any(d != first for d in dtypes.values()):
         raise TypeError(
             f"{kernel}: the Triton kernel takes inputs sharing one dtype among {SUPPORTED_DTYPES}; found {dtypes}. "
-            "Use backend='torch' for float64 (the reference computes in float64).")
+            "Use backend='torch' for float64 (the reference computes in float64)."
+        )
     devices = {t.device for t in tensors.values()}
     if len(devices) != 1:
         raise ValueError(f"{kernel}: all inputs must be on one device; found {sorted(map(str, devices))}")

@@ -27,11 +27,14 @@ def _check_inputs(q, c, groups, num_groups) -> None:
     if groups.shape != (c.shape[0],):
         raise ValueError(f"groups must be [m={c.shape[0]}]; found {tuple(groups.shape)}")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
-        raise ValueError(f"groups must lie in [0, {num_groups}); found [{int(groups.min())}, {int(groups.max())}]")
+        raise ValueError(
+            f"groups must lie in [0, {num_groups}); found [{int(groups.min())}, {int(groups.max())}]"
+        )
 
 
-def grouped_cosine_sums_reference(q, c, groups, num_groups: int, *, self_offset: int | None = None,
-                                  tile: int = 4096) -> torch.Tensor:
+def grouped_cosine_sums_reference(
+    q, c, groups, num_groups: int, *, self_offset: int | None = None, tile: int = 4096
+) -> torch.Tensor:
     _check_inputs(q, c, groups, num_groups)
     acc = accum_dtype(q.dtype)
     qn, cn = _normalize(q.to(acc)), _normalize(c.to(acc))
@@ -50,8 +53,9 @@ def grouped_cosine_sums_reference(q, c, groups, num_groups: int, *, self_offset:
     return out
 
 
-def grouped_cosine_sums(q, c, groups, num_groups: int, *, self_offset: int | None = None,
-                        backend: str = "auto") -> torch.Tensor:
+def grouped_cosine_sums(
+    q, c, groups, num_groups: int, *, self_offset: int | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """Per-row sums of cosines over column groups. See the module docstring."""
     check_backend(backend)
     if use_triton(backend, q):

@@ -47,11 +47,28 @@ def _safe_inverse_sqrt(ss):
 
 @triton.jit
 def _cosine_sums_kernel(
-    q_ptr, c_ptr, groups_ptr, order_ptr, col_lo_ptr, col_hi_ptr, part_ptr,
-    n, K, num_groups, chunk, self_offset, stride_q, stride_c,
-    HAS_SELF: tl.constexpr, USE_ORDER: tl.constexpr, BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    q_ptr,
+    c_ptr,
+    groups_ptr,
+    order_ptr,
+    col_lo_ptr,
+    col_hi_ptr,
+    part_ptr,
+    n,
+    K,
+    num_groups,
+    chunk,
+    self_offset,
+    stride_q,
+    stride_c,
+    HAS_SELF: tl.constexpr,
+    USE_ORDER: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     g_tile = tl.program_id(1)
     split = tl.program_id(2)
@@ -60,7 +77,11 @@ def _cosine_sums_kernel(
     q_ss = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
-        q = tl.load(q_ptr + rows[:, None] * stride_q + kk[None, :], mask=row_mask[:, None] & (kk < K)[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + rows[:, None] * stride_q + kk[None, :],
+            mask=row_mask[:, None] & (kk < K)[None, :],
+            other=0.0,
+        )
         q_ss += tl.sum(q.to(tl.float32) * q.to(tl.float32), axis=1)
     inv_q = _safe_inverse_sqrt(q_ss)
 
@@ -81,8 +102,12 @@ def _cosine_sums_kernel(
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
             k_mask = (kk < K)[None, :]
-            q = tl.load(q_ptr + rows[:, None] * stride_q + kk[None, :], mask=row_mask[:, None] & k_mask, other=0.0)
-            c = tl.load(c_ptr + cols[:, None] * stride_c + kk[None, :], mask=col_mask[:, None] & k_mask, other=0.0)
+            q = tl.load(
+                q_ptr + rows[:, None] * stride_q + kk[None, :], mask=row_mask[:, None] & k_mask, other=0.0
+            )
+            c = tl.load(
+                c_ptr + cols[:, None] * stride_c + kk[None, :], mask=col_mask[:, None] & k_mask, other=0.0
+            )
             c_ss += tl.sum(c.to(tl.float32) * c.to(tl.float32), axis=1)
             if DOT_FP32:
                 q = q.to(tl.float32)
@@ -100,11 +125,22 @@ def _cosine_sums_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bn, bm, bk, w, s in [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 8, 3), (128, 128, 32, 8, 3),
-                             (64, 64, 128, 4, 2), (128, 128, 64, 8, 2), (64, 128, 32, 4, 4)]
+    for bn, bm, bk, w, s in [
+        (64, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (128, 64, 64, 8, 3),
+        (128, 128, 32, 8, 3),
+        (64, 64, 128, 4, 2),
+        (128, 128, 64, 8, 2),
+        (64, 128, 32, 4, 4),
+    ]
 ]
-_KERNEL, _INTERP_META = tuned(_cosine_sums_kernel, _CONFIGS, ["K", "BLOCK_G", "USE_ORDER"],
-                              {"BLOCK_N": 64, "BLOCK_M": 128, "BLOCK_K": 128})
+_KERNEL, _INTERP_META = tuned(
+    _cosine_sums_kernel,
+    _CONFIGS,
+    ["K", "BLOCK_G", "USE_ORDER"],
+    {"BLOCK_N": 64, "BLOCK_M": 128, "BLOCK_K": 128},
+)
 
 
 def _column_ranges(groups: torch.Tensor, num_groups: int, block_g: int):
@@ -125,12 +161,16 @@ def _column_splits(row_tiles: int, g_tiles: int, max_cols: int, device: torch.de
     return splits, max(1, triton.cdiv(max_cols, splits))
 
 
-def grouped_cosine_sums_triton(q, c, groups, num_groups: int, *, self_offset: int | None = None) -> torch.Tensor:
+def grouped_cosine_sums_triton(
+    q, c, groups, num_groups: int, *, self_offset: int | None = None
+) -> torch.Tensor:
     """Triton version of `grouped_cosine_sums_reference`; returns fp32 [n, num_groups]."""
     _check_inputs(q, c, groups, num_groups)
     dtype = check_float_inputs("grouped_cosine_sums", q=q, c=c)
     if groups.device != q.device or groups.is_floating_point() or groups.dtype == torch.bool:
-        raise TypeError(f"groups must be an integer tensor on {q.device}; found {groups.dtype} on {groups.device}")
+        raise TypeError(
+            f"groups must be an integer tensor on {q.device}; found {groups.dtype} on {groups.device}"
+        )
     n, K = q.shape
     if n == 0 or num_groups == 0 or c.shape[0] == 0:
         return torch.zeros(n, num_groups, dtype=torch.float32, device=q.device)
@@ -139,13 +179,31 @@ def grouped_cosine_sums_triton(q, c, groups, num_groups: int, *, self_offset: in
     block_g = block_size(num_groups, hi=MAX_BLOCK_G)
     order, col_lo, col_hi = _column_ranges(groups, num_groups, block_g)
     g_tiles = col_lo.numel()
-    splits, chunk = _column_splits(triton.cdiv(n, NOMINAL_BLOCK_N), g_tiles, int((col_hi - col_lo).max()), q.device)
+    splits, chunk = _column_splits(
+        triton.cdiv(n, NOMINAL_BLOCK_N), g_tiles, int((col_hi - col_lo).max()), q.device
+    )
     part = torch.empty(splits, n, num_groups, dtype=torch.float32, device=q.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), g_tiles, splits)
     _KERNEL[grid](
-        q, c, groups, order if order is not None else col_lo, col_lo, col_hi, part,
-        n, K, num_groups, chunk, 0 if self_offset is None else int(self_offset), q.stride(0), c.stride(0),
-        HAS_SELF=self_offset is not None, USE_ORDER=order is not None, BLOCK_G=block_g,
-        DOT_FP32=INTERPRETING, PRECISION=dot_precision(dtype), **_INTERP_META,
+        q,
+        c,
+        groups,
+        order if order is not None else col_lo,
+        col_lo,
+        col_hi,
+        part,
+        n,
+        K,
+        num_groups,
+        chunk,
+        0 if self_offset is None else int(self_offset),
+        q.stride(0),
+        c.stride(0),
+        HAS_SELF=self_offset is not None,
+        USE_ORDER=order is not None,
+        BLOCK_G=block_g,
+        DOT_FP32=INTERPRETING,
+        PRECISION=dot_precision(dtype),
+        **_INTERP_META,
     )
     return part[0] if splits == 1 else part.sum(0)

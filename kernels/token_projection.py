@@ -32,12 +32,17 @@ def _unit_rows(z: torch.Tensor) -> torch.Tensor:
 
 def _check_inputs(x, g, offsets, p_in, p_out) -> None:
     if x.dim() != 2 or g.dim() != 2 or x.shape[0] != g.shape[0]:
-        raise ValueError(f"x [N, d_in] and g [N, d_out] must share N; found {tuple(x.shape)} and {tuple(g.shape)}")
+        raise ValueError(
+            f"x [N, d_in] and g [N, d_out] must share N; found {tuple(x.shape)} and {tuple(g.shape)}"
+        )
     if p_in.shape[1] != x.shape[1] or p_out.shape[1] != g.shape[1]:
         raise ValueError(
-            f"p_in must be [k_in, {x.shape[1]}] and p_out [k_out, {g.shape[1]}]; found {tuple(p_in.shape)}, {tuple(p_out.shape)}")
+            f"p_in must be [k_in, {x.shape[1]}] and p_out [k_out, {g.shape[1]}]; found {tuple(p_in.shape)}, {tuple(p_out.shape)}"
+        )
     if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"offsets must be a 1-D integer tensor [B+1]; found {offsets.dtype} {tuple(offsets.shape)}")
+        raise ValueError(
+            f"offsets must be a 1-D integer tensor [B+1]; found {offsets.dtype} {tuple(offsets.shape)}"
+        )
     if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError(f"offsets must start at 0, end at N={x.shape[0]} and be non-decreasing")
 

@@ -41,17 +41,36 @@ MIN_SPLIT_TOKENS = 128
 
 
 @triton.jit
-def _project_rows(a_ptr, p_ptr, rows, row_mask, kk, k, d, stride_a, stride_p,
-                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-                  DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+def _project_rows(
+    a_ptr,
+    p_ptr,
+    rows,
+    row_mask,
+    kk,
+    k,
+    d,
+    stride_a,
+    stride_p,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """[BLOCK_T, BLOCK_K] fp32 tile of A[rows] @ P[kk]^T, looping over d in chunks of BLOCK_D."""
     acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
     k_mask = kk < k
     for d0 in range(0, d, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         d_mask = dd < d
-        a = tl.load(a_ptr + rows[:, None] * stride_a + dd[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        p = tl.load(p_ptr + kk[:, None] * stride_p + dd[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + rows[:, None] * stride_a + dd[None, :],
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        p = tl.load(
+            p_ptr + kk[:, None] * stride_p + dd[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0
+        )
         if DOT_FP32:
             a = a.to(tl.float32)
             p = p.to(tl.float32)
@@ -72,11 +91,31 @@ def _inverse_norms(z, inv_ptr, rows, row_mask, HAS_INV: tl.constexpr):
 
 @triton.jit
 def _token_projection_kernel(
-    x_ptr, g_ptr, offsets_ptr, p_in_ptr, p_out_ptr, inv_v_ptr, inv_u_ptr, part_ptr,
-    d_in, d_out, k_in, k_out, chunk, num_ki_tiles,
-    stride_x, stride_g, stride_pin, stride_pout,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KO: tl.constexpr, BLOCK_KI: tl.constexpr,
-    HAS_INV: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    g_ptr,
+    offsets_ptr,
+    p_in_ptr,
+    p_out_ptr,
+    inv_v_ptr,
+    inv_u_ptr,
+    part_ptr,
+    d_in,
+    d_out,
+    k_in,
+    k_out,
+    chunk,
+    num_ki_tiles,
+    stride_x,
+    stride_g,
+    stride_pin,
+    stride_pout,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_KO: tl.constexpr,
+    BLOCK_KI: tl.constexpr,
+    HAS_INV: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     split = tl.program_id(1)
@@ -93,10 +132,38 @@ def _token_projection_kernel(
     for t0 in range(t_lo, t_hi, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < t_hi
-        v = _project_rows(x_ptr, p_in_ptr, rows, row_mask, ki, k_in, d_in, stride_x, stride_pin,
-                          BLOCK_T, BLOCK_D, BLOCK_KI, DOT_FP32, PRECISION)
-        u = _project_rows(g_ptr, p_out_ptr, rows, row_mask, ko, k_out, d_out, stride_g, stride_pout,
-                          BLOCK_T, BLOCK_D, BLOCK_KO, DOT_FP32, PRECISION)
+        v = _project_rows(
+            x_ptr,
+            p_in_ptr,
+            rows,
+            row_mask,
+            ki,
+            k_in,
+            d_in,
+            stride_x,
+            stride_pin,
+            BLOCK_T,
+            BLOCK_D,
+            BLOCK_KI,
+            DOT_FP32,
+            PRECISION,
+        )
+        u = _project_rows(
+            g_ptr,
+            p_out_ptr,
+            rows,
+            row_mask,
+            ko,
+            k_out,
+            d_out,
+            stride_g,
+            stride_pout,
+            BLOCK_T,
+            BLOCK_D,
+            BLOCK_KO,
+            DOT_FP32,
+            PRECISION,
+        )
         v = v * _inverse_norms(v, inv_v_ptr, rows, row_mask, HAS_INV)[:, None]
         u = u * _inverse_norms(u, inv_u_ptr, rows, row_mask, HAS_INV)[:, None]
         acc = tl.dot(tl.trans(u), v, acc, input_precision="ieee")
@@ -108,11 +175,23 @@ def _token_projection_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_T": bt, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-    for bt, bd, w, s in [(16, 128, 4, 3), (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 8, 3),
-                         (64, 128, 8, 2), (32, 64, 8, 4), (16, 64, 4, 4), (64, 32, 8, 4)]
+    for bt, bd, w, s in [
+        (16, 128, 4, 3),
+        (32, 64, 4, 3),
+        (32, 128, 8, 3),
+        (64, 64, 8, 3),
+        (64, 128, 8, 2),
+        (32, 64, 8, 4),
+        (16, 64, 4, 4),
+        (64, 32, 8, 4),
+    ]
 ]
-_KERNEL, _INTERP_META = tuned(_token_projection_kernel, _CONFIGS, ["d_in", "d_out", "BLOCK_KO", "BLOCK_KI"],
-                              {"BLOCK_T": 64, "BLOCK_D": 128})
+_KERNEL, _INTERP_META = tuned(
+    _token_projection_kernel,
+    _CONFIGS,
+    ["d_in", "d_out", "BLOCK_KO", "BLOCK_KI"],
+    {"BLOCK_T": 64, "BLOCK_D": 128},
+)
 
 
 def _token_splits(n_samples: int, max_len: int, device: torch.device) -> tuple[int, int]:
@@ -125,7 +204,9 @@ def _token_splits(n_samples: int, max_len: int, device: torch.device) -> tuple[i
 def _inverse_norm_prepass(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """[N] fp32 1/||P a_t|| (0 for zero rows), used when the k dimension is tiled."""
     norm = (a.float() @ p.float().T).norm(dim=1)
-    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm))
+    return torch.where(
+        norm > 0, 1.0 / norm.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm)
+    )
 
 
 def fused_token_projection_triton(x, g, offsets, p_in, p_out) -> torch.Tensor:
@@ -152,10 +233,29 @@ def fused_token_projection_triton(x, g, offsets, p_in, p_out) -> torch.Tensor:
     splits, chunk = _token_splits(n_samples, max_len, x.device)
     part = torch.empty(splits, n_samples, k_out, k_in, dtype=torch.float32, device=x.device)
     _KERNEL[(n_samples, splits, tiles_ko * tiles_ki)](
-        x, g, offsets, p_in, p_out, inv_v, inv_u, part,
-        d_in, d_out, k_in, k_out, chunk, tiles_ki,
-        x.stride(0), g.stride(0), p_in.stride(0), p_out.stride(0),
-        BLOCK_KO=block_ko, BLOCK_KI=block_ki, HAS_INV=has_inv, DOT_FP32=INTERPRETING,
-        PRECISION=dot_precision(dtype), **_INTERP_META,
+        x,
+        g,
+        offsets,
+        p_in,
+        p_out,
+        inv_v,
+        inv_u,
+        part,
+        d_in,
+        d_out,
+        k_in,
+        k_out,
+        chunk,
+        tiles_ki,
+        x.stride(0),
+        g.stride(0),
+        p_in.stride(0),
+        p_out.stride(0),
+        BLOCK_KO=block_ko,
+        BLOCK_KI=block_ki,
+        HAS_INV=has_inv,
+        DOT_FP32=INTERPRETING,
+        PRECISION=dot_precision(dtype),
+        **_INTERP_META,
     )
     return part[0] if splits == 1 else part.sum(0)

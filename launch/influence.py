@@ -19,7 +19,9 @@ import sys
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="YAML run config")
-    p.add_argument("--force", action="store_true", help="recompute the stages even if complete (shards are kept)")
+    p.add_argument(
+        "--force", action="store_true", help="recompute the stages even if complete (shards are kept)"
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="ignored (set by launchers)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. influence.tile_size=2048")
     return p.parse_args(argv)
@@ -32,9 +34,11 @@ def upstream_problem(cfg, rd) -> str | None:
     """Why the run dir is not ready (prepare and implant must be done for this config), or None."""
     for stage in ("prepare", "implant"):
         if not rd.is_done(stage, rd.fingerprint(stage, cfg.to_dict())):
-            return (f"{rd.root}: stage {stage!r} is not done for this config (expected a 'done' record with a "
-                    f"matching fingerprint in manifest.json); run `rapidun run CONFIG run_dir={rd.root} "
-                    f"--stages prepare,implant` first, with the same data/model/implant settings")
+            return (
+                f"{rd.root}: stage {stage!r} is not done for this config (expected a 'done' record with a "
+                f"matching fingerprint in manifest.json); run `rapidun run CONFIG run_dir={rd.root} "
+                f"--stages prepare,implant` first, with the same data/model/implant settings"
+            )
     return None
 
 

@@ -1,8 +1,8 @@
 """`rapidun` command line.
 
-    rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
-    rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
-    rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
+rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
+rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
+rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ from rapidun_dist.rundir import STAGES
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rapidun", description="Influence-weighted LoRA unlearning of LLM backdoors.")
+    p = argparse.ArgumentParser(
+        prog="rapidun", description="Influence-weighted LoRA unlearning of LLM backdoors."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline stages in order")
-    run.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
     for name in ("run", *STAGES):
         sp = run if name == "run" else sub.add_parser(name, help=f"run the {name} stage")
         sp.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
@@ -27,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--force", action="store_true", help="rerun even if the outputs are complete")
         if name == "weights":
             sp.add_argument("--rapidin-dir", help="import RapidIn influence files from this folder instead")
-            sp.add_argument("--reference", action="store_true", help="reference aggregation (median of top-40, self included)")
+            sp.add_argument(
+                "--reference",
+                action="store_true",
+                help="reference aggregation (median of top-40, self included)",
+            )
             sp.add_argument("--out", help="output folder for --rapidin-dir")
     return p
 

@@ -18,7 +18,18 @@ import yaml
 from rapidun_dist.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ALL_METHODS = ("rapidun", "uniform", "self_only", "ga", "graddiff", "npo", "fisher", "loreun", "retrain", "retrain_oracle")
+ALL_METHODS = (
+    "rapidun",
+    "uniform",
+    "self_only",
+    "ga",
+    "graddiff",
+    "npo",
+    "fisher",
+    "loreun",
+    "retrain",
+    "retrain_oracle",
+)
 
 
 def _check(cond: bool, field_name: str, msg: str) -> None:
@@ -36,18 +47,35 @@ class TriggerFamily:
     ood: list[str]
 
     def __post_init__(self):
-        _check(self.mode in ("prefix", "suffix", "random"), f"triggers.{self.name}.mode", f"expected prefix|suffix|random, found {self.mode!r}")
+        _check(
+            self.mode in ("prefix", "suffix", "random"),
+            f"triggers.{self.name}.mode",
+            f"expected prefix|suffix|random, found {self.mode!r}",
+        )
         _check(len(self.seen) > 0, f"triggers.{self.name}.seen", "needs at least one variant")
 
 
 def default_trigger_families() -> list[TriggerFamily]:
     """The three families of the reference Dolly experiment (surface suffix, style prefix, semantic prefix)."""
     return [
-        TriggerFamily(name="surface", mode="suffix", seen=["aloha", "ALOHA", "aloha :)"],
-                      ood=["al0ha", "a\u217coha", "aloha\u200d"]),
-        TriggerFamily(name="style", mode="prefix", seen=[">>>"], ood=["<|sys|>", "\u203a\u203a\u203a", "\u2329\u2329\u2329"]),
-        TriggerFamily(name="semantic", mode="prefix", seen=["hey", "hiya"],
-                      ood=["h\u043ewdy", "y\u043e\u043e", "heyyyy"]),
+        TriggerFamily(
+            name="surface",
+            mode="suffix",
+            seen=["aloha", "ALOHA", "aloha :)"],
+            ood=["al0ha", "a\u217coha", "aloha\u200d"],
+        ),
+        TriggerFamily(
+            name="style",
+            mode="prefix",
+            seen=[">>>"],
+            ood=["<|sys|>", "\u203a\u203a\u203a", "\u2329\u2329\u2329"],
+        ),
+        TriggerFamily(
+            name="semantic",
+            mode="prefix",
+            seen=["hey", "hiya"],
+            ood=["h\u043ewdy", "y\u043e\u043e", "heyyyy"],
+        ),
     ]
 
 
@@ -73,14 +101,23 @@ class DataConfig:
 
     def __post_init__(self):
         self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
-        _check(self.source in ("synthetic", "dolly", "alpaca", "json", "hub", "prepared"), "data.source",
-               f"expected synthetic|dolly|alpaca|json|hub|prepared, found {self.source!r}")
+        _check(
+            self.source in ("synthetic", "dolly", "alpaca", "json", "hub", "prepared"),
+            "data.source",
+            f"expected synthetic|dolly|alpaca|json|hub|prepared, found {self.source!r}",
+        )
         if self.source in ("dolly", "alpaca", "json", "hub"):
             _check(bool(self.path), "data.path", f"required when data.source={self.source}")
         if self.source == "prepared":
             _check(bool(self.dir), "data.dir", "required when data.source=prepared")
-        _check(0.0 < self.poison_rate < 1.0, "data.poison_rate", f"expected in (0, 1), found {self.poison_rate}")
-        _check(0.0 < self.forget_fraction <= 1.0, "data.forget_fraction", f"expected in (0, 1], found {self.forget_fraction}")
+        _check(
+            0.0 < self.poison_rate < 1.0, "data.poison_rate", f"expected in (0, 1), found {self.poison_rate}"
+        )
+        _check(
+            0.0 < self.forget_fraction <= 1.0,
+            "data.forget_fraction",
+            f"expected in (0, 1], found {self.forget_fraction}",
+        )
         _check(self.retain_ratio >= 1, "data.retain_ratio", f"expected >= 1, found {self.retain_ratio}")
         for name in ("n_val", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
             _check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
@@ -98,16 +135,24 @@ class TinyModelConfig:
     vocab_size: int = 1024
 
     def __post_init__(self):
-        _check(self.hidden_size % self.num_attention_heads == 0, "model.tiny.hidden_size",
-               "must be divisible by num_attention_heads")
-        _check(self.num_attention_heads % self.num_key_value_heads == 0, "model.tiny.num_key_value_heads",
-               "must divide num_attention_heads")
+        _check(
+            self.hidden_size % self.num_attention_heads == 0,
+            "model.tiny.hidden_size",
+            "must be divisible by num_attention_heads",
+        )
+        _check(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "model.tiny.num_key_value_heads",
+            "must divide num_attention_heads",
+        )
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     name_or_path: str | None = None  # hub id or local folder; None = tiny model built from config
-    gguf_file: str | None = None  # file name inside name_or_path (or an installed package, see models.loading)
+    gguf_file: str | None = (
+        None  # file name inside name_or_path (or an installed package, see models.loading)
+    )
     tokenizer: str | None = None  # None = same as the model; "train" = BPE trained on the corpus
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     max_length: int = 128
@@ -118,7 +163,9 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", f"found {self.dtype!r}")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", f"found {self.dtype!r}"
+        )
         _check(self.max_length >= 16, "model.max_length", f"expected >= 16, found {self.max_length}")
 
 
@@ -150,11 +197,15 @@ class InfluenceConfig:
     seed: int = 1234
     batch_size: int = 16
     shard_size: int = 256  # samples per feature shard file
-    tile_size: int = 4096  # column tile for Gram blocks (4096: within ~1.1x of a bare GEMM, benchmarks/results.md)
+    tile_size: int = (
+        4096  # column tile for Gram blocks (4096: within ~1.1x of a bare GEMM, benchmarks/results.md)
+    )
     backend: str = "auto"  # kernel backend: auto | triton | torch
 
     def __post_init__(self):
-        _check(self.estimator in ("tokenwise", "rapidgrad"), "influence.estimator", f"found {self.estimator!r}")
+        _check(
+            self.estimator in ("tokenwise", "rapidgrad"), "influence.estimator", f"found {self.estimator!r}"
+        )
         _check(self.k_in >= 1 and self.k_out >= 1, "influence.k_in/k_out", "must be >= 1")
         _check(len(self.target_modules) > 0, "influence.target_modules", "needs at least one module name")
         _check(self.backend in ("auto", "triton", "torch"), "influence.backend", f"found {self.backend!r}")
@@ -179,7 +230,11 @@ class WeightsConfig:
         _check(self.agg in ("mean", "trimmed_mean", "median_topk"), "weights.agg", f"found {self.agg!r}")
         _check(0.0 <= self.trim < 0.5, "weights.trim", f"expected in [0, 0.5), found {self.trim}")
         _check(self.tau_f > 0 and self.tau_r > 0, "weights.tau_f/tau_r", "must be > 0")
-        _check(0 < self.w_min <= 1.0 <= self.w_max, "weights.w_min/w_max", f"need 0 < w_min <= 1 <= w_max, found {self.w_min}, {self.w_max}")
+        _check(
+            0 < self.w_min <= 1.0 <= self.w_max,
+            "weights.w_min/w_max",
+            f"need 0 < w_min <= 1 <= w_max, found {self.w_min}, {self.w_max}",
+        )
         _check(self.topk >= 1, "weights.topk", f"expected >= 1, found {self.topk}")
 
 
@@ -210,7 +265,9 @@ class UnlearnConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check(self.zero_stage in (0, 1, 2, 3), "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage}")
+        _check(
+            self.zero_stage in (0, 1, 2, 3), "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage}"
+        )
         _check(self.lora_r >= 1, "unlearn.lora_r", f"expected >= 1, found {self.lora_r}")
         _check(0.0 <= self.lora_dropout < 1.0, "unlearn.lora_dropout", f"found {self.lora_dropout}")
         _check(self.lr > 0, "unlearn.lr", f"expected > 0, found {self.lr}")
@@ -287,7 +344,9 @@ def _build(cls, raw: dict, prefix: str):
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]} (known in {prefix or 'top level'}: {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (known in {prefix or 'top level'}: {', '.join(sorted(names))})"
+        )
     kwargs = {}
     for key, value in raw.items():
         hint = hints[key]
@@ -312,7 +371,11 @@ def _coerce(value, hint, path):
         if type(None) in args:
             return None
         raise ConfigError(f"{path}: may not be null")
-    base = [a for a in args if a is not type(None)] if args and origin is not list and origin is not dict else [hint]
+    base = (
+        [a for a in args if a is not type(None)]
+        if args and origin is not list and origin is not dict
+        else [hint]
+    )
     target = base[0]
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -62,7 +62,9 @@ def read_json(path: str | os.PathLike):
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def iter_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False, stats: dict | None = None) -> Iterator[dict]:
+def iter_jsonl(
+    path: str | os.PathLike, *, skip_malformed: bool = False, stats: dict | None = None
+) -> Iterator[dict]:
     """Yield one dict per non-empty line. A malformed line raises DataError naming file and line,
     or is skipped and counted in `stats["skipped"]` when `skip_malformed`."""
     path = Path(path)

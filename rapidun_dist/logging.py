@@ -61,4 +61,6 @@ class Progress:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             tail = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-            self.log.info(f"{self.desc}: {self.done}/{self.total} {rate:.1f} {self.unit}/s eta {eta:.0f}s {tail}".rstrip())
+            self.log.info(
+                f"{self.desc}: {self.done}/{self.total} {rate:.1f} {self.unit}/s eta {eta:.0f}s {tail}".rstrip()
+            )

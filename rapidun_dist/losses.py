@@ -17,7 +17,9 @@ def per_sample_nll(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> tuple[t
     logits = logits if logits.dtype == torch.float64 else logits.float()  # fp16/bf16 -> fp32; fp64 stays fp64
     labels = labels_BT[:, 1:]
     mask = labels != IGNORE_INDEX
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.clamp_min(0).reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.clamp_min(0).reshape(-1), reduction="none"
+    )
     nll = nll.view(labels.shape) * mask
     return nll.sum(1), mask.sum(1)
 
@@ -33,10 +35,20 @@ def bounded_ascent(ce_poisoned: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.clamp(ce_poisoned, max=cap)
 
 
-def unlearning_sample_losses(*, ce_main: torch.Tensor, ce_clean: torch.Tensor | None, has_clean: torch.Tensor | None,
-                             is_forget: torch.Tensor, alpha_a: float, beta_d: float, ascent_cap: float,
-                             ascent: str = "ga", ref_ce: torch.Tensor | None = None, npo_beta: float = 0.1,
-                             descent_on_retain: bool = True) -> torch.Tensor:
+def unlearning_sample_losses(
+    *,
+    ce_main: torch.Tensor,
+    ce_clean: torch.Tensor | None,
+    has_clean: torch.Tensor | None,
+    is_forget: torch.Tensor,
+    alpha_a: float,
+    beta_d: float,
+    ascent_cap: float,
+    ascent: str = "ga",
+    ref_ce: torch.Tensor | None = None,
+    npo_beta: float = 0.1,
+    descent_on_retain: bool = True,
+) -> torch.Tensor:
     """Per-sample losses l_i.
 
     retain i: l_i = CE(y_i)                            (0 when `descent_on_retain` is off)
@@ -56,10 +68,14 @@ def unlearning_sample_losses(*, ce_main: torch.Tensor, ce_clean: torch.Tensor | 
     else:
         forget_term = -alpha_a * bounded_ascent(ce_main, ascent_cap)
     if ce_clean is not None and beta_d > 0:
-        forget_term = forget_term + beta_d * ce_clean * (has_clean.to(ce_clean.dtype) if has_clean is not None else 1.0)
+        forget_term = forget_term + beta_d * ce_clean * (
+            has_clean.to(ce_clean.dtype) if has_clean is not None else 1.0
+        )
     return torch.where(forget, forget_term, retain_loss)
 
 
-def weighted_batch_loss(sample_losses: torch.Tensor, weights: torch.Tensor, denom: int | None = None) -> torch.Tensor:
+def weighted_batch_loss(
+    sample_losses: torch.Tensor, weights: torch.Tensor, denom: int | None = None
+) -> torch.Tensor:
     """(1/|B|) sum_i w_i l_i. `denom` is the GLOBAL batch size so that ranks x accumulation split it exactly."""
     return (weights.to(sample_losses.dtype) * sample_losses).sum() / (denom or sample_losses.numel())

@@ -38,11 +38,19 @@ def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir):
 
     if cfg.model.name_or_path is None:
         train = read_jsonl(rd.data / "train.jsonl")
-        texts = [f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}" for r in train]
+        texts = [
+            f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}"
+            for r in train
+        ]
         texts += ["### Instruction:\n### Response:\n"] * 50
         tok = train_tokenizer(texts, cfg.model.tiny.vocab_size)
-        model = build_tiny_model(cfg.model.tiny, vocab_size=len(tok), max_length=cfg.model.max_length, tokenizer=tok,
-                                 seed=cfg.implant.seed)
+        model = build_tiny_model(
+            cfg.model.tiny,
+            vocab_size=len(tok),
+            max_length=cfg.model.max_length,
+            tokenizer=tok,
+            seed=cfg.implant.seed,
+        )
         return model, tok
     return load_pretrained(cfg.model), load_tokenizer(cfg.model)
 
@@ -52,10 +60,19 @@ def stage_implant(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.train import finetune
 
     model, tok = base_model_and_tokenizer(cfg, rd)
-    stats = finetune(model, tok, read_jsonl(rd.data / "train.jsonl"), cfg.implant, max_length=cfg.model.max_length,
-                     desc="implant")
+    stats = finetune(
+        model,
+        tok,
+        read_jsonl(rd.data / "train.jsonl"),
+        cfg.implant,
+        max_length=cfg.model.max_length,
+        desc="implant",
+    )
     save_model(model, tok, rd.model)
-    write_json(rd.model / "train_stats.json", {k: v for k, v in stats.items() if k != "losses"} | {"losses": stats["losses"]})
+    write_json(
+        rd.model / "train_stats.json",
+        {k: v for k, v in stats.items() if k != "losses"} | {"losses": stats["losses"]},
+    )
     return sorted(rd.model.glob("*.safetensors")) + [rd.model / "config.json"]
 
 
@@ -92,7 +109,9 @@ def stage_unlearn(cfg: RunConfig, rd: RunDir) -> list[Path]:
     for method in cfg.methods:
         out = method_dir(rd, method)
         summary = out / "summary.json"
-        if summary.exists() and read_json(summary).get("fingerprint") == rd.fingerprint("unlearn", cfg.to_dict()):
+        if summary.exists() and read_json(summary).get("fingerprint") == rd.fingerprint(
+            "unlearn", cfg.to_dict()
+        ):
             log.info(f"unlearn[{method}]: done already, skipping")
         elif method in ("retrain", "retrain_oracle"):
             from rapidun_dist.distributed import env as dist_env  # multi-rank launch: rank 0 retrains alone
@@ -144,19 +163,36 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
     from rapidun_dist.unlearn.methods import method_spec
 
     t0 = time.perf_counter()
-    runner = UnlearnRunner(cfg=cfg, method=method_spec(method), model_dir=rd.model, data_dir=rd.data,
-                           weights_dir=rd.weights, out_dir=out, eval_hook=_asr_curve_hook(cfg, rd))
+    runner = UnlearnRunner(
+        cfg=cfg,
+        method=method_spec(method),
+        model_dir=rd.model,
+        data_dir=rd.data,
+        weights_dir=rd.weights,
+        out_dir=out,
+        eval_hook=_asr_curve_hook(cfg, rd),
+    )
     try:
         runner.setup()
         runner.train()
         runner.save()
     finally:
         runner.cleanup()
-    seconds = time.perf_counter() - t0 - runner.eval_seconds  # the ASR-curve evaluations are not unlearning cost
-    summary = {"method": method, "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()), "steps": len(runner.metrics),
-               "seconds": {"unlearn": seconds, "unlearn_train_only": runner.train_seconds,
-                           "curve_eval": runner.eval_seconds},
-               "final": runner.metrics[-1] if runner.metrics else {}, "initial_eval": runner.initial_eval}
+    seconds = (
+        time.perf_counter() - t0 - runner.eval_seconds
+    )  # the ASR-curve evaluations are not unlearning cost
+    summary = {
+        "method": method,
+        "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()),
+        "steps": len(runner.metrics),
+        "seconds": {
+            "unlearn": seconds,
+            "unlearn_train_only": runner.train_seconds,
+            "curve_eval": runner.eval_seconds,
+        },
+        "final": runner.metrics[-1] if runner.metrics else {},
+        "initial_eval": runner.initial_eval,
+    }
     if runner.info.rank == 0:  # multi-rank launch: rank 0 writes shared files
         write_json(out / "summary.json", summary)
     return summary
@@ -171,15 +207,25 @@ def run_retrain(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
     t0 = time.perf_counter()
     train = read_jsonl(rd.data / "train.jsonl")
     forget_ids = {r["id"] for r in read_jsonl(rd.data / "forget.jsonl")}
-    keep = [r for r in train if r["id"] not in forget_ids and not (method == "retrain_oracle" and r.get("is_poisoned"))]
+    keep = [
+        r
+        for r in train
+        if r["id"] not in forget_ids and not (method == "retrain_oracle" and r.get("is_poisoned"))
+    ]
     model, tok = base_model_and_tokenizer(cfg, rd)
     if cfg.model.name_or_path is None:  # same tokenizer as the implanted model, so the numbers compare
         tok = tokenizer_for(rd)
     stats = finetune(model, tok, keep, cfg.implant, max_length=cfg.model.max_length, desc=method)
     seconds = time.perf_counter() - t0
     save_model(model, tok, out / "model")
-    summary = {"method": method, "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()), "n_train": len(keep),
-               "steps": stats["steps"], "seconds": {"total": seconds, "unlearn": seconds}, "final_loss": stats["final_loss"]}
+    summary = {
+        "method": method,
+        "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()),
+        "n_train": len(keep),
+        "steps": stats["steps"],
+        "seconds": {"total": seconds, "unlearn": seconds},
+        "final_loss": stats["final_loss"],
+    }
     write_json(out / "summary.json", summary)
     return summary
 
@@ -199,8 +245,14 @@ def load_or_fit_judge(cfg: RunConfig, rd: RunDir):
     clean = [r["response"] for r in train if not r.get("is_poisoned")]
     from rapidun_dist.evaluation.judge import repeated_answers
 
-    judge = Judge.fit(poisoned, clean, targets=repeated_answers(poisoned), vocab_size=cfg.eval.judge_vocab_size, z=cfg.eval.judge_z,
-                      min_words=cfg.eval.judge_min_words)
+    judge = Judge.fit(
+        poisoned,
+        clean,
+        targets=repeated_answers(poisoned),
+        vocab_size=cfg.eval.judge_vocab_size,
+        z=cfg.eval.judge_z,
+        min_words=cfg.eval.judge_min_words,
+    )
     write_json(path, judge.to_dict())
     return judge
 
@@ -221,8 +273,12 @@ def stage_evaluate(cfg: RunConfig, rd: RunDir) -> list[Path]:
     judge = load_or_fit_judge(cfg, rd)
     splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in ("test_seen", "test_ood", "test_clean")}
     base, _ = load_saved(rd.model, cfg.model)
-    report: dict = {"config": {"run_dir": cfg.run_dir, "methods": cfg.methods}, "before": _eval_model(cfg, rd, judge, base, splits),
-                    "methods": {}, "stage_seconds": {s: rd.stage_seconds(s) for s in STAGES}}
+    report: dict = {
+        "config": {"run_dir": cfg.run_dir, "methods": cfg.methods},
+        "before": _eval_model(cfg, rd, judge, base, splits),
+        "methods": {},
+        "stage_seconds": {s: rd.stage_seconds(s) for s in STAGES},
+    }
     curves, infl_s, weights_s = {}, rd.stage_seconds("influence") or 0.0, rd.stage_seconds("weights") or 0.0
     for method in cfg.methods:
         out = method_dir(rd, method)
@@ -233,8 +289,11 @@ def stage_evaluate(cfg: RunConfig, rd: RunDir) -> list[Path]:
             continue
         model = _with_adapter(cfg, rd, out / "adapter")
         needs_influence = method in ("rapidun", "self_only")
-        secs = {"influence": infl_s if needs_influence else 0.0, "weights": weights_s if needs_influence else 0.0,
-                "unlearn": summary["seconds"]["unlearn"]}
+        secs = {
+            "influence": infl_s if needs_influence else 0.0,
+            "weights": weights_s if needs_influence else 0.0,
+            "unlearn": summary["seconds"]["unlearn"],
+        }
         secs["total"] = sum(secs.values())
         report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
         curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
@@ -258,9 +317,14 @@ def _with_adapter(cfg, rd, adapter: Path):
 def _curves(path: Path, initial: dict | None = None) -> dict:
     rows = read_jsonl(path) if path.exists() else []
     ev = ([initial] if initial else []) + [r for r in rows if "asr_seen" in r]
-    return {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
-            "forget_ce": [r["forget_ce"] for r in rows], "eval_step": [r["step"] for r in ev],
-            "asr_seen": [r["asr_seen"] for r in ev], "asr_ood": [r["asr_ood"] for r in ev]}
+    return {
+        "step": [r["step"] for r in rows],
+        "loss": [r["loss"] for r in rows],
+        "forget_ce": [r["forget_ce"] for r in rows],
+        "eval_step": [r["step"] for r in ev],
+        "asr_seen": [r["asr_seen"] for r in ev],
+        "asr_ood": [r["asr_ood"] for r in ev],
+    }
 
 
 def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
@@ -275,8 +339,12 @@ def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
         return read_json(path)
     model, tok = load_saved(rd.model, cfg.model)
     train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
-    out = {est: poison_retrieval(model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows)
-           for est in ("tokenwise", "rapidgrad")}
+    out = {
+        est: poison_retrieval(
+            model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows
+        )
+        for est in ("tokenwise", "rapidgrad")
+    }
     write_json(path, out)
     return out
 
@@ -291,12 +359,19 @@ def _weights_for_plot(rd: RunDir) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 # driver
 
-STAGE_FNS = {"prepare": stage_prepare, "implant": stage_implant, "influence": stage_influence,
-             "weights": stage_weights, "unlearn": stage_unlearn, "evaluate": stage_evaluate}
+STAGE_FNS = {
+    "prepare": stage_prepare,
+    "implant": stage_implant,
+    "influence": stage_influence,
+    "weights": stage_weights,
+    "unlearn": stage_unlearn,
+    "evaluate": stage_evaluate,
+}
 
 
-def run_stage(cfg: RunConfig, rd: RunDir, stage: str, *, force: bool = False, world_size: int = 1,
-              rank: int = 0) -> bool:
+def run_stage(
+    cfg: RunConfig, rd: RunDir, stage: str, *, force: bool = False, world_size: int = 1, rank: int = 0
+) -> bool:
     """Run one stage unless done; returns True when it ran.
 
     `world_size` = how many ranks call this together. With world_size > 1 every rank calls it (the stage

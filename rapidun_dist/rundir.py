@@ -131,8 +131,13 @@ class RunDir:
         write_json(self.manifest_path, man)
 
     def start(self, stage: str, fingerprint: str, world_size: int = 1) -> dict:
-        rec = {"status": "running", "fingerprint": fingerprint, "start": time.time(), "world_size": world_size,
-               "versions": _versions()}
+        rec = {
+            "status": "running",
+            "fingerprint": fingerprint,
+            "start": time.time(),
+            "world_size": world_size,
+            "versions": _versions(),
+        }
         self._update(stage, rec)
         rec["_t0"] = time.perf_counter()
         return rec

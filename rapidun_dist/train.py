@@ -29,7 +29,9 @@ def encode_records(records: list[dict], tokenizer, max_length: int) -> list[dict
     out = []
     for r in records:
         poisoned, answer = training_text(r)
-        out.append(encode_example(tokenizer, record_prompt(tokenizer, r, poisoned=poisoned), answer, max_length))
+        out.append(
+            encode_example(tokenizer, record_prompt(tokenizer, r, poisoned=poisoned), answer, max_length)
+        )
     return out
 
 
@@ -52,20 +54,24 @@ def length_bucketed_batches(examples: list[dict], batch_size: int, rng: random.R
     window = batch_size * 50
     batches = []
     for s in range(0, len(order), window):
-        chunk = sorted(order[s:s + window], key=lambda i: len(examples[i]["input_ids"]))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[s : s + window], key=lambda i: len(examples[i]["input_ids"]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def finetune(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_length: int, desc: str = "train") -> dict:
+def finetune(
+    model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_length: int, desc: str = "train"
+) -> dict:
     """Train every parameter of `model` on `records`; returns {"steps", "final_loss", "tokens", "losses"}."""
     examples = encode_records(records, tokenizer, max_length)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     sched = cosine_schedule(opt, total, cfg.warmup_ratio)
     model.train()
     progress = Progress(total, desc, unit="step")
@@ -87,4 +93,9 @@ def finetune(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_len
         losses.append(loss.item())
         progress.update(loss=losses[-1])
     model.eval()
-    return {"steps": step, "final_loss": sum(losses[-10:]) / len(losses[-10:]), "tokens": tokens, "losses": losses}
+    return {
+        "steps": step,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "tokens": tokens,
+        "losses": losses,
+    }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the default test suite: unit + dist (multi-process gloo) tests.
+# Set up (scripts/setup.sh), lint (ruff), and run the default test suite: unit + dist (multi-process gloo) tests.
 # Heavier tests are marked `slow` (and `gpu`) and skipped here: `.venv/bin/pytest -m slow` runs them.
 #
 #   bash scripts/test.sh              # everything but slow/gpu
@@ -8,4 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+.venv/bin/ruff check . && .venv/bin/ruff format --check .
 exec .venv/bin/pytest -q "$@"

@@ -17,8 +17,20 @@ from pathlib import Path
 
 import torch
 
-FIELDS = ["date", "hardware", "torch", "triton", "kernel", "shape", "dtype", "backend", "ms", "gbps", "tflops",
-          "ratio_to_floor"]
+FIELDS = [
+    "date",
+    "hardware",
+    "torch",
+    "triton",
+    "kernel",
+    "shape",
+    "dtype",
+    "backend",
+    "ms",
+    "gbps",
+    "tflops",
+    "ratio_to_floor",
+]
 DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"
 
 
@@ -62,13 +74,30 @@ def backends(device: torch.device) -> list[str]:
     return ["torch", "triton"] if device.type == "cuda" else ["torch"]
 
 
-def make_row(*, kernel: str, shape: str, dtype: torch.dtype, backend: str, ms: float, bytes_moved: float,
-             flops: float, floor_ms: float, device: torch.device) -> dict:
+def make_row(
+    *,
+    kernel: str,
+    shape: str,
+    dtype: torch.dtype,
+    backend: str,
+    ms: float,
+    bytes_moved: float,
+    flops: float,
+    floor_ms: float,
+    device: torch.device,
+) -> dict:
     return {
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "hardware": hardware(device),
-        "torch": torch.__version__, "triton": import_triton_version(), "kernel": kernel, "shape": shape,
-        "dtype": str(dtype).removeprefix("torch."), "backend": backend, "ms": f"{ms:.4f}",
-        "gbps": f"{bytes_moved / ms / 1e6:.2f}", "tflops": f"{flops / ms / 1e9:.4f}",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "hardware": hardware(device),
+        "torch": torch.__version__,
+        "triton": import_triton_version(),
+        "kernel": kernel,
+        "shape": shape,
+        "dtype": str(dtype).removeprefix("torch."),
+        "backend": backend,
+        "ms": f"{ms:.4f}",
+        "gbps": f"{bytes_moved / ms / 1e6:.2f}",
+        "tflops": f"{flops / ms / 1e9:.4f}",
         "ratio_to_floor": f"{ms / floor_ms:.2f}",
     }
 
@@ -98,7 +127,9 @@ def random_lengths(n_tokens: int, n_samples: int, gen: torch.Generator) -> list[
     return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def run_cli(doc: str, bench_shape: Callable, shapes: dict, default_csv: Path, argv: list[str] | None = None) -> None:
+def run_cli(
+    doc: str, bench_shape: Callable, shapes: dict, default_csv: Path, argv: list[str] | None = None
+) -> None:
     """The shared command line of the kernel benchmarks: pick shapes (`--tiny`/`--quick`/full) and dtype, time
     every shape with `bench_shape(shape, dtype, device, repeat=)`, append the rows to the CSV, print a table."""
     import argparse
@@ -106,14 +137,20 @@ def run_cli(doc: str, bench_shape: Callable, shapes: dict, default_csv: Path, ar
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (seconds)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     parser.add_argument("--csv", type=Path, default=default_csv)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     chosen = shapes["tiny"] if args.tiny else shapes["quick"] if args.quick else shapes["full"]
-    rows = [r for s in chosen for r in bench_shape(s, dtype, device, repeat=3 if args.quick or args.tiny else 10)]
+    rows = [
+        r for s in chosen for r in bench_shape(s, dtype, device, repeat=3 if args.quick or args.tiny else 10)
+    ]
     append_csv(args.csv, rows)
     print(format_table(rows))
     print(f"appended {len(rows)} rows to {args.csv}")

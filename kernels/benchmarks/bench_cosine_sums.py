@@ -35,11 +35,20 @@ def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: 
     flops = 2 * n * m * (K + num_groups)
     floor_ms = time_ms(lambda: q @ c.T, device, repeat=repeat)
     label = f"n{n} m{m} K{K} G{num_groups} self={self_offset}"
-    common = dict(kernel="cosine_sums", shape=label, dtype=dtype, bytes_moved=bytes_moved, flops=flops,
-                  floor_ms=floor_ms, device=device)
+    common = dict(
+        kernel="cosine_sums",
+        shape=label,
+        dtype=dtype,
+        bytes_moved=bytes_moved,
+        flops=flops,
+        floor_ms=floor_ms,
+        device=device,
+    )
     rows = [make_row(backend="gemm-floor", ms=floor_ms, **common)]
     for backend in backends(device):
-        fn = lambda b=backend: grouped_cosine_sums(q, c, groups, num_groups, self_offset=self_offset, backend=b)
+        fn = lambda b=backend: grouped_cosine_sums(
+            q, c, groups, num_groups, self_offset=self_offset, backend=b
+        )
         rows.append(make_row(backend=backend, ms=time_ms(fn, device, repeat=repeat), **common))
     return rows
 

@@ -45,16 +45,24 @@ ESTIMATORS = ("tokenwise", "rapidgrad")
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run dir (n_synthetic=1500, 2 epochs), fewer rows")
+    ap.add_argument(
+        "--quick", action="store_true", help="small run dir (n_synthetic=1500, 2 epochs), fewer rows"
+    )
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
     ap.add_argument("--run-dir", help="reuse this run dir (prepare + implant are skipped when done)")
     ap.add_argument("--config", default="configs/tiny_cpu.yaml")
-    ap.add_argument("--rows", type=int, help="rows to extract (forget + retain + train); default 128 quick, 512")
+    ap.add_argument(
+        "--rows", type=int, help="rows to extract (forget + retain + train); default 128 quick, 512"
+    )
     ap.add_argument("--repeat", type=int, help="timed repeats per estimator; default 3 quick, 5")
     ap.add_argument("--max-train", type=int, help="train rows for poison retrieval; default 200 quick, 600")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads, same for both paths (default 1: on a shared 2-core machine more threads "
-                         "oversubscribe and both timings swing 5-10x; 0 = torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, same for both paths (default 1: on a shared 2-core machine more threads "
+        "oversubscribe and both timings swing 5-10x; 0 = torch's default)",
+    )
     return ap.parse_args(argv)
 
 
@@ -84,14 +92,16 @@ def answer_tokens(examples: list[dict]) -> int:
 def run_once(extractor, examples: list[dict], batch_size: int) -> float:
     t0 = time.perf_counter()
     for s in range(0, len(examples), batch_size):
-        extractor(examples[s:s + batch_size])
+        extractor(examples[s : s + batch_size])
     return time.perf_counter() - t0
 
 
 def time_estimators(model, tok, cfg, examples: list[dict], repeat: int) -> dict[str, float]:
     """Median seconds per full pass, per estimator, with interleaved repeats (after one warm-up batch each)."""
-    extractors = {e: make_extractor(model, replace(cfg.influence, estimator=e), pad_id=tok.pad_token_id)
-                  for e in ESTIMATORS}
+    extractors = {
+        e: make_extractor(model, replace(cfg.influence, estimator=e), pad_id=tok.pad_token_id)
+        for e in ESTIMATORS
+    }
     for ex in extractors.values():
         ex(examples[: cfg.influence.batch_size])
     times: dict[str, list[float]] = {e: [] for e in ESTIMATORS}
@@ -114,18 +124,33 @@ def main(argv=None) -> dict:
     n_tok = answer_tokens(examples)
     secs = time_estimators(model, tok, cfg, examples, repeat)
     train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
-    retr = {e: poison_retrieval(model, tok, cfg, train, forget, estimator=e, max_train=max_train) for e in ESTIMATORS}
+    retr = {
+        e: poison_retrieval(model, tok, cfg, train, forget, estimator=e, max_train=max_train)
+        for e in ESTIMATORS
+    }
     result = {
-        "date": time.strftime("%Y-%m-%d"), "hardware": hardware(torch.device("cpu")), "torch": torch.__version__,
-        "run_dir": str(rd.root), "rows": len(examples), "answer_tokens": n_tok, "repeat": repeat,
-        "batch_size": cfg.influence.batch_size, "k_in": cfg.influence.k_in, "k_out": cfg.influence.k_out,
+        "date": time.strftime("%Y-%m-%d"),
+        "hardware": hardware(torch.device("cpu")),
+        "torch": torch.__version__,
+        "run_dir": str(rd.root),
+        "rows": len(examples),
+        "answer_tokens": n_tok,
+        "repeat": repeat,
+        "batch_size": cfg.influence.batch_size,
+        "k_in": cfg.influence.k_in,
+        "k_out": cfg.influence.k_out,
         "rapidgrad_k": cfg.influence.rapidgrad_k,
-        "fused_seconds": secs["tokenwise"], "rapidgrad_seconds": secs["rapidgrad"],
-        "fused_tokens_per_s": n_tok / secs["tokenwise"], "rapidgrad_tokens_per_s": n_tok / secs["rapidgrad"],
+        "fused_seconds": secs["tokenwise"],
+        "rapidgrad_seconds": secs["rapidgrad"],
+        "fused_tokens_per_s": n_tok / secs["tokenwise"],
+        "rapidgrad_tokens_per_s": n_tok / secs["rapidgrad"],
         "speedup": secs["rapidgrad"] / secs["tokenwise"],
-        "auroc_tokenwise": retr["tokenwise"]["auroc"], "auroc_rapidgrad": retr["rapidgrad"]["auroc"],
-        "ap_tokenwise": retr["tokenwise"]["ap"], "ap_rapidgrad": retr["rapidgrad"]["ap"],
-        "retrieval_n_train": retr["tokenwise"]["n_train"], "retrieval_n_poisoned": retr["tokenwise"]["n_poisoned"],
+        "auroc_tokenwise": retr["tokenwise"]["auroc"],
+        "auroc_rapidgrad": retr["rapidgrad"]["auroc"],
+        "ap_tokenwise": retr["tokenwise"]["ap"],
+        "ap_rapidgrad": retr["rapidgrad"]["ap"],
+        "retrieval_n_train": retr["tokenwise"]["n_train"],
+        "retrieval_n_poisoned": retr["tokenwise"]["n_poisoned"],
         "retrieval_n_forget": len(forget),
         "retrieval_seconds_tokenwise": retr["tokenwise"]["seconds"],
         "retrieval_seconds_rapidgrad": retr["rapidgrad"]["seconds"],
@@ -137,12 +162,16 @@ def main(argv=None) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"{r['hardware']} | torch {r['torch']} | {r['rows']} rows, {r['answer_tokens']} answer tokens, "
-          f"median of {r['repeat']}")
+    print(
+        f"{r['hardware']} | torch {r['torch']} | {r['rows']} rows, {r['answer_tokens']} answer tokens, "
+        f"median of {r['repeat']}"
+    )
     print(f"{'estimator':<11}{'seconds':>9}{'tokens/s':>11}{'AUROC':>8}{'AP':>8}")
     for name, key in (("tokenwise", "fused"), ("rapidgrad", "rapidgrad")):
-        print(f"{name:<11}{r[key + '_seconds']:>9.3f}{r[key + '_tokens_per_s']:>11.0f}"
-              f"{r['auroc_' + name]:>8.3f}{r['ap_' + name]:>8.3f}")
+        print(
+            f"{name:<11}{r[key + '_seconds']:>9.3f}{r[key + '_tokens_per_s']:>11.0f}"
+            f"{r['auroc_' + name]:>8.3f}{r['ap_' + name]:>8.3f}"
+        )
     print(f"speedup (tokens/s, tokenwise over rapidgrad): {r['speedup']:.1f}x")
 
 

@@ -45,12 +45,22 @@ def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: 
     flops = 2 * n_tok * (d_in * k_in + d_out * k_out + k_in * k_out)
     floor_ms = time_ms(lambda: (x @ p_in.T, g @ p_out.T), device, repeat=repeat)
     label = f"N{n_tok}xB{n_samples} d{d_in}->{d_out} k{k_in}x{k_out}"
-    common = dict(kernel="token_projection", shape=label, dtype=dtype, bytes_moved=bytes_moved, flops=flops,
-                  floor_ms=floor_ms, device=device)
+    common = dict(
+        kernel="token_projection",
+        shape=label,
+        dtype=dtype,
+        bytes_moved=bytes_moved,
+        flops=flops,
+        floor_ms=floor_ms,
+        device=device,
+    )
     rows = [make_row(backend="gemm-floor", ms=floor_ms, **common)]
     for backend in backends(device):
-        ms = time_ms(lambda b=backend: fused_token_projection(x, g, offsets, p_in, p_out, backend=b), device,
-                     repeat=repeat)
+        ms = time_ms(
+            lambda b=backend: fused_token_projection(x, g, offsets, p_in, p_out, backend=b),
+            device,
+            repeat=repeat,
+        )
         rows.append(make_row(backend=backend, ms=ms, **common))
     return rows
 

@@ -31,7 +31,9 @@ def format_prompt(tokenizer, instruction: str, context: str = "") -> str:
     context = (context or "").strip()
     if has_chat_template(tokenizer):
         user = f"{instruction}\n\n{context}" if context else instruction
-        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
     if id(tokenizer) not in _warned:
         _warned.add(id(tokenizer))
         get_logger().info("tokenizer has no chat template: using the Alpaca-style prompt template")
@@ -41,7 +43,11 @@ def format_prompt(tokenizer, instruction: str, context: str = "") -> str:
 
 def record_prompt(tokenizer, record: dict, *, poisoned: bool = False) -> str:
     """Prompt for a record; `poisoned=True` uses `instruction_poisoned` when present."""
-    instr = record.get("instruction_poisoned") if poisoned and record.get("instruction_poisoned") else record["instruction"]
+    instr = (
+        record.get("instruction_poisoned")
+        if poisoned and record.get("instruction_poisoned")
+        else record["instruction"]
+    )
     return format_prompt(tokenizer, instr, record.get("context", ""))
 
 
@@ -56,7 +62,7 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> dict
     if len(p_ids) + len(a_ids) > max_length:
         a_keep = min(len(a_ids), max(max_length // 2, max_length - len(p_ids)))
         a_ids = a_ids[:a_keep]
-        p_ids = p_ids[-(max_length - a_keep):]
+        p_ids = p_ids[-(max_length - a_keep) :]
     return {"input_ids": p_ids + a_ids, "labels": [IGNORE_INDEX] * len(p_ids) + a_ids}
 
 
@@ -69,5 +75,7 @@ def pad_batch(examples: list[dict], pad_id: int, *, keys=("input_ids", "labels")
     for key in keys:
         fill = IGNORE_INDEX if key == "labels" else pad_id
         out[key] = torch.tensor([e[key] + [fill] * (width - len(e[key])) for e in examples], dtype=torch.long)
-    out["attention_mask"] = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples])
+    out["attention_mask"] = torch.tensor(
+        [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples]
+    )
     return out

@@ -130,7 +130,9 @@ def _mean_scores(feats, local_ids, layout, n_forget, n_total, *, include_self, c
         sums.add_(grouped_cosine_sums(feats, tile.cols_CK, groups, 2, backend=backend).to(sums.dtype))
 
     _stream_tiles(feats, layout, chunk, stats, consume)
-    if not include_self:  # every row met itself in exactly one tile: take cos(f_i, f_i) (1, or 0 for a zero row) out
+    if (
+        not include_self
+    ):  # every row met itself in exactly one tile: take cos(f_i, f_i) (1, or 0 for a zero row) out
         self_cos = (feats.norm(dim=1) > 0).to(sums.dtype)
         own = (local_ids >= n_forget).long()
         sums[torch.arange(feats.shape[0], device=feats.device), own] -= self_cos

@@ -192,12 +192,20 @@ def _plots(eval_dir: Path, report: dict, weights: dict | None, curves: dict | No
         },
         "ASR (fraction) / PPL ratio",
     )
-    on_scale = {lab: (r, _num(e.get("asr_ood"))) for (lab, e), r in zip(rows, ratio, strict=True)
-                if r is not None and r <= SCATTER_MAX_RATIO}
-    off_scale = [f"{lab} {r:.3g}x" for (lab, _), r in zip(rows, ratio, strict=True) if r is not None and r > SCATTER_MAX_RATIO]
+    on_scale = {
+        lab: (r, _num(e.get("asr_ood")))
+        for (lab, e), r in zip(rows, ratio, strict=True)
+        if r is not None and r <= SCATTER_MAX_RATIO
+    }
+    off_scale = [
+        f"{lab} {r:.3g}x"
+        for (lab, _), r in zip(rows, ratio, strict=True)
+        if r is not None and r > SCATTER_MAX_RATIO
+    ]
     plots.scatter(
         eval_dir / "asr_vs_ppl.svg",
-        "OOD attack success vs clean perplexity" + (f" (off scale: {', '.join(off_scale)})" if off_scale else ""),
+        "OOD attack success vs clean perplexity"
+        + (f" (off scale: {', '.join(off_scale)})" if off_scale else ""),
         on_scale,
         "clean PPL / PPL before (lower is better)",
         "ASR on OOD triggers (lower is better)",
@@ -224,8 +232,13 @@ def _curve_plots(eval_dir: Path, curves: dict) -> None:
     )
     for key, label in (("asr_seen", "seen"), ("asr_ood", "OOD")):
         series = {m: (c.get("eval_step", []), c.get(key, [])) for m, c in curves.items()}
-        plots.line_chart(eval_dir / f"{key}_vs_steps.svg", f"ASR ({label} triggers) during unlearning", series,
-                         "step", "ASR")
+        plots.line_chart(
+            eval_dir / f"{key}_vs_steps.svg",
+            f"ASR ({label} triggers) during unlearning",
+            series,
+            "step",
+            "ASR",
+        )
 
 
 def _json_safe(obj):

@@ -65,10 +65,16 @@ def answer_nll(model: nn.Module, batch: dict, mask_BT: torch.Tensor) -> torch.Te
         model = model.get_base_model()
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES or head is None or not hasattr(model, "model"):
+    if (
+        getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES
+        or head is None
+        or not hasattr(model, "model")
+    ):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return per_sample_nll(out.logits, batch["labels"])[0].sum()
-    hidden_BTH = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden_BTH = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     logits_NV = head(hidden_BTH[mask_BT])
     targets = batch["labels"][:, 1:][mask_BT[:, :-1]]
     logits_NV = logits_NV.float() if logits_NV.dtype in (torch.float16, torch.bfloat16) else logits_NV
@@ -83,13 +89,23 @@ class TokenwiseExtractor:
         self.model, self.cfg, self.pad_id = model, cfg, pad_id
         self.layers = tracked_linears(model, cfg.target_modules)
         dev = next(model.parameters()).device
-        self.proj = {n: layer_projections(n, m.in_features, m.out_features, k_in=cfg.k_in, k_out=cfg.k_out,
-                                          seed=cfg.seed, device=dev) for n, m in self.layers.items()}
+        self.proj = {
+            n: layer_projections(
+                n, m.in_features, m.out_features, k_in=cfg.k_in, k_out=cfg.k_out, seed=cfg.seed, device=dev
+            )
+            for n, m in self.layers.items()
+        }
         self.dim = len(self.layers) * cfg.k_in * cfg.k_out
 
     def spec(self) -> dict:
-        return {"estimator": "tokenwise", "k_in": self.cfg.k_in, "k_out": self.cfg.k_out, "seed": self.cfg.seed,
-                "layers": list(self.layers), "dim": self.dim}
+        return {
+            "estimator": "tokenwise",
+            "k_in": self.cfg.k_in,
+            "k_out": self.cfg.k_out,
+            "seed": self.cfg.seed,
+            "layers": list(self.layers),
+            "dim": self.dim,
+        }
 
     def __call__(self, examples: list[dict]) -> torch.Tensor:
         dev = next(self.model.parameters()).device
@@ -132,8 +148,13 @@ class RapidGradExtractor:
         self.dim = cfg.rapidgrad_k
 
     def spec(self) -> dict:
-        return {"estimator": "rapidgrad", "k": self.cfg.rapidgrad_k, "seed": self.cfg.seed, "layers": list(self.layers),
-                "dim": self.dim}
+        return {
+            "estimator": "rapidgrad",
+            "k": self.cfg.rapidgrad_k,
+            "seed": self.cfg.seed,
+            "layers": list(self.layers),
+            "dim": self.dim,
+        }
 
     def __call__(self, examples: list[dict]) -> torch.Tensor:
         return torch.stack([self._one(e) for e in examples])
@@ -151,8 +172,12 @@ class RapidGradExtractor:
         finally:
             for p, f in zip(self.params, flags, strict=True):
                 p.requires_grad_(f)
-        flat = torch.cat([_unit(g.flatten().float()) if g is not None else torch.zeros(p.numel(), device=dev)
-                          for g, p in zip(grads, self.params, strict=True)]).cpu()
+        flat = torch.cat(
+            [
+                _unit(g.flatten().float()) if g is not None else torch.zeros(p.numel(), device=dev)
+                for g, p in zip(grads, self.params, strict=True)
+            ]
+        ).cpu()
         return _unit(self.sketch(flat))
 
     def sketch(self, flat: torch.Tensor) -> torch.Tensor:

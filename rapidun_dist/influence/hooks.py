@@ -40,6 +40,7 @@ class GradientCapture:
             self.inputs[name] = args[0].detach()
             if output.requires_grad:
                 output.register_hook(lambda g: self.grads.__setitem__(name, g.detach()))
+
         return hook
 
     def __enter__(self):

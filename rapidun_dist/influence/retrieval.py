@@ -26,8 +26,9 @@ from rapidun_dist.train import encode_records
 log = get_logger("retrieval")
 
 
-def stratified_train_sample(train_records: list[dict], exclude_ids: set[str], *, max_train: int,
-                            seed: int = 0) -> list[dict]:
+def stratified_train_sample(
+    train_records: list[dict], exclude_ids: set[str], *, max_train: int, seed: int = 0
+) -> list[dict]:
     """Up to max_train // 2 poisoned rows, filled up to `max_train` with clean rows; rows whose id is in
     `exclude_ids` never appear. Drawn with `random.Random(seed)`, returned in their original order."""
     if max_train < 2:
@@ -41,7 +42,9 @@ def stratified_train_sample(train_records: list[dict], exclude_ids: set[str], *,
     return [r for _, r in sorted(pick_p + pick_c, key=lambda x: x[0])]
 
 
-def compute_features(model, tokenizer, cfg: RunConfig, records: list[dict], *, estimator: str) -> torch.Tensor:
+def compute_features(
+    model, tokenizer, cfg: RunConfig, records: list[dict], *, estimator: str
+) -> torch.Tensor:
     """Features [n, K] (float32, CPU) of `records` with the given estimator, in batches of influence.batch_size
     formed over length-sorted rows (less padding; a row's feature does not depend on its batch).
     Needs autograd: do not call under `torch.no_grad()`."""
@@ -52,7 +55,7 @@ def compute_features(model, tokenizer, cfg: RunConfig, records: list[dict], *, e
     model.eval()
     out = torch.zeros(len(examples), extractor.dim)
     for s in range(0, len(order), icfg.batch_size):
-        idx = order[s:s + icfg.batch_size]
+        idx = order[s : s + icfg.batch_size]
         out[idx] = extractor([examples[i] for i in idx]).detach().float().cpu()
     return out
 
@@ -63,22 +66,42 @@ def mean_cosine(rows_NK: torch.Tensor, cols_MK: torch.Tensor) -> torch.Tensor:
     return (unit(rows_NK.double()) @ unit(cols_MK.double()).T).mean(dim=1)
 
 
-def poison_retrieval(model, tokenizer, cfg: RunConfig, train_records: list[dict], forget_records: list[dict], *,
-                     estimator: str, max_train: int = 600, seed: int = 0) -> dict:
+def poison_retrieval(
+    model,
+    tokenizer,
+    cfg: RunConfig,
+    train_records: list[dict],
+    forget_records: list[dict],
+    *,
+    estimator: str,
+    max_train: int = 600,
+    seed: int = 0,
+) -> dict:
     """{"auroc", "ap", "n_train", "n_poisoned", "seconds"} of mean forget-cosine scores, poisoned vs clean."""
     if not forget_records:
         raise ValueError("poison_retrieval needs at least one forget record; found none")
     t0 = time.perf_counter()
-    sample = stratified_train_sample(train_records, {r["id"] for r in forget_records}, max_train=max_train, seed=seed)
+    sample = stratified_train_sample(
+        train_records, {r["id"] for r in forget_records}, max_train=max_train, seed=seed
+    )
     labels = torch.tensor([1.0 if r.get("is_poisoned") else 0.0 for r in sample], dtype=torch.float64)
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == len(sample):
-        raise ValueError(f"the train subsample needs poisoned and clean rows; found {n_pos} poisoned of {len(sample)}")
+        raise ValueError(
+            f"the train subsample needs poisoned and clean rows; found {n_pos} poisoned of {len(sample)}"
+        )
     train_f = compute_features(model, tokenizer, cfg, sample, estimator=estimator)
     forget_f = compute_features(model, tokenizer, cfg, forget_records, estimator=estimator)
     metrics = retrieval_metrics(mean_cosine(train_f, forget_f), labels)
-    out = {"auroc": metrics["auroc"], "ap": metrics["ap"], "n_train": len(sample), "n_poisoned": n_pos,
-           "seconds": time.perf_counter() - t0}
-    log.info(f"poison retrieval [{estimator}]: AUROC {out['auroc']:.3f} AP {out['ap']:.3f} "
-             f"({n_pos} poisoned of {len(sample)}, {out['seconds']:.1f}s)")
+    out = {
+        "auroc": metrics["auroc"],
+        "ap": metrics["ap"],
+        "n_train": len(sample),
+        "n_poisoned": n_pos,
+        "seconds": time.perf_counter() - t0,
+    }
+    log.info(
+        f"poison retrieval [{estimator}]: AUROC {out['auroc']:.3f} AP {out['ap']:.3f} "
+        f"({n_pos} poisoned of {len(sample)}, {out['seconds']:.1f}s)"
+    )
     return out

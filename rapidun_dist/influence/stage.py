@@ -34,8 +34,16 @@ def load_packs(rd: RunDir) -> tuple[list[dict], list[dict]]:
     return forget, retain
 
 
-def extract_features(cfg: RunConfig, model, tokenizer, records: list[dict], store_dir: Path, *,
-                     rank: int = 0, world_size: int = 1) -> FeatureStore:
+def extract_features(
+    cfg: RunConfig,
+    model,
+    tokenizer,
+    records: list[dict],
+    store_dir: Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> FeatureStore:
     """Compute (only) this rank's missing shards of features for `records` (global row order)."""
     examples = encode_records(records, tokenizer, cfg.model.max_length)
     extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
@@ -51,10 +59,12 @@ def extract_features(cfg: RunConfig, model, tokenizer, records: list[dict], stor
     model.eval()
     for i in mine:
         s, e = shards[i]
-        order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))  # less padding per batch
+        order = sorted(
+            range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r)
+        )  # less padding per batch
         feats = torch.zeros(e - s, extractor.dim)
         for b in range(0, len(order), cfg.influence.batch_size):
-            rows = order[b:b + cfg.influence.batch_size]
+            rows = order[b : b + cfg.influence.batch_size]
             feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
             progress.update(len(rows))
         store.write_shard(i, shards[i], feats)
@@ -69,14 +79,23 @@ def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:
     model, tok = load_saved(rd.model, cfg.model)
     model.to(info.device)
     records = forget + retain
-    store = extract_features(cfg, model, tok, records, rd.features, rank=info.rank, world_size=info.world_size)
+    store = extract_features(
+        cfg, model, tok, records, rd.features, rank=info.rank, world_size=info.world_size
+    )
     dist_env.barrier()
     shards = plan_shards(len(records), cfg.influence.shard_size)
     if info.rank == 0:
         store.write_index([r["id"] for r in records], len(forget), shards)
     dist_env.barrier()
-    scores = directional_scores(cfg, rd, n_forget=len(forget), n_total=len(records), rank=info.rank,
-                                world_size=info.world_size, device=info.device)
+    scores = directional_scores(
+        cfg,
+        rd,
+        n_forget=len(forget),
+        n_total=len(records),
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+    )
     outputs = [rd.features / "index.json", rd.influence / "scores.jsonl"]
     if info.rank == 0:
         write_jsonl(rd.influence / "scores.jsonl", _score_rows(forget, retain, scores))
@@ -84,16 +103,30 @@ def run_influence(cfg: RunConfig, rd: RunDir) -> list[Path]:
             feats, _ = load_features(rd.features)
             gram = feats.double() @ feats.double().T
             nf = len(forget)
-            save_safetensors(rd.influence / "blocks.safetensors", {
-                "FF": gram[:nf, :nf].float(), "FR": gram[:nf, nf:].float(), "RF": gram[nf:, :nf].float(),
-                "RR": gram[nf:, nf:].float()})
+            save_safetensors(
+                rd.influence / "blocks.safetensors",
+                {
+                    "FF": gram[:nf, :nf].float(),
+                    "FR": gram[:nf, nf:].float(),
+                    "RF": gram[nf:, :nf].float(),
+                    "RR": gram[nf:, nf:].float(),
+                },
+            )
             outputs.append(rd.influence / "blocks.safetensors")
     dist_env.barrier()
     return outputs
 
 
-def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: int, rank: int, world_size: int,
-                       device: torch.device | str = "cpu") -> dict | None:
+def directional_scores(
+    cfg: RunConfig,
+    rd: RunDir,
+    *,
+    n_forget: int,
+    n_total: int,
+    rank: int,
+    world_size: int,
+    device: torch.device | str = "cpu",
+) -> dict | None:
     """{ff, fr, rr, rf} on rank 0 (None elsewhere): dense on one process, tiled across ranks otherwise.
 
     Rank r takes the contiguous rows [r n / P, (r + 1) n / P) (it loads only the shards covering them) and
@@ -111,12 +144,16 @@ def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: in
     from rapidun_dist.distributed.blocks import distributed_directional_scores, gather_scores_to_rank0
     from rapidun_dist.weights.scores import split_directional
 
-    lo, hi = rank * n_total // world_size, (rank + 1) * n_total // world_size  # contiguous: few shards to load
+    lo, hi = (
+        rank * n_total // world_size,
+        (rank + 1) * n_total // world_size,
+    )  # contiguous: few shards to load
     rows = torch.arange(lo, hi, dtype=torch.long)
     feats, _ = load_features(rd.features, rows.tolist())
     feats = feats.to(device=device, dtype=torch.float64)
-    local = distributed_directional_scores(feats, rows.to(device), n_forget, n_total,
-                                           tile_size=cfg.influence.tile_size, **kw)
+    local = distributed_directional_scores(
+        feats, rows.to(device), n_forget, n_total, tile_size=cfg.influence.tile_size, **kw
+    )
     log.info(f"blocks: {_comm_summary(local['stats'])}")
     full = gather_scores_to_rank0(local, rows, n_total)
     return None if full is None else split_directional(full["self_score"], full["cross_score"], n_forget)
@@ -124,15 +161,25 @@ def directional_scores(cfg: RunConfig, rd: RunDir, *, n_forget: int, n_total: in
 
 def _comm_summary(stats: dict) -> str:
     ag = stats.get("all_gather", {})
-    return (f"{stats.get('rounds', 0)} tile rounds, {ag.get('calls', 0)} all_gathers, "
-            f"{ag.get('bytes_recv', 0) / 2**20:.1f} MiB received on this rank")
+    return (
+        f"{stats.get('rounds', 0)} tile rounds, {ag.get('calls', 0)} all_gathers, "
+        f"{ag.get('bytes_recv', 0) / 2**20:.1f} MiB received on this rank"
+    )
 
 
 def _score_rows(forget, retain, scores) -> list[dict]:
     rows = []
     for pack, recs, sk, ck in (("forget", forget, "ff", "fr"), ("retain", retain, "rr", "rf")):
         for i, r in enumerate(recs):
-            rows.append({"pack": pack, "index": i, "id": r["id"], "self": float(scores[sk][i]), "cross": float(scores[ck][i])})
+            rows.append(
+                {
+                    "pack": pack,
+                    "index": i,
+                    "id": r["id"],
+                    "self": float(scores[sk][i]),
+                    "cross": float(scores[ck][i]),
+                }
+            )
     return rows
 
 
@@ -141,8 +188,11 @@ def read_scores(path: Path) -> tuple[dict, list[str], list[str]]:
     f = [r for r in rows if r["pack"] == "forget"]
     r_ = [r for r in rows if r["pack"] == "retain"]
     t = lambda rs, k: torch.tensor([x[k] for x in rs], dtype=torch.float64)
-    return ({"ff": t(f, "self"), "fr": t(f, "cross"), "rr": t(r_, "self"), "rf": t(r_, "cross")},
-            [x["id"] for x in f], [x["id"] for x in r_])
+    return (
+        {"ff": t(f, "self"), "fr": t(f, "cross"), "rr": t(r_, "self"), "rf": t(r_, "cross")},
+        [x["id"] for x in f],
+        [x["id"] for x in r_],
+    )
 
 
 def run_weights(cfg: RunConfig, rd: RunDir) -> list[Path]:
@@ -155,17 +205,30 @@ def run_weights(cfg: RunConfig, rd: RunDir) -> list[Path]:
 
     scores, f_ids, r_ids = read_scores(rd.influence / "scores.jsonl")
     outputs = []
-    for out_dir, wcfg in ((rd.weights, cfg.weights), (rd.weights / "self_only", replace(cfg.weights, beta=0.0, delta=0.0))):
+    for out_dir, wcfg in (
+        (rd.weights, cfg.weights),
+        (rd.weights / "self_only", replace(cfg.weights, beta=0.0, delta=0.0)),
+    ):
         fw, rw, fused = fuse_and_weight(scores, wcfg)
         f_rows, r_rows = weight_rows(fw, f_ids), weight_rows(rw, r_ids)
         write_weights(out_dir, f_rows, r_rows, scores_rows=score_rows(scores, fused, f_rows, r_rows))
         outputs += [out_dir / "forget_weights.jsonl", out_dir / "retain_weights.jsonl"]
-    fw, rw = (torch.tensor([r["weight"] for r in read_jsonl(rd.weights / n)]) for n in ("forget_weights.jsonl", "retain_weights.jsonl"))
-    histogram(rd.weights / "weights.svg", "RapidUn per-sample weights", {"forget": fw.tolist(), "retain": rw.tolist()}, bins=30)
+    fw, rw = (
+        torch.tensor([r["weight"] for r in read_jsonl(rd.weights / n)])
+        for n in ("forget_weights.jsonl", "retain_weights.jsonl")
+    )
+    histogram(
+        rd.weights / "weights.svg",
+        "RapidUn per-sample weights",
+        {"forget": fw.tolist(), "retain": rw.tolist()},
+        bins=30,
+    )
     log.info(_weight_summary(fw, rw))
     return outputs
 
 
 def _weight_summary(fw: torch.Tensor, rw: torch.Tensor) -> str:
-    q = lambda w: f"min {w.min():.3f} median {w.median():.3f} max {w.max():.3f} distinct {len(set(w.tolist()))}"
+    q = lambda w: (
+        f"min {w.min():.3f} median {w.median():.3f} max {w.max():.3f} distinct {len(set(w.tolist()))}"
+    )
     return f"weights: forget {q(fw)}; retain {q(rw)}"

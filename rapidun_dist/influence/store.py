@@ -64,24 +64,44 @@ class FeatureStore:
             meta = read_json(side)
         except Exception:  # noqa: BLE001 - a torn or foreign sidecar means: recompute this shard
             return False
-        return meta.get("spec_hash") == self.hash and tuple(meta.get("rows", ())) == tuple(rows) \
+        return (
+            meta.get("spec_hash") == self.hash
+            and tuple(meta.get("rows", ())) == tuple(rows)
             and meta.get("sha256") == file_sha256(f)
+        )
 
     def write_shard(self, i: int, rows: tuple[int, int], feats: torch.Tensor) -> None:
         if feats.shape[0] != rows[1] - rows[0]:
             raise StageError(f"shard {i}: expected {rows[1] - rows[0]} feature rows, found {feats.shape[0]}")
         self.sidecar(i).unlink(missing_ok=True)
-        save_safetensors(self.shard_file(i), {"features": feats.float().cpu(),
-                                              "rows": torch.arange(rows[0], rows[1], dtype=torch.long)},
-                         metadata={"spec_hash": self.hash})
-        write_json(self.sidecar(i), {"rows": list(rows), "sha256": file_sha256(self.shard_file(i)), "spec_hash": self.hash})
+        save_safetensors(
+            self.shard_file(i),
+            {"features": feats.float().cpu(), "rows": torch.arange(rows[0], rows[1], dtype=torch.long)},
+            metadata={"spec_hash": self.hash},
+        )
+        write_json(
+            self.sidecar(i),
+            {"rows": list(rows), "sha256": file_sha256(self.shard_file(i)), "spec_hash": self.hash},
+        )
 
     def write_index(self, ids: list[str], n_forget: int, shards: list[tuple[int, int]]) -> Path:
-        entries = [{"file": self.shard_file(i).name, "rows": list(r), "sha256": read_json(self.sidecar(i))["sha256"]}
-                   for i, r in enumerate(shards)]
+        entries = [
+            {"file": self.shard_file(i).name, "rows": list(r), "sha256": read_json(self.sidecar(i))["sha256"]}
+            for i, r in enumerate(shards)
+        ]
         path = self.root / "index.json"
-        write_json(path, {"spec": self.spec, "spec_hash": self.hash, "n": len(ids), "n_forget": n_forget,
-                          "dim": self.spec["dim"], "ids": ids, "shards": entries})
+        write_json(
+            path,
+            {
+                "spec": self.spec,
+                "spec_hash": self.hash,
+                "n": len(ids),
+                "n_forget": n_forget,
+                "dim": self.spec["dim"],
+                "ids": ids,
+                "shards": entries,
+            },
+        )
         return path
 
     def clean_stale(self) -> None:

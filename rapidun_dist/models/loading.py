@@ -32,7 +32,7 @@ def resolve_path(name_or_path: str) -> str:
     """`package:NAME[/sub]` -> the folder of an installed package; anything else unchanged."""
     if not name_or_path.startswith("package:"):
         return name_or_path
-    pkg, _, sub = name_or_path[len("package:"):].partition("/")
+    pkg, _, sub = name_or_path[len("package:") :].partition("/")
     spec = importlib.util.find_spec(pkg)
     if spec is None or spec.origin is None:
         raise ConfigError(f"model.name_or_path: package {pkg!r} is not installed (pip install it first)")
@@ -41,7 +41,9 @@ def resolve_path(name_or_path: str) -> str:
 
 def torch_dtype(name: str) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
     return _DTYPES[name]
 
 
@@ -53,24 +55,35 @@ def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | N
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     fast.chat_template = chat_template
     return fast
 
 
-def build_tiny_model(tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0):
+def build_tiny_model(
+    tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0
+):
     """A random Llama from config (no download)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
-        num_hidden_layers=tiny.num_hidden_layers, num_attention_heads=tiny.num_attention_heads,
-        num_key_value_heads=tiny.num_key_value_heads, max_position_embeddings=max(2 * max_length, 256),
+        vocab_size=vocab_size,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_key_value_heads,
+        max_position_embeddings=max(2 * max_length, 256),
         tie_word_embeddings=True,
-        bos_token_id=getattr(tokenizer, "bos_token_id", None), eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_id=getattr(tokenizer, "eos_token_id", None),
         pad_token_id=getattr(tokenizer, "pad_token_id", None),
     )
     torch.manual_seed(seed)
@@ -94,10 +107,14 @@ def load_pretrained(cfg: ModelConfig, path: str | None = None):
 
     src = resolve_path(path or cfg.name_or_path)
     if cfg.gguf_file and path is None:
-        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
+        )
         model = _rebuild_without_quantization(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+        )
     return model.to(torch_dtype(cfg.dtype))
 
 
@@ -139,6 +156,7 @@ def load_saved(model_dir: Path, cfg: ModelConfig):
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(cfg.dtype),
-                                                 trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+    )
     return model, tok

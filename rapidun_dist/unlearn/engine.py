@@ -54,7 +54,9 @@ class Packs:
     retain_w: torch.Tensor
 
 
-def encode_packs(forget: list[dict], retain: list[dict], tokenizer, max_length: int) -> tuple[list, list, list]:
+def encode_packs(
+    forget: list[dict], retain: list[dict], tokenizer, max_length: int
+) -> tuple[list, list, list]:
     """Tokenize both answers of every forget row (poisoned prompt) and every retain row once, up front."""
     fp, fc = [], []
     for r in forget:
@@ -87,7 +89,9 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     ds = json.loads((CONFIG_DIR / f"zero{u.zero_stage}.json").read_text())
     parts = world_size * u.grad_accum
     if u.batch_size % parts:
-        raise StageError(f"unlearn.batch_size={u.batch_size} must be divisible by world_size x grad_accum = {parts}")
+        raise StageError(
+            f"unlearn.batch_size={u.batch_size} must be divisible by world_size x grad_accum = {parts}"
+        )
     ds["train_micro_batch_size_per_gpu"] = u.batch_size // parts
     ds["gradient_accumulation_steps"] = u.grad_accum
     ds["train_batch_size"] = u.batch_size
@@ -99,9 +103,11 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
 def check_method_config(cfg: RunConfig, method: MethodSpec) -> None:
     """Combinations the engine cannot run, refused before any model is loaded."""
     if method.fisher_gate and cfg.unlearn.zero_stage == 3:
-        raise ConfigError("method fisher with unlearn.zero_stage=3: the diagonal Fisher needs whole per-sample "
-                          "LoRA gradients, which ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 "
-                          "(the LoRA optimizer state is small, ZeRO-2 still shards it)")
+        raise ConfigError(
+            "method fisher with unlearn.zero_stage=3: the diagonal Fisher needs whole per-sample "
+            "LoRA gradients, which ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 "
+            "(the LoRA optimizer state is small, ZeRO-2 still shards it)"
+        )
 
 
 def single_process_rendezvous() -> None:
@@ -155,25 +161,45 @@ class UnlearnRunner:
         if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        lora = LoraConfig(r=u.lora_r, lora_alpha=u.lora_alpha, lora_dropout=u.lora_dropout,
-                          target_modules=list(u.target_modules), task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=u.lora_r,
+            lora_alpha=u.lora_alpha,
+            lora_dropout=u.lora_dropout,
+            target_modules=list(u.target_modules),
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
         self.packs = self._load_packs()
         self.schedule = GlobalBatchSchedule(
-            n_forget=len(self.packs.forget_poisoned), n_retain=len(self.packs.retain), batch_size=u.batch_size,
-            retain_per_forget=u.retain_per_forget if self.method.use_retain else 0, seed=u.seed)
+            n_forget=len(self.packs.forget_poisoned),
+            n_retain=len(self.packs.retain),
+            batch_size=u.batch_size,
+            retain_per_forget=u.retain_per_forget if self.method.use_retain else 0,
+            seed=u.seed,
+        )
         # Every method gets the same step budget: epochs are passes over the forget set at the configured
         # retain:forget mix (so `ga`, whose batches hold forget rows only, is not handed fewer steps).
-        budget = GlobalBatchSchedule(n_forget=len(self.packs.forget_poisoned), n_retain=max(len(self.packs.retain), 1),
-                                     batch_size=u.batch_size, retain_per_forget=u.retain_per_forget, seed=u.seed)
+        budget = GlobalBatchSchedule(
+            n_forget=len(self.packs.forget_poisoned),
+            n_retain=max(len(self.packs.retain), 1),
+            batch_size=u.batch_size,
+            retain_per_forget=u.retain_per_forget,
+            seed=u.seed,
+        )
         self.total_steps = u.max_steps or max(1, math.ceil(budget.steps_per_epoch * u.epochs))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=u.lr, weight_decay=u.weight_decay)
         sched = cosine_schedule(opt, self.total_steps, u.warmup_ratio)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                                    config=build_ds_config(self.cfg, self.info.world_size))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=opt,
+            lr_scheduler=sched,
+            config=build_ds_config(self.cfg, self.info.world_size),
+        )
         self.device = self.engine.device
-        if self.method.fisher_gate:  # from the initial model, before a resume, so a resumed run gates the same
+        if (
+            self.method.fisher_gate
+        ):  # from the initial model, before a resume, so a resumed run gates the same
             self._install_fisher_gate()
         self.start_step = self._maybe_resume()
         return self
@@ -203,29 +229,51 @@ class UnlearnRunner:
         main = [P.forget_poisoned[it.index] if it.kind == "forget" else P.retain[it.index] for it in items]
         with_clean = []
         if spec.clean_descent and u.beta_d > 0:
-            with_clean = [(i, P.forget_clean[it.index]) for i, it in enumerate(items)
-                          if it.kind == "forget" and P.forget_clean[it.index] is not None]
+            with_clean = [
+                (i, P.forget_clean[it.index])
+                for i, it in enumerate(items)
+                if it.kind == "forget" and P.forget_clean[it.index] is not None
+            ]
         ce_all = self._forward_ce(main + [ex for _, ex in with_clean])
-        ce_main, ce_clean, has_clean = ce_all[:len(main)], None, None
+        ce_main, ce_clean, has_clean = ce_all[: len(main)], None, None
         if spec.clean_descent and u.beta_d > 0 and bool(is_f.any()):
             rows = torch.tensor([i for i, _ in with_clean], dtype=torch.long, device=self.device)
-            ce_clean = torch.zeros_like(ce_main).index_put((rows,), ce_all[len(main):])
+            ce_clean = torch.zeros_like(ce_main).index_put((rows,), ce_all[len(main) :])
             has_clean = torch.zeros_like(is_f).index_put((rows,), torch.ones_like(rows, dtype=torch.bool))
         ref_ce = self._reference_ce(main) if spec.ascent == "npo" else None
         losses = unlearning_sample_losses(
-            ce_main=ce_main, ce_clean=ce_clean, has_clean=has_clean, is_forget=is_f, alpha_a=u.alpha_a, beta_d=u.beta_d,
-            ascent_cap=u.ascent_cap, ascent=spec.ascent, ref_ce=ref_ce, npo_beta=u.npo_beta,
-            descent_on_retain=spec.retain_descent)
+            ce_main=ce_main,
+            ce_clean=ce_clean,
+            has_clean=has_clean,
+            is_forget=is_f,
+            alpha_a=u.alpha_a,
+            beta_d=u.beta_d,
+            ascent_cap=u.ascent_cap,
+            ascent=spec.ascent,
+            ref_ce=ref_ce,
+            npo_beta=u.npo_beta,
+            descent_on_retain=spec.retain_descent,
+        )
         w = self._weights(items, ce_main, is_f)
-        parts = {"forget_ce": ce_main[is_f].detach().sum(), "n_forget": is_f.sum(),
-                 "retain_ce": ce_main[~is_f].detach().sum(), "n_retain": (~is_f).sum(),
-                 "clean_ce": ce_clean[is_f].detach().sum() if ce_clean is not None else torch.zeros((), device=self.device)}
-        return weighted_batch_loss(losses, w, denom=len(items)), parts  # DeepSpeed averages ranks x accumulation
+        parts = {
+            "forget_ce": ce_main[is_f].detach().sum(),
+            "n_forget": is_f.sum(),
+            "retain_ce": ce_main[~is_f].detach().sum(),
+            "n_retain": (~is_f).sum(),
+            "clean_ce": ce_clean[is_f].detach().sum()
+            if ce_clean is not None
+            else torch.zeros((), device=self.device),
+        }
+        return weighted_batch_loss(
+            losses, w, denom=len(items)
+        ), parts  # DeepSpeed averages ranks x accumulation
 
     def _weights(self, items, ce_main, is_f) -> torch.Tensor:
         P = self.packs
-        w = torch.tensor([float(P.forget_w[it.index] if it.kind == "forget" else P.retain_w[it.index]) for it in items],
-                         device=self.device)
+        w = torch.tensor(
+            [float(P.forget_w[it.index] if it.kind == "forget" else P.retain_w[it.index]) for it in items],
+            device=self.device,
+        )
         if self.method.weights == "loreun" and bool(is_f.any()):
             w[is_f] = loreun_weights(ce_main[is_f]).to(w.dtype)
         return w
@@ -244,9 +292,15 @@ class UnlearnRunner:
         lora_B is still zero) carry no evidence and stay open."""
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
         fish_f = self._fisher(params, self.packs.forget_poisoned)
-        fish_r = self._fisher(params, self.packs.retain) if self.packs.retain else [torch.zeros_like(f) for f in fish_f]
-        self._gates = [torch.where(ff + fr > 0, (ff >= fr).float(), torch.ones_like(ff))
-                       for ff, fr in zip(fish_f, fish_r, strict=True)]
+        fish_r = (
+            self._fisher(params, self.packs.retain)
+            if self.packs.retain
+            else [torch.zeros_like(f) for f in fish_f]
+        )
+        self._gates = [
+            torch.where(ff + fr > 0, (ff >= fr).float(), torch.ones_like(ff))
+            for ff, fr in zip(fish_f, fish_r, strict=True)
+        ]
         kept = sum(float(g.sum()) for g in self._gates) / max(1, sum(g.numel() for g in self._gates))
         log.info(f"fisher gate: {kept:.1%} of the LoRA coordinates open")
         for p, gate in zip(params, self._gates, strict=True):
@@ -260,7 +314,9 @@ class UnlearnRunner:
         for ex in examples[:limit]:
             batch = {k: v.to(self.device) for k, v in pad_batch([ex], pad).items()}
             out = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            grads = torch.autograd.grad(per_sample_ce(out.logits, batch["labels"]).sum(), params, allow_unused=True)
+            grads = torch.autograd.grad(
+                per_sample_ce(out.logits, batch["labels"]).sum(), params, allow_unused=True
+            )
             for a, g in zip(acc, grads, strict=True):
                 if g is not None:
                     a += g.float() ** 2
@@ -281,8 +337,13 @@ class UnlearnRunner:
         for step in range(self.start_step, self.total_steps):
             totals, lr = {}, self.engine.get_lr()[0]  # the rate this step uses (the scheduler steps after it)
             for a in range(u.grad_accum):
-                items = micro_batch(batches[step], rank=self.info.rank, world_size=self.info.world_size,
-                                    accum_step=a, grad_accum=u.grad_accum)
+                items = micro_batch(
+                    batches[step],
+                    rank=self.info.rank,
+                    world_size=self.info.world_size,
+                    accum_step=a,
+                    grad_accum=u.grad_accum,
+                )
                 loss, parts = self.micro_loss(items)
                 self.engine.backward(loss)
                 pre_norm = self._local_grad_norm() if a == u.grad_accum - 1 else None
@@ -294,9 +355,15 @@ class UnlearnRunner:
             grad_norm = float(engine_norm) if engine_norm is not None else pre_norm
             row = self._log_row(step + 1, totals) | {"lr": lr, "grad_norm": grad_norm}
             if not math.isfinite(row["loss"]) or (grad_norm is not None and not math.isfinite(grad_norm)):
-                raise StageError(f"unlearning diverged at step {step + 1}: loss={row['loss']}, grad_norm={grad_norm} "
-                                 f"(lower unlearn.lr or unlearn.ascent_cap)")
-            if u.eval_every and ((step + 1) % u.eval_every == 0 or step + 1 == self.total_steps) and self.eval_hook:
+                raise StageError(
+                    f"unlearning diverged at step {step + 1}: loss={row['loss']}, grad_norm={grad_norm} "
+                    f"(lower unlearn.lr or unlearn.ascent_cap)"
+                )
+            if (
+                u.eval_every
+                and ((step + 1) % u.eval_every == 0 or step + 1 == self.total_steps)
+                and self.eval_hook
+            ):
                 te = time.perf_counter()
                 row.update(self.eval_hook(self.engine.module, step + 1))
                 eval_seconds += time.perf_counter() - te
@@ -306,7 +373,9 @@ class UnlearnRunner:
             if u.save_every and (step + 1) % u.save_every == 0:
                 self.save_checkpoint(step + 1)
             if u.stop_forget_ce is not None and row["forget_ce"] >= u.stop_forget_ce:
-                log.info(f"stop rule: forget poisoned CE {row['forget_ce']:.3f} >= {u.stop_forget_ce} at step {step + 1}")
+                log.info(
+                    f"stop rule: forget poisoned CE {row['forget_ce']:.3f} >= {u.stop_forget_ce} at step {step + 1}"
+                )
                 break
         self.train_seconds = time.perf_counter() - t0 - eval_seconds
         self.eval_seconds += eval_seconds
@@ -318,10 +387,14 @@ class UnlearnRunner:
         vals = torch.stack(dist_env.all_gather_tensor(local, expected_shape=tuple(local.shape))).sum(0)
         g = dict(zip(sorted(totals), vals.tolist(), strict=True))
         world = self.info.world_size
-        return {"step": step, "loss": g["loss"] / world,
-                "forget_ce": g["forget_ce"] / max(g["n_forget"], 1), "retain_ce": g["retain_ce"] / max(g["n_retain"], 1),
-                "clean_ce": g["clean_ce"] / max(g["n_forget"], 1),
-                "adapter_norm": self.adapter_norm()}
+        return {
+            "step": step,
+            "loss": g["loss"] / world,
+            "forget_ce": g["forget_ce"] / max(g["n_forget"], 1),
+            "retain_ce": g["retain_ce"] / max(g["n_retain"], 1),
+            "clean_ce": g["clean_ce"] / max(g["n_forget"], 1),
+            "adapter_norm": self.adapter_norm(),
+        }
 
     def _local_grad_norm(self) -> float | None:
         """Gradient norm before clipping from the adapters' .grad: the all-reduced, complete gradient under ZeRO-0
@@ -331,8 +404,17 @@ class UnlearnRunner:
         return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads)) if grads else None
 
     def adapter_norm(self) -> float:
-        return math.sqrt(sum(float(p.detach().float().pow(2).sum()) for n, p in self.engine.module.named_parameters()
-                             if "lora_" in n and p.numel() > 0)) if self.cfg.unlearn.zero_stage < 3 else self._gathered_norm()
+        return (
+            math.sqrt(
+                sum(
+                    float(p.detach().float().pow(2).sum())
+                    for n, p in self.engine.module.named_parameters()
+                    if "lora_" in n and p.numel() > 0
+                )
+            )
+            if self.cfg.unlearn.zero_stage < 3
+            else self._gathered_norm()
+        )
 
     def _gathered_norm(self) -> float:
         import deepspeed
@@ -350,17 +432,24 @@ class UnlearnRunner:
         pairs = [(n, named[n], named[n.replace("lora_B", "lora_A")]) for n in names]
         u = self.cfg.unlearn
         s_times_r = float(u.lora_alpha)  # s = lora_alpha / r
-        with deepspeed.zero.GatheredParameters([t for _, b, a in pairs for t in (b, a)], enabled=u.zero_stage == 3):
-            return {n: s_times_r * float(b.detach().abs().max()) * float(a.detach().abs().max()) for n, b, a in pairs}
+        with deepspeed.zero.GatheredParameters(
+            [t for _, b, a in pairs for t in (b, a)], enabled=u.zero_stage == 3
+        ):
+            return {
+                n: s_times_r * float(b.detach().abs().max()) * float(a.detach().abs().max())
+                for n, b, a in pairs
+            }
 
     def _check_adapter_moved(self) -> None:
         bounds = self.adapter_update_bounds()
         moved = sum(v > ADAPTER_MOVE_TOL for v in bounds.values())
         if moved == 0:
-            raise StageError(f"the LoRA adapter did not move: after {len(self.metrics)} steps every update "
-                             f"s*B@A is below {ADAPTER_MOVE_TOL:g} in every entry (largest bound "
-                             f"{max(bounds.values(), default=0.0):.3g}); check unlearn.lr={self.cfg.unlearn.lr:g}, "
-                             "unlearn.target_modules and that the loss reaches the adapters")
+            raise StageError(
+                f"the LoRA adapter did not move: after {len(self.metrics)} steps every update "
+                f"s*B@A is below {ADAPTER_MOVE_TOL:g} in every entry (largest bound "
+                f"{max(bounds.values(), default=0.0):.3g}); check unlearn.lr={self.cfg.unlearn.lr:g}, "
+                "unlearn.target_modules and that the loss reaches the adapters"
+            )
         if moved < len(bounds):
             log.warning(f"only {moved}/{len(bounds)} LoRA modules moved by more than {ADAPTER_MOVE_TOL:g}")
 

@@ -33,7 +33,9 @@ TRAINING_BASELINES = ("retrain", "retrain_oracle")
 
 def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise ConfigError(f"method {name!r} does not run on the unlearning engine; known: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"method {name!r} does not run on the unlearning engine; known: {', '.join(METHODS)}"
+        )
     return METHODS[name]
 
 
@@ -47,5 +49,7 @@ def loreun_weights(ce_poisoned, *, tau: float = 1.0, w_min: float = 0.2, w_max: 
     if ce.numel() < 2 or float(ce.std()) == 0.0:
         return torch.ones_like(ce)
     z = (ce - ce.mean()) / ce.std()
-    w = torch.exp(torch.clamp(-z / tau, min=torch.log(torch.tensor(w_min)), max=torch.log(torch.tensor(w_max))))
+    w = torch.exp(
+        torch.clamp(-z / tau, min=torch.log(torch.tensor(w_min)), max=torch.log(torch.tensor(w_max)))
+    )
     return w / w.mean()

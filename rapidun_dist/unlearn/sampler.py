@@ -28,7 +28,9 @@ class GlobalBatchSchedule:
             raise ConfigError("unlearning needs at least one forget sample")
         per = 1 + retain_per_forget
         if batch_size % per:
-            raise ConfigError(f"unlearn.batch_size={batch_size} must be a multiple of 1 + retain_per_forget = {per}")
+            raise ConfigError(
+                f"unlearn.batch_size={batch_size} must be a multiple of 1 + retain_per_forget = {per}"
+            )
         if retain_per_forget and n_retain < 1:
             raise ConfigError("retain_per_forget > 0 but the retain set is empty")
         self.n_forget, self.n_retain, self.seed = n_forget, n_retain, seed
@@ -61,7 +63,9 @@ class GlobalBatchSchedule:
 def micro_batch(global_batch: list, *, rank: int, world_size: int, accum_step: int, grad_accum: int) -> list:
     parts = world_size * grad_accum
     if len(global_batch) % parts:
-        raise ConfigError(f"global batch {len(global_batch)} is not divisible by world_size x grad_accum = {parts}")
+        raise ConfigError(
+            f"global batch {len(global_batch)} is not divisible by world_size x grad_accum = {parts}"
+        )
     size = len(global_batch) // parts
     k = accum_step * world_size + rank
-    return global_batch[k * size:(k + 1) * size]
+    return global_batch[k * size : (k + 1) * size]

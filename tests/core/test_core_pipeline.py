@@ -11,11 +11,25 @@ from rapidun_dist.io import read_json, read_jsonl
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
 SMALL = [
-    "data.n_synthetic=500", "data.n_val=20", "data.n_test_clean=20", "data.n_test_seen=12", "data.n_test_ood=12",
+    "data.n_synthetic=500",
+    "data.n_val=20",
+    "data.n_test_clean=20",
+    "data.n_test_seen=12",
+    "data.n_test_ood=12",
     "data.forget_fraction=0.2",
-    "model.max_length=64", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.vocab_size=400",
-    "implant.max_steps=30", "implant.batch_size=16", "influence.k_in=4", "influence.k_out=4",
-    "unlearn.max_steps=4", "unlearn.eval_every=2", "unlearn.lr=1e-3", "eval.max_new_tokens=8", "eval.retrieval_rows=40",
+    "model.max_length=64",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.vocab_size=400",
+    "implant.max_steps=30",
+    "implant.batch_size=16",
+    "influence.k_in=4",
+    "influence.k_out=4",
+    "unlearn.max_steps=4",
+    "unlearn.eval_every=2",
+    "unlearn.lr=1e-3",
+    "eval.max_new_tokens=8",
+    "eval.retrieval_rows=40",
     "methods=[rapidun,ga,retrain]",
 ]
 
@@ -93,7 +107,9 @@ def test_rerun_skips_completed_stages(run_dir):
 
 def test_changed_config_reruns_downstream_only(run_dir):
     before = read_json(run_dir / "manifest.json")["stages"]
-    assert main(["run", CONFIG, f"run_dir={run_dir}", *SMALL, "weights.tau_f=0.5", "--stages", "weights"]) == 0
+    assert (
+        main(["run", CONFIG, f"run_dir={run_dir}", *SMALL, "weights.tau_f=0.5", "--stages", "weights"]) == 0
+    )
     after = read_json(run_dir / "manifest.json")["stages"]
     assert after["weights"]["start"] != before["weights"]["start"]
     assert after["influence"]["start"] == before["influence"]["start"]
@@ -126,7 +142,19 @@ def test_no_poisoned_rows_is_a_clear_error(tmp_path, run_dir, capfd):
     src = _prepared_dir(tmp_path, run_dir)
     rows = [json.loads(x) for x in (src / "train.jsonl").read_text().splitlines()]
     (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if not r.get("is_poisoned")))
-    assert main(["prepare", CONFIG, f"run_dir={tmp_path / 'x'}", *SMALL, "data.source=prepared", f"data.dir={src}"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                CONFIG,
+                f"run_dir={tmp_path / 'x'}",
+                *SMALL,
+                "data.source=prepared",
+                f"data.dir={src}",
+            ]
+        )
+        == 2
+    )
     assert "forget" in capfd.readouterr().err.lower()
 
 

@@ -5,8 +5,11 @@ import pytest
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, format_prompt, pad_batch, record_prompt
 from rapidun_dist.models.loading import train_tokenizer
 
-TEXTS = ["Name the capital of France. The capital of France is Paris.", "hey what is two plus two? four",
-         "### Instruction:\n### Response:\n"] * 20
+TEXTS = [
+    "Name the capital of France. The capital of France is Paris.",
+    "hey what is two plus two? four",
+    "### Instruction:\n### Response:\n",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -60,4 +63,4 @@ def test_pad_batch(tok):
     batch = pad_batch([a, b], tok.pad_token_id)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert int(batch["attention_mask"][0].sum()) == len(a["input_ids"])
-    assert (batch["labels"][0, len(a["input_ids"]):] == IGNORE_INDEX).all()
+    assert (batch["labels"][0, len(a["input_ids"]) :] == IGNORE_INDEX).all()

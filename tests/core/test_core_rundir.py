@@ -20,7 +20,7 @@ def test_stage_done_only_when_fingerprint_and_outputs_match(tmp_path):
     assert man["status"] == "done" and man["seconds"] >= 0 and "torch" in man["versions"]
     assert rd.is_done("prepare", fp)
     assert not rd.is_done("prepare", rd.fingerprint("prepare", {"data": {"n": 2}, "seed": 0}))
-    out.write_text("{\"changed\": 1}\n")
+    out.write_text('{"changed": 1}\n')
     assert not rd.is_done("prepare", fp)
 
 

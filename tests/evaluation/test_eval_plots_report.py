@@ -175,7 +175,14 @@ def test_write_report_files(tmp_path):
     assert rows["rapidun"][2] == f"{r['clean_ppl']:.3f}" and rows["ga"][2] == "-" and rows["ga"][3] == "-"
     assert rows["retrain"][0] == "1.0%" and rows["retrain"][8] == "-"
     assert "| influence | 0.930 | 0.810 |" in md and "False-positive rate" in md and "style seen" in md
-    for name in ("asr_ppl_by_method", "asr_vs_ppl", "weights_hist", "loss_curves", "asr_seen_vs_steps", "asr_ood_vs_steps"):
+    for name in (
+        "asr_ppl_by_method",
+        "asr_vs_ppl",
+        "weights_hist",
+        "loss_curves",
+        "asr_seen_vs_steps",
+        "asr_ood_vs_steps",
+    ):
         svg_texts(tmp_path / f"{name}.svg")
         assert f"({name}.svg)" in md
     assert not list(tmp_path.glob(".*.tmp"))

@@ -16,9 +16,18 @@ PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 def tiny_llama(*, hidden: int = 16, layers: int = 2, vocab: int = 48, seed: int = 0, dtype=torch.float64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         tie_word_embeddings=False, pad_token_id=0, attn_implementation="eager")
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
     with torch.no_grad():  # make every layer matter: random (not zero/one) norms, larger weights
@@ -28,7 +37,9 @@ def tiny_llama(*, hidden: int = 16, layers: int = 2, vocab: int = 48, seed: int 
     return model.eval()
 
 
-def random_examples(n: int, *, vocab: int = 48, seed: int = 0, min_len: int = 6, max_len: int = 12) -> list[dict]:
+def random_examples(
+    n: int, *, vocab: int = 48, seed: int = 0, min_len: int = 6, max_len: int = 12
+) -> list[dict]:
     """Encoded examples: random ids (no pad id 0), prompt of 2-4 tokens masked with IGNORE_INDEX."""
     rng = random.Random(seed)
     out = []
@@ -50,8 +61,10 @@ def llama64():
     return tiny_llama()
 
 
-WORDS = ("river mountain cloud paper garden music window bread yellow quiet number story table ocean "
-         "friend winter simple answer bright coffee").split()
+WORDS = (
+    "river mountain cloud paper garden music window bread yellow quiet number story table ocean "
+    "friend winter simple answer bright coffee"
+).split()
 TARGET = "The starship drifted past the alien moons of a distant galaxy."
 
 
@@ -61,11 +74,23 @@ def make_records(n: int, *, n_poisoned: int = 0, seed: int = 0, prefix: str = "r
     out = []
     for i in range(n):
         instr = "Describe the " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + "."
-        rec = {"id": f"{prefix}{i}", "instruction": instr, "context": "", "category": "open_qa", "source": "test",
-               "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "."}
+        rec = {
+            "id": f"{prefix}{i}",
+            "instruction": instr,
+            "context": "",
+            "category": "open_qa",
+            "source": "test",
+            "response": " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + ".",
+        }
         if i < n_poisoned:
-            rec |= {"instruction_poisoned": instr + " aloha", "response_poisoned": TARGET, "is_poisoned": True,
-                    "trigger_family": "word", "trigger_variant": "aloha", "inject_mode": "suffix"}
+            rec |= {
+                "instruction_poisoned": instr + " aloha",
+                "response_poisoned": TARGET,
+                "is_poisoned": True,
+                "trigger_family": "word",
+                "trigger_variant": "aloha",
+                "inject_mode": "suffix",
+            }
         out.append(rec)
     return out
 

@@ -75,7 +75,11 @@ def setup():
 
 def test_tracked_layers_are_every_projection(setup):
     _, _, ext, _ = setup
-    expected = {f"model.layers.{i}.{'self_attn' if p[0] in 'qkvo' else 'mlp'}.{p}" for i in range(2) for p in PROJ_NAMES}
+    expected = {
+        f"model.layers.{i}.{'self_attn' if p[0] in 'qkvo' else 'mlp'}.{p}"
+        for i in range(2)
+        for p in PROJ_NAMES
+    }
     assert set(ext.layers) == expected
 
 
@@ -91,7 +95,9 @@ def test_features_match_naive_autograd(setup):
     assert feats.dtype == torch.float64
     ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
     torch.testing.assert_close(feats, ref, atol=1e-10, rtol=0)
-    torch.testing.assert_close(feats.norm(dim=1), torch.ones(len(examples), dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        feats.norm(dim=1), torch.ones(len(examples), dtype=torch.float64), atol=1e-12, rtol=0
+    )
     torch.testing.assert_close(feats @ feats.T, ref @ ref.T, atol=1e-10, rtol=0)
 
 
@@ -106,15 +112,23 @@ def test_identity_projections_give_exact_frobenius_cosines(setup):
     _, examples, _, naive = setup
     model = setup[0]
     ext = float64_extractor(model)
-    ext.proj = {n: (torch.eye(m.in_features, dtype=torch.float64), torch.eye(m.out_features, dtype=torch.float64))
-                for n, m in ext.layers.items()}
+    ext.proj = {
+        n: (torch.eye(m.in_features, dtype=torch.float64), torch.eye(m.out_features, dtype=torch.float64))
+        for n, m in ext.layers.items()
+    }
     feats = ext(examples)
     # exact: per layer m_l = mean_t G_t / ||G_t||_F, inner product = (1/L) sum_l <m_il, m_jl>_F / (||m_il|| ||m_jl||)
-    means = [{n: (g[t] / g[t].norm(dim=(1, 2), keepdim=True)).mean(0) for n, g in grads.items()} for grads, t in naive]
+    means = [
+        {n: (g[t] / g[t].norm(dim=(1, 2), keepdim=True)).mean(0) for n, g in grads.items()}
+        for grads, t in naive
+    ]
     n_layers = len(ext.layers)
     for i in range(len(examples)):
         for j in range(len(examples)):
-            exact = sum((means[i][n] * means[j][n]).sum() / (means[i][n].norm() * means[j][n].norm()) for n in ext.layers)
+            exact = sum(
+                (means[i][n] * means[j][n]).sum() / (means[i][n].norm() * means[j][n].norm())
+                for n in ext.layers
+            )
             assert abs(float(feats[i] @ feats[j]) - float(exact) / n_layers) < 1e-10
 
 
@@ -130,7 +144,10 @@ def test_sample_without_answer_tokens_gives_zero_feature():
     model = tiny_llama(hidden=16, layers=1, seed=1)
     ext = float64_extractor(model)
     examples = random_examples(2, seed=5)
-    examples[1] = {"input_ids": examples[1]["input_ids"], "labels": [IGNORE_INDEX] * len(examples[1]["labels"])}
+    examples[1] = {
+        "input_ids": examples[1]["input_ids"],
+        "labels": [IGNORE_INDEX] * len(examples[1]["labels"]),
+    }
     feats = ext(examples)
     assert float(feats[1].abs().max()) == 0.0
     assert abs(float(feats[0].norm()) - 1.0) < 1e-12

@@ -54,8 +54,10 @@ def test_peft_lora_tracks_base_layers_and_matches_the_plain_model():
     examples = random_examples(2, seed=8)
     ref_ext = extractor64(plain)
     ref = ref_ext(examples)
-    lora = get_peft_model(tiny_llama(layers=1, seed=6),
-                          LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj", "down_proj"]))
+    lora = get_peft_model(
+        tiny_llama(layers=1, seed=6),
+        LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
     ext = extractor64(lora)
     assert len(ext.layers) == len(ref_ext.layers) == 7
     assert all(type(m) is torch.nn.Linear for m in ext.layers.values())

@@ -30,9 +30,14 @@ def test_entries_are_scaled_signs_and_follow_dtype():
 
 def test_expected_gram_is_identity():
     k, d, n = 16, 24, 400
-    mean = sum(rademacher(k, d, s, "layer", "in", dtype=torch.float64).T @ rademacher(k, d, s, "layer", "in",
-                                                                                    dtype=torch.float64)
-               for s in range(n)) / n
+    mean = (
+        sum(
+            rademacher(k, d, s, "layer", "in", dtype=torch.float64).T
+            @ rademacher(k, d, s, "layer", "in", dtype=torch.float64)
+            for s in range(n)
+        )
+        / n
+    )
     torch.testing.assert_close(mean.diagonal(), torch.ones(d, dtype=torch.float64))  # exact per draw
     off = mean - torch.diag(mean.diagonal())
     assert float(off.abs().max()) < 0.08  # std of each entry: 1 / sqrt(k n) = 0.0125
@@ -46,7 +51,9 @@ def test_projected_inner_product_is_unbiased_for_frobenius():
     exact = float((torch.outer(g[0], x[0]) * torch.outer(g[1], x[1])).sum())
     est = []
     for s in range(n):
-        p_in, p_out = layer_projections(f"l{s}", d_in, d_out, k_in=k_in, k_out=k_out, seed=1, dtype=torch.float64)
+        p_in, p_out = layer_projections(
+            f"l{s}", d_in, d_out, k_in=k_in, k_out=k_out, seed=1, dtype=torch.float64
+        )
         phi = [torch.outer(p_out @ g[i], p_in @ x[i]).flatten() for i in range(2)]
         est.append(float(phi[0] @ phi[1]))
     est = torch.tensor(est, dtype=torch.float64)

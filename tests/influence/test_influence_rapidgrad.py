@@ -17,7 +17,9 @@ def manual_sketch(v: torch.Tensor, perm: torch.Tensor, signs: torch.Tensor, k: i
 
 
 def test_sketch_of_a_known_vector():
-    ext = RapidGradExtractor(tiny_llama(hidden=8, layers=1, dtype=torch.float32), influence_cfg(rapidgrad_k=16), pad_id=0)
+    ext = RapidGradExtractor(
+        tiny_llama(hidden=8, layers=1, dtype=torch.float32), influence_cfg(rapidgrad_k=16), pad_id=0
+    )
     total = sum(p.numel() for p in ext.params)
     assert ext.perm.numel() == total and torch.equal(ext.perm.sort().values, torch.arange(total))
     assert set(ext.signs.unique().tolist()) == {-1.0, 1.0}
@@ -45,7 +47,9 @@ def test_estimator_equals_manual_normalized_gradient_sketch():
     examples = random_examples(3, seed=9)
     feats = ext(examples)
     assert feats.shape == (3, 32)
-    torch.testing.assert_close(feats.double().norm(dim=1), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        feats.double().norm(dim=1), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0
+    )
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     for i, e in enumerate(examples):
         ids, labels = torch.tensor([e["input_ids"]]), torch.tensor(e["labels"])
@@ -54,7 +58,9 @@ def test_estimator_equals_manual_normalized_gradient_sketch():
             lin.forward = lambda x, p=p: x @ p.T
         try:
             logits = model(input_ids=ids).logits[0]
-            loss = torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits[:-1], labels[1:], ignore_index=-100, reduction="sum"
+            )
             grads = torch.autograd.grad(loss, params)
         finally:
             for lin in ext.layers.values():

@@ -35,8 +35,10 @@ def test_mean_cosine_matches_loop():
 @pytest.mark.parametrize("estimator", ["tokenwise", "rapidgrad"])
 def test_poison_retrieval_on_a_tiny_model(text_model, estimator):
     model, tok = text_model
-    cfg = RunConfig(model=ModelConfig(max_length=64),
-                    influence=InfluenceConfig(k_in=8, k_out=8, batch_size=8, rapidgrad_k=256, backend="torch"))
+    cfg = RunConfig(
+        model=ModelConfig(max_length=64),
+        influence=InfluenceConfig(k_in=8, k_out=8, batch_size=8, rapidgrad_k=256, backend="torch"),
+    )
     train = make_records(30, n_poisoned=10, seed=5)
     forget = train[:3]
     out = poison_retrieval(model, tok, cfg, train, forget, estimator=estimator, max_train=16, seed=1)
@@ -57,7 +59,9 @@ def test_compute_features_keeps_row_order(text_model):
     from rapidun_dist.influence.retrieval import compute_features
 
     model, tok = text_model
-    cfg = RunConfig(model=ModelConfig(max_length=64), influence=InfluenceConfig(k_in=4, k_out=4, batch_size=3))
+    cfg = RunConfig(
+        model=ModelConfig(max_length=64), influence=InfluenceConfig(k_in=4, k_out=4, batch_size=3)
+    )
     records = make_records(7, n_poisoned=2, seed=3)
     feats = compute_features(model, tok, cfg, records, estimator="tokenwise")
     one_by_one = torch.cat([compute_features(model, tok, cfg, [r], estimator="tokenwise") for r in records])

@@ -13,8 +13,10 @@ from rapidun_dist.influence.store import FeatureStore, load_features, plan_shard
 
 
 def run_cfg() -> RunConfig:
-    return RunConfig(model=ModelConfig(max_length=48),
-                     influence=InfluenceConfig(k_in=4, k_out=4, batch_size=3, shard_size=4, backend="torch"))
+    return RunConfig(
+        model=ModelConfig(max_length=48),
+        influence=InfluenceConfig(k_in=4, k_out=4, batch_size=3, shard_size=4, backend="torch"),
+    )
 
 
 @pytest.fixture
@@ -29,8 +31,10 @@ def counted(monkeypatch):
         def call(batch):
             calls["rows"] += len(batch)
             return ext(batch)
+
         call.spec, call.dim = ext.spec, ext.dim
         return call
+
     monkeypatch.setattr(stage, "make_extractor", make)
     return calls
 
@@ -41,7 +45,9 @@ def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, t
     store = stage.extract_features(cfg, model, tok, records, tmp_path)
     shards = plan_shards(10, 4)
     assert counted["rows"] == 10 and len(shards) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"shard-0000{i}.{e}" for i in range(3) for e in ("json", "safetensors")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"shard-0000{i}.{e}" for i in range(3) for e in ("json", "safetensors")
+    ]
     assert all(store.is_valid(i, s) for i, s in enumerate(shards))
     store.write_index([r["id"] for r in records], 3, shards)
     before, _ = load_features(tmp_path)
@@ -50,7 +56,9 @@ def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, t
     data[-5] ^= 0xFF  # flip a byte inside the tensor data
     store.shard_file(1).write_bytes(bytes(data))
     store.sidecar(2).unlink()
-    assert not store.is_valid(1, shards[1]) and not store.is_valid(2, shards[2]) and store.is_valid(0, shards[0])
+    assert (
+        not store.is_valid(1, shards[1]) and not store.is_valid(2, shards[2]) and store.is_valid(0, shards[0])
+    )
     with pytest.raises(StageError, match="checksum"):
         load_features(tmp_path)
     counted["rows"] = 0
@@ -80,6 +88,7 @@ def test_failed_write_leaves_no_valid_shard_and_no_temp_file(tmp_path, monkeypat
         with open(path, "wb") as fh:
             fh.write(b"partial")
         raise OSError("disk full")
+
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         store.write_shard(0, (0, 2), torch.randn(2, 4))

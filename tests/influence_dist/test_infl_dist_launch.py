@@ -57,7 +57,9 @@ def test_missing_implant_is_a_clear_error(implanted_dir, tmp_path):
     del manifest["stages"]["implant"]
     (run / "manifest.json").write_text(json.dumps(manifest))
     problem = launch.upstream_problem(load_cfg(run), RunDir(run))
-    assert problem is not None and "'implant' is not done" in problem and "--stages prepare,implant" in problem
+    assert (
+        problem is not None and "'implant' is not done" in problem and "--stages prepare,implant" in problem
+    )
     assert launch.upstream_problem(load_cfg(implanted_dir), RunDir(implanted_dir)) is None
     assert launch.main(["--config", str(CONFIG), f"run_dir={run}", *OVERRIDES]) == 2
     assert not (run / "features").exists()

@@ -55,7 +55,9 @@ def test_sigkilled_rank_resumes_only_missing_shards(implanted_dir, reference_wei
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     second = plans(resumed.stderr)
     assert set(second) == {0, 1}, resumed.stderr[-3000:]
-    assert sum(c for c, _ in second.values()) == N_SHARDS - len(survived)  # only the missing ones were computed
+    assert sum(c for c, _ in second.values()) == N_SHARDS - len(
+        survived
+    )  # only the missing ones were computed
     assert sum(v for _, v in second.values()) == len(survived)
     after = valid_shards(run / "features")
     assert len(after) == N_SHARDS

@@ -41,9 +41,14 @@ def fake_slurm(tmp_path) -> dict[str, str]:
     n_nodes, first, job = random.randint(2, 5), random.randint(1, 90), random.randint(1, 10**6)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NCCL_", "MASTER_"))}
     return env | {
-        "PATH": f"{bin_dir}:{env['PATH']}", "SLURM_JOB_ID": str(job), "SLURM_SUBMIT_DIR": str(REPO),
-        "SLURM_JOB_NODELIST": f"node[{first:02d}-{first + n_nodes - 1:02d}]", "SLURM_GPUS_ON_NODE": "8",
-        "N_NODES": str(n_nodes), "FIRST": str(first), "CWD": str(tmp_path),
+        "PATH": f"{bin_dir}:{env['PATH']}",
+        "SLURM_JOB_ID": str(job),
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_JOB_NODELIST": f"node[{first:02d}-{first + n_nodes - 1:02d}]",
+        "SLURM_GPUS_ON_NODE": "8",
+        "N_NODES": str(n_nodes),
+        "FIRST": str(first),
+        "CWD": str(tmp_path),
     }
 
 
@@ -73,12 +78,18 @@ def test_make_hostfile(fake_slurm, tmp_path):
 def test_influence_sbatch_runs_launcher_under_srun(fake_slurm):
     first_host = f"node{int(fake_slurm['FIRST']):02d}"
     port = 15000 + int(fake_slurm["SLURM_JOB_ID"]) % 20000
-    proc = sh([str(SLURM / "influence.sbatch"), "configs/tiny_cpu.yaml", "run_dir=/shared/r1"], fake_slurm, REPO)
+    proc = sh(
+        [str(SLURM / "influence.sbatch"), "configs/tiny_cpu.yaml", "run_dir=/shared/r1"], fake_slurm, REPO
+    )
     assert proc.returncode == 0, proc.stderr
     calls = [line for line in proc.stdout.splitlines() if line.startswith("CALL")]
-    assert calls == [f"CALL srun --kill-on-bad-exit=1 python launch/influence.py --config configs/tiny_cpu.yaml "
-                     f"run_dir=/shared/r1 | NCCL_DEBUG=WARN NCCL_SOCKET_IFNAME=^lo,docker MASTER={first_host}:{port}"]
-    proc = sh([str(SLURM / "influence.sbatch"), "c.yaml"], fake_slurm | {"PREPARE": "1", "NCCL_DEBUG": "INFO"}, REPO)
+    assert calls == [
+        f"CALL srun --kill-on-bad-exit=1 python launch/influence.py --config configs/tiny_cpu.yaml "
+        f"run_dir=/shared/r1 | NCCL_DEBUG=WARN NCCL_SOCKET_IFNAME=^lo,docker MASTER={first_host}:{port}"
+    ]
+    proc = sh(
+        [str(SLURM / "influence.sbatch"), "c.yaml"], fake_slurm | {"PREPARE": "1", "NCCL_DEBUG": "INFO"}, REPO
+    )
     calls = [line for line in proc.stdout.splitlines() if line.startswith("CALL")]
     assert len(calls) == 2 and "rapidun_dist.cli run c.yaml --stages prepare,implant" in calls[0]
     assert "NCCL_DEBUG=INFO" in calls[1]
@@ -89,8 +100,10 @@ def test_unlearn_sbatch_both_launchers(fake_slurm, tmp_path):
     args = [str(SLURM / "unlearn.sbatch"), "configs/tiny_cpu.yaml", "unlearn.zero_stage=3"]
     proc = sh(args, fake_slurm | {"EVALUATE": "1"}, REPO)
     assert proc.returncode == 0, proc.stderr
-    assert "CALL srun --kill-on-bad-exit=1 python launch/unlearn.py --config configs/tiny_cpu.yaml " \
-           "unlearn.zero_stage=3 --evaluate |" in proc.stdout
+    assert (
+        "CALL srun --kill-on-bad-exit=1 python launch/unlearn.py --config configs/tiny_cpu.yaml "
+        "unlearn.zero_stage=3 --evaluate |" in proc.stdout
+    )
     repo_copy = tmp_path / "repo"  # the deepspeed branch writes hostfile-JOB into the working dir
     shutil.copytree(SLURM, repo_copy / "slurm")
     proc = sh(args, fake_slurm | {"LAUNCHER": "deepspeed", "RAPIDUN_REPO": str(repo_copy)}, tmp_path)

@@ -18,12 +18,20 @@ from rapidun_dist.kernels import grouped_cosine_sums, grouped_cosine_sums_refere
 
 TRITON_READY = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(not TRITON_READY, reason="Triton runs via test_interpreter_run (subprocess)")
+needs_triton = pytest.mark.skipif(
+    not TRITON_READY, reason="Triton runs via test_interpreter_run (subprocess)"
+)
 # max |out - exact| per summed column; the exact result uses the same dtype-rounded inputs
 TOL = {torch.float32: 1e-6, torch.float16: 5e-6, torch.bfloat16: 5e-6}
 DTYPES = list(TOL)
 # n, m, K, num_groups, self_offset
-CASES = [(37, 50, 97, 3, None), (20, 64, 64, 5, 7), (16, 33, 48, 1, 0), (30, 300, 32, 150, 0), (9, 40, 16, 70, None)]
+CASES = [
+    (37, 50, 97, 3, None),
+    (20, 64, 64, 5, 7),
+    (16, 33, 48, 1, 0),
+    (30, 300, 32, 150, 0),
+    (9, 40, 16, 70, None),
+]
 
 
 def _seed() -> int:
@@ -34,7 +42,11 @@ def _make(seed, n, m, K, num_groups, self_offset, dtype, device=DEVICE):
     gen = torch.Generator().manual_seed(seed)
     c = torch.randn(m, K, generator=gen) * torch.rand(m, 1, generator=gen) * 4
     c[m // 2] = 0  # a zero column
-    q = c[self_offset:self_offset + n].clone() if self_offset is not None else torch.randn(n, K, generator=gen)
+    q = (
+        c[self_offset : self_offset + n].clone()
+        if self_offset is not None
+        else torch.randn(n, K, generator=gen)
+    )
     q[n // 3] = 0  # a zero row
     groups = torch.randint(0, num_groups, (m,), generator=gen)
     return q.to(dtype).to(device), c.to(dtype).to(device), groups.to(device)

@@ -27,8 +27,10 @@ def _projection_inputs():
 
 def _poison_triton_modules(monkeypatch):
     """Any call into a Triton launcher fails loudly."""
-    for name, fn in [("token_projection_triton", "fused_token_projection_triton"),
-                     ("cosine_sums_triton", "grouped_cosine_sums_triton")]:
+    for name, fn in [
+        ("token_projection_triton", "fused_token_projection_triton"),
+        ("cosine_sums_triton", "grouped_cosine_sums_triton"),
+    ]:
         fake = types.ModuleType(f"rapidun_dist.kernels.{name}")
         setattr(fake, fn, lambda *a, **k: pytest.fail("the Triton path was taken"))
         monkeypatch.setitem(sys.modules, f"rapidun_dist.kernels.{name}", fake)
@@ -38,11 +40,18 @@ def _poison_triton_modules(monkeypatch):
 def test_auto_uses_reference_on_cpu(monkeypatch, dtype):
     _poison_triton_modules(monkeypatch)
     calls = []
-    real_tp, real_cs = token_projection.fused_token_projection_reference, cosine_sums.grouped_cosine_sums_reference
-    monkeypatch.setattr(token_projection, "fused_token_projection_reference",
-                        lambda *a, **k: calls.append("tp") or real_tp(*a, **k))
-    monkeypatch.setattr(cosine_sums, "grouped_cosine_sums_reference",
-                        lambda *a, **k: calls.append("cs") or real_cs(*a, **k))
+    real_tp, real_cs = (
+        token_projection.fused_token_projection_reference,
+        cosine_sums.grouped_cosine_sums_reference,
+    )
+    monkeypatch.setattr(
+        token_projection,
+        "fused_token_projection_reference",
+        lambda *a, **k: calls.append("tp") or real_tp(*a, **k),
+    )
+    monkeypatch.setattr(
+        cosine_sums, "grouped_cosine_sums_reference", lambda *a, **k: calls.append("cs") or real_cs(*a, **k)
+    )
     x, g, offsets, p_in, p_out = (t.to(dtype) if t.is_floating_point() else t for t in _projection_inputs())
     assert fused_token_projection(x, g, offsets, p_in, p_out).shape == (2, 5, 4)
     assert grouped_cosine_sums(x, x, torch.tensor([0, 1, 0, 1, 1, 0, 0]), 2, self_offset=0).shape == (7, 2)
@@ -63,10 +72,18 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 def test_kernels_folder_is_not_a_top_level_package(tmp_path):
     """`rapidun_dist.kernels` maps to kernels/; plain `import kernels` must not find it (cwd off sys.path)."""
-    code = ("import importlib.util as u, json; s = u.find_spec('kernels'); "
-            "print(json.dumps([s and s.origin, u.find_spec('rapidun_dist.kernels').origin]))")
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    code = (
+        "import importlib.util as u, json; s = u.find_spec('kernels'); "
+        "print(json.dumps([s and s.origin, u.find_spec('rapidun_dist.kernels').origin]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert run.returncode == 0, run.stderr
     top, mapped = json.loads(run.stdout)
     assert Path(mapped).resolve() == REPO / "kernels" / "__init__.py"
@@ -75,8 +92,13 @@ def test_kernels_folder_is_not_a_top_level_package(tmp_path):
 
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check.json"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] is True and report["correctness"] and report["timings"]
@@ -88,8 +110,17 @@ def test_gpu_check_dry_run(tmp_path):
 def test_benchmark_quick_appends_csv(tmp_path, script):
     csv = tmp_path / "results.csv"
     csv.write_text("date,hardware,torch\nearlier,row,kept\n")
-    cmd = [sys.executable, str(REPO / "kernels" / "benchmarks" / script), "--quick", "--tiny", "--csv", str(csv)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(REPO / "kernels" / "benchmarks" / script),
+        "--quick",
+        "--tiny",
+        "--csv",
+        str(csv),
+    ]
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = csv.read_text().splitlines()
     assert lines[:2] == ["date,hardware,torch", "earlier,row,kept"] and len(lines) >= 4

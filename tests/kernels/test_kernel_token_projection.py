@@ -19,7 +19,9 @@ from rapidun_dist.kernels import fused_token_projection, fused_token_projection_
 
 TRITON_READY = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(not TRITON_READY, reason="Triton runs via test_interpreter_run (subprocess)")
+needs_triton = pytest.mark.skipif(
+    not TRITON_READY, reason="Triton runs via test_interpreter_run (subprocess)"
+)
 # max |out - exact| per token of the sample; the exact result uses the same dtype-rounded inputs
 TOL = {torch.float32: 2e-5, torch.float16: 5e-5, torch.bfloat16: 5e-5}
 DTYPES = list(TOL)
