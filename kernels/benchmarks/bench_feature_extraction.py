@@ -52,6 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--run-dir", help="reuse this run dir (prepare + implant are skipped when done)")
     ap.add_argument("--config", default="configs/tiny_cpu.yaml")
     ap.add_argument(
+        "--model-dir",
+        help="throughput only, on this saved HF model (e.g. a bigger one) with --run-dir's data; no retrieval "
+        "(the model is not the implanted one)",
+    )
+    ap.add_argument(
         "--rows", type=int, help="rows to extract (forget + retain + train); default 128 quick, 512"
     )
     ap.add_argument("--repeat", type=int, help="timed repeats per estimator; default 3 quick, 5")
@@ -118,14 +123,17 @@ def main(argv=None) -> dict:
     n_rows, repeat = args.rows or (128 if args.quick else 512), args.repeat or (3 if args.quick else 5)
     max_train = args.max_train or (200 if args.quick else 600)
     cfg, rd = build_run(args)
-    model, tok = load_saved(rd.model, cfg.model)
+    model, tok = load_saved(Path(args.model_dir) if args.model_dir else rd.model, cfg.model)
     model.eval()
     examples = encode_records(bench_rows(rd, n_rows), tok, cfg.model.max_length)
     n_tok = answer_tokens(examples)
     secs = time_estimators(model, tok, cfg, examples, repeat)
     train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
+    none = {"auroc": None, "ap": None, "n_train": 0, "n_poisoned": 0, "seconds": 0.0}
     retr = {
-        e: poison_retrieval(model, tok, cfg, train, forget, estimator=e, max_train=max_train)
+        e: none
+        if args.model_dir
+        else poison_retrieval(model, tok, cfg, train, forget, estimator=e, max_train=max_train)
         for e in ESTIMATORS
     }
     result = {
@@ -133,6 +141,7 @@ def main(argv=None) -> dict:
         "hardware": hardware(torch.device("cpu")),
         "torch": torch.__version__,
         "run_dir": str(rd.root),
+        "model": str(args.model_dir or rd.model),
         "rows": len(examples),
         "answer_tokens": n_tok,
         "repeat": repeat,
@@ -170,7 +179,7 @@ def print_table(r: dict) -> None:
     for name, key in (("tokenwise", "fused"), ("rapidgrad", "rapidgrad")):
         print(
             f"{name:<11}{r[key + '_seconds']:>9.3f}{r[key + '_tokens_per_s']:>11.0f}"
-            f"{r['auroc_' + name]:>8.3f}{r['ap_' + name]:>8.3f}"
+            + (f"{r['auroc_' + name]:>8.3f}{r['ap_' + name]:>8.3f}" if r["auroc_" + name] is not None else "")
         )
     print(f"speedup (tokens/s, tokenwise over rapidgrad): {r['speedup']:.1f}x")
 
