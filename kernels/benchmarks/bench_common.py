@@ -154,3 +154,14 @@ def run_cli(
     append_csv(args.csv, rows)
     print(format_table(rows))
     print(f"appended {len(rows)} rows to {args.csv}")
+
+
+def timed_rows(
+    call: Callable[[str], object], *, device: torch.device, repeat: int, floor_ms: float, **row
+) -> list[dict]:
+    """The floor row plus one row per available backend, `call(backend)` timed on each."""
+    rows = [make_row(backend="gemm-floor", ms=floor_ms, floor_ms=floor_ms, device=device, **row)]
+    for backend in backends(device):
+        ms = time_ms(lambda b=backend: call(b), device, repeat=repeat)
+        rows.append(make_row(backend=backend, ms=ms, floor_ms=floor_ms, device=device, **row))
+    return rows

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import DEFAULT_CSV, backends, make_row, run_cli, time_ms  # noqa: E402
+from bench_common import DEFAULT_CSV, run_cli, time_ms, timed_rows  # noqa: E402
 
 from rapidun_dist.kernels import grouped_cosine_sums  # noqa: E402
 
@@ -35,22 +35,17 @@ def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: 
     flops = 2 * n * m * (K + num_groups)
     floor_ms = time_ms(lambda: q @ c.T, device, repeat=repeat)
     label = f"n{n} m{m} K{K} G{num_groups} self={self_offset}"
-    common = dict(
+    return timed_rows(
+        lambda b: grouped_cosine_sums(q, c, groups, num_groups, self_offset=self_offset, backend=b),
+        device=device,
+        repeat=repeat,
+        floor_ms=floor_ms,
         kernel="cosine_sums",
         shape=label,
         dtype=dtype,
         bytes_moved=bytes_moved,
         flops=flops,
-        floor_ms=floor_ms,
-        device=device,
     )
-    rows = [make_row(backend="gemm-floor", ms=floor_ms, **common)]
-    for backend in backends(device):
-        fn = lambda b=backend: grouped_cosine_sums(
-            q, c, groups, num_groups, self_offset=self_offset, backend=b
-        )
-        rows.append(make_row(backend=backend, ms=time_ms(fn, device, repeat=repeat), **common))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,11 +17,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     DEFAULT_CSV,
-    backends,
-    make_row,
     random_lengths,
     run_cli,
     time_ms,
+    timed_rows,
 )
 
 from rapidun_dist.kernels import fused_token_projection  # noqa: E402
@@ -45,24 +44,17 @@ def bench_shape(shape: tuple, dtype: torch.dtype, device: torch.device, repeat: 
     flops = 2 * n_tok * (d_in * k_in + d_out * k_out + k_in * k_out)
     floor_ms = time_ms(lambda: (x @ p_in.T, g @ p_out.T), device, repeat=repeat)
     label = f"N{n_tok}xB{n_samples} d{d_in}->{d_out} k{k_in}x{k_out}"
-    common = dict(
+    return timed_rows(
+        lambda b: fused_token_projection(x, g, offsets, p_in, p_out, backend=b),
+        device=device,
+        repeat=repeat,
+        floor_ms=floor_ms,
         kernel="token_projection",
         shape=label,
         dtype=dtype,
         bytes_moved=bytes_moved,
         flops=flops,
-        floor_ms=floor_ms,
-        device=device,
     )
-    rows = [make_row(backend="gemm-floor", ms=floor_ms, **common)]
-    for backend in backends(device):
-        ms = time_ms(
-            lambda b=backend: fused_token_projection(x, g, offsets, p_in, p_out, backend=b),
-            device,
-            repeat=repeat,
-        )
-        rows.append(make_row(backend=backend, ms=ms, **common))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
