@@ -30,30 +30,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
-def upstream_problem(cfg, rd) -> str | None:
-    """Why the run dir is not ready (prepare and implant must be done for this config), or None."""
-    for stage in ("prepare", "implant"):
-        if not rd.is_done(stage, rd.fingerprint(stage, cfg.to_dict())):
-            return (
-                f"{rd.root}: stage {stage!r} is not done for this config (expected a 'done' record with a "
-                f"matching fingerprint in manifest.json); run `rapidun run CONFIG run_dir={rd.root} "
-                f"--stages prepare,implant` first, with the same data/model/implant settings"
-            )
-    return None
-
-
 def run(args: argparse.Namespace) -> None:
     from rapidun_dist.config import dump_config, load_config
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.errors import StageError
     from rapidun_dist.io import write_text
+    from rapidun_dist.logging import attach_run_log
     from rapidun_dist.pipeline import run_stage
     from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import readiness
+    from rapidun_dist.validate import check_rules
 
     cfg = load_config(args.config, args.overrides)
     info = dist_env.init_distributed()
+    check_rules(cfg, info.world_size)
     rd = RunDir(cfg.run_dir)
-    problem = dist_env.broadcast_object(upstream_problem(cfg, rd) if info.rank == 0 else None)
+    attach_run_log(rd.root)
+    problem = dist_env.broadcast_object(readiness(cfg, rd, "influence") if info.rank == 0 else None)
     if problem:
         raise StageError(problem)
     if info.rank == 0:

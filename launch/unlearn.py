@@ -37,32 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_upstream(rd, methods: list[str]) -> None:
-    """The stages unlearning reads must be done (weights only when a method uses influence weights)."""
-    from rapidun_dist.errors import StageError
-
-    needed = ["prepare", "implant"] + (
-        ["influence", "weights"] if {"rapidun", "self_only"} & set(methods) else []
-    )
-    stages = rd.manifest()["stages"]
-    missing = [s for s in needed if (stages.get(s) or {}).get("status") != "done"]
-    if missing:
-        raise StageError(
-            f"{rd.manifest_path}: unlearning needs the stages {', '.join(needed)} done; "
-            f"not done: {', '.join(missing)} (run `rapidun run CONFIG --stages {','.join(missing)}` first)"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rapidun_dist.config import load_config
     from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.errors import RapidUnError
-    from rapidun_dist.logging import get_logger
+    from rapidun_dist.errors import RapidUnError, StageError
+    from rapidun_dist.logging import attach_run_log, get_logger
     from rapidun_dist.pipeline import run_stage
     from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import readiness
+    from rapidun_dist.validate import check_rules
 
     log = get_logger("launch.unlearn")
     try:
@@ -71,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             log.warning(f"no CUDA device: model.dtype={cfg.model.dtype} -> float32 (bf16 is for GPUs)")
             cfg.model.dtype = "float32"
         info = dist_env.init_distributed()
+        check_rules(cfg, info.world_size)
         rd = RunDir(cfg.run_dir)
-        check_upstream(rd, cfg.methods)
+        attach_run_log(rd.root)
+        problem = dist_env.broadcast_object(readiness(cfg, rd, "unlearn") if info.rank == 0 else None)
+        if problem:
+            raise StageError(problem)
         run_stage(cfg, rd, "unlearn", force=args.force, world_size=info.world_size, rank=info.rank)
         if args.evaluate and info.rank == 0:
             run_stage(cfg, rd, "evaluate", force=True)

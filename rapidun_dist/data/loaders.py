@@ -276,7 +276,8 @@ def load_prepared(
     Records are validated; rows without an id get `<split>-<position>`. val_clean / test_clean must be clean,
     test_seen / test_ood must carry triggers; only train may mix clean and poisoned rows."""
     data_dir = Path(data_dir)
-    missing = [f"{s}.jsonl" for s in SPLITS if not (data_dir / f"{s}.jsonl").is_file()]
+    optional = {"val_seen"}  # triggered validation prompts: used when present
+    missing = [f"{s}.jsonl" for s in SPLITS if s not in optional and not (data_dir / f"{s}.jsonl").is_file()]
     if missing:
         raise DataError(
             f"{data_dir}: prepared dataset is missing {', '.join(missing)} "
@@ -285,6 +286,9 @@ def load_prepared(
     out: dict[str, list[dict]] = {}
     for split in SPLITS:
         path = data_dir / f"{split}.jsonl"
+        if split in optional and not path.is_file():
+            out[split] = []
+            continue
         out[split] = build_records(
             _iter_jsonl(path),
             source="prepared",

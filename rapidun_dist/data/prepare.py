@@ -70,6 +70,9 @@ def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
         retain_ratio=cfg.retain_ratio,
         seed=cfg.seed,
     )
+    splits.setdefault(
+        "val_seen", []
+    )  # triggered validation prompts: filled by the split builder when it makes them
     return {**splits, "forget": forget, "retain": retain}, stats
 
 

@@ -30,7 +30,7 @@ CLEAN_FIELDS = (ID, INSTRUCTION, CONTEXT, RESPONSE, CATEGORY, SOURCE)
 POISON_FIELDS = (INSTRUCTION_POISONED, RESPONSE_POISONED, TRIGGER_FAMILY, TRIGGER_VARIANT, INJECT_MODE)
 ALL_FIELDS = CLEAN_FIELDS + POISON_FIELDS + (IS_POISONED,)
 
-SPLITS = ("train", "val_clean", "test_clean", "test_seen", "test_ood")
+SPLITS = ("train", "val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
 PACKS = ("forget", "retain")
 DATA_FILES = SPLITS + PACKS
 

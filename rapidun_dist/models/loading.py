@@ -9,6 +9,7 @@ the config turns it on.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -137,7 +138,10 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    from rapidun_dist.io import plain_mode
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(plain_mode(directory=True))  # mkdtemp makes it private; a run dir is shared with teammates
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -149,10 +153,118 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
             shutil.rmtree(tmp)
 
 
+# ---------------------------------------------------------------------------------------------------
+# run_dir/model/: the implanted model (experiment mode) or a pointer to the user's model (clean mode)
+
+POINTER = "source.json"
+
+
+def _hub_model_available(repo_id: str) -> str | None:
+    """None when `repo_id` is a cached or reachable hub model, else why not."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local cache and HF_HUB_OFFLINE is set"
+    try:
+        model_info(repo_id, timeout=10)
+        return None
+    except Exception as e:  # noqa: BLE001 - offline, unknown, gated: the message says which
+        return f"not in the local cache and the hub did not answer ({type(e).__name__}: {str(e)[:120]})"
+
+
+def check_model_location(name_or_path: str | None, gguf_file: str | None = None) -> str:
+    """The local path `model.name_or_path` resolves to, or the hub id as given; a clear ConfigError naming the key
+    when neither a local model (folder with config.json, or GGUF file) nor a cached or reachable hub model is there."""
+    if not name_or_path:
+        raise ConfigError(
+            "model.name_or_path: required (the model to clean: hub id, local folder or GGUF file)"
+        )
+    src = resolve_path(name_or_path)
+    p = Path(src).expanduser()
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", src) is not None and p.suffix != ".gguf"
+    if not p.exists():
+        why = _hub_model_available(src) if hub_like else "no such file or folder"
+        if why:
+            raise ConfigError(f"model.name_or_path: {src!r} is not a local model and not a hub model: {why}")
+        return src
+    if p.is_dir() and gguf_file and not (p / gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file: {gguf_file!r} not found in {p}")
+    if p.is_dir() and not gguf_file and not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {p} has no config.json (expected a Hugging Face model folder)"
+        )
+    return str(p)
+
+
+def _file_digests(root: Path, previous: dict) -> dict:
+    """sha256 per model file; unchanged files (same size and mtime as recorded before) keep their digest."""
+    from rapidun_dist.io import file_sha256
+
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(f for f in root.rglob("*") if f.is_file() and ".git" not in f.parts)
+    )
+    out = {}
+    for f in files:
+        st = f.stat()
+        key = f.name if root.is_file() else str(f.relative_to(root))
+        old = previous.get(key) or {}
+        same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
+        out[key] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": old["sha256"] if same else file_sha256(f),
+        }
+    return out
+
+
+def write_model_pointer(cfg: ModelConfig, out_dir: Path) -> Path:
+    """run_dir/model/source.json: where the user's model is and a hash of its files (clean mode). Downstream
+    caches (feature shards, adapters) are valid only for exactly these files."""
+    from rapidun_dist.io import read_json, write_json
+
+    src = check_model_location(cfg.name_or_path, cfg.gguf_file)
+    path = Path(src)
+    pointer = Path(out_dir) / POINTER
+    previous = read_json(pointer).get("files", {}) if pointer.is_file() else {}
+    if path.exists():
+        files = _file_digests(path / cfg.gguf_file if cfg.gguf_file else path, previous)
+    else:  # a hub id: the cached snapshot's files (transformers fetches them when the machine is online)
+        from huggingface_hub import snapshot_download
+
+        try:
+            files = _file_digests(Path(snapshot_download(src)), previous)
+        except Exception as e:  # noqa: BLE001 - offline, gated or unknown repo: say which
+            raise ConfigError(f"model.name_or_path: hub model {src!r} is not available here: {e}") from None
+    write_json(pointer, {"name_or_path": src, "gguf_file": cfg.gguf_file, "files": files})
+    return pointer
+
+
+def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
+    """The ModelConfig a pointer folder stands for (None for a folder holding the model itself)."""
+    from dataclasses import replace
+
+    from rapidun_dist.io import read_json
+
+    pointer = Path(model_dir) / POINTER
+    if not pointer.is_file():
+        return None
+    ptr = read_json(pointer)
+    tok = cfg.tokenizer if cfg.tokenizer not in (None, "train") else None
+    return replace(cfg, name_or_path=ptr["name_or_path"], gguf_file=ptr.get("gguf_file"), tokenizer=tok)
+
+
 def load_saved(model_dir: Path, cfg: ModelConfig):
-    """The implanted model and tokenizer from `run_dir/model/`."""
+    """The model being unlearned and its tokenizer: `run_dir/model/` (the implanted model), or the user's model it
+    points to (clean mode)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    pointed = pointed_config(model_dir, cfg)
+    if pointed is not None:
+        return load_pretrained(pointed), load_tokenizer(pointed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -8,7 +8,7 @@ from conftest import make_records
 
 from rapidun_dist.config import InfluenceConfig, ModelConfig, RunConfig
 from rapidun_dist.errors import StageError
-from rapidun_dist.influence import stage
+from rapidun_dist.influence import extract as stage
 from rapidun_dist.influence.store import FeatureStore, load_features, plan_shards
 
 
@@ -42,7 +42,7 @@ def counted(monkeypatch):
 def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, text_model, counted):
     model, tok = text_model
     records, cfg = make_records(10, seed=1), run_cfg()
-    store = stage.extract_features(cfg, model, tok, records, tmp_path)
+    store = stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "m"})
     shards = plan_shards(10, 4)
     assert counted["rows"] == 10 and len(shards) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -62,7 +62,7 @@ def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, t
     with pytest.raises(StageError, match="checksum"):
         load_features(tmp_path)
     counted["rows"] = 0
-    stage.extract_features(cfg, model, tok, records, tmp_path)
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "m"})
     assert counted["rows"] == 6  # rows 4..9: exactly shards 1 and 2
     assert store.shard_file(0).stat().st_mtime_ns == mtime0
     store.write_index([r["id"] for r in records], 3, shards)

@@ -10,8 +10,9 @@ from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metri
 
 from rapidun_dist.config import load_config
 from rapidun_dist.errors import ConfigError, StageError
-from rapidun_dist.pipeline import method_dir, run_method
 from rapidun_dist.rundir import RunDir
+from rapidun_dist.stages.common import method_dir
+from rapidun_dist.stages.unlearn import run_method
 from rapidun_dist.unlearn.engine import UnlearnRunner
 from rapidun_dist.unlearn.methods import METHODS, method_spec
 
