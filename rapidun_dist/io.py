@@ -25,6 +25,14 @@ def plain_mode(*, directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
+def share_tree(root: str | os.PathLike) -> None:
+    """Give `root` and everything below it the plain-open()/mkdir() permissions (library writers such as
+    safetensors create private files)."""
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, plain_mode(directory=p.is_dir()))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on failure delete it. The file ends up
@@ -37,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, plain_mode())  # again: a writer that replaced the temp file (safetensors) made it private
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -16,7 +16,8 @@ Outputs, the same files as the experiment mode (`rapidun_dist.data.schema.DATA_F
                 its clean answer when the user gave one, else "")
     retain      retain_ratio x |forget| rows of the training set, never a forget or evaluation row (by id and
                 prompt), never a row that contains a known trigger string or a forget row's poisoned answer
-                (an unlabelled training set still holds poison: a poisoned retain row teaches the backdoor back)
+                (an unlabelled training set still holds poison: a poisoned retain row teaches the backdoor back); triggers
+                match case-insensitively
     train       the whole training set, as given (no labels are read: it has none)
     val_clean / test_clean   clean prompts (data.eval_path, else held-out training rows that passed the filter)
     val_seen / test_seen     the same prompts with a known trigger inserted (eval.triggers); without triggers,
@@ -30,6 +31,7 @@ Outputs, the same files as the experiment mode (`rapidun_dist.data.schema.DATA_F
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig, TriggerSpec
@@ -92,10 +94,20 @@ def read_user_rows(path: str, key: str, *, prefix: str) -> list[dict]:
     return rows
 
 
+def _pattern(t: TriggerSpec) -> re.Pattern:
+    """A known trigger matched case-insensitively ("aloha" also finds "ALOHA"); look-alike variants (homoglyphs,
+    zero-width joiners) are exactly what it does not find, and what OOD evaluation is for."""
+    return re.compile(re.escape(t.text), re.IGNORECASE)
+
+
+def has_trigger(text: str, t: TriggerSpec) -> bool:
+    return _pattern(t).search(text) is not None
+
+
 def strip_triggers(text: str, triggers: list[TriggerSpec]) -> str:
     """`text` with every occurrence of the known trigger strings removed, whitespace collapsed."""
     for t in sorted(triggers, key=lambda t: -len(t.text)):
-        text = text.replace(t.text, " ")
+        text = _pattern(t).sub(" ", text)
     return " ".join(text.split())
 
 
@@ -106,7 +118,7 @@ def _norm(text: str) -> str:
 def forget_records(rows: list[dict], triggers: list[TriggerSpec]) -> list[dict]:
     out = []
     for r in rows:
-        found = [t for t in triggers if t.text in r["instruction"] or t.text in r["context"]]
+        found = [t for t in triggers if has_trigger(f"{r['instruction']}\n{r['context']}", t)]
         clean_instr = strip_triggers(r["instruction"], triggers) if found else r["instruction"]
         out.append(
             {
@@ -143,7 +155,7 @@ def _clean_record(r: dict, source: str) -> dict:
 def suspicious(r: dict, triggers: list[TriggerSpec], poisoned_answers: set[str]) -> str | None:
     """Why a training row may not serve as a clean row (None when it may)."""
     text = f"{r['instruction']}\n{r['context']}"
-    hit = next((t.text for t in triggers if t.text in text), None)
+    hit = next((t.text for t in triggers if has_trigger(text, t)), None)
     if hit is not None:
         return "known_trigger"
     if _norm(r["response"]) in poisoned_answers:

@@ -138,13 +138,13 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    from rapidun_dist.io import plain_mode
+    from rapidun_dist.io import share_tree
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(plain_mode(directory=True))  # mkdtemp makes it private; a run dir is shared with teammates
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        share_tree(tmp)  # mkdtemp and safetensors make private files; a run dir is shared with teammates
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -116,3 +116,39 @@ def test_load_features_subset_of_rows(tmp_path):
     store.shard_file(0).write_bytes(b"garbage")  # a shard the subset does not need is not read
     sub2, _ = load_features(tmp_path, [8, 9])
     assert torch.equal(sub2, feats[[8, 9]])
+
+
+def test_shards_follow_rows_and_feature_context(tmp_path, text_model, counted):
+    """A shard is valid only for the rows it was computed on and the model / tokenizer / prompt / length it came
+    from: same shard layout with other row ids, or another context, recomputes every shard."""
+    model, tok = text_model
+    cfg = run_cfg()
+    records = make_records(8, seed=2)
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 8
+    counted["rows"] = 0
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 0  # everything valid: nothing recomputed
+    other = [dict(r, id=f"other-{i}") for i, r in enumerate(records)]
+    stage.extract_features(cfg, model, tok, other, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 8
+    counted["rows"] = 0
+    stage.extract_features(cfg, model, tok, other, tmp_path, context={"model": "b"})
+    assert counted["rows"] == 8
+
+
+def test_feature_context_changes_with_tokenizer_prompt_and_length(text_model):
+    from rapidun_dist.influence.extract import feature_context
+
+    model, tok = text_model
+    base = feature_context("m", tok, run_cfg())
+    assert feature_context("m2", tok, run_cfg())["model"] != base["model"]
+    longer = run_cfg()
+    longer.model.max_length = 96
+    assert feature_context("m", tok, longer) != base
+    saved = tok.chat_template
+    try:
+        tok.chat_template = "{{ messages[0]['content'] }}"
+        assert feature_context("m", tok, run_cfg())["prompt_format"] != base["prompt_format"]
+    finally:
+        tok.chat_template = saved
