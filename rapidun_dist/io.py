@@ -45,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, plain_mode())  # again: a writer that replaced the temp file (safetensors) made it private
+        os.chmod(tmp, plain_mode())  # again: a writer that replaced the temp file made it private
         os.replace(tmp, path)
     finally:
         if tmp.exists():
