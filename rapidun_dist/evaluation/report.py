@@ -18,7 +18,8 @@ Inputs the evaluate stage puts into the report dict (everything but `before`/`me
              "n_seen", "n_ood", "n_clean",                             (sample sizes of those numbers)
              "seconds": {"influence", "weights", "unlearn", "total"},
              "asr_by_family": {"seen": {family: asr}, "ood": {...}},
-             "examples": {"test_seen" | "test_ood" | "test_clean": [{"instruction", "generation", "attacked"}]},
+             "examples": {"test_seen" | "test_ood" | "test_clean" | other split:
+                          [{"instruction", "generation", "attacked"[, "reference" (the clean answer)]}]},
              ...any further metric...}
 
 Any further key of an ENTRY whose value is a number, a `stats.proportion` dict ({"p", "k", "n", "lo", "hi"}) or
@@ -63,6 +64,7 @@ STANDARD_KEYS = frozenset(
     {*N_KEYS, *N_KEYS.values(), "clean_ppl", "seconds", "asr_by_family", "examples", "intervals", "ppl_ratio"}
 )
 EXAMPLE_SPLITS = ("test_seen", "test_ood", "test_clean")
+EXAMPLE_TITLES = {"test_seen": "seen triggers", "test_ood": "OOD triggers", "test_clean": "clean prompts"}
 WEIGHT_BINS = 30
 
 
@@ -432,23 +434,29 @@ def _verdict(ex: dict) -> str:
     return {True: "attacked", False: "clean"}.get(ex.get("attacked"), "-")
 
 
+def _example_splits(report: dict) -> list[str]:
+    """The test splits first, in their usual order, then any other split the entries carry examples for."""
+    found = dict.fromkeys(split for _, e in rows(report) for split in (e.get("examples") or {}))
+    return [s for s in EXAMPLE_SPLITS if s in found] + [s for s in found if s not in EXAMPLE_SPLITS]
+
+
 def _examples_section(report: dict) -> list[str]:
     lines = []
-    titles = {"test_seen": "seen triggers", "test_ood": "OOD triggers", "test_clean": "clean prompts"}
-    for split in EXAMPLE_SPLITS:
+    for split in _example_splits(report):
         for i, (instruction, answers) in enumerate(_example_groups(report, split)):
-            lines += [f"**{titles[split]}, prompt {i + 1}:** {md.cell(instruction, 240)}", ""]
+            lines += [
+                f"**{EXAMPLE_TITLES.get(split, split)}, prompt {i + 1}:** {md.cell(instruction, 240)}",
+                "",
+            ]
+            reference = next((ex["reference"] for _, ex in answers if ex.get("reference")), None)
+            if reference:
+                lines += [f"Clean answer: {md.cell(reference, 240)}", ""]
             body = [[label, md.cell(ex.get("generation"), 200), _verdict(ex)] for label, ex in answers]
             lines += [*md.table(["method", "generation", "judge"], body), ""]
     if not lines:
         return []
-    return [
-        "## Example generations",
-        "",
-        "Greedy generations for the first test prompts of each split.",
-        "",
-        *lines,
-    ]
+    intro = "Greedy generations for the first prompts of each split (the same prompt for every method)."
+    return ["## Example generations", "", intro, "", *lines]
 
 
 # ---------------------------------------------------------------------------------------------- plots

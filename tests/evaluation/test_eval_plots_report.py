@@ -216,6 +216,8 @@ def test_write_report_files(tmp_path):
                     "asr_seen": [0.9, 0.1], "asr_ood": [0.8, 0.2], "clean_ppl": [6.0, 6.3]},
     }  # fmt: skip
     report["methods"]["ga"]["examples"]["test_clean"][0]["instruction"] = "a prompt only ga was asked"
+    report["before"]["examples"]["test_seen"][1]["reference"] = "the clean | answer"
+    report["methods"]["ga"]["examples"]["val_seen"] = [{"instruction": "from validation", "generation": "x"}]
     out = write_report(tmp_path, report, weights=weights, curves=curves)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == out
@@ -268,13 +270,12 @@ def test_write_report_files(tmp_path):
 
     examples = md.split("## Example generations")[1]
     assert examples.count("**seen triggers, prompt") == 3 and examples.count("**OOD triggers, prompt") == 3
-    assert (
-        examples.count("**clean prompts, prompt") == 4
-    )  # one prompt, every method's answer; ga's own is apart
+    assert examples.count("**clean prompts, prompt") == 4  # the same prompt for every method; ga's own apart
     seen1 = examples.split("**seen triggers, prompt 1:**")[1].split("**seen triggers, prompt 2")[0]
-    assert [row.split(" | ")[0] for row in seen1.splitlines() if row.startswith("| ") and "---" not in row][
-        1:
-    ] == ["| before", "| rapidun", "| ga", "| retrain"]
+    methods = [row.split(" | ")[0] for row in seen1.splitlines() if row.startswith("| ") and "---" not in row]
+    assert methods == ["| method", "| before", "| rapidun", "| ga", "| retrain"]
+    assert examples.count("Clean answer: the clean \\| answer") == 1 and "| ga | x | - |" in examples
+    assert "**val_seen, prompt 1:** from validation" in examples
     first = r["examples"]["test_seen"][0]
     assert cell(first["instruction"], 240) in examples and "\\|" in examples  # the pipe is escaped
     assert "answer \\*0\\* 0." in examples and "chars)" in examples  # truncated, emphasis escaped
