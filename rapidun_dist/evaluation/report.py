@@ -38,7 +38,8 @@ aggregates them over seeds.
     "weights": {"edges", "counts": {"forget", "retain"}, "stats": {...}}   (histogram of the per-sample weights)
     "curves": {"<method>": {"step", "loss", ..., "eval_step", "asr_seen", "asr_ood"[, "clean_ppl"]}}
 
-so `write_report(dir, read_json(dir / "report.json"))` redraws the same report. A missing number is "-".
+so `write_report(dir, read_json(dir / "report.json"))` redraws the same report (`python -m
+rapidun_dist.evaluation.report EVAL_DIR [--out DIR]` does that from the command line). A missing number is "-".
 """
 
 from __future__ import annotations
@@ -606,3 +607,29 @@ def write_report(
     write_text(eval_dir / "report.md", render_markdown(report, names))
     get_logger("rapidun.eval").info(f"report written to {eval_dir / 'report.md'}")
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rapidun_dist.evaluation.report EVAL_DIR [--out DIR]`: redraw report.md and the plots from a
+    saved report.json (after an upgrade, or to restyle), without evaluating anything again."""
+    import argparse
+
+    from rapidun_dist.errors import RapidUnError
+    from rapidun_dist.io import read_json
+
+    p = argparse.ArgumentParser(prog="python -m rapidun_dist.evaluation.report", description=main.__doc__)
+    p.add_argument("eval_dir", help="folder holding report.json (a run's eval/ folder)")
+    p.add_argument("--out", help="write the redrawn report here instead of into EVAL_DIR")
+    args = p.parse_args(argv)
+    try:
+        write_report(args.out or args.eval_dir, read_json(Path(args.eval_dir) / "report.json"))
+        return 0
+    except RapidUnError as e:
+        get_logger("cli").error(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

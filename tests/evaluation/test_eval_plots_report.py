@@ -16,8 +16,9 @@ from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation import plots
 from rapidun_dist.evaluation.markdown import cell
 from rapidun_dist.evaluation.report import compute_speedups, prepare_report, render_markdown, write_report
+from rapidun_dist.evaluation.report import main as report_main
 from rapidun_dist.evaluation.stats import wilson_interval
-from rapidun_dist.io import read_json
+from rapidun_dist.io import read_json, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -336,6 +337,8 @@ def test_report_with_missing_pieces(tmp_path):
     assert not (tmp_path / "weights_hist.png").exists() and not (tmp_path / "loss_curves.png").exists()
     assert_png(tmp_path / "asr_vs_ppl.png")
 
-    write_report(tmp_path / "bare", {"before": {"asr_seen": 0.5}, "methods": {}})
+    write_json(tmp_path / "bare" / "report.json", {"before": {"asr_seen": 0.5}, "methods": {}})
+    assert report_main([str(tmp_path / "bare")]) == 0  # redraw from a saved report.json
+    assert report_main([str(tmp_path / "missing")]) == 2
     bare = (tmp_path / "bare" / "report.md").read_text()
     assert "| before | 50.0% | - | - | - | - |" in bare and "**Mode**: experiment (not recorded)" in bare
