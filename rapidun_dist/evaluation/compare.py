@@ -344,6 +344,12 @@ def compare_reports(
     given = list(labels) if labels is not None else [None] * len(paths)
     loaded = [(protocol_label(r, g), r) for r, g in zip(reports, given, strict=True)]
     groups = _collect(loaded)
+    for lab, g in groups.items():
+        seeds = [x for x in g["seeds"] if x is not None]
+        if len(set(map(str, seeds))) < len(seeds):
+            get_logger("rapidun.eval").warning(
+                f"compare: protocol {lab!r} has repeated seeds {seeds}; same run twice?"
+            )
     result = {
         "format_version": FORMAT_VERSION,
         "reports": [{"path": str(p), "label": lab, "seed": report_seed(r)} for p, (lab, r) in zip(paths, loaded, strict=True)],
