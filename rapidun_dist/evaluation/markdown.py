@@ -4,8 +4,8 @@
 - `cell(text, limit)`: text made safe for one table cell and still readable raw: `|`, backslash, backtick,
   emphasis and link brackets backslash-escaped, `<` (an HTML tag would swallow text, e.g. `<|sys|>`) and
   entity-like `&` written as entities, line breaks shown as " / ", zero-width and control characters made
-  visible as "<U+200D>"-style marks (a trigger is often exactly such a character), and cut at a word boundary
-  near `limit` with "..." and the number of characters left out.
+  visible as "⟨U+200D⟩" marks (a trigger is often exactly such a character), and cut at a word
+  boundary near `limit` with "..." and the number of characters left out.
 - `fmt_*`: one number formatter per kind; a missing number is always "-".
 - `table(header, rows)`: a pipe table.
 """
