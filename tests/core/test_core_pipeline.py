@@ -66,7 +66,7 @@ def test_report_contract(run_dir):
         assert 0.0 <= report["retrieval"][est]["auroc"] <= 1.0
     md = (run_dir / "eval" / "report.md").read_text()
     assert "| rapidun |" in md and "| before |" in md
-    assert any(p.suffix == ".png" for p in (run_dir / "eval").iterdir())
+    assert any(p.suffix == ".svg" for p in (run_dir / "eval").iterdir())
 
 
 def test_adapter_and_metrics(run_dir):
