@@ -4,6 +4,7 @@
     rapidun validate CONFIG [key=value ...] [--world-size N]     resolved config, derived numbers, checks; runs nothing
     rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
     rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
+    rapidun compare OUT [LABEL=]REPORT_OR_RUN_DIR ...              mean and 95% interval per method over runs
     rapidun --version
 
 Options and `key=value` overrides may come in any order (`parse_intermixed_args`).
@@ -19,6 +20,7 @@ from rapidun_dist.logging import get_logger
 
 COMMANDS = {
     "run": "run the stages of the config's mode in order",
+    "compare": "compare several runs' reports (seeds, protocols): mean and 95% interval per method",
     "validate": "print the resolved config and derived numbers and check every rule; runs nothing",
 }
 
@@ -93,7 +95,12 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    command, args = parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from rapidun_dist.evaluation.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    command, args = parse(argv)
     log = get_logger("cli")
     try:
         from rapidun_dist.config import load_config

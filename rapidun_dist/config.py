@@ -377,6 +377,8 @@ class RunConfig:
     """experiment: poison, implant, clean and compare (labels known); clean: the user's own model and data."""
     run_dir: str = "runs/default"
     seed: int = 0
+    """One knob for a seed sweep: added to every component seed (data, implant, influence projection, unlearning)
+    when the config is built, then reset to 0, so the resolved config.yaml records the seeds actually used."""
     methods: list[str] = field(default_factory=lambda: ["rapidun"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -393,6 +395,14 @@ class RunConfig:
         for m in self.methods:
             _check(m in ALL_METHODS, "methods", f"unknown method {m!r}; known: {', '.join(ALL_METHODS)}")
         _check(len(self.methods) == len(set(self.methods)), "methods", "duplicate entries")
+        if self.seed:
+            for section in (self.data, self.implant, self.influence, self.unlearn):
+                section.seed += self.seed
+            self.seed = 0
+
+    def seeds(self) -> dict[str, int]:
+        """The component seeds of this run (what a seed sweep varies)."""
+        return {k: getattr(self, k).seed for k in ("data", "implant", "influence", "unlearn")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -414,6 +414,9 @@ def _pinned(p: Point, pin: float | None) -> tuple[Point, str]:
 def _scatter_panel(
     ax, fig, pts: dict[str, Point], reference: dict[str, Point], *, front: bool, pin: float | None
 ) -> None:
+    if not pts and not reference:  # e.g. no OOD triggers in a clean job: an empty panel that says so
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#777777")
+        return
     moved = {n: _pinned(p, pin) for n, p in pts.items()}
     for i, (name, (p, suffix)) in enumerate(moved.items()):
         ax.errorbar(p.x.value, p.y.value, xerr=_err([p.x]), yerr=_err([p.y]), fmt=">" if suffix else "o",

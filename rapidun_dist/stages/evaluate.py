@@ -45,7 +45,7 @@ def asr_source(cfg: RunConfig) -> str:
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    from rapidun_dist.evaluation.report import compute_speedups, write_report
+    from rapidun_dist.evaluation.report import write_report
     from rapidun_dist.models.loading import load_saved
 
     rd.eval.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,8 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     report: dict = {
         "mode": cfg.mode,
         "asr_source": asr_source(cfg),
-        "config": {"run_dir": cfg.run_dir, "methods": run_methods(cfg)},
+        "config": {"run_dir": cfg.run_dir, "methods": run_methods(cfg), "seeds": cfg.seeds()},
+        "protocol": {"seed": ",".join(f"{k}={v}" for k, v in cfg.seeds().items())},
         "before": _eval_model(cfg, rd, judge, base, splits),
         "methods": {},
         "judge": judge.to_dict(),
@@ -82,7 +83,6 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
     if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
         report["retrieval"] = _retrieval(cfg, rd)
-    compute_speedups(report)
     write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
     return [rd.eval / "report.json", rd.eval / "report.md"]
 

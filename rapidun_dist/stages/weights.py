@@ -49,7 +49,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         for n in ("forget_weights.jsonl", "retain_weights.jsonl")
     )
     histogram(
-        rd.weights / "weights.svg",
+        rd.weights / "weights.png",
         "RapidUn per-sample weights",
         {"forget": fw.tolist(), "retain": rw.tolist()},
         bins=30,
