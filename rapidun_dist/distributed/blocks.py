@@ -67,9 +67,17 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _gather_layout(local_ids: torch.Tensor, n_total: int, stats: dict, *, dim: int = 0) -> ShardLayout:
+def _gather_layout(
+    local_ids: torch.Tensor, n_total: int, stats: dict, *, dim: int = 0, local_error: str | None = None
+) -> ShardLayout:
     layout = gather_layout(
-        local_ids, torch.zeros_like(local_ids), dim=dim, num_labels=1, stats=stats, what="local_ids"
+        local_ids.reshape(-1),
+        torch.zeros_like(local_ids.reshape(-1)),
+        dim=dim,
+        num_labels=1,
+        stats=stats,
+        what="local_ids",
+        local_error=local_error,
     )
     check_permutation(layout, n_total)
     return layout
@@ -241,24 +249,33 @@ def _median_topk_scores(feats, local_ids, layout, n_forget, n_total, *, topk, in
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_args(local_feats, local_ids, n_forget, n_total, tile_size) -> None:
-    if local_feats.dim() != 2 or local_ids.dim() != 1 or local_feats.shape[0] != local_ids.shape[0]:
-        raise DataError(
-            f"expected local_feats [n_local, K] and local_ids [n_local]; found "
-            f"{tuple(local_feats.shape)} and {tuple(local_ids.shape)}"
-        )
-    if local_ids.dtype != torch.long:
-        raise DataError(f"local_ids must be a LongTensor; found {local_ids.dtype}")
+def _check_args(n_forget, n_total, tile_size) -> None:
+    """Checks of arguments every rank passes alike (so every rank raises alike)."""
     if not 0 < n_forget < n_total:
         raise DataError(f"need 0 < n_forget < n_total; found n_forget={n_forget}, n_total={n_total}")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1; found {tile_size}")
+
+
+def _local_problem(local_feats, local_ids) -> str | None:
+    """This rank's own input check; reported through the layout gather so that every rank raises."""
+    if local_feats.dim() != 2 or local_ids.dim() != 1 or local_feats.shape[0] != local_ids.shape[0]:
+        return (
+            f"expected local_feats [n_local, K] and local_ids [n_local]; found "
+            f"{tuple(local_feats.shape)} and {tuple(local_ids.shape)}"
+        )
+    if local_ids.dtype != torch.long:
+        return f"local_ids must be a LongTensor; found {local_ids.dtype}"
     if not torch.isfinite(local_feats).all():
-        raise DataError("local_feats contain NaN or inf")
+        return "local_feats contain NaN or inf"
+    return None
 
 
-def _tiled_allgather(local_feats, local_ids, n_forget, n_total, *, agg, topk, trim, common, budget, backend):
-    layout = _gather_layout(local_ids, n_total, common["stats"], dim=local_feats.shape[1])
+def _tiled_allgather(
+    problem, local_feats, local_ids, n_forget, n_total, *, agg, topk, trim, common, budget, backend
+):
+    dim = local_feats.shape[1] if local_feats.dim() == 2 else -1
+    layout = _gather_layout(local_ids, n_total, common["stats"], dim=dim, local_error=problem)
     args = (local_feats, local_ids, layout, n_forget, n_total)
     if agg == "mean":
         return _mean_scores(*args, backend=backend, **common)
@@ -268,14 +285,36 @@ def _tiled_allgather(local_feats, local_ids, n_forget, n_total, *, agg, topk, tr
 
 
 def _grid_path(
-    local_feats, local_ids, n_forget, n_total, *, method, agg, topk, trim, include_self, grid, backend, stats
+    problem,
+    local_feats,
+    local_ids,
+    n_forget,
+    n_total,
+    *,
+    method,
+    agg,
+    topk,
+    trim,
+    include_self,
+    grid,
+    backend,
+    stats,
+    mem_budget_bytes,
 ):
     rows = gather_rows(
-        local_feats, local_ids, (local_ids >= n_forget).long(), 2, stats=stats, what="local_ids"
+        local_feats,
+        local_ids.reshape(-1),
+        (local_ids.reshape(-1) >= n_forget).long(),
+        2,
+        stats=stats,
+        what="local_ids",
+        local_error=problem,
     )
     check_permutation(rows.layout, n_total)
     if method == "linear":
-        per_group = linear_group_means(rows, None, include_self=include_self, stats=stats)
+        per_group = linear_group_means(
+            rows, None, include_self=include_self, stats=stats, mem_budget_bytes=mem_budget_bytes
+        )
     else:
         per_group = pairwise_scores(
             rows,
@@ -310,13 +349,14 @@ def distributed_directional_scores(
     """Directional scores of this rank's rows; call on every rank (collective). See the module docstring.
 
     `method`: "auto" | "linear" (mean only) | "alltoall2d" | "allgather"; `grid` ("RxC", (r, c) or None =
-    chosen from the world size and the shards) applies to "alltoall2d"; `tile_size` and `mem_budget_bytes`
-    to "allgather". Returns {"self_score": [n_local] f64, "cross_score": [n_local] f64, "stats": {...}}:
+    chosen from the world size and the shards) applies to "alltoall2d"; `tile_size` to "allgather";
+    `mem_budget_bytes` bounds the temporaries of "allgather" (trimmed_mean row chunks) and "linear". Returns {"self_score": [n_local] f64, "cross_score": [n_local] f64, "stats": {...}}:
     stats hold per-collective calls and bytes, bytes received per phase, the method and the grid.
     """
     check_agg_args(agg, topk, trim)
     method = resolve_method(method, agg)
-    _check_args(local_feats, local_ids, n_forget, n_total, tile_size)
+    _check_args(n_forget, n_total, tile_size)
+    problem = _local_problem(local_feats, local_ids)
     local_ids = local_ids.to(local_feats.device)  # NCCL collectives need every tensor on the device
     backend = "torch" if local_feats.dtype == torch.float64 else backend  # the Triton kernel has no fp64
     stats: dict = {"world_size": world_size(), "method": method, "agg": agg}
@@ -324,6 +364,7 @@ def distributed_directional_scores(
         stats["tile_size"] = tile_size
         common = dict(include_self=include_self, chunk=max(1, tile_size // world_size()), stats=stats)
         out = _tiled_allgather(
+            problem,
             local_feats,
             local_ids,
             n_forget,
@@ -337,6 +378,7 @@ def distributed_directional_scores(
         )
     else:
         out = _grid_path(
+            problem,
             local_feats,
             local_ids,
             n_forget,
@@ -349,6 +391,7 @@ def distributed_directional_scores(
             grid=grid,
             backend=backend,
             stats=stats,
+            mem_budget_bytes=mem_budget_bytes,
         )
     stats["recv_bytes"] = total_recv_bytes(stats)
     out["stats"] = stats

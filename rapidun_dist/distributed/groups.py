@@ -36,30 +36,33 @@ class GroupShard:
     ids: torch.Tensor
 
 
-def _check_inputs(local_feats: torch.Tensor, local_ids: torch.Tensor, groups: Sequence[GroupShard]) -> None:
+def _local_problem(
+    local_feats: torch.Tensor, local_ids: torch.Tensor, groups: Sequence[GroupShard]
+) -> str | None:
+    """What is wrong with this rank's inputs (None when fine): reported through the layout gather, so every
+    rank raises, not just this one."""
     if local_feats.dim() != 2 or local_ids.shape != (local_feats.shape[0],):
-        raise DataError(
+        return (
             f"expected local_feats [n_local, K] and local_ids [n_local]; found {tuple(local_feats.shape)} "
             f"and {tuple(local_ids.shape)}"
         )
-    if not groups or len({g.name for g in groups}) != len(groups):
-        raise DataError(f"need at least one group, with distinct names; found {[g.name for g in groups]}")
     for g in groups:
         if (
             g.feats.dim() != 2
             or g.feats.shape[1] != local_feats.shape[1]
             or g.ids.shape != (g.feats.shape[0],)
         ):
-            raise DataError(
+            return (
                 f"group {g.name!r}: expected feats [m_local, {local_feats.shape[1]}] and ids [m_local]; found "
                 f"{tuple(g.feats.shape)} and {tuple(g.ids.shape)}"
             )
         if g.feats.dtype != local_feats.dtype:
-            raise DataError(f"group {g.name!r}: features are {g.feats.dtype}, the rows {local_feats.dtype}")
+            return f"group {g.name!r}: features are {g.feats.dtype}, the rows {local_feats.dtype}"
         if not torch.isfinite(g.feats).all():
-            raise DataError(f"group {g.name!r}: features contain NaN or inf")
+            return f"group {g.name!r}: features contain NaN or inf"
     if not torch.isfinite(local_feats).all():
-        raise DataError("local_feats contain NaN or inf")
+        return "local_feats contain NaN or inf"
+    return None
 
 
 def _column_set(groups: Sequence[GroupShard], device: torch.device, stats: dict):
@@ -83,25 +86,31 @@ def distributed_group_scores(
     method: str = "auto",
     grid: Grid | tuple[int, int] | str | None = None,
     backend: str = "auto",
+    mem_budget_bytes: int = 256 << 20,
 ) -> dict:
     """Scores of this rank's rows against every group; call on every rank, with the same group names in
     the same order (collective). See the module docstring.
 
     Returns {"scores": {name: [n_local] float64}, "stats": {...}} and, for agg="topk_mean", also
     "topk_vals" / "topk_ids": {name: [n_local, topk]} (the retrieved member ids, best first; ties: lower
-    id; padded with (-inf, -1) when a group has fewer than topk valid members)."""
+    id; padded with (-inf, -1) when a group has fewer than topk valid members). `mem_budget_bytes` bounds the
+    float64 temporaries of the linear path."""
     check_agg_args(agg, topk, trim, allowed=GROUP_AGGS)
     method = resolve_method(method, agg)
-    _check_inputs(local_feats, local_ids, groups)
+    if not groups or len({g.name for g in groups}) != len(groups):
+        raise DataError(f"need at least one group, with distinct names; found {[g.name for g in groups]}")
     dev = local_feats.device  # NCCL collectives need every tensor on the device
     backend = "torch" if local_feats.dtype == torch.float64 else backend  # the Triton kernels have no fp64
     stats: dict = {"world_size": world_size(), "method": method, "agg": agg}
     zeros = torch.zeros(local_ids.numel(), dtype=torch.long, device=dev)
-    rows = gather_rows(local_feats, local_ids, zeros, 1, stats=stats, what="local_ids")
+    problem = _local_problem(local_feats, local_ids, groups)
+    rows = gather_rows(local_feats, local_ids, zeros, 1, stats=stats, what="local_ids", local_error=problem)
     cols = _column_set(groups, dev, stats)
     out: dict = {}
     if method == "linear":
-        per_group = linear_group_means(rows, cols, include_self=include_self, stats=stats)
+        per_group = linear_group_means(
+            rows, cols, include_self=include_self, stats=stats, mem_budget_bytes=mem_budget_bytes
+        )
     else:
         g = Grid(world_size(), 1) if method == "allgather" else parse_grid(grid, world_size())
         res = pairwise_scores(

@@ -59,16 +59,22 @@ def gather_layout(
     num_labels: int,
     stats: dict | None,
     what: str,
+    local_error: str | None = None,
 ) -> ShardLayout:
-    """Every rank's ids and labels (two all_gathers: [count, dim, num_labels], then [max count, 2] rows).
+    """Every rank's ids and labels (two all_gathers: [count, dim, num_labels, error flag], then [max count, 2]).
 
-    `dim` (the feature width K) and `num_labels` must agree over ranks: a rank that disagrees would make
-    the later exchanges mis-sized, so every rank raises here instead."""
+    Checks that need every rank to agree happen here, so that all ranks raise alike instead of one raising
+    and the others waiting in the next collective: `local_error` (this rank's own input check, None when
+    fine), the feature width `dim` and `num_labels` (a mismatch would mis-size every later exchange), ids
+    >= 0 and distinct within a label."""
     dev = local_ids.device
     n = local_ids.numel()
-    head = torch.tensor([n, dim, num_labels], device=dev)
-    got = all_gather_tensor(head, expected_shape=(3,), stats=stats, phase="layout")
+    head = torch.tensor([n, dim, num_labels, int(local_error is not None)], device=dev)
+    got = all_gather_tensor(head, expected_shape=(4,), stats=stats, phase="layout")
     heads = torch.stack(got).tolist()
+    bad = [r for r, h in enumerate(heads) if h[3]]
+    if bad:
+        raise DataError(local_error or f"{what}: invalid input on rank(s) {bad} (their error says what)")
     if len({(h[1], h[2]) for h in heads}) != 1:
         raise DataError(f"{what}: ranks disagree on (feature dim, groups): {[(h[1], h[2]) for h in heads]}")
     counts = [h[0] for h in heads]
@@ -82,6 +88,8 @@ def gather_layout(
     ids = [r[:c, 0].clone() for r, c in zip(rows, counts, strict=True)]
     labels = [r[:c, 1].clone() for r, c in zip(rows, counts, strict=True)]
     layout = ShardLayout(counts=counts, ids=ids, labels=labels, rank=rank())
+    if layout.total and int(layout.all_ids().min()) < 0:
+        raise DataError(f"{what}: ids must be >= 0; found {int(layout.all_ids().min())}")
     _check_unique(layout, what)
     return layout
 

@@ -10,7 +10,8 @@ The self pair (a row and a group member with the same id) is left out exactly: i
 For a symmetric problem (the rows are their own columns) that cosine is local. Otherwise the member may
 sit on another rank: the group rows whose id is also a scored row go to that row's owner first (one
 all_to_all of |Q n C| rows; their sizes follow from the gathered layouts, so no size exchange).
-Rows are processed in chunks of `chunk` rows (float64 temporaries of [chunk, K]).
+Rows are processed in chunks whose float64 temporaries ([chunk, K]) stay within `mem_budget_bytes`
+(256 MiB by default: 146 rows at the K = 229,376 of Llama-3-8B).
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def _self_members_to_owners(
 
 
 def linear_group_means(
-    rows: RowSet, cols: RowSet | None, *, include_self: bool, stats: dict, chunk: int = 4096
+    rows: RowSet, cols: RowSet | None, *, include_self: bool, stats: dict, mem_budget_bytes: int = 256 << 20
 ) -> torch.Tensor:
     """[n_local, G] float64 mean cosine of each local row to each column group. `cols=None`: symmetric."""
     cset = rows if cols is None else cols
+    chunk = max(1, mem_budget_bytes // (2 * 8 * max(1, rows.feats.shape[1])))  # the f64 copy + its unit rows
     u_GK = group_unit_sums(cset, chunk, stats)
     sums = torch.empty(rows.feats.shape[0], cset.num_labels, dtype=F64, device=rows.feats.device)
     for lo in range(0, rows.feats.shape[0], chunk):

@@ -38,7 +38,6 @@ import torch
 from rapidun_dist.distributed.env import all_to_all_tensors, all_to_all_varsize, rank, world_size
 from rapidun_dist.distributed.grid import ExchangePlan, Grid, choose_grid, predict_recv_bytes
 from rapidun_dist.distributed.layout import ShardLayout, gather_layout, lookup
-from rapidun_dist.errors import DataError
 from rapidun_dist.kernels import cosine_topk, merge_topk
 from rapidun_dist.weights.scores import median_with_implicit_zeros, topk_mean_rows
 
@@ -57,14 +56,22 @@ class RowSet:
 
 
 def gather_rows(
-    feats: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, num_labels: int, *, stats: dict, what: str
+    feats: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    *,
+    stats: dict,
+    what: str,
+    local_error: str | None = None,
 ) -> RowSet:
-    """This rank's shard plus everyone's ids and labels (collective)."""
+    """This rank's shard plus everyone's ids and labels (collective; a `local_error` raises on every rank)."""
     ids = ids.to(device=feats.device, dtype=torch.long)
     labels = labels.to(device=feats.device, dtype=torch.long)
-    if ids.numel() and int(ids.min()) < 0:
-        raise DataError(f"{what}: ids must be >= 0; found {int(ids.min())}")
-    layout = gather_layout(ids, labels, dim=feats.shape[1], num_labels=num_labels, stats=stats, what=what)
+    dim = feats.shape[1] if feats.dim() == 2 else -1
+    layout = gather_layout(
+        ids, labels, dim=dim, num_labels=num_labels, stats=stats, what=what, local_error=local_error
+    )
     return RowSet(feats=feats, ids=ids, labels=labels, layout=layout, num_labels=num_labels)
 
 

@@ -50,6 +50,7 @@ CASES = [
             ("mean", 2, False, 4, "float64", 1 << 28),
             ("mean", 5, True, 4, "float64", 1 << 28),
             ("mean", 64, False, 4, "float64", 1 << 28),
+            ("mean", 5, False, 4, "float64", 2000),  # linear path in chunks of 10 rows
             ("mean", 5, False, 4, "float32", 1 << 28),
             ("trimmed_mean", 3, False, 4, "float64", 1 << 28),
             ("trimmed_mean", 7, True, 4, "float64", 1 << 28),

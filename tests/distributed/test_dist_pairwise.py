@@ -143,8 +143,42 @@ def _group_runs(rank: int, world: int) -> list[dict]:
     return out
 
 
+def _bad_input(rank: int, world: int) -> list[str]:
+    """Rank 0 holds a NaN row: every rank must raise (the flag travels with the layout), none may hang."""
+    msgs = []
+    for agg in ("mean", "median_topk"):
+        feats, ids, shards = _group_shards(world, rank, 300)
+        if rank == 0:
+            feats = torch.cat([feats, torch.full((1, K), float("nan"), dtype=feats.dtype)])
+            ids = torch.cat([ids, torch.tensor([99_999])])
+        try:
+            distributed_group_scores(feats, ids, groups=shards, agg=agg)
+            msgs.append("no error")
+        except ValueError as e:
+            msgs.append(str(e))
+        g = _feats(5, NF + NR)
+        mine = _split(NF + NR, world, 5)[rank]
+        if rank == world - 1:
+            g[mine[:1]] = float("inf")
+        try:
+            distributed_directional_scores(g[mine], mine, NF, NF + NR, agg=agg, method="allgather")
+            msgs.append("no error")
+        except ValueError as e:
+            msgs.append(str(e))
+    return msgs
+
+
 def _runs(rank: int, world: int) -> dict:
-    return {"dir": _dir_runs(rank, world), "group": _group_runs(rank, world)}
+    return {"dir": _dir_runs(rank, world), "group": _group_runs(rank, world), "bad": _bad_input(rank, world)}
+
+
+def _check_bad(results: list[dict], world: int) -> None:
+    for rank, res in enumerate(results):
+        for i, msg in enumerate(res["bad"]):
+            culprit = 0 if i % 2 == 0 else world - 1
+            assert (
+                ("NaN or inf" in msg) if rank == culprit else (f"invalid input on rank(s) [{culprit}]" in msg)
+            ), msg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,8 +194,8 @@ def _grid_of(rec: dict, world: int) -> tuple[int, int]:
 
 
 def _layout_bytes(counts: list[int], world: int) -> int:
-    """Two all_gathers per row set: [count, K, groups] int64, then [max count, 2] int64."""
-    return (world - 1) * (3 * 8 + (max(counts) * 2 * 8 if max(counts) else 0))
+    """Two all_gathers per row set: [count, K, groups, error flag] int64, then [max count, 2] int64."""
+    return (world - 1) * (4 * 8 + (max(counts) * 2 * 8 if max(counts) else 0))
 
 
 def _mates(p: int, r: int, c: int) -> tuple[list[int], list[int]]:
@@ -339,6 +373,7 @@ def test_world_size_1_in_process():
     res = _runs(0, 1)
     _check_directional([res], 1)
     _check_groups([res], 1)
+    _check_bad([res], 1)
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -346,3 +381,64 @@ def test_world_sizes_and_grids_match_dense(world):
     results = run_distributed(_runs, world)
     _check_directional(results, world)
     _check_groups(results, world)
+    _check_bad(results, world)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [6, 9])
+def test_non_square_and_3x3_grids_match_dense(world):
+    """2 x 3 / 3 x 2 (neither degenerate nor square) and 3 x 3; slow: 6 and 9 processes."""
+    GRIDS.setdefault(6, ["2x3", "3x2"])
+    GRIDS.setdefault(9, ["3x3"])
+    results = run_distributed(_runs, world)
+    _check_directional(results, world)
+    _check_groups(results, world)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_stay_on_the_features_device(device, dtype):
+    """Every result tensor lives where the features are (NCCL needs device tensors end to end)."""
+    g = _feats(7, NF + NR, dtype).to(device)
+    ids = torch.arange(NF + NR, device=device)
+    for method in ("linear", "alltoall2d", "allgather"):
+        res = distributed_directional_scores(g, ids, NF, NF + NR, method=method, backend="torch")
+        assert res["self_score"].device.type == device and res["cross_score"].device.type == device
+    rows, row_ids, groups = group_problem(3)
+    shards = [GroupShard(k, f.to(device, dtype), i.to(device)) for k, (f, i) in groups.items()]
+    for agg in ("mean", "median_topk", "topk_mean", "trimmed_mean"):
+        res = distributed_group_scores(
+            rows.to(device, dtype), row_ids.to(device), groups=shards, agg=agg, topk=3
+        )
+        assert all(v.device.type == device for v in res["scores"].values())
+        if agg == "topk_mean":
+            assert all(v.device.type == device for v in res["topk_ids"].values())
+
+
+def test_bad_arguments_raise():
+    g = _feats(1, NF + NR)
+    ids = torch.arange(NF + NR)
+    with pytest.raises(ValueError, match="method must be one of"):
+        distributed_directional_scores(g, ids, NF, NF + NR, method="ring")
+    with pytest.raises(ValueError, match="linear"):
+        distributed_directional_scores(g, ids, NF, NF + NR, agg="median_topk", method="linear")
+    with pytest.raises(ValueError, match="covers 4 ranks"):
+        distributed_directional_scores(g, ids, NF, NF + NR, agg="median_topk", grid="2x2")
+    with pytest.raises(ValueError, match="permutation"):
+        distributed_directional_scores(g[1:], ids[1:], NF, NF + NR, agg="median_topk")
+    rows, row_ids, groups = group_problem(3)
+    shards = [GroupShard(k, f, i) for k, (f, i) in groups.items()]
+    with pytest.raises(ValueError, match="held twice"):
+        distributed_group_scores(rows[:2], torch.tensor([4, 4]), groups=shards)
+    with pytest.raises(ValueError, match=">= 0"):
+        distributed_group_scores(rows[:2], torch.tensor([-3, 4]), groups=shards, agg="median_topk")
+    with pytest.raises(ValueError, match="float32"):
+        distributed_group_scores(rows.float(), row_ids, groups=shards)
+    with pytest.raises(ValueError, match="agg"):
+        distributed_group_scores(rows, row_ids, groups=shards, agg="max")
