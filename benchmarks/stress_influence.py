@@ -15,7 +15,7 @@ only). Measured, each in fresh spawned processes with one thread per rank (the p
    bare GEMM of the same per-rank shape ([n/P, K] @ [K, n]) in the same process, for the ratio.
 
 3. 2D blocks against all_gather (`--ranks`, default 16 CPU gloo processes; `--quick` runs only this):
-   median_topk directional scores of n rows (forget then retain) of clustered random features, K as in 2.,
+   median_topk directional scores of n rows (forget then retain) of random features with hubs, K as in 2.,
    float64, contiguous even shards as the stage assigns them; once through the tiled all_gather path and
    once through the 2D block decomposition (grid chosen automatically), plus the mean through the linear
    identity. Per rank: bytes received (counted by the collective wrappers, every collective included),
@@ -191,15 +191,15 @@ def blocks_job(rank: int, world: int, p: dict) -> dict:
 
 
 def clustered_features(n: int, k: int, n_forget: int, seed: int) -> torch.Tensor:
-    """[n, k] float64: forget rows around 8 directions, retain rows diffuse with a little of them (as real
-    poison features look: tight clusters among a spread of clean rows)."""
+    """[n, k] float64 with hubs, so that median_topk is not all zeros: forget rows around one direction c
+    with spreads from 0.3 to 3 (the tight ones sit in almost every column's top-k), retain rows diffuse
+    plus a varying share of a second direction and of c (the strongly shifted ones are retain hubs)."""
     gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(8, k, generator=gen, dtype=torch.float64)
-    f = centers[torch.arange(n_forget) % 8] + 1.5 * torch.randn(
-        n_forget, k, generator=gen, dtype=torch.float64
-    )
-    r = torch.randn(n - n_forget, k, generator=gen, dtype=torch.float64)
-    r += 0.3 * centers[torch.randint(0, 8, (n - n_forget,), generator=gen)]
+    c, d = torch.randn(2, k, generator=gen, dtype=torch.float64)
+    spread = torch.linspace(0.3, 3.0, n_forget, dtype=torch.float64)[torch.randperm(n_forget, generator=gen)]
+    f = c + spread.unsqueeze(1) * torch.randn(n_forget, k, generator=gen, dtype=torch.float64)
+    share = 2.0 * torch.rand(n - n_forget, 1, generator=gen, dtype=torch.float64)
+    r = torch.randn(n - n_forget, k, generator=gen, dtype=torch.float64) + share * (0.5 * c + d)
     return torch.cat([f, r])
 
 

@@ -401,9 +401,11 @@ def distributed_directional_scores(
 def gather_scores_to_rank0(
     scores: dict[str, torch.Tensor], local_ids: torch.Tensor, n_total: int, *, stats: dict | None = None
 ) -> dict[str, torch.Tensor] | None:
-    """Per-rank [n_local] score vectors -> global-order [n_total] vectors on rank 0 (None elsewhere).
+    """Per-rank [n_local, ...] score tensors -> global-order [n_total, ...] tensors on rank 0 (None elsewhere).
 
-    Tensor entries only (a "stats" dict entry is skipped). Collective: call on every rank."""
+    `local_ids` over all ranks must be a permutation of 0..n_total-1 (row positions). Trailing dims (e.g.
+    the [n_local, k] top-k ids of `distributed_group_scores`) must agree over ranks. Tensor entries only (a
+    "stats" dict entry is skipped). Collective: call on every rank."""
     stats = {} if stats is None else stats
     tensors = [v for v in scores.values() if isinstance(v, torch.Tensor)]
     local_ids = local_ids.to(tensors[0].device) if tensors else local_ids
@@ -412,14 +414,16 @@ def gather_scores_to_rank0(
     for name, vec in scores.items():
         if not isinstance(vec, torch.Tensor):
             continue
-        if vec.shape != local_ids.shape:
+        if vec.dim() < 1 or vec.shape[0] != local_ids.numel():
             raise DataError(
-                f"scores[{name!r}]: expected shape {tuple(local_ids.shape)}; found {tuple(vec.shape)}"
+                f"scores[{name!r}]: expected [{local_ids.numel()}, ...] (one row per local id); found "
+                f"{tuple(vec.shape)}"
             )
-        padded = vec.new_zeros(max(layout.counts))
-        padded[: vec.numel()] = vec
-        got = all_gather_tensor(padded, expected_shape=(max(layout.counts),), stats=stats, phase="scores")
-        full = vec.new_zeros(n_total)
+        shape = (max(layout.counts), *vec.shape[1:])
+        padded = vec.new_zeros(shape)
+        padded[: vec.shape[0]] = vec
+        got = all_gather_tensor(padded, expected_shape=shape, stats=stats, phase="scores")
+        full = vec.new_zeros((n_total, *vec.shape[1:]))
         for g, ids in zip(got, layout.ids, strict=True):
             full[ids] = g[: ids.numel()]
         out[name] = full

@@ -314,9 +314,8 @@ def _spec(agg, rows: RowSet, cset: RowSet, *, topk, trim, symmetric) -> tuple[Pa
     """Which partials the aggregation needs and whose owners merge them ("rows" or "cols")."""
     if agg == "median_topk":
         h = cset.num_labels if symmetric else rows.num_labels  # the other side's groups: row groups
-        return PartialSpec(h, [topk] * h, [0] * h, with_sums=False, with_ids=True), (
-            "rows" if symmetric else "cols"
-        )
+        side = "rows" if symmetric else "cols"  # S = S^T: a column's top-k is the row-wise top-k
+        return PartialSpec(h, [topk] * h, [0] * h, with_sums=False, with_ids=True), side
     g = cset.num_labels
     if agg == "topk_mean":
         return PartialSpec(g, [topk] * g, [0] * g, with_sums=False, with_ids=True), "rows"
@@ -334,6 +333,28 @@ def plan_for(rows: RowSet, cols: RowSet | None, spec: PartialSpec, side: str) ->
         partial_row_bytes=spec.width * 8,
         partial_side=side,
     )
+
+
+def _tile_and_merge(blk: Blocks, spec, side, row_layout, col_layout, include_self, backend, stats):
+    """Side "rows": the row block's points against the column block, merged at the row owners; side
+    "cols": the column block's points against the row block, merged at the column owners."""
+    if side == "rows":
+        pts, others, seg, layout = (
+            (blk.x, blk.x_ids),
+            (blk.y, blk.y_ids, blk.y_labels),
+            blk.x_ranks,
+            row_layout,
+        )
+    else:
+        pts, others, seg, layout = (
+            (blk.y, blk.y_ids),
+            (blk.x, blk.x_ids, blk.x_labels),
+            blk.y_ranks,
+            col_layout,
+        )
+    part = tile_partials(*pts, *others, spec, include_self=include_self, backend=backend)
+    stats["tile_pairs"] = blk.x.shape[0] * blk.y.shape[0] * (1 + any(spec.bottom))  # kernel passes x pairs
+    return merge_partials(send_to_owners(part, seg, layout, stats, "partials"), spec)
 
 
 def pairwise_scores(
@@ -357,18 +378,7 @@ def pairwise_scores(
     grid = grid or choose_grid(world_size(), plan)
     stats.update(grid=str(grid), predicted_recv_bytes=predict_recv_bytes(grid, plan)[rank()])
     blk = exchange_blocks(grid, rows, cols, stats)
-    if side == "rows":
-        part = tile_partials(
-            blk.x, blk.x_ids, blk.y, blk.y_ids, blk.y_labels, spec, include_self=include_self, backend=backend
-        )
-        stats["tile_pairs"] = blk.x.shape[0] * blk.y.shape[0] * (1 + any(spec.bottom))
-        merged = merge_partials(send_to_owners(part, blk.x_ranks, rows.layout, stats, "partials"), spec)
-    else:
-        part = tile_partials(
-            blk.y, blk.y_ids, blk.x, blk.x_ids, blk.x_labels, spec, include_self=include_self, backend=backend
-        )
-        stats["tile_pairs"] = blk.x.shape[0] * blk.y.shape[0]
-        merged = merge_partials(send_to_owners(part, blk.y_ranks, cset.layout, stats, "partials"), spec)
+    merged = _tile_and_merge(blk, spec, side, rows.layout, cset.layout, include_self, backend, stats)
     counts = group_counts(rows.ids, cset.layout, cset.num_labels, include_self)
     if agg == "median_topk":
         r, g, v = survivors_to_owners(merged, cset.labels, rows.layout, stats)

@@ -13,7 +13,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for dist_utils (no conftest here)
 from dist_utils import run_distributed  # noqa: E402
 
-from rapidun_dist.distributed import GroupShard, distributed_directional_scores, distributed_group_scores  # noqa: E402
+from rapidun_dist.distributed import (  # noqa: E402
+    GroupShard,
+    distributed_directional_scores,
+    distributed_group_scores,
+    gather_scores_to_rank0,
+)
 from rapidun_dist.weights.scores import dense_directional_scores, dense_group_scores  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -22,7 +27,7 @@ K = 10
 NF, NR = 9, 26  # directional: Gm = [F; R]
 N_ROWS, N_F, N_REF = 37, 8, 11  # rows vs groups; some F members are rows (shared ids), some are not
 TRIM = 0.2
-GRIDS = {1: ["1x1"], 2: ["1x2", "2x1"], 4: ["1x4", "2x2", "4x1"]}
+GRIDS = {1: ["1x1"], 2: ["1x2", "2x1"], 4: ["1x4", "2x2", "4x1"], 6: ["2x3", "3x2"], 9: ["3x3"]}
 
 
 def _feats(seed: int, n: int, dtype=torch.float64) -> torch.Tensor:
@@ -168,8 +173,25 @@ def _bad_input(rank: int, world: int) -> list[str]:
     return msgs
 
 
+def _gathered(rank: int, world: int) -> dict | None:
+    """gather_scores_to_rank0 of a vector and an [n_local, 3] id matrix over uneven shards of 0..n-1."""
+    n = 23
+    mine = _split(n, world, 77)[rank]
+    got = gather_scores_to_rank0(
+        {"v": mine.double() * 0.5, "m": torch.stack([mine, -mine, 2 * mine], 1)}, mine, n
+    )
+    return None if got is None else {k: v.tolist() for k, v in got.items()}
+
+
 def _runs(rank: int, world: int) -> dict:
-    return {"dir": _dir_runs(rank, world), "group": _group_runs(rank, world), "bad": _bad_input(rank, world)}
+    out = {"dir": _dir_runs(rank, world), "group": _group_runs(rank, world), "bad": _bad_input(rank, world)}
+    return out | {"gathered": _gathered(rank, world)}
+
+
+def _check_gathered(results: list[dict]) -> None:
+    i = torch.arange(23)
+    assert results[0]["gathered"] == {"v": (i * 0.5).tolist(), "m": torch.stack([i, -i, 2 * i], 1).tolist()}
+    assert all(r["gathered"] is None for r in results[1:])
 
 
 def _check_bad(results: list[dict], world: int) -> None:
@@ -374,6 +396,7 @@ def test_world_size_1_in_process():
     _check_directional([res], 1)
     _check_groups([res], 1)
     _check_bad([res], 1)
+    _check_gathered([res])
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -382,14 +405,13 @@ def test_world_sizes_and_grids_match_dense(world):
     _check_directional(results, world)
     _check_groups(results, world)
     _check_bad(results, world)
+    _check_gathered(results)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [6, 9])
 def test_non_square_and_3x3_grids_match_dense(world):
     """2 x 3 / 3 x 2 (neither degenerate nor square) and 3 x 3; slow: 6 and 9 processes."""
-    GRIDS.setdefault(6, ["2x3", "3x2"])
-    GRIDS.setdefault(9, ["3x3"])
     results = run_distributed(_runs, world)
     _check_directional(results, world)
     _check_groups(results, world)
