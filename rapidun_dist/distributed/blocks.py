@@ -12,15 +12,14 @@ rounding; float64 tests compare all of them with the dense oracle at 1e-10):
 
 The tiled all_gather path. Every rank holds some rows of Gm = [F; R] (any subset, `local_ids` = their
 global indices) and computes its rows of S = cos(Gm, Gm) against every column, column tile by column
-tile: in round t
-each rank contributes its next `tile_size // world` rows and an all_gather hands every rank the
-tile (at most `tile_size` columns). No rank ever holds the n x n matrix: memory is
+tile: in round t each rank contributes its next `tile_size // world` rows and an all_gather hands every
+rank the tile (at most `tile_size` columns). No rank ever holds the n x n matrix: memory is
 O(n_local K + n_local tile) plus the per-agg state below. The result does not depend on world
 size, shard assignment or tile size; it equals `rapidun_dist.weights.scores.dense_directional_scores`
 (see there for the math):
 
-- `mean`: grouped cosine sums per row (kernel `grouped_cosine_sums`, groups F = 0 / R = 1), the self
-  pair left out through the kernel's `self_offset` on the rank's own slice of the tile.
+- `mean`: grouped cosine sums per row (kernel `grouped_cosine_sums`, groups F = 0 / R = 1); each row
+  meets itself in exactly one tile, and cos(f_i, f_i) is subtracted once at the end.
 - `trimmed_mean`: needs each row's full value list per group; rows are processed in chunks that fit
   `mem_budget_bytes` ([rows, n] buffers), and the columns stream once per row chunk.
 - `median_topk`: per tile, each rank sends its local top-k rows per column and row group (value and

@@ -21,13 +21,14 @@ import torch
 from rapidun_dist.distributed.env import all_reduce_sum_, all_to_all_tensors, rank, world_size
 from rapidun_dist.distributed.layout import lookup
 from rapidun_dist.distributed.pairwise import RowSet, group_counts
-from rapidun_dist.weights.scores import normalize_rows
 
 F64 = torch.float64
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return normalize_rows(x.to(F64))
+    """Unit float64 rows; a zero row stays zero (0 / tiny), as in `weights.scores.normalize_rows`."""
+    x = x.to(F64)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
 
 
 def group_unit_sums(cols: RowSet, chunk: int, stats: dict) -> torch.Tensor:
@@ -36,15 +37,6 @@ def group_unit_sums(cols: RowSet, chunk: int, stats: dict) -> torch.Tensor:
     for lo in range(0, cols.feats.shape[0], chunk):
         u.index_add_(0, cols.labels[lo : lo + chunk], _unit(cols.feats[lo : lo + chunk]))
     return all_reduce_sum_(u, stats=stats, phase="group_sums")
-
-
-def _self_cosines_local(rows: RowSet, chunk: int) -> torch.Tensor:
-    """[n_local] cos(q_i, q_i): 1 up to rounding, 0 for a zero row (computed as the dense path does)."""
-    out = torch.empty(rows.feats.shape[0], dtype=F64, device=rows.feats.device)
-    for lo in range(0, rows.feats.shape[0], chunk):
-        u = _unit(rows.feats[lo : lo + chunk])
-        out[lo : lo + chunk] = (u * u).sum(dim=1)
-    return out
 
 
 def _self_members_to_owners(
@@ -84,13 +76,16 @@ def linear_group_means(
     cset = rows if cols is None else cols
     chunk = max(1, mem_budget_bytes // (2 * 8 * max(1, rows.feats.shape[1])))  # the f64 copy + its unit rows
     u_GK = group_unit_sums(cset, chunk, stats)
-    sums = torch.empty(rows.feats.shape[0], cset.num_labels, dtype=F64, device=rows.feats.device)
-    for lo in range(0, rows.feats.shape[0], chunk):
-        sums[lo : lo + chunk] = _unit(rows.feats[lo : lo + chunk]) @ u_GK.T
+    n = rows.feats.shape[0]
+    sums = torch.empty(n, cset.num_labels, dtype=F64, device=rows.feats.device)
+    self_cos = torch.empty(n, dtype=F64, device=rows.feats.device)  # cos(q_i, q_i): 1, or 0 for a zero row
+    for lo in range(0, n, chunk):
+        u = _unit(rows.feats[lo : lo + chunk])
+        sums[lo : lo + chunk] = u @ u_GK.T
+        self_cos[lo : lo + chunk] = (u * u).sum(dim=1)
     if not include_self:
         if cols is None:
-            idx = torch.arange(rows.feats.shape[0], device=sums.device)
-            sums[idx, rows.labels] -= _self_cosines_local(rows, chunk)
+            sums[torch.arange(n, device=sums.device), rows.labels] -= self_cos
         else:
             idx, grp, member = _self_members_to_owners(rows, cols, stats)
             if idx.numel():
