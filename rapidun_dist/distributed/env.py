@@ -17,6 +17,7 @@ Backend: NCCL when CUDA is available, gloo otherwise (or as asked).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -250,8 +251,31 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def count_bytes(stats: dict | None, op: str, *, sent: int, recv: int, phase: str | None = None) -> None:
+    """Add one call of collective `op` to `stats`: {op: {calls, bytes_sent, bytes_recv}} and, when `phase` is
+    given, {"phase_bytes_recv": {phase: bytes}}. Bytes count data that crosses between ranks (a rank's own
+    slice of an all_to_all is a local copy, not counted)."""
+    if stats is None:
+        return
+    rec = stats.setdefault(op, {"calls": 0, "bytes_sent": 0, "bytes_recv": 0})
+    rec["calls"] += 1
+    rec["bytes_sent"] += int(sent)
+    rec["bytes_recv"] += int(recv)
+    if phase is not None:
+        ph = stats.setdefault("phase_bytes_recv", {})
+        ph[phase] = ph.get(phase, 0) + int(recv)
+
+
+COLLECTIVES = ("all_gather", "all_to_all", "all_reduce")
+
+
+def total_recv_bytes(stats: dict) -> int:
+    """Bytes this rank received over every counted collective."""
+    return sum(stats.get(op, {}).get("bytes_recv", 0) for op in COLLECTIVES)
+
+
 def all_gather_tensor(
-    t: torch.Tensor, *, expected_shape: tuple[int, ...], stats: dict | None = None
+    t: torch.Tensor, *, expected_shape: tuple[int, ...], stats: dict | None = None, phase: str | None = None
 ) -> list[torch.Tensor]:
     """all_gather of equal-shape tensors; asserts the local shape first. Counts bytes into `stats`."""
     if tuple(t.shape) != tuple(expected_shape):
@@ -259,18 +283,86 @@ def all_gather_tensor(
             f"all_gather_tensor: expected local shape {tuple(expected_shape)}, found {tuple(t.shape)}"
         )
     w = world_size()
-    if stats is not None:
-        rec = stats.setdefault("all_gather", {"calls": 0, "bytes_sent": 0, "bytes_recv": 0})
-        nbytes = t.numel() * t.element_size()
-        rec["calls"] += 1
-        rec["bytes_sent"] += nbytes * (w - 1)
-        rec["bytes_recv"] += nbytes * (w - 1)
+    nbytes = t.numel() * t.element_size()
+    count_bytes(stats, "all_gather", sent=nbytes * (w - 1), recv=nbytes * (w - 1), phase=phase)
     if w == 1:
         return [t]
     _check_member("all_gather_tensor")
     out = [torch.empty_like(t) for _ in range(w)]
     dist.all_gather(out, t.contiguous())
     return out
+
+
+def _check_a2a_send(send: list[torch.Tensor], op: str) -> None:
+    w = world_size()
+    if len(send) != w:
+        raise RuntimeError(f"{op}: expected one send tensor per rank ({w}); found {len(send)}")
+    t0 = send[0]
+    for d, t in enumerate(send):
+        if t.dtype != t0.dtype or t.device != t0.device or tuple(t.shape[1:]) != tuple(t0.shape[1:]):
+            raise RuntimeError(
+                f"{op}: send[{d}] is {t.dtype} {tuple(t.shape)} on {t.device}; every send tensor must share "
+                f"dtype, device and trailing shape with send[0] ({t0.dtype} {tuple(t0.shape)} on {t0.device})"
+            )
+
+
+def all_to_all_tensors(
+    send: list[torch.Tensor], recv_rows: list[int], *, stats: dict | None = None, phase: str | None = None
+) -> list[torch.Tensor]:
+    """send[d] ([rows_d, *tail]) goes to rank d; returns recv[s] ([recv_rows[s], *tail]) from rank s.
+
+    Every rank passes the same dtype and trailing shape; `recv_rows` must match what the peers send (the
+    callers derive both from a gathered layout). One all_to_all_single over a flat buffer: uneven and empty
+    splits work on gloo and NCCL. Bytes counted: rows from / to other ranks only."""
+    _check_a2a_send(send, "all_to_all_tensors")
+    w, me = world_size(), rank()
+    if len(recv_rows) != w:
+        raise RuntimeError(f"all_to_all_tensors: expected {w} receive row counts; found {len(recv_rows)}")
+    tail = tuple(send[0].shape[1:])
+    row_numel = math.prod(tail)
+    row_bytes = row_numel * send[0].element_size()
+    sent = sum(t.shape[0] for d, t in enumerate(send) if d != me) * row_bytes
+    recv = sum(r for s, r in enumerate(recv_rows) if s != me) * row_bytes
+    count_bytes(stats, "all_to_all", sent=sent, recv=recv, phase=phase)
+    if w == 1:
+        if recv_rows[0] != send[0].shape[0]:
+            raise RuntimeError(
+                f"all_to_all_tensors: expect {recv_rows[0]} rows from myself, send {send[0].shape[0]}"
+            )
+        return [send[0]]
+    _check_member("all_to_all_tensors")
+    flat_in = torch.cat([t.reshape(-1) for t in send]) if row_numel else send[0].new_empty(0)
+    flat_out = flat_in.new_empty(sum(recv_rows) * row_numel)
+    dist.all_to_all_single(
+        flat_out,
+        flat_in.contiguous(),
+        output_split_sizes=[r * row_numel for r in recv_rows],
+        input_split_sizes=[t.shape[0] * row_numel for t in send],
+    )
+    return [chunk.reshape(-1, *tail) for chunk in flat_out.split([r * row_numel for r in recv_rows])]
+
+
+def all_to_all_varsize(
+    send: list[torch.Tensor], *, stats: dict | None = None, phase: str | None = None
+) -> list[torch.Tensor]:
+    """all_to_all_tensors when the receivers cannot know the sizes: row counts go first ([P] int64 each)."""
+    _check_a2a_send(send, "all_to_all_varsize")
+    dev = send[0].device
+    sizes = [torch.tensor([t.shape[0]], dtype=torch.long, device=dev) for t in send]
+    got = all_to_all_tensors(sizes, [1] * world_size(), stats=stats, phase=phase)
+    return all_to_all_tensors(send, [int(g.item()) for g in got], stats=stats, phase=phase)
+
+
+def all_reduce_sum_(t: torch.Tensor, *, stats: dict | None = None, phase: str | None = None) -> torch.Tensor:
+    """In-place sum over ranks. Bytes counted with the ring model, 2 (P - 1) / P x the tensor per rank each way
+    (what NCCL's ring and gloo's ring all-reduce move; tree or halving-doubling variants move about as much)."""
+    w = world_size()
+    moved = 2 * (w - 1) * t.numel() * t.element_size() // w
+    count_bytes(stats, "all_reduce", sent=moved, recv=moved, phase=phase)
+    if w > 1:
+        _check_member("all_reduce_sum_")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
 
 def all_reduce_max(x: int) -> int:
