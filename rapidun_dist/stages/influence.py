@@ -89,7 +89,8 @@ def directional_scores(
 
     Rank r takes the contiguous rows [r n / P, (r + 1) n / P) (it loads only the shards covering them) and
     computes them in float64 on `device` (NCCL needs device tensors), so the scores do not depend on the world
-    size (to ~1e-12)."""
+    size (to ~1e-12): `mean` by the linear identity (one all_reduce of per-group sums), the pairwise aggregations by
+    the 2D block decomposition (rapidun_dist.distributed)."""
     w = cfg.weights
     kw = dict(agg=w.agg, topk=w.topk, trim=w.trim, include_self=w.include_self)
     if world_size == 1:
@@ -97,7 +98,7 @@ def directional_scores(
 
         feats, _ = load_features(rd.features)
         return dense_directional_scores(feats[:n_forget], feats[n_forget:], **kw)
-    from rapidun_dist.distributed.blocks import distributed_directional_scores, gather_scores_to_rank0
+    from rapidun_dist.distributed import comm_summary, distributed_directional_scores, gather_scores_to_rank0
     from rapidun_dist.weights.scores import split_directional
 
     lo, hi = (
@@ -108,19 +109,12 @@ def directional_scores(
     feats, _ = load_features(rd.features, rows.tolist())
     feats = feats.to(device=device, dtype=torch.float64)
     local = distributed_directional_scores(
-        feats, rows.to(device), n_forget, n_total, tile_size=cfg.influence.tile_size, **kw
-    )
-    log.info(f"blocks: {_comm_summary(local['stats'])}")
+        feats, rows.to(device), n_forget, n_total, tile_size=cfg.influence.tile_size, backend=cfg.influence.backend,
+        **kw,
+    )  # fmt: skip
+    log.info(f"blocks: {comm_summary(local['stats'])}")
     full = gather_scores_to_rank0(local, rows, n_total)
     return None if full is None else split_directional(full["self_score"], full["cross_score"], n_forget)
-
-
-def _comm_summary(stats: dict) -> str:
-    ag = stats.get("all_gather", {})
-    return (
-        f"{stats.get('rounds', 0)} tile rounds, {ag.get('calls', 0)} all_gathers, "
-        f"{ag.get('bytes_recv', 0) / 2**20:.1f} MiB received on this rank"
-    )
 
 
 def score_rows(forget: list[dict], retain: list[dict], scores: dict) -> list[dict]:

@@ -31,7 +31,7 @@ def test_two_ranks_equal_one_rank(implanted_dir, reference_weights, tmp_path):
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert (stages["influence"]["status"], stages["influence"]["world_size"]) == ("done", 2)
     assert stages["weights"]["status"] == "done"
-    assert "tile rounds" in proc.stderr  # the tiled multi-rank block path ran, not the dense one
+    assert "blocks: alltoall2d" in proc.stderr  # the 2D multi-rank block path ran, not the dense one
     assert len(list((run / "features").glob("shard-*.safetensors"))) == 34
 
 
