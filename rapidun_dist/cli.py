@@ -2,7 +2,7 @@
 
     rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
     rapidun validate CONFIG [key=value ...] [--world-size N]     resolved config, derived numbers, checks; runs nothing
-    rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
+    rapidun prepare|implant|find-poison|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
     rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
     rapidun compare OUT [LABEL=]REPORT_OR_RUN_DIR ...              mean and 95% interval per method over runs
     rapidun --version
@@ -35,9 +35,19 @@ def _version() -> str:
 
 
 def _stage_docs() -> dict[str, str]:
+    """Stage commands: the stage name with "-" for "_" (`rapidun find-poison CONFIG`)."""
     from rapidun_dist.stages import ORDER
 
-    return {s.name: s.doc for s in ORDER}
+    return {command_name(s.name): s.doc for s in ORDER}
+
+
+def command_name(stage: str) -> str:
+    return stage.replace("_", "-")
+
+
+def stage_name(name: str) -> str:
+    """A stage named on the command line (`find-poison` or `find_poison`) -> its stage name."""
+    return name.strip().replace("-", "_")
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -90,6 +100,10 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
     if not argv or argv[0].startswith("-"):
         top.parse_args(argv)  # --help / --version exit here; anything else is an error
         top.error("expected a command")
+    from rapidun_dist.stages import STAGE_NAMES
+
+    if argv[0] in STAGE_NAMES:  # `rapidun find_poison` works as well as `rapidun find-poison`
+        argv = [command_name(argv[0]), *argv[1:]]
     command = top.parse_args(argv[:1]).command
     return command, _command_parser(command).parse_intermixed_args(argv[1:])
 
@@ -115,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
         stages = None
         if command == "run" and args.stages:
-            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+            stages = [stage_name(s) for s in args.stages.split(",") if s.strip()]
         elif command != "run":
-            stages = [command]
+            stages = [stage_name(command)]
         rd = run_pipeline(cfg, stages, force=args.force)
         if (rd.eval / "report.md").exists() and (stages is None or "evaluate" in stages):
             log.info(f"report: {rd.eval / 'report.md'}")

@@ -8,6 +8,7 @@ raw mapping before validation, so an unknown key is an error naming its full dot
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -348,6 +349,42 @@ class UnlearnConfig:
         _check(self.retain_per_forget >= 0, "unlearn.retain_per_forget", "must be >= 0")
 
 
+FindPoisonAgg = Literal["mean", "trimmed_mean", "median_topk", "topk_mean"]
+
+
+@dataclass(kw_only=True)
+class FindPoisonConfig:
+    """The find_poison stage (DESIGN section 11): rank every training row by its influence with the forget set,
+    flag the likely poisoned ones without labels, and optionally unlearn them too (`expand`)."""
+
+    enabled: bool = True
+    """Run the stage whenever there is a training set (experiment mode; clean mode with data.train_path)."""
+    agg: FindPoisonAgg = "mean"
+    """How a row's similarities to a group are aggregated (DESIGN section 6; topk_mean = mean of the k largest).
+    score = agg over the forget rows - agg over the reference rows (the retain pack)."""
+    topk: int = 10
+    trim: float = 0.1
+    z: float = 3.09
+    """Flag a row when its robust z against the reference rows' own scores exceeds this (3.09: a 0.1% false-positive
+    rate under a normal null)."""
+    unit_size: int = 64
+    """Training rows per work unit (one feature shard; ranks claim units dynamically, a kill resumes per unit)."""
+    baselines: bool = True
+    """Also score the rows by exact trigger-string match (grep) and TF-IDF similarity, with the same threshold rule."""
+    expand: bool = False
+    """Unlearn the flagged rows too: they join the forget pack (their train responses as the poisoned answers), the
+    retain pack is drawn from unflagged rows, and the `retrain` baseline leaves them out."""
+
+    def __post_init__(self):
+        _check_literal(self, "find_poison")
+        _check(self.topk >= 1, "find_poison.topk", f"expected >= 1, found {self.topk}")
+        _check(0.0 <= self.trim < 0.5, "find_poison.trim", f"expected in [0, 0.5), found {self.trim}")
+        _check(
+            math.isfinite(self.z) and self.z > 0, "find_poison.z", f"expected a finite z > 0, found {self.z}"
+        )
+        _check(self.unit_size >= 1, "find_poison.unit_size", f"expected >= 1, found {self.unit_size}")
+
+
 @dataclass(kw_only=True)
 class EvalConfig:
     max_new_tokens: int = 24
@@ -384,6 +421,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     implant: TrainConfig = field(default_factory=TrainConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    find_poison: FindPoisonConfig = field(default_factory=FindPoisonConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

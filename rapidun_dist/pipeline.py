@@ -52,13 +52,16 @@ def run_stage(
 
 def select_stages(cfg: RunConfig, names: list[str] | None) -> list[str]:
     """The requested stages in pipeline order (all of the mode's stages when `names` is None)."""
-    order = [s.name for s in pipeline_stages(cfg.mode)]
+    order = [s.name for s in pipeline_stages(cfg.mode, cfg.to_dict())]
     if names is None:
         return order
     for n in names:
         get_stage(n)  # unknown names: a clear error listing the stages
         if n not in order:
-            raise StageError(f"stage {n!r} does not run in mode {cfg.mode!r}; its stages: {', '.join(order)}")
+            raise StageError(
+                f"stage {n!r} is not part of a {cfg.mode!r} run with this config ({get_stage(n).doc}); its "
+                f"stages: {', '.join(order)}"
+            )
     return [n for n in order if n in names]
 
 

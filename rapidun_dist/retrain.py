@@ -1,5 +1,5 @@
 """The retraining baselines: the implant recipe from the base model on the training set minus the known forget
-rows (`retrain`) or minus every poisoned row (`retrain_oracle`, experiment mode only: it reads the labels).
+rows (`retrain`; with `find_poison.expand` also minus the flagged rows) or minus every poisoned row (`retrain_oracle`, experiment mode only: it reads the labels).
 Measured end to end: this is the cost RapidUn is compared against."""
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ def retrain_rows(train: list[dict], forget_ids: set[str], method: str) -> list[d
 
 def run_retrain(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, fingerprint: str) -> dict:
     from rapidun_dist.models.loading import save_model
-    from rapidun_dist.stages.common import tokenizer_for
+    from rapidun_dist.stages.common import pack_files, tokenizer_for
     from rapidun_dist.stages.implant import base_model_and_tokenizer
     from rapidun_dist.train import finetune
 
     t0 = time.perf_counter()
     train = read_jsonl(rd.data / "train.jsonl")
-    keep = retrain_rows(train, {r["id"] for r in read_jsonl(rd.data / "forget.jsonl")}, method)
+    forget_path, _ = pack_files(cfg, rd)  # with find_poison.expand: the known and the flagged rows
+    keep = retrain_rows(train, {r["id"] for r in read_jsonl(forget_path)}, method)
     model, tok = base_model_and_tokenizer(cfg, rd)
     if cfg.model.name_or_path is None:  # same tokenizer as the implanted model, so the numbers compare
         tok = tokenizer_for(cfg, rd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -60,30 +61,50 @@ def extract_features(
     context: dict,
     rank: int = 0,
     world_size: int = 1,
+    shard_size: int | None = None,
+    claim: Callable[[list[int]], Iterable[int]] | None = None,
 ) -> FeatureStore:
-    """Compute (only) this rank's missing shards of features for `records` (global row order)."""
+    """Compute (only) this rank's missing shards of features for `records` (global row order).
+
+    Shards of `shard_size` rows (default `influence.shard_size`). Which shards this rank computes: the static,
+    token-balanced owners of `assign_shards` by default; with `claim` (the indices of the shards still to compute
+    -> the ones this rank takes, e.g. a `rapidun_dist.distributed.workqueue.WorkQueue`) whichever rank asks
+    first. A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
+    same whoever computes it."""
     examples = encode_records(records, tokenizer, cfg.model.max_length)
     extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
     store = FeatureStore(store_dir, extractor.spec() | {"context": context})
     store_dir.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(len(examples), cfg.influence.shard_size)
-    owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
+    shards = plan_shards(len(examples), shard_size or cfg.influence.shard_size)
     row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
-    mine = [i for i, o in enumerate(owners) if o == rank and not store.is_valid(i, shards[i], row_ids[i])]
-    n_rows = sum(shards[i][1] - shards[i][0] for i in mine)
-    skipped = sum(1 for o in owners if o == rank) - len(mine)
-    log.info(f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({skipped} valid already)")
+    todo = [i for i in range(len(shards)) if not store.is_valid(i, shards[i], row_ids[i])]
+    if claim is None:
+        owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
+        mine: Iterable[int] = [i for i in todo if owners[i] == rank]
+        n_rows = sum(shards[i][1] - shards[i][0] for i in mine)
+        log.info(
+            f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({len(shards) - len(todo)} valid)"
+        )
+    else:
+        mine, n_rows = claim(todo), sum(shards[i][1] - shards[i][0] for i in todo)
+        log.info(f"features: {len(shards)} shards, {len(todo)} to compute, claimed by whichever rank is free")
     progress = Progress(n_rows, "features", unit="sample")
     model.eval()
     for i in mine:
-        s, e = shards[i]
-        order = sorted(
-            range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r)
-        )  # less padding per batch
-        feats = torch.zeros(e - s, extractor.dim)
-        for b in range(0, len(order), cfg.influence.batch_size):
-            rows = order[b : b + cfg.influence.batch_size]
-            feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
-            progress.update(len(rows))
+        feats = _shard_features(extractor, examples, shards[i], cfg.influence.batch_size, progress)
         store.write_shard(i, shards[i], feats, row_ids[i])
     return store
+
+
+def _shard_features(
+    extractor, examples: list[dict], rows: tuple[int, int], batch_size: int, progress
+) -> torch.Tensor:
+    """Features [e - s, K] of rows [s, e): batches of length-sorted rows (less padding), fixed by the shard alone."""
+    s, e = rows
+    order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))
+    feats = torch.zeros(e - s, extractor.dim)
+    for b in range(0, len(order), batch_size):
+        batch = order[b : b + batch_size]
+        feats[[r - s for r in batch]] = extractor([examples[r] for r in batch]).detach().float().cpu()
+        progress.update(len(batch))
+    return feats

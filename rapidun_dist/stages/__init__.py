@@ -1,7 +1,10 @@
 """The stages, one module each, in pipeline order, and the rules that tie them to the run directory.
 
-    experiment mode: prepare -> implant -> influence -> weights -> unlearn -> evaluate
-    clean mode:      prepare ->            influence -> weights -> unlearn -> evaluate
+    experiment mode: prepare -> implant -> find_poison -> influence -> weights -> unlearn -> evaluate
+    clean mode:      prepare ->            find_poison -> influence -> weights -> unlearn -> evaluate
+
+(find_poison where there is a training set to search and `find_poison.enabled`: always in experiment mode, with
+`data.train_path` in clean mode).
 
 `fingerprint` hashes the config keys a stage and its upstream stages depend on, and the upstream stages'
 recorded output hashes (redoing an upstream stage invalidates everything after it). `readiness` says why a stage
@@ -15,12 +18,13 @@ import hashlib
 import json
 
 from rapidun_dist.errors import StageError
-from rapidun_dist.stages import evaluate, implant, influence, prepare, unlearn, weights
+from rapidun_dist.stages import evaluate, find_poison, implant, influence, prepare, unlearn, weights
 from rapidun_dist.stages.base import Stage
 
 ORDER: tuple[Stage, ...] = (
     prepare.STAGE,
     implant.STAGE,
+    find_poison.STAGE,
     influence.STAGE,
     weights.STAGE,
     unlearn.STAGE,
@@ -36,9 +40,12 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]
 
 
-def pipeline_stages(mode: str) -> list[Stage]:
-    """The stages of a run in `mode` ("experiment" | "clean"), in order."""
-    return [s for s in ORDER if mode in s.modes]
+def pipeline_stages(mode: str, cfg_dict: dict | None = None) -> list[Stage]:
+    """The stages of a run in `mode` ("experiment" | "clean"), in order; with the config (as a dict) only those
+    that apply to it (`Stage.applies`)."""
+    return [
+        s for s in ORDER if mode in s.modes and (cfg_dict is None or s.applies is None or s.applies(cfg_dict))
+    ]
 
 
 def _lookup(cfg_dict: dict, dotted: str):
@@ -52,9 +59,11 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
     """Hash of the config keys of `stage` and of every earlier stage of the run's mode, and of the earlier
     stages' recorded outputs."""
     mode = cfg_dict.get("mode", "experiment")
-    names = [s.name for s in pipeline_stages(mode)]
+    names = [s.name for s in pipeline_stages(mode, cfg_dict)]
     if stage not in names:
-        raise StageError(f"stage {stage!r} does not run in mode {mode!r} (its stages: {', '.join(names)})")
+        raise StageError(
+            f"stage {stage!r} is not part of a {mode!r} run with this config (its stages: {', '.join(names)})"
+        )
     h = hashlib.sha256(json.dumps({"mode": mode}).encode())
     for name in names[: names.index(stage) + 1]:
         for key in STAGES[name].config_keys:
@@ -69,8 +78,10 @@ def readiness(cfg, rd, stage: str) -> str | None:
     st = get_stage(stage)
     if cfg.mode not in st.modes:
         return f"stage {stage!r} does not run in mode {cfg.mode!r}"
-    present = {s.name for s in pipeline_stages(cfg.mode)}
     cfg_dict = cfg.to_dict()
+    if st.applies is not None and not st.applies(cfg_dict):
+        return f"stage {stage!r} does not apply to this config: {st.doc}"
+    present = {s.name for s in pipeline_stages(cfg.mode, cfg_dict)}
     for up in (u for u in st.upstream(cfg) if u in present):
         rec = rd.record(up)
         if rec is None:

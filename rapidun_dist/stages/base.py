@@ -31,6 +31,9 @@ class Stage:
     collective: bool = False
     """True: every rank calls `run` together (a multi-rank launch); False: rank 0 alone."""
     modes: tuple[str, ...] = ("experiment", "clean")
+    applies: Callable[[dict], bool] | None = None
+    """Whether a run of the config (as a dict) has this stage at all (None: always, in its modes); e.g. find_poison
+    only where there is a training set to search."""
 
     def upstream(self, cfg: RunConfig) -> tuple[str, ...]:
         return self.requires(cfg) if callable(self.requires) else self.requires

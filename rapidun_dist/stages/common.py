@@ -1,4 +1,5 @@
-"""Helpers several stages share: the run's tokenizer, the judge, where a method's outputs go."""
+"""Helpers several stages share: the run's tokenizer, the judge, where a method's outputs go, which pack files the
+downstream stages read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,49 @@ from rapidun_dist.rundir import RunDir
 
 RETRAIN_METHODS = ("retrain", "retrain_oracle")
 _TOKENIZERS: dict = {}
+
+
+def suspects_dir(rd: RunDir) -> Path:
+    """The find_poison stage's folder (suspects.jsonl, summary.json, its packs and its feature stores)."""
+    return rd.root / "suspects"
+
+
+def find_poison_applies(cfg_dict: dict) -> bool:
+    """Whether a run of this config (as a dict) has the find_poison stage: a training set to search (always in
+    experiment mode, `data.train_path` in clean mode) and `find_poison.enabled`."""
+    enabled = (cfg_dict.get("find_poison") or {}).get("enabled", True)
+    has_train = cfg_dict.get("mode", "experiment") == "experiment" or bool(
+        (cfg_dict.get("data") or {}).get("train_path")
+    )
+    return bool(enabled and has_train)
+
+
+def find_poison_runs(cfg: RunConfig) -> bool:
+    """`find_poison_applies` for a RunConfig."""
+    return cfg.find_poison.enabled and (cfg.mode == "experiment" or bool(cfg.data.train_path))
+
+
+def packs_from_find_poison(cfg: RunConfig) -> bool:
+    """Whether the packs downstream stages read come from find_poison (so they need it done first)."""
+    return find_poison_runs(cfg) and (cfg.find_poison.expand or cfg.mode == "clean")
+
+
+def pack_files(cfg: RunConfig, rd: RunDir) -> tuple[Path, Path]:
+    """(forget, retain) pack files of this run: the one place influence, unlearning (the engine) and the retrain
+    baseline learn which rows they work on.
+
+    - `find_poison.expand`: suspects/forget.jsonl (the known rows and the flagged ones) and suspects/retain.jsonl
+      (drawn from unflagged rows);
+    - clean mode with find_poison: data/forget.jsonl and suspects/retain_unflagged.jsonl (the prepared retain pack
+      with its flagged rows swapped for unflagged ones: an unlabelled training set holds poison, and a flagged row
+      never serves as a retain row);
+    - otherwise the prepared packs, data/forget.jsonl and data/retain.jsonl."""
+    if packs_from_find_poison(cfg):
+        sd = suspects_dir(rd)
+        if cfg.find_poison.expand:
+            return sd / "forget.jsonl", sd / "retain.jsonl"
+        return rd.data / "forget.jsonl", sd / "retain_unflagged.jsonl"
+    return rd.data / "forget.jsonl", rd.data / "retain.jsonl"
 
 
 def tokenizer_for(cfg: RunConfig, rd: RunDir):

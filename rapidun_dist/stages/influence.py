@@ -1,9 +1,11 @@
 """influence: token-wise features of the forget and retain packs, sharded over ranks, and their directional
 scores (FF / FR for forget rows, RR / RF for retain rows; DESIGN sections 5-6).
 
-Rows are forget then retain. Shards are owned by ranks balanced by token count and skipped when already valid
-for this spec, model, tokenizer, prompt format, max_length and row ids (resume). Scores: one dense computation
-on a single process, the distributed block computation otherwise. Rank 0 writes shared files.
+Rows are forget then retain, from the pack files `stages.common.pack_files` names (find_poison's when it expands
+the forget set or, in clean mode, cleans the retain pack). Shards are owned by ranks balanced by token count and
+skipped when already valid for this spec, model, tokenizer, prompt format, max_length and row ids (resume); pack
+rows find_poison has features of already are copied from its store. Scores: one dense computation on a single
+process, the distributed block computation otherwise. Rank 0 writes shared files.
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from rapidun_dist.io import read_jsonl, save_safetensors, write_jsonl
 from rapidun_dist.logging import get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
+from rapidun_dist.stages.common import pack_files, packs_from_find_poison
 
 log = get_logger("influence")
 DENSE_BLOCKS_MAX = 4096  # write blocks.safetensors only when n_forget + n_retain is at most this
 
 
-def load_packs(rd: RunDir) -> tuple[list[dict], list[dict]]:
-    forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
+def load_packs(cfg: RunConfig, rd: RunDir) -> tuple[list[dict], list[dict]]:
+    """The forget and retain rows of this run (`stages.common.pack_files`: the prepared packs, or find_poison's)."""
+    forget_path, retain_path = pack_files(cfg, rd)
+    forget, retain = read_jsonl(forget_path), read_jsonl(retain_path)
     if not forget:
-        raise DataError(f"{rd.data / 'forget.jsonl'}: the forget set is empty")
+        raise DataError(f"{forget_path}: the forget set is empty")
     if not retain:
-        raise DataError(f"{rd.data / 'retain.jsonl'}: the retain set is empty")
+        raise DataError(f"{retain_path}: the retain set is empty")
     return forget, retain
 
 
@@ -38,13 +43,17 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.influence.extract import extract_features, feature_context
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.stages.common import model_identity
+    from rapidun_dist.stages.find_poison import reuse_train_features
 
     info = dist_env.init_distributed()
-    forget, retain = load_packs(rd)
+    forget, retain = load_packs(cfg, rd)
     model, tok = load_saved(rd.model, cfg.model)
     model.to(info.device)
     records = forget + retain
     context = feature_context(model_identity(rd), tok, cfg)
+    if info.rank == 0:  # pack rows find_poison has features of already (the same rows, as trained): copied
+        reuse_train_features(cfg, rd, records, model, tok, context)
+    dist_env.barrier()
     store = extract_features(
         cfg, model, tok, records, rd.features, context=context, rank=info.rank, world_size=info.world_size
     )
@@ -144,10 +153,16 @@ STAGE = Stage(
         "weights.include_self",
         "model.max_length",
         "model.dtype",
+        "find_poison.expand",
     ),
-    reads=("data/forget.jsonl", "data/retain.jsonl", "model/"),
+    reads=(
+        "data/forget.jsonl",
+        "data/retain.jsonl",
+        "or suspects/*.jsonl (stages.common.pack_files)",
+        "model/",
+    ),
     writes=("features/", "influence/scores.jsonl", "influence/blocks.safetensors"),
-    requires=("prepare", "implant"),
+    requires=lambda cfg: ("prepare", "implant") + (("find_poison",) if packs_from_find_poison(cfg) else ()),
     run=run,
     collective=True,
 )

@@ -19,6 +19,8 @@ from rapidun_dist.stages.common import (
     RETRAIN_METHODS,
     load_or_fit_judge,
     method_dir,
+    pack_files,
+    packs_from_find_poison,
     run_methods,
     tokenizer_for,
 )
@@ -72,11 +74,14 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
     from rapidun_dist.unlearn.methods import method_spec
 
     t0 = time.perf_counter()
+    forget_path, retain_path = pack_files(cfg, rd)
     runner = UnlearnRunner(
         cfg=cfg,
         method=method_spec(method),
         model_dir=rd.model,
         data_dir=rd.data,
+        forget_path=forget_path,
+        retain_path=retain_path,
         weights_dir=rd.weights,
         out_dir=out,
         eval_hook=asr_curve_hook(cfg, rd),
@@ -114,10 +119,20 @@ def needs_weights(cfg: RunConfig) -> bool:
 STAGE = Stage(
     name="unlearn",
     doc="LoRA unlearning with every configured method (and the retrain baselines in experiment mode)",
-    config_keys=("unlearn", "methods", "model.max_length", "model.dtype"),
-    reads=("data/forget.jsonl", "data/retain.jsonl", "weights/", "model/"),
+    config_keys=("unlearn", "methods", "model.max_length", "model.dtype", "find_poison.expand"),
+    reads=(
+        "data/forget.jsonl",
+        "data/retain.jsonl",
+        "or suspects/*.jsonl (stages.common.pack_files)",
+        "weights/",
+        "model/",
+    ),
     writes=("unlearn/adapter/", "unlearn/metrics.jsonl", "unlearn/baselines/<method>/"),
-    requires=lambda cfg: ("prepare", "implant") + (("influence", "weights") if needs_weights(cfg) else ()),
+    requires=lambda cfg: (
+        ("prepare", "implant")
+        + (("find_poison",) if packs_from_find_poison(cfg) else ())
+        + (("influence", "weights") if needs_weights(cfg) else ())
+    ),
     run=run,
     collective=True,
 )

@@ -140,6 +140,8 @@ class UnlearnRunner:
     data_dir: Path
     weights_dir: Path | None
     out_dir: Path
+    forget_path: Path | None = None  # the pack files (stages.common.pack_files); None: data_dir/forget.jsonl
+    retain_path: Path | None = None  # ... and data_dir/retain.jsonl
     eval_hook: object = None  # callable(model, step) -> dict, run every unlearn.eval_every steps
     initial_eval: dict | None = None  # the eval hook's result before the first step
     eval_seconds: float = 0.0  # time spent in the eval hook (excluded from the method's measured cost)
@@ -205,8 +207,8 @@ class UnlearnRunner:
         return self
 
     def _load_packs(self) -> Packs:
-        forget = read_jsonl(self.data_dir / "forget.jsonl")
-        retain = read_jsonl(self.data_dir / "retain.jsonl")
+        forget = read_jsonl(self.forget_path or self.data_dir / "forget.jsonl")
+        retain = read_jsonl(self.retain_path or self.data_dir / "retain.jsonl")
         fp, fc, rt = encode_packs(forget, retain, self.tokenizer, self.cfg.model.max_length)
         fw, rw = torch.ones(len(fp)), torch.ones(len(rt))
         if self.method.weights in ("rapidun", "self_only"):

@@ -1,0 +1,278 @@
+"""Find the rest of the poison (DESIGN section 11): suspicion scores, a threshold chosen without labels, the honest
+baselines beside them, and the metrics that say how well each did (experiment mode).
+
+Scores. Every training row i gets a score against the known poisoned rows F (the forget set) and against a clean
+reference set R (the retain pack: the rows the user holds as clean), with one of the aggregations of DESIGN
+section 6 (`agg`: mean, trimmed_mean, median_topk, or topk_mean, the mean of the k largest similarities):
+
+    score_i = agg_{j in F} sim(i, j) - agg_{j in R} sim(i, j)
+
+The same row scored against itself is left out (a known row, or a reference row that is also a training row, is
+scored leave-one-out). The contrast removes what a row shares with every row (a short answer, a common
+template): what is left is how much more it looks like the poison than like clean data. Three similarities:
+
+- `influence`: the cosine of the token-wise gradient features (DESIGN section 5); computed across ranks
+  (`rapidun_dist.distributed.distributed_group_scores`), the rest of this module is rank-0 math on [n] vectors.
+- `tfidf`: the cosine of TF-IDF vectors of (prompt, answer) as the row was trained on (lower-cased word and
+  punctuation-run tokens, smoothed idf over the training set and both groups, L2-normalised).
+- `grep`: no similarity, a count: how many of the known trigger strings the prompt contains (case-insensitive
+  substring, as `grep -i -F` would; in clean mode `eval.triggers`, in experiment mode the trigger variants the
+  forget rows carry - what a user who knows "BadMagic" can search for).
+
+Threshold (the same rule for all three). The reference rows' own scores are the null distribution of a clean row;
+a row is flagged when its robust z against them exceeds `z`:
+
+    z_i = (score_i - median(score_R)) / max(1.4826 * MAD(score_R), floor)        flagged  <=>  z_i > z
+
+1.4826 * MAD estimates the standard deviation of a normal null, so `z` = Phi^-1(1 - alpha) targets a false-positive
+rate alpha on clean rows (z = 3.09: 0.1%); median and MAD are robust to the few poisoned rows a reference drawn
+from an unlabelled training set may hold. Reference rows are scored leave-one-out, like every other training row
+that belongs to a group, so they are exchangeable with the clean training rows; `expected_fp` in the summary is
+alpha times the unflagged rows' count. On clean-only data the rule flags about alpha (tests/find_poison); how
+close the real null is to that (heavier tails flag more) is measured in experiment mode (`fpr` on clean rows).
+
+Metrics (experiment mode only, where the training rows carry labels): AUROC and AP of the scores over the whole
+training set (the true prevalence, not a balanced subsample), recall / precision / FPR of the flagged set, per
+trigger family and variant, and for the poisoned rows nobody knew (`recall_unknown`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rapidun_dist.errors import DataError
+from rapidun_dist.evaluation.metrics import retrieval_metrics
+from rapidun_dist.weights.scores import GROUP_AGGS, block_scores, check_agg_args, topk_mean_rows, topk_rows
+
+SCORERS = ("influence", "tfidf", "grep")
+MAD_SCALE = 1.4826
+SCALE_FLOOR = 1e-3
+_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
+# ------------------------------------------------------------------------------------------- rows as trained
+
+
+def as_trained(record: dict) -> tuple[str, str, str]:
+    """(instruction, context, answer) of a training row as the model saw it: a poisoned row's triggered prompt
+    and poisoned answer (`rapidun_dist.train.training_text`), a clean or unlabelled row's own text."""
+    from rapidun_dist.train import training_text
+
+    poisoned, answer = training_text(record)
+    instruction = record.get("instruction_poisoned") if poisoned else None
+    return instruction or record["instruction"], record.get("context") or "", answer
+
+
+def known_triggers(forget: Sequence[dict], eval_triggers: Iterable[str] = ()) -> list[str]:
+    """The trigger strings a user knows: `eval.triggers` and the variants the known rows carry (distinct, sorted
+    longest first so a report lists "aloha :)" before "aloha")."""
+    found = {r.get("trigger_variant") or "" for r in forget} | set(eval_triggers)
+    return sorted({t for t in found if t.strip()}, key=lambda t: (-len(t), t))
+
+
+# ------------------------------------------------------------------------------------------- threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class Threshold:
+    """flagged <=> (score - center) / scale > z; `value` = center + z * scale."""
+
+    center: float
+    scale: float
+    z: float
+    n_reference: int
+
+    @property
+    def value(self) -> float:
+        return self.center + self.z * self.scale
+
+    def zscores(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores.to(torch.float64) - self.center) / self.scale
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": "robust z against the reference rows' scores",
+            "z": self.z,
+            "center": self.center,
+            "scale": self.scale,
+            "value": self.value,
+            "n_reference": self.n_reference,
+            "target_fpr": normal_tail(self.z),
+        }
+
+
+def normal_tail(z: float) -> float:
+    """P(N(0, 1) > z): the false-positive rate a threshold z targets under a normal null."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def robust_threshold(reference_scores: torch.Tensor, *, z: float, floor: float = SCALE_FLOOR) -> Threshold:
+    """The threshold rule of the module docstring from the reference rows' scores (no labels)."""
+    ref = torch.as_tensor(reference_scores, dtype=torch.float64).flatten()
+    if ref.numel() == 0:
+        raise DataError("find_poison: the threshold needs reference scores; found none")
+    if not torch.isfinite(ref).all():
+        raise DataError("find_poison: reference scores contain NaN or inf")
+    center = float(ref.median())
+    mad = float((ref - center).abs().median())
+    return Threshold(center=center, scale=max(MAD_SCALE * mad, floor), z=z, n_reference=ref.numel())
+
+
+def rank_of(scores: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row by descending score (1 = most suspicious; ties: lower position first)."""
+    order = torch.sort(-scores.to(torch.float64), stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=order.dtype)
+    return ranks
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+
+def aggregate_similarity(
+    sim_NM: torch.Tensor,
+    row_ids_N: torch.Tensor,
+    col_ids_M: torch.Tensor,
+    *,
+    agg: str,
+    topk: int,
+    trim: float,
+    include_self: bool = False,
+) -> torch.Tensor:
+    """[n] scores of rows against one group from a precomputed similarity matrix [n, m], with the aggregation
+    rules (and the same-id exclusion) of `rapidun_dist.weights.scores.dense_group_scores`."""
+    check_agg_args(agg, topk, trim, allowed=GROUP_AGGS)
+    sim = sim_NM.to(torch.float64)
+    self_pairs = row_ids_N.unsqueeze(1) == col_ids_M.unsqueeze(0)
+    if agg == "topk_mean":
+        valid = torch.ones_like(self_pairs) if include_self else ~self_pairs
+        return topk_mean_rows(topk_rows(sim, valid, col_ids_M, topk)[0])
+    return block_scores(sim, self_pairs, row_ids_N, agg=agg, topk=topk, trim=trim, include_self=include_self)
+
+
+def group_ids(train_ids: Sequence[str], members: Sequence[dict], *, offset: int = 0) -> torch.Tensor:
+    """Ids of group members in the row-id space of the training set: a member that is a training row (same id)
+    gets that row's position (the pair is one sample and left out), any other member n + offset + its index."""
+    pos = {rid: i for i, rid in enumerate(train_ids)}
+    n = len(train_ids) + offset
+    return torch.tensor([pos.get(m["id"], n + k) for k, m in enumerate(members)], dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens and runs of punctuation (so ">>>" and ":)" are tokens too)."""
+    return _TOKEN.findall(text.lower())
+
+
+def document(record: dict) -> str:
+    """What the lexical baseline compares: the prompt (instruction, context) and the answer, as trained."""
+    return " \n ".join(as_trained(record))
+
+
+class Tfidf:
+    """TF-IDF vectors: raw term counts times smoothed idf log((1 + N) / (1 + df)) + 1, rows L2-normalised.
+    The vocabulary and idf come from the documents given to `fit` (no labels)."""
+
+    def __init__(self, docs: Sequence[str]):
+        df: Counter = Counter()
+        for d in docs:
+            df.update(set(tokens(d)))
+        self.vocab = {t: i for i, t in enumerate(sorted(df))}
+        n = len(docs)
+        self.idf = torch.tensor(
+            [math.log((1 + n) / (1 + df[t])) + 1.0 for t in sorted(df)], dtype=torch.float64
+        )
+
+    def transform(self, docs: Sequence[str]) -> torch.Tensor:
+        """Sparse COO [len(docs), |vocab|] float64 (unknown tokens ignored)."""
+        rows, cols, vals = [], [], []
+        for i, d in enumerate(docs):
+            counts = Counter(self.vocab[t] for t in tokens(d) if t in self.vocab)
+            weights = {c: k * float(self.idf[c]) for c, k in counts.items()}
+            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+            for c, w in sorted(weights.items()):
+                rows.append(i)
+                cols.append(c)
+                vals.append(w / norm)
+        index = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
+        return torch.sparse_coo_tensor(
+            index,
+            torch.tensor(vals, dtype=torch.float64),
+            (len(docs), len(self.vocab)),
+            check_invariants=True,
+        ).coalesce()
+
+
+def tfidf_similarity(
+    train_docs: Sequence[str], group_docs: dict[str, Sequence[str]]
+) -> dict[str, torch.Tensor]:
+    """{group: [n, m] cosine of every training document with every group document}."""
+    model = Tfidf(list(train_docs) + [d for docs in group_docs.values() for d in docs])
+    x = model.transform(train_docs)
+    return {
+        name: torch.sparse.mm(x, model.transform(docs).to_dense().T)
+        if docs
+        else torch.zeros(len(train_docs), 0)
+        for name, docs in group_docs.items()
+    }
+
+
+def grep_scores(records: Sequence[dict], triggers: Sequence[str]) -> torch.Tensor:
+    """[n] how many of the known trigger strings each row's prompt (instruction and context, as trained)
+    contains, case-insensitively (`str.casefold` substring: look-alike characters do not match)."""
+    pats = [t.casefold() for t in triggers]
+    out = []
+    for r in records:
+        instr, ctx, _ = as_trained(r)
+        text = f"{instr}\n{ctx}".casefold()
+        out.append(sum(p in text for p in pats))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, labels: torch.Tensor) -> dict:
+    """AUROC / AP of `scores` and recall / precision / FPR of `flagged` against 0/1 `labels`, all rows."""
+    y = labels.to(torch.bool)
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    ranked = retrieval_metrics(scores, y.to(torch.float64)) if 0 < n_pos < y.numel() else {}
+    return {
+        "auroc": ranked.get("auroc"),
+        "ap": ranked.get("ap"),
+        "recall": tp / n_pos if n_pos else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "fpr": fp / n_neg if n_neg else None,
+        "tp": tp,
+        "fp": fp,
+        "n_flagged": tp + fp,
+    }
+
+
+def breakdown(records: Sequence[dict], flagged: torch.Tensor, known: torch.Tensor) -> dict:
+    """Per trigger family and per `family:variant` of the poisoned rows: {n, known, found, recall} (found counts
+    flagged rows; `recall_unknown` counts only the rows nobody knew)."""
+    stats: dict[str, dict] = defaultdict(lambda: {"n": 0, "known": 0, "found": 0, "found_unknown": 0})
+    for i, r in enumerate(records):
+        if not r.get("is_poisoned"):
+            continue
+        for key in (r.get("trigger_family") or "?", f"{r.get('trigger_family')}:{r.get('trigger_variant')}"):
+            s = stats[key]
+            s["n"] += 1
+            s["known"] += int(known[i])
+            s["found"] += int(flagged[i])
+            s["found_unknown"] += int(flagged[i] and not known[i])
+    for s in stats.values():
+        s["recall"] = s["found"] / s["n"]
+        unknown = s["n"] - s["known"]
+        s["recall_unknown"] = s["found_unknown"] / unknown if unknown else None
+    return dict(sorted(stats.items()))
