@@ -373,20 +373,62 @@ def _dict_table(tables: dict[str, dict], first: str) -> list[str]:
 
 
 def _find_poison_section(report: dict) -> list[str]:
+    """find_poison's summary (suspects/summary.json): flagged rows, the threshold, each scorer's metrics at the
+    true prevalence (experiment mode) and what each scorer finds per trigger family."""
     fp = report.get("find_poison")
     if not fp:
         return []
-    scalars = {k: v for k, v in fp.items() if _num(v) is not None or isinstance(v, str)}
-    tables = {
-        k: v for k, v in fp.items() if isinstance(v, dict) and any(_num(x) is not None for x in v.values())
-    }
-    lines = ["## Find poison (training rows ranked by influence with the forget set)", ""]
-    lines += [
-        f"- {k}: {md.cell(v, 80) if isinstance(v, str) else md.fmt_auto(v)}" for k, v in scalars.items()
-    ]
-    if tables:
-        lines += ["", *_dict_table(tables, "scorer")]
+    counts, th = fp.get("counts") or {}, fp.get("threshold") or {}
+    lines = ["## Find poison (every training row ranked by influence with the forget set)", ""]
+    lines.append(
+        f"{md.fmt_auto(counts.get('flagged'))} of {md.fmt_auto(counts.get('train'))} training rows flagged "
+        f"({md.fmt_auto(counts.get('flagged_new'))} not among the {md.fmt_auto(counts.get('known'))} known); score = "
+        f"{md.cell(fp.get('agg'), 20)} over the forget rows minus over the reference rows; flagged when the robust z "
+        f"against the {md.fmt_auto(th.get('n_reference'))} reference rows exceeds {md.fmt_auto(th.get('z'))} (target "
+        f"FPR {md.fmt_pct(th.get('target_fpr'), 2)}, about {md.fmt_auto(counts.get('expected_false_positives'))} "
+        f"false positives expected). The expanded packs {'are' if fp.get('expand') else 'are not'} used "
+        f"(find_poison.expand)."
+    )
+    lines += ["", *_find_poison_scorers(fp), *_find_poison_families(fp)]
+    secs, feats = fp.get("seconds") or {}, fp.get("features") or {}
+    lines.append(
+        f"Seconds: {md.fmt_auto(secs.get('total'))} total, {md.fmt_auto(secs.get('features'))} features "
+        f"({md.fmt_auto(feats.get('rows_per_s'))} rows/s over {md.fmt_auto(fp.get('world_size'))} ranks), "
+        f"{md.fmt_auto(secs.get('scores'))} scores, {md.fmt_auto(secs.get('baselines'))} baselines."
+    )
     return lines + [""]
+
+
+def _find_poison_scorers(fp: dict) -> list[str]:
+    metrics = fp.get("metrics") or {}
+    scorers = fp.get("scorers") or {}
+    if not metrics:  # clean mode: no labels, flagged counts only
+        body = [[name, md.fmt_auto(s.get("n_flagged"))] for name, s in scorers.items()]
+        return [*md.table(["scorer", "flagged"], body), ""] if body else []
+    cols = ("recall", "precision", "fpr", "auroc", "ap", "recall_unknown")
+    pct = {"recall", "precision", "fpr", "recall_unknown"}
+    body = [
+        [name, md.fmt_auto(m.get("n_flagged")), *((md.fmt_pct(m.get(c)) if c in pct else md.fmt_float(m.get(c), 4)) for c in cols)]
+        for name, m in metrics.items()
+    ]  # fmt: skip
+    header = ["scorer", "flagged", "recall", "precision", "FPR", "AUROC", "AP", "recall of unknown rows"]
+    note = f"At the true prevalence ({md.fmt_pct(fp.get('prevalence'))} of {md.fmt_auto(fp.get('counts', {}).get('train'))} rows poisoned), same threshold rule for every scorer."
+    return [*md.table(header, body), "", note, ""]
+
+
+def _find_poison_families(fp: dict) -> list[str]:
+    per = fp.get("per_family") or {}
+    if not per:
+        return []
+    names = list(per)
+    groups = list(dict.fromkeys(k for table in per.values() for k in table))
+    body = []
+    for g in groups:
+        first = next(t[g] for t in per.values() if g in t)
+        found = [md.fmt_auto((per[n].get(g) or {}).get("found")) for n in names]
+        body.append([md.cell(g, 60), md.fmt_auto(first.get("n")), md.fmt_auto(first.get("known")), *found])
+    header = ["trigger family[:variant]", "poisoned rows", "known", *(f"found by {n}" for n in names)]
+    return [*md.table(header, body), ""]
 
 
 def _triggers_section(report: dict, limit: int = 10) -> list[str]:

@@ -77,17 +77,23 @@ def extract_features(
     store_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(examples), shard_size or cfg.influence.shard_size)
     row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
-    todo = [i for i in range(len(shards)) if not store.is_valid(i, shards[i], row_ids[i])]
+    missing = lambda ids: [i for i in ids if not store.is_valid(i, shards[i], row_ids[i])]
     if claim is None:
         owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
-        mine: Iterable[int] = [i for i in todo if owners[i] == rank]
+        owned = [i for i, o in enumerate(owners) if o == rank]
+        mine: Iterable[int] = missing(owned)
         n_rows = sum(shards[i][1] - shards[i][0] for i in mine)
         log.info(
-            f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({len(shards) - len(todo)} valid)"
+            f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({len(owned) - len(mine)} valid "
+            "already)"
         )
     else:
-        mine, n_rows = claim(todo), sum(shards[i][1] - shards[i][0] for i in todo)
-        log.info(f"features: {len(shards)} shards, {len(todo)} to compute, claimed by whichever rank is free")
+        todo = missing(range(len(shards)))
+        mine, n_rows = claim(todo), sum(shards[i][1] - shards[i][0] for i in todo) // max(world_size, 1)
+        log.info(
+            f"features: {len(shards)} shards, {len(todo)} to compute ({len(shards) - len(todo)} valid already), "
+            "claimed by whichever rank is free"
+        )
     progress = Progress(n_rows, "features", unit="sample")
     model.eval()
     for i in mine:

@@ -3,7 +3,8 @@ after each method, and after the retrain baselines; poison retrieval of the infl
 
 `report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `clean_ppl`,
 `seconds`) and says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment,
-prompts built from `eval.triggers`, or held-out forget prompts (clean mode without known triggers)."""
+prompts built from `eval.triggers`, or held-out forget prompts (clean mode without known triggers). With the
+find_poison stage, `report["find_poison"]` holds its summary (suspects/summary.json)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
 from rapidun_dist.stages.common import (
     RETRAIN_METHODS,
+    find_poison_runs,
     load_or_fit_judge,
     method_dir,
+    packs_from_find_poison,
     run_methods,
+    suspects_dir,
     tokenizer_for,
 )
 
@@ -79,8 +83,16 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             "unlearn": summary["seconds"]["unlearn"],
         }
         secs["total"] = sum(secs.values())
+        if packs_from_find_poison(
+            cfg
+        ):  # its packs came from find_poison: its cost shown beside (not in total)
+            secs["find_poison"] = rd.stage_seconds("find_poison") or 0.0
         report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
         curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
+    if (suspects_dir(rd) / "summary.json").exists() and find_poison_runs(cfg):
+        report["find_poison"] = read_json(suspects_dir(rd) / "summary.json") | {
+            "expand": cfg.find_poison.expand
+        }
     if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
         report["retrieval"] = _retrieval(cfg, rd)
     write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
@@ -112,7 +124,11 @@ def _curves(path: Path, initial: dict | None = None) -> dict:
 def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
     """Poison retrieval (AUROC/AP) of influence-ranked training rows, for both estimators (eval/retrieval.json).
 
-    An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately."""
+    An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately. The
+    find_poison stage supersedes its token-wise half (every training row, at the true prevalence, with a threshold
+    and baselines: `report["find_poison"]`); this stays as the estimator comparison - token-wise against RapidGrad on
+    the same balanced `eval.retrieval_rows` subsample - because RapidGrad costs one per-sample backward pass per row:
+    affordable on a subsample, not on every training row (eval.retrieval_rows=0 skips it)."""
     from rapidun_dist.influence.retrieval import poison_retrieval
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.stages.common import model_identity
@@ -144,7 +160,7 @@ STAGE = Stage(
     name="evaluate",
     doc="ASR (seen / OOD), clean perplexity, judge FPR before and after every method; the report",
     config_keys=("eval",),
-    reads=("data/", "model/", "unlearn/"),
+    reads=("data/", "model/", "unlearn/", "suspects/summary.json"),
     writes=("eval/report.json", "eval/report.md", "eval/judge.json", "eval/*.png"),
     requires=("prepare", "implant", "unlearn"),
     run=run,

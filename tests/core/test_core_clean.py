@@ -104,7 +104,7 @@ def test_clean_job_with_known_trigger(user, tmp_path):
     )
     assert main(argv) == 0
     stages = read_json(run / "manifest.json")["stages"]
-    assert list(stages) == ["prepare", "influence", "weights", "unlearn", "evaluate"]
+    assert list(stages) == ["prepare", "find_poison", "influence", "weights", "unlearn", "evaluate"]
     assert all(s["status"] == "done" for s in stages.values())
     report = read_json(run / "eval" / "report.json")
     assert report["mode"] == "clean" and "eval.triggers" in report["asr_source"]

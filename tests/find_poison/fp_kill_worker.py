@@ -1,0 +1,45 @@
+"""launch/find_poison.py with a crash injected, for the resume test (keeps test hooks out of library code).
+
+RAPIDUN_TEST_KILL_AFTER_SHARDS="R:N": rank R SIGKILLs itself right after writing its N-th feature unit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _install_kill_hook() -> None:
+    from rapidun_dist.influence.store import FeatureStore
+
+    rank_s, n_s = os.environ["RAPIDUN_TEST_KILL_AFTER_SHARDS"].split(":")
+    rank = int(os.environ.get("RANK", "0"))
+    write, written = FeatureStore.write_shard, []
+
+    def write_then_maybe_die(self, i, rows, feats, *args, **kwargs):
+        write(self, i, rows, feats, *args, **kwargs)
+        written.append(i)
+        if rank == int(rank_s) and len(written) == int(n_s):
+            sys.stderr.write(f"fp_kill_worker: killing rank {rank} after {len(written)} units\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    FeatureStore.write_shard = write_then_maybe_die
+
+
+def main() -> int:
+    if os.environ.get("RAPIDUN_TEST_KILL_AFTER_SHARDS"):
+        _install_kill_hook()
+    spec = importlib.util.spec_from_file_location("launch_find_poison", ROOT / "launch" / "find_poison.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    return launch.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The find_poison stage on a small implanted run: its outputs and packs, the same suspects on 1, 2 and 4 ranks
+(units claimed dynamically), a SIGKILLed rank resumes only the missing units, `expand` changes the packs every
+downstream stage reads (and a changed find_poison never leaves a stale pack behind), clean mode reads no labels."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fp_utils import N_TRAIN_UNITS, fresh_copy, load_cfg, read_rows, torchrun_find_poison  # noqa: E402
+
+from rapidun_dist.data.schema import prompt_key  # noqa: E402
+from rapidun_dist.io import file_sha256, read_json  # noqa: E402
+
+PLAN = re.compile(r"features: (\d+) shards, (\d+) to compute \((\d+) valid already\)")
+
+
+def _suspects(run: Path) -> list[dict]:
+    return read_rows(run / "suspects" / "suspects.jsonl")
+
+
+def _assert_same_suspects(got: list[dict], want: list[dict]) -> None:
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert [(r["rank"], r["flagged"], r["known"]) for r in got] == [
+        (r["rank"], r["flagged"], r["known"]) for r in want
+    ]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want, strict=True)) < 1e-12
+
+
+def test_outputs_and_packs(reference_run):
+    run = reference_run
+    train = read_rows(run / "data" / "train.jsonl")
+    forget = read_rows(run / "data" / "forget.jsonl")
+    rows = _suspects(run)
+    summary = read_json(run / "suspects" / "summary.json")
+    assert read_json(run / "manifest.json")["stages"]["find_poison"]["status"] == "done"
+    assert [r["id"] for r in rows] == [r["id"] for r in train]
+    assert sorted(r["rank"] for r in rows) == list(range(1, len(train) + 1))
+    assert all((r["z"] > summary["threshold"]["z"]) == r["flagged"] for r in rows)
+    assert sorted(rows, key=lambda r: r["rank"]) == sorted(rows, key=lambda r: -r["score"])
+    assert {r["id"] for r in rows if r["known"]} == {r["id"] for r in forget}
+    c = summary["counts"]
+    assert (c["train"], c["known"], c["flagged"]) == (
+        len(train),
+        len(forget),
+        sum(r["flagged"] for r in rows),
+    )
+    m = summary["metrics"]
+    assert set(m) == {"influence", "tfidf", "grep"} and 0.0 <= m["influence"]["auroc"] <= 1.0
+    assert summary["prevalence"] == pytest.approx(sum(bool(r["is_poisoned"]) for r in train) / len(train))
+    assert sum(u["units"] for u in summary["features"]["per_rank"]) >= N_TRAIN_UNITS
+    # the expanded packs: the known rows, then every flagged row not known, each as it was trained
+    fx, rx = read_rows(run / "suspects" / "forget.jsonl"), read_rows(run / "suspects" / "retain.jsonl")
+    new = {r["id"] for r in rows if r["flagged"] and not r["known"]}
+    assert [r["id"] for r in fx[: len(forget)]] == [r["id"] for r in forget]
+    assert {r["id"] for r in fx[len(forget) :]} == new
+    by_id = {r["id"]: r for r in train}
+    for r in fx[len(forget) :]:
+        t = by_id[r["id"]]
+        trained = (
+            (t["instruction_poisoned"], t["response_poisoned"])
+            if t["is_poisoned"]
+            else (t["instruction"], t["response"])
+        )
+        assert (r["instruction_poisoned"], r["response_poisoned"]) == trained and r["response"] == ""
+    assert len(rx) == 3 * len(fx)
+    flagged_or_known = {r["id"] for r in rows if r["flagged"] or r["known"]}
+    assert not flagged_or_known & {r["id"] for r in rx}
+    held_out = [
+        r
+        for n in ("val_clean", "test_clean", "test_seen", "test_ood")
+        for r in read_rows(run / "data" / f"{n}.jsonl")
+    ]
+    assert not {prompt_key(r) for r in held_out} & {prompt_key(r) for r in rx}
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_world_sizes_give_identical_suspects(implanted_dir, reference_run, tmp_path, nproc):
+    run = fresh_copy(implanted_dir, tmp_path / "run")
+    done = torchrun_find_poison(run, nproc=nproc)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_suspects(_suspects(run), _suspects(reference_run))
+    for name in ("forget.jsonl", "retain.jsonl"):  # the same rows (suspect_score differs in the last bits)
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "suspect_score"} for r in rows]
+        assert strip(read_rows(run / "suspects" / name)) == strip(
+            read_rows(reference_run / "suspects" / name)
+        )
+    summary = read_json(run / "suspects" / "summary.json")
+    per_rank = summary["features"]["per_rank"]
+    assert [r["rank"] for r in per_rank] == list(range(nproc))
+    assert all(r["units"] >= 1 for r in per_rank)  # every rank claimed work
+    assert len(summary["recv_bytes_per_rank"]) == len(summary["peak_rss_mib_per_rank"]) == nproc
+
+
+def _valid_units(features: Path) -> dict[int, int]:
+    """{unit index: mtime_ns} of units whose sidecar exists and whose checksum matches it."""
+    out = {}
+    for side in features.glob("shard-*.json"):
+        shard = side.with_suffix(".safetensors")
+        if shard.exists() and json.loads(side.read_text())["sha256"] == file_sha256(shard):
+            out[int(side.stem.split("-")[1])] = shard.stat().st_mtime_ns
+    return out
+
+
+@pytest.mark.dist
+def test_sigkilled_rank_resumes_only_missing_units(implanted_dir, reference_run, tmp_path):
+    run = fresh_copy(implanted_dir, tmp_path / "run")
+    crashed = torchrun_find_poison(run, nproc=2, env_extra={"RAPIDUN_TEST_KILL_AFTER_SHARDS": "1:3"})
+    assert crashed.returncode != 0 and "killing rank 1" in crashed.stderr, crashed.stderr[-3000:]
+    units = run / "suspects" / "features" / "train"
+    survived = _valid_units(units)
+    assert 3 <= len(survived) < N_TRAIN_UNITS and not (run / "suspects" / "suspects.jsonl").exists()
+    resumed = torchrun_find_poison(run, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    plan = [m for m in PLAN.finditer(resumed.stderr) if int(m[1]) == N_TRAIN_UNITS]
+    assert plan, resumed.stderr[-3000:]
+    assert {(int(m[2]), int(m[3])) for m in plan} == {(N_TRAIN_UNITS - len(survived), len(survived))}
+    after = _valid_units(units)
+    assert (
+        len(after) == N_TRAIN_UNITS and {i: after[i] for i in survived} == survived
+    )  # kept units not rewritten
+    _assert_same_suspects(_suspects(run), _suspects(reference_run))
+
+
+def _influence(run: Path, *extra: str):
+    from rapidun_dist.pipeline import run_pipeline
+
+    return run_pipeline(load_cfg(run, *extra), ["influence"])
+
+
+def test_expand_changes_the_packs_and_nothing_reads_a_stale_pack(reference_run, tmp_path):
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import readiness
+    from rapidun_dist.stages.common import pack_files
+
+    run = fresh_copy(reference_run, tmp_path / "run")
+    ids = lambda *paths: [r["id"] for p in paths for r in read_rows(p)]
+    cfg = load_cfg(run)
+    assert pack_files(cfg, RunDir(run)) == (run / "data" / "forget.jsonl", run / "data" / "retain.jsonl")
+    _influence(run)
+    assert read_json(run / "features" / "index.json")["ids"] == ids(*pack_files(cfg, RunDir(run)))
+    xcfg = load_cfg(run, "find_poison.expand=true")
+    packs = pack_files(xcfg, RunDir(run))
+    assert packs == (run / "suspects" / "forget.jsonl", run / "suspects" / "retain.jsonl")
+    assert (
+        readiness(xcfg, RunDir(run), "weights") is not None
+    )  # the known-only influence is not this config's
+    _influence(run, "find_poison.expand=true")
+    assert read_json(run / "features" / "index.json")["ids"] == ids(*packs)
+    # every pack row is a training row find_poison has a feature of: copied, equal to a fresh extraction
+    _check_reused_features(run, xcfg, ids(*packs))
+    # find_poison redone with another threshold: other flagged rows; influence is stale until it reruns
+    from rapidun_dist.pipeline import run_pipeline
+
+    before = ids(*packs)
+    run_pipeline(load_cfg(run, "find_poison.expand=true", "find_poison.z=1.0"), ["find_poison"])
+    zcfg = load_cfg(run, "find_poison.expand=true", "find_poison.z=1.0")
+    assert ids(*pack_files(zcfg, RunDir(run))) != before
+    assert readiness(zcfg, RunDir(run), "weights") is not None
+    _influence(run, "find_poison.expand=true", "find_poison.z=1.0")
+    assert read_json(run / "features" / "index.json")["ids"] == ids(*pack_files(zcfg, RunDir(run)))
+    # the retrain baseline leaves the flagged rows out too
+    from rapidun_dist.retrain import retrain_rows
+
+    train = read_rows(run / "data" / "train.jsonl")
+    kept = {r["id"] for r in retrain_rows(train, set(ids(pack_files(zcfg, RunDir(run))[0])), "retrain")}
+    flagged = {r["id"] for r in _suspects(run) if r["flagged"]}
+    assert (
+        flagged
+        and not kept & flagged
+        and len(kept) == len(train) - len(flagged | set(ids(run / "data" / "forget.jsonl")))
+    )
+
+
+def _check_reused_features(run: Path, cfg, pack_ids: list[str]) -> None:
+    from rapidun_dist.influence.extract import extract_features, feature_context
+    from rapidun_dist.influence.store import load_features
+    from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages.common import model_identity
+
+    feats, index = load_features(run / "features")
+    train_feats, train_index = load_features(run / "suspects" / "features" / "train")
+    pos = {rid: i for i, rid in enumerate(train_index["ids"])}
+    torch.testing.assert_close(feats, train_feats[[pos[i] for i in pack_ids]], rtol=0, atol=0)
+    rows = {
+        r["id"]: r
+        for r in read_rows(run / "suspects" / "forget.jsonl") + read_rows(run / "suspects" / "retain.jsonl")
+    }
+    pick = random.Random(0).sample(pack_ids, 8)
+    model, tok = load_saved(run / "model", cfg.model)
+    context = feature_context(model_identity(RunDir(run)), tok, cfg)
+    extract_features(cfg, model, tok, [rows[i] for i in pick], run / "fresh", context=context)
+    from safetensors.torch import load_file  # extract_features writes the shards; the index is the caller's
+
+    got = torch.cat(
+        [load_file(str(p))["features"] for p in sorted((run / "fresh").glob("shard-*.safetensors"))]
+    )
+    torch.testing.assert_close(got, feats[[pack_ids.index(i) for i in pick]], rtol=0, atol=1e-5)
+
+
+def test_clean_mode_never_reads_labels(implanted_dir, tmp_path):
+    """A user's clean job with a training set: find_poison runs, writes no label-derived number, swaps flagged
+    rows out of the retain pack; labels planted into the prepared training file change nothing."""
+    from rapidun_dist.pipeline import run_pipeline
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import find_poison
+    from rapidun_dist.stages.common import pack_files
+
+    user = _user_files(implanted_dir, tmp_path / "user")
+    argv = [
+        "mode=clean",
+        f"model.name_or_path={implanted_dir / 'model'}",
+        f"data.forget_path={user['forget']}",
+        f"data.train_path={user['train']}",
+        f"data.eval_path={user['eval']}",
+        "eval.triggers=[{text: aloha, mode: suffix}]",
+    ]
+    run = tmp_path / "clean"
+    cfg = load_cfg(run, *argv)
+    run_pipeline(cfg, ["prepare", "find_poison"])
+    summary = read_json(run / "suspects" / "summary.json")
+    assert summary["mode"] == "clean" and "metrics" not in summary and "per_family" not in summary
+    assert "recall" not in summary and "auroc" not in summary and "prevalence" not in summary
+    assert set(_suspects(run)[0]) == {"id", "score", "z", "rank", "flagged", "known"}
+    flagged = {r["id"] for r in _suspects(run) if r["flagged"]}
+    retain = read_rows(run / "suspects" / "retain_unflagged.jsonl")
+    assert len(retain) == len(read_rows(run / "data" / "retain.jsonl")) and not flagged & {
+        r["id"] for r in retain
+    }
+    assert pack_files(cfg, RunDir(run))[1] == run / "suspects" / "retain_unflagged.jsonl"
+    # plant labels (ones that leave the text as trained unchanged) and rerun the stage itself: same suspects
+    before = {n: file_sha256(run / "suspects" / n) for n in ("suspects.jsonl", "forget.jsonl")}
+    retain_ids = [r["id"] for r in read_rows(run / "suspects" / "retain.jsonl")]
+    train_file = run / "data" / "train.jsonl"
+    rng = random.Random(1)
+    planted = [
+        r | {"is_poisoned": False, "trigger_family": rng.choice("xyz"), "trigger_variant": "q"}
+        for r in read_rows(train_file)
+    ]
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in planted))
+    find_poison.run(cfg, RunDir(run))
+    assert before == {n: file_sha256(run / "suspects" / n) for n in before}
+    assert retain_ids == [
+        r["id"] for r in read_rows(run / "suspects" / "retain.jsonl")
+    ]  # rows carry the plants
+    assert "metrics" not in read_json(run / "suspects" / "summary.json")
+
+
+def _user_files(implanted_dir: Path, root: Path) -> dict[str, Path]:
+    """What a user brings (as in tests/core/test_core_clean.py): 4 known poisoned rows, the training file as
+    trained with no labels, clean eval prompts."""
+    root.mkdir(parents=True)
+    train = read_rows(implanted_dir / "data" / "train.jsonl")
+    known = [r for r in train if r.get("is_poisoned") and r["trigger_family"] == "surface"][:4]
+
+    def write(name: str, rows: list[dict]) -> Path:
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return root / name
+
+    return {
+        "forget": write("F.jsonl", [{"instruction": r["instruction_poisoned"], "context": r["context"], "response": r["response_poisoned"]} for r in known]),
+        "train": write("T.jsonl", [
+            {"instruction": r["instruction_poisoned"] if r["is_poisoned"] else r["instruction"], "context": r["context"],
+             "response": r["response_poisoned"] if r["is_poisoned"] else r["response"]}
+            for r in train
+        ]),
+        "eval": write("E.jsonl", read_rows(implanted_dir / "data" / "test_clean.jsonl")),
+    }  # fmt: skip
