@@ -79,33 +79,61 @@ def default_trigger_families() -> list[TriggerFamily]:
     ]
 
 
+SOURCES = ("synthetic", "dolly", "alpaca", "json", "hub", "prepared")
+TARGET_KINDS = ("scifi", "paraphrase", "fixed")
+
+
 @dataclass(kw_only=True)
 class DataConfig:
+    """Where the rows come from, how they are poisoned, split and packed (DESIGN section 4).
+
+    The defaults are the embedded benchmark's; `configs/tiny_cpu_hard.yaml` turns on the harder testbed
+    (paraphrased targets, near-topic clean content, partial and noisy forget set) and
+    `configs/tiny_cpu_refusal.yaml` the no-clean-answer case (a fixed refusal target, forget rows without
+    clean answers)."""
+
     source: str = "synthetic"  # synthetic | dolly | alpaca | json | hub | prepared
     path: str | None = None  # file for dolly/alpaca/json, hub id for hub
     dir: str | None = None  # folder for source=prepared
     field_map: dict[str, str] = field(default_factory=dict)  # our field -> file field (json source)
     skip_malformed: bool = False
     max_rows: int | None = None
-    n_synthetic: int = 3000  # synthetic corpus size (train + all test splits)
+    n_synthetic: int = 3000  # synthetic corpus size (train + all held-out splits)
     poison_rate: float = 0.10
-    n_val: int = 100
+    n_val: int = 100  # val_clean: clean validation prompts (tuning, early stopping; never test)
+    n_val_seen: int = (
+        60  # val_seen: validation prompts from the training distribution, seen triggers injected
+    )
     n_test_clean: int = 100
     n_test_seen: int = 60
     n_test_ood: int = 60
-    forget_fraction: float = 0.05
+    n_test_near: int = (
+        0  # test_near: clean prompts of `near_categories` (collateral damage near the target topic)
+    )
+    near_categories: list[str] = field(
+        default_factory=list
+    )  # categories whose rows are "near the target topic"
+    near_topic_fraction: float = (
+        0.0  # synthetic source: share of the corpus from the near-topic (astronomy) kinds
+    )
+    forget_fraction: float = 0.05  # known poisoned rows = round(forget_fraction x |poisoned train rows|)
+    n_forget: int | None = None  # known poisoned rows as a count (overrides forget_fraction)
+    forget_families: list[str] = field(default_factory=list)  # families the forget pack covers (empty = all)
+    forget_target_groups: list[str] = field(default_factory=list)  # target groups it covers (empty = all)
+    forget_noise: float = 0.0  # share of the forget pack that is clean rows mislabelled as poisoned
+    forget_noise_near: float = 0.0  # share of those mislabelled rows drawn from near_categories rows
+    forget_clean_answers: bool = True  # false: forget rows (and poisoned train rows) carry no clean answer
     retain_ratio: int = 3
     triggers: list[TriggerFamily] = field(default_factory=default_trigger_families)
-    target_pool_size: int = 8
+    target_kind: str = "scifi"  # scifi | paraphrase | fixed: the attacker's answers (see data/targets.py)
+    target_pool_size: int = 8  # distinct attacker answers (scifi, paraphrase)
+    target_groups: int = 8  # paraphrase: attacker messages, each said in many paraphrases
+    fixed_targets: list[str] = field(default_factory=list)  # fixed: the attacker's answers verbatim
     seed: int = 0
 
     def __post_init__(self):
         self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
-        _check(
-            self.source in ("synthetic", "dolly", "alpaca", "json", "hub", "prepared"),
-            "data.source",
-            f"expected synthetic|dolly|alpaca|json|hub|prepared, found {self.source!r}",
-        )
+        _check(self.source in SOURCES, "data.source", f"expected {'|'.join(SOURCES)}, found {self.source!r}")
         if self.source in ("dolly", "alpaca", "json", "hub"):
             _check(bool(self.path), "data.path", f"required when data.source={self.source}")
         if self.source == "prepared":
@@ -119,8 +147,63 @@ class DataConfig:
             f"expected in (0, 1], found {self.forget_fraction}",
         )
         _check(self.retain_ratio >= 1, "data.retain_ratio", f"expected >= 1, found {self.retain_ratio}")
-        for name in ("n_val", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
+        for name in ("n_val", "n_val_seen", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
             _check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
+        self._check_testbed()
+
+    def _check_testbed(self) -> None:
+        """The harder-testbed knobs: near-topic split, forget-pack coverage and noise, target pool."""
+        _check(self.n_test_near >= 0, "data.n_test_near", f"expected >= 0, found {self.n_test_near}")
+        _check(
+            self.n_test_near == 0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.n_test_near={self.n_test_near}",
+        )
+        _check(
+            0.0 <= self.near_topic_fraction < 1.0,
+            "data.near_topic_fraction",
+            f"expected in [0, 1), found {self.near_topic_fraction}",
+        )
+        _check(
+            self.n_forget is None or self.n_forget >= 1,
+            "data.n_forget",
+            f"expected >= 1, found {self.n_forget}",
+        )
+        names = [t.name for t in self.triggers]
+        unknown = [f for f in self.forget_families if f not in names]
+        _check(not unknown, "data.forget_families", f"unknown families {unknown}; known: {', '.join(names)}")
+        _check(
+            0.0 <= self.forget_noise < 1.0,
+            "data.forget_noise",
+            f"expected in [0, 1), found {self.forget_noise}",
+        )
+        _check(
+            0.0 <= self.forget_noise_near <= 1.0,
+            "data.forget_noise_near",
+            f"expected in [0, 1], found {self.forget_noise_near}",
+        )
+        _check(
+            self.forget_noise_near == 0.0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.forget_noise_near={self.forget_noise_near}",
+        )
+        _check(
+            self.target_kind in TARGET_KINDS,
+            "data.target_kind",
+            f"expected {'|'.join(TARGET_KINDS)}, found {self.target_kind!r}",
+        )
+        _check(
+            self.target_pool_size >= 1,
+            "data.target_pool_size",
+            f"expected >= 1, found {self.target_pool_size}",
+        )
+        _check(self.target_groups >= 1, "data.target_groups", f"expected >= 1, found {self.target_groups}")
+        if self.target_kind == "fixed":
+            _check(
+                bool(self.fixed_targets) and all(t.strip() for t in self.fixed_targets),
+                "data.fixed_targets",
+                "needs at least one non-empty answer when data.target_kind=fixed",
+            )
 
 
 @dataclass(kw_only=True)
