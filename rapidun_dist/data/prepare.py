@@ -89,12 +89,11 @@ def clean_pool(records: list[dict], stats: dict) -> list[dict]:
 
 
 def load_splits(cfg: DataConfig, stats: dict) -> dict[str, list[dict]]:
-    """The seven splits: built from a source, or read from a prepared directory (val_seen carved when absent)."""
+    """The splits: built from a source, or read from a prepared directory (test_near empty when absent;
+    val_seen may be absent, `build_files` carves it)."""
     if cfg.source != "prepared":
         return make_splits(clean_pool(load_source(cfg, stats), stats), cfg)
     splits = load_prepared(cfg.dir, skip_malformed=cfg.skip_malformed, stats=stats)
-    if "val_seen" not in splits:
-        splits = carve_val_seen(splits, cfg)
     return {"test_near": [], **splits}
 
 
@@ -110,7 +109,10 @@ def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
     """Every row list of the data directory (7 splits, 2 packs, the forget truth) and the drop statistics."""
     stats: dict = {"skipped": 0}
     splits = load_splits(cfg, stats)
-    packs = make_packs(splits["train"], {t: splits[t] for t in TEST_SPLITS}, PackSpec.from_config(cfg))
+    held_out = {t: splits.get(t, []) for t in TEST_SPLITS}
+    packs = make_packs(splits["train"], held_out, PackSpec.from_config(cfg))
+    if "val_seen" not in splits:  # after the packs: its rows come out of val_clean, which they already avoid
+        splits = carve_val_seen(splits, cfg)
     files = {**splits, "forget": packs.forget, "retain": packs.retain, TRUTH: packs.truth}
     return (files if cfg.forget_clean_answers else withhold_clean_answers(files)), stats
 

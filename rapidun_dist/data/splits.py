@@ -165,13 +165,20 @@ def seen_triggers_of(train: list[dict]) -> tuple[list[TriggerFamily], list[Targe
 
 
 def carve_val_seen(splits: dict[str, list[dict]], cfg: DataConfig) -> dict[str, list[dict]]:
-    """A prepared dataset without val_seen: take n_val_seen of its val_clean rows and inject the seen triggers
-    (and attacker answers) found in its train split. The rest stays val_clean."""
+    """A prepared dataset without val_seen: take n_val_seen of its val_clean rows (half of them, with a
+    warning, when val_clean is not larger than that) and inject the seen triggers (and attacker answers)
+    found in its train split. The rest stays val_clean."""
     val = splits["val_clean"]
-    if len(val) <= cfg.n_val_seen:
+    n = cfg.n_val_seen if len(val) > cfg.n_val_seen else len(val) // 2
+    if n < 1:
         raise DataError(
-            f"prepared data has no val_seen.jsonl, and its val_clean ({len(val)} rows) cannot give "
-            f"data.n_val_seen={cfg.n_val_seen} rows and keep some; add val_seen.jsonl or lower data.n_val_seen"
+            f"prepared data has no val_seen.jsonl, and its val_clean ({len(val)} rows) is too small to carve "
+            "one from (needs at least 2 rows); add val_seen.jsonl or more val_clean rows"
+        )
+    if n < cfg.n_val_seen:
+        _log.warning(
+            f"data: val_clean has {len(val)} rows, not more than data.n_val_seen={cfg.n_val_seen}: "
+            f"val_seen gets half of them ({n})"
         )
     families, targets = seen_triggers_of(splits["train"])
     if not families:
@@ -180,7 +187,7 @@ def carve_val_seen(splits: dict[str, list[dict]], cfg: DataConfig) -> dict[str, 
             "trigger_family / trigger_variant / inject_mode to build one from; add val_seen.jsonl"
         )
     rng = random.Random(f"{cfg.seed}:val_seen")
-    picked = set(rng.sample(range(len(val)), cfg.n_val_seen))
+    picked = set(rng.sample(range(len(val)), n))
     seen = triggered([r for i, r in enumerate(val) if i in picked], families, "seen", targets, rng)
     _log.info(
         f"data: val_seen carved from val_clean ({len(seen)} rows, {len(families)} seen trigger families)"

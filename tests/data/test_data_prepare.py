@@ -235,5 +235,13 @@ def test_prepared_source_without_val_seen_carves_it_from_val_clean(tmp_path, rng
         assert r["trigger_variant"] in r["instruction_poisoned"] and r["response_poisoned"] in train_targets
     assert prepare_data(cfg, tmp_path / "third")["files"] == summary["files"]  # deterministic
     too_many = DataConfig(source="prepared", dir=str(tmp_path / "first"), n_val_seen=SMALL["n_val"])
-    with pytest.raises(DataError, match="cannot give data.n_val_seen=30"):
-        prepare_data(too_many, tmp_path / "fourth")
+    halves = prepare_data(too_many, tmp_path / "fourth")["counts"]
+    assert (halves["val_seen"], halves["val_clean"]) == (
+        SMALL["n_val"] // 2,
+        SMALL["n_val"] - SMALL["n_val"] // 2,
+    )
+    (tmp_path / "first" / "val_clean.jsonl").write_text(
+        (tmp_path / "first" / "val_clean.jsonl").read_text().splitlines()[0] + "\n"
+    )
+    with pytest.raises(DataError, match=r"val_clean \(1 rows\) is too small"):
+        prepare_data(too_many, tmp_path / "fifth")
