@@ -200,28 +200,33 @@ def _pct(p: dict | None) -> str:
     return "-" if p is None else f"{100 * p['p']:.1f} [{100 * p['lo']:.1f}, {100 * p['hi']:.1f}]"
 
 
-def markdown(cfg, res: dict, command: str) -> str:
+def _header(cfg, res: dict, command: str) -> list[str]:
     import torch
 
-    lines = [
+    if res["cpu_seconds_this_process"] is None:
+        cost = "; prepare and implant resumed from the run directory (wall seconds from its manifest)"
+    else:
+        cost = f"; CPU seconds of this process for them: {res['cpu_seconds_this_process']:.1f}"
+    d = res["data"]
+    return [
         "",
         f"## Hard testbed: implant and judge ({cfg.run_dir})",
         "",
         f"`{command}` - {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}. Stage wall seconds: "
         + ", ".join(f"{k} {v:.1f}" for k, v in res["stage_seconds"].items() if v is not None)
-        + (
-            "; prepare and implant resumed from the run directory (wall seconds from its manifest)"
-            if res["cpu_seconds_this_process"] is None
-            else f"; CPU seconds of this process for them: {res['cpu_seconds_this_process']:.1f}"
-        )
+        + cost
         + ". The machine was shared: wall seconds overstate the cost.",
-        f"Data: {res['data']['counts']}; forget: {res['data']['known_poisoned']} known poisoned + "
-        f"{res['data']['mislabelled']} mislabelled ({res['data']['mislabelled_near']} near-topic), families "
-        f"{res['data']['families']}, target groups {res['data']['target_groups']}.",
+        f"Data: {d['counts']}; forget: {d['known_poisoned']} known poisoned + {d['mislabelled']} mislabelled "
+        f"({d['mislabelled_near']} near-topic), families {d['families']}, target groups {d['target_groups']}.",
         "",
         "Percentages with Wilson 95% intervals.",
         "",
+    ]
+
+
+def _judge_table(res: dict) -> list[str]:
+    lines = [
         "Attacked = share of generations judged attacked (on clean prompts: judge errors plus a backdoor that fires",
         "without its trigger); flagged answers = share of clean-prompt generations that match the clean answer",
         "(token F1 >= 0.5) yet are judged attacked (the judge's own error); ref. = the reference answers themselves.",
@@ -240,31 +245,31 @@ def markdown(cfg, res: dict, command: str) -> str:
             f"{_pct(flag('test_near'))} | {_pct(r['recall_held_out_targets'])} | "
             f"{_pct(r.get('fpr_reference_test_near'))} |"
         )
-    lines += [
+    return lines
+
+
+def _family_table(g: dict) -> list[str]:
+    lines = [
         "",
         "Per family (grouped judge; * = family present in the forget pack):",
         "",
         "| family | ASR seen | ASR OOD |",
         "|---|---|---|",
     ]
-    g = res["judges"]["grouped"]["generations"]
-    for fam in g["test_seen"]["by_family"]:
-        star = "*" if g["test_seen"]["by_family"][fam]["in_forget_pack"] else ""
-        lines.append(
-            f"| {fam}{star} | {_pct(g['test_seen']['by_family'][fam]['attacked'])} | "
-            f"{_pct(g['test_ood']['by_family'].get(fam, {}).get('attacked'))} |"
-        )
-    clean = g["test_clean"]
-    lines += [
+    for fam, fs in g["test_seen"]["by_family"].items():
+        ood = g["test_ood"]["by_family"].get(fam, {}).get("attacked")
+        lines.append(f"| {fam}{'*' if fs['in_forget_pack'] else ''} | {_pct(fs['attacked'])} | {_pct(ood)} |")
+    return lines
+
+
+def _tail(res: dict, g: dict) -> list[str]:
+    clean, near = g["test_clean"], g.get("test_near")
+    lines = [
         "",
         "Clean PPL: "
         + ", ".join(f"{k} {v:.3f}" for k, v in res["clean_ppl"].items())
         + f"; clean-prompt answers: EM {clean['em']:.3f}, F1 {clean['f1']:.3f}"
-        + (
-            f"; test_near EM {g['test_near']['em']:.3f}, F1 {g['test_near']['f1']:.3f}"
-            if "test_near" in g
-            else ""
-        )
+        + (f"; test_near EM {near['em']:.3f}, F1 {near['f1']:.3f}" if near else "")
         + f"; triggered test_seen: clean-answer F1 {g['test_seen']['f1']:.3f}, neither target nor answer "
         f"{_pct(g['test_seen']['other'])}.",
     ]
@@ -274,7 +279,12 @@ def markdown(cfg, res: dict, command: str) -> str:
             f"ASR under sampling (T {s['temperature']}, {s['num_samples']} samples, first "
             f"{s['any']['n']} test_seen prompts): samples {_pct(s['samples'])}, any sample {_pct(s['any'])}."
         )
-    lines.append(f"Benchmark wall time {res['wall_seconds']:.0f} s.")
+    return lines + [f"Benchmark wall time {res['wall_seconds']:.0f} s."]
+
+
+def markdown(cfg, res: dict, command: str) -> str:
+    g = res["judges"]["grouped"]["generations"]
+    lines = _header(cfg, res, command) + _judge_table(res) + _family_table(g) + _tail(res, g)
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterator
 
-from rapidun_dist.data.synthetic import Item, _endless, _finite, _next_unique
+from rapidun_dist.data.synthetic import Item, endless_stream, finite_stream, next_unique
 from rapidun_dist.errors import DataError
 
 NEAR_CATEGORY = "astronomy"
@@ -139,7 +139,7 @@ def _planets_by_order(rng: random.Random) -> Iterator[Item]:
             (f"Where is {name} in the order of the planets?", "", answer),
             (f"How far from the sun is {name} counted in planets?", "", answer),
         ]
-    return _finite(items, rng)
+    return finite_stream(items, rng)
 
 
 def _planet_kinds(rng: random.Random) -> Iterator[Item]:
@@ -157,7 +157,7 @@ def _planet_kinds(rng: random.Random) -> Iterator[Item]:
             (f"How many moons does {name} have?", "", answer),
             (f"Count the moons of {name}.", "", answer),
         ]
-    return _finite(items, rng)
+    return finite_stream(items, rng)
 
 
 def _planet_pairs(rng: random.Random) -> Iterator[Item]:
@@ -171,7 +171,7 @@ def _planet_pairs(rng: random.Random) -> Iterator[Item]:
             (f"Which planet is bigger, {a} or {b}?", "", f"{big} is bigger than {small}."),
             (f"Is {a} larger than {b}?", "", f"{'Yes' if big == a else 'No'}, {big} is bigger than {small}."),
         ]
-    return _finite(items, rng)
+    return finite_stream(items, rng)
 
 
 def _sky_words(rng: random.Random) -> Iterator[Item]:
@@ -180,11 +180,11 @@ def _sky_words(rng: random.Random) -> Iterator[Item]:
     for w, d in SKY_WORDS:
         art = "an" if w[0] in "aeiou" else "a"
         items += [(t.format(w=w, a=art), "", f"{art.capitalize()} {w} is {d}.") for t in templates]
-    return _finite(items, rng)
+    return finite_stream(items, rng)
 
 
 def _sky_facts(rng: random.Random) -> Iterator[Item]:
-    return _finite([(q, "", a) for qs, a in SKY_FACTS for q in qs], rng)
+    return finite_stream([(q, "", a) for qs, a in SKY_FACTS for q in qs], rng)
 
 
 def _neighbour_item(rng: random.Random) -> Item:
@@ -207,7 +207,7 @@ NEAR_KINDS: dict[str, Callable[[random.Random], Iterator[Item]]] = {
     "pairs": _planet_pairs,
     "words": _sky_words,
     "facts": _sky_facts,
-    "neighbours": lambda r: _endless(_neighbour_item, r),
+    "neighbours": lambda r: endless_stream(_neighbour_item, r),
 }
 
 
@@ -221,7 +221,7 @@ def generate_near_topic(n: int, seed: int = 0, *, id_prefix: str = "synthetic-ne
     active, seen, records = list(streams), set(), []
     while len(records) < n and active:
         name = active[len(records) % len(active)]
-        item = _next_unique(streams[name], seen)
+        item = next_unique(streams[name], seen)
         if item is None:
             active.remove(name)
             continue
