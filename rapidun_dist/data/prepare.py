@@ -27,6 +27,7 @@ from rapidun_dist.data.schema import (
     DATA_FILES,
     IS_POISONED,
     MISLABELLED,
+    OPTIONAL_FILES,
     RESPONSE,
     TARGET_GROUP,
     TRIGGER_FAMILY,
@@ -169,12 +170,16 @@ def summarize(files: dict[str, list[dict]], cfg: DataConfig, stats: dict) -> dic
 
 
 def write_data_dir(out_dir: Path, files: dict[str, list[dict]], summary: dict) -> dict:
-    """Write every file atomically, then summary.json (with the files' sha256) as the completion marker."""
+    """Write every file atomically, then summary.json (with the files' sha256) as the completion marker.
+    Files in OPTIONAL_FILES that `files` lacks are written empty; any other missing one is an error."""
+    missing = [n for n in DATA_FILES if n not in files and n not in OPTIONAL_FILES]
+    if missing:
+        raise DataError(f"write_data_dir: no rows given for {', '.join(missing)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY).unlink(missing_ok=True)
     for name in DATA_FILES:
-        write_jsonl(out_dir / f"{name}.jsonl", files[name])
+        write_jsonl(out_dir / f"{name}.jsonl", files.get(name, []))
     summary = {**summary, "files": {f"{n}.jsonl": file_sha256(out_dir / f"{n}.jsonl") for n in DATA_FILES}}
     write_json(out_dir / SUMMARY, summary)
     return summary

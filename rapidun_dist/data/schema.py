@@ -67,6 +67,11 @@ TRIGGERED = ("val_seen", "test_seen", "test_ood")  # held-out splits whose rows 
 PACKS = ("forget", "retain")
 TRUTH = "forget_truth"
 DATA_FILES = SPLITS + PACKS + (TRUTH,)
+OPTIONAL_FILES = (
+    "val_seen",
+    "test_near",
+    TRUTH,
+)  # written empty when a builder has none (e.g. the clean job)
 
 # reference-layout aliases: clean originals stored beside a triggered `instruction` / `response`
 _REFERENCE_CLEAN = {"instruction_clean": INSTRUCTION, "response_clean": RESPONSE}

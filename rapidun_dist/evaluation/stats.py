@@ -11,7 +11,7 @@ Mean over seeds x_1..x_n: mean +- t_{1 - a/2, n-1} * s / sqrt(n) (s the sample s
 Student t quantile computed from its CDF, F(t) = 1 - I_{v / (v + t^2)}(v / 2, 1 / 2) / 2 for t >= 0 (I the
 regularized incomplete beta function, evaluated by its continued fraction), inverted by bisection. Or the
 percentile bootstrap: the a/2 and 1 - a/2 quantiles of the means of `n_boot` resamples (seeded). With one
-value there is no interval: its bounds are None.
+value there is no spread to estimate: lo = hi = the value, sd = 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from rapidun_dist.errors import DataError
 
+Z95 = 1.959963984540054  # Phi^-1(0.975)
 _CF_EPS, _CF_TINY, _CF_MAX_ITER = 1e-15, 1e-300, 500
 
 
@@ -32,25 +33,29 @@ def _check_confidence(confidence: float) -> None:
         raise DataError(f"intervals: confidence must be in (0, 1), found {confidence}")
 
 
-def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval (lo, hi) for `successes` out of `n` (module doc)."""
-    _check_confidence(confidence)
-    if n < 1 or not 0 <= successes <= n:
-        raise DataError(f"wilson_interval: expected 0 <= successes <= n and n >= 1, found {successes} of {n}")
-    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
-    p, z2 = successes / n, z * z
+def wilson_interval(
+    k: int, n: int, z: float = Z95, *, confidence: float | None = None
+) -> tuple[float, float]:
+    """The Wilson score interval (lo, hi) for `k` successes out of `n` (module doc): 95% by default, or at
+    normal quantile `z`, or at `confidence` when given."""
+    if confidence is not None:
+        _check_confidence(confidence)
+        z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    if n < 1 or not 0 <= k <= n:
+        raise DataError(f"wilson_interval: expected 0 <= k <= n and n >= 1, found k={k}, n={n}")
+    p, z2 = k / n, z * z
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges (no rounding residue)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the edges (no rounding residue)
+    hi = 1.0 if k == n else min(1.0, centre + half)
     return lo, hi
 
 
-def proportion(successes: int, n: int, *, confidence: float = 0.95) -> dict:
-    """{"p", "lo", "hi", "k", "n"}: a proportion with its Wilson interval."""
-    lo, hi = wilson_interval(successes, n, confidence=confidence)
-    return {"p": successes / n, "lo": lo, "hi": hi, "k": successes, "n": n}
+def proportion(k: int, n: int, *, confidence: float = 0.95) -> dict:
+    """{"p", "k", "n", "lo", "hi"}: a proportion with its sample size and Wilson interval."""
+    lo, hi = wilson_interval(k, n, confidence=confidence)
+    return {"p": k / n, "k": k, "n": n, "lo": lo, "hi": hi}
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -111,6 +116,13 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def t_quantile_975(dof: int) -> float:
+    """The 0.975 quantile of Student's t (the half-width factor of a 95% interval)."""
+    if dof < 1:
+        raise DataError(f"t_quantile_975: expected >= 1 degree of freedom, found {dof}")
+    return t_quantile(0.975, dof)
+
+
 def _values(values: Sequence[float]) -> np.ndarray:
     x = np.asarray([float(v) for v in values], dtype=np.float64)
     if x.size == 0 or not np.isfinite(x).all():
@@ -126,13 +138,14 @@ def mean_interval(
     n_boot: int = 10000,
     seed: int = 0,
 ) -> dict:
-    """{"mean", "lo", "hi", "sd", "n", "method"} for values over seeds: a t interval (`method="t"`) or a
-    percentile bootstrap (`method="bootstrap"`, `n_boot` resamples from `seed`). One value: lo = hi = None."""
+    """{"mean", "n", "lo", "hi", "sd", "method"} for values over seeds: a t interval (`method="t"`) or a
+    percentile bootstrap (`method="bootstrap"`, `n_boot` resamples from `seed`). One value: lo = hi = mean."""
     _check_confidence(confidence)
     if method not in ("t", "bootstrap"):
         raise DataError(f"mean_interval: method must be 't' or 'bootstrap', found {method!r}")
     x = _values(values)
-    out = {"mean": float(x.mean()), "lo": None, "hi": None, "sd": None, "n": int(x.size), "method": method}
+    mean = float(x.mean())
+    out = {"mean": mean, "n": int(x.size), "lo": mean, "hi": mean, "sd": 0.0, "method": method}
     if x.size < 2:
         return out
     out["sd"] = float(x.std(ddof=1))

@@ -245,3 +245,16 @@ def test_prepared_source_without_val_seen_carves_it_from_val_clean(tmp_path, rng
     )
     with pytest.raises(DataError, match=r"val_clean \(1 rows\) is too small"):
         prepare_data(too_many, tmp_path / "fifth")
+
+
+def test_write_data_dir_fills_optional_files_and_refuses_missing_ones(tmp_path):
+    from rapidun_dist.data.prepare import write_data_dir
+    from rapidun_dist.data.schema import OPTIONAL_FILES
+
+    prepare_data(DataConfig(**SMALL), tmp_path / "src")
+    files = {n: load_split(tmp_path / "src", n) for n in DATA_FILES if n not in OPTIONAL_FILES}
+    write_data_dir(tmp_path / "out", files, {"source": "test"})
+    assert is_prepared(tmp_path / "out")
+    assert all(load_split(tmp_path / "out", n) == [] for n in OPTIONAL_FILES)
+    with pytest.raises(DataError, match="no rows given for retain"):
+        write_data_dir(tmp_path / "bad", {k: v for k, v in files.items() if k != "retain"}, {})

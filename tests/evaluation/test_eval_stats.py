@@ -17,6 +17,7 @@ from rapidun_dist.evaluation.stats import (
     proportion,
     t_cdf,
     t_quantile,
+    t_quantile_975,
     wilson_interval,
 )
 
@@ -56,6 +57,11 @@ def test_wilson_covers_at_the_nominal_rate(rng):
 
 
 def test_proportion_and_errors():
+    assert wilson_interval(3, 10) == wilson_interval(3, 10, confidence=0.95)
+    one_sigma = NormalDist().cdf(1.0) * 2 - 1
+    assert wilson_interval(3, 10, 1.0) == pytest.approx(
+        wilson_interval(3, 10, confidence=one_sigma), abs=1e-12
+    )
     assert proportion(3, 10) == {
         "p": 0.3,
         "lo": wilson_interval(3, 10)[0],
@@ -63,7 +69,7 @@ def test_proportion_and_errors():
         "k": 3,
         "n": 10,
     }
-    with pytest.raises(DataError, match="successes"):
+    with pytest.raises(DataError, match="0 <= k <= n"):
         wilson_interval(5, 4)
     with pytest.raises(DataError, match="confidence"):
         wilson_interval(1, 4, confidence=1.0)
@@ -84,6 +90,8 @@ def test_proportion_and_errors():
 )
 def test_t_quantile_matches_tables(p, df, expected):
     assert t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+    if p == 0.975:
+        assert t_quantile_975(df) == t_quantile(p, df)
     assert t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-6)
 
 
@@ -121,7 +129,7 @@ def test_mean_interval_t_and_bootstrap(rng):
     assert boot == mean_interval(values, method="bootstrap", seed=3)
     eps = 1e-12 * max(abs(v) for v in values)  # a resample of equal values averages to within an ulp
     assert min(values) - eps <= boot["lo"] <= boot["mean"] <= boot["hi"] <= max(values) + eps
-    assert mean_interval([4.2]) == {"mean": 4.2, "lo": None, "hi": None, "sd": None, "n": 1, "method": "t"}
+    assert mean_interval([4.2]) == {"mean": 4.2, "n": 1, "lo": 4.2, "hi": 4.2, "sd": 0.0, "method": "t"}
     with pytest.raises(DataError, match="finite"):
         mean_interval([1.0, float("nan")])
     with pytest.raises(DataError, match="method"):
