@@ -24,7 +24,7 @@ import numpy as np
 
 from rapidun_dist.errors import DataError
 
-Z95 = 1.959963984540054  # Phi^-1(0.975)
+Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054...
 _CF_EPS, _CF_TINY, _CF_MAX_ITER = 1e-15, 1e-300, 500
 
 
