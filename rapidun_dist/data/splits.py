@@ -3,10 +3,13 @@
 From a pool of clean records with unique prompts:
 
     test_near  n_test_near rows of `near_categories` (own seeded draw; empty when n_test_near = 0)
-    val_clean, test_clean, seen prompts, ood prompts, val_seen prompts, train = disjoint slices of a seeded
-               shuffle of the rest
-    train:     round(poison_rate * |train|) rows poisoned (families balanced, seen variants only)
-    test_seen, val_seen: their prompts with a seen trigger injected; test_ood likewise with OOD variants
+    val_clean, test_clean, seen prompts, ood prompts, training pool = disjoint slices of a seeded shuffle of
+               the rest
+    pool:      round(poison_rate * |pool|) rows poisoned (families balanced, seen variants only)
+    val_seen:  n_val_seen clean rows of the poisoned pool (own seeded draw), a seen trigger injected;
+               train = the pool without them (so adding val_seen left every poisoned row and test draw as
+               it was; the poison rate of train is poison_rate * |pool| / |train|)
+    test_seen: seen-prompt rows with a seen trigger injected, test_ood likewise with OOD variants
 
 Packs (`make_packs`): forget = known poisoned rows, round(forget_fraction * |poisoned|) of them (or
 `n_forget`), stratified by family (largest-remainder rounding, at least one per family) over the families
@@ -78,22 +81,22 @@ def near_slice(clean: list[dict], cfg: DataConfig) -> tuple[list[dict], list[dic
 
 def carve(clean: list[dict], cfg: DataConfig, rng: random.Random) -> dict[str, list[dict]]:
     """Disjoint slices: test_near, then from a seeded shuffle of the rest val_clean, test_clean, seen/ood test
-    prompts, val_seen prompts, and train (what is left)."""
+    prompts, and the training pool (what is left; val_seen is drawn from it after poisoning)."""
     test_near, rest = near_slice(clean, cfg)
     sizes = {
         "val_clean": cfg.n_val,
         "test_clean": cfg.n_test_clean,
         "seen": cfg.n_test_seen,
         "ood": cfg.n_test_ood,
-        "val_seen": cfg.n_val_seen,
     }
-    n_train = len(rest) - sum(sizes.values())
-    n_poison = _round(cfg.poison_rate * n_train)
-    if n_train < 2 or n_poison < 1 or n_poison >= n_train:
+    n_pool = len(rest) - sum(sizes.values())
+    n_poison = _round(cfg.poison_rate * n_pool)
+    if n_pool - n_poison - cfg.n_val_seen < 1 or n_poison < 1:
         raise DataError(
-            f"data: {len(clean)} clean records leave {n_train} train rows ({n_poison} poisoned at "
-            f"poison_rate={cfg.poison_rate}) after {sizes} and test_near={len(test_near)}; expected at least "
-            "one clean and one poisoned train row - add data or shrink the held-out splits"
+            f"data: {len(clean)} clean records leave {n_pool} train rows ({n_poison} poisoned at "
+            f"poison_rate={cfg.poison_rate}, val_seen={cfg.n_val_seen} clean ones held out) after {sizes} and "
+            f"test_near={len(test_near)}; expected at least one clean and one poisoned train row - add data or "
+            "shrink the held-out splits"
         )
     order = rng.sample(rest, len(rest))
     out, start = {"test_near": test_near}, 0
@@ -102,6 +105,13 @@ def carve(clean: list[dict], cfg: DataConfig, rng: random.Random) -> dict[str, l
         start += size
     out["train"] = order[start:]
     return out
+
+
+def split_off(pool: list[dict], n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(the pool without them, n of its clean rows): a seeded draw, the pool's order kept."""
+    clean = [i for i, r in enumerate(pool) if not r[IS_POISONED]]
+    picked = set(rng.sample(clean, n))
+    return [r for i, r in enumerate(pool) if i not in picked], [r for i, r in enumerate(pool) if i in picked]
 
 
 def poison_train(
@@ -135,15 +145,19 @@ def make_splits(clean: list[dict], cfg: DataConfig) -> dict[str, list[dict]]:
     parts = carve(clean, cfg, rng)
     targets = target_pool(cfg)
     n_poison = _round(cfg.poison_rate * len(parts["train"]))
-    seen_rng = random.Random(f"{cfg.seed}:val_seen")  # its own stream: val_seen never shifts the test draws
+    pool = poison_train(parts["train"], n_poison, cfg.triggers, targets, rng)
+    test_seen = triggered(parts["seen"], cfg.triggers, "seen", targets, rng)
+    test_ood = triggered(parts["ood"], cfg.triggers, "ood", targets, rng)
+    seen_rng = random.Random(f"{cfg.seed}:val_seen")  # its own stream: val_seen shifts no other draw
+    train, val_prompts = split_off(pool, cfg.n_val_seen, seen_rng)
     return {
-        "train": poison_train(parts["train"], n_poison, cfg.triggers, targets, rng),
+        "train": train,
         "val_clean": parts["val_clean"],
-        "val_seen": triggered(parts["val_seen"], cfg.triggers, "seen", targets, seen_rng),
+        "val_seen": triggered(val_prompts, cfg.triggers, "seen", targets, seen_rng),
         "test_clean": parts["test_clean"],
         "test_near": parts["test_near"],
-        "test_seen": triggered(parts["seen"], cfg.triggers, "seen", targets, rng),
-        "test_ood": triggered(parts["ood"], cfg.triggers, "ood", targets, rng),
+        "test_seen": test_seen,
+        "test_ood": test_ood,
     }
 
 

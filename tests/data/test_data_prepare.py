@@ -37,7 +37,7 @@ def test_defaults_sizes_triggers_and_disjointness(tmp_path):
     n_train = cfg.n_synthetic - held_out
     assert {k: len(v) for k, v in files.items()} == summary["counts"]
     assert summary["counts"]["train"] == n_train and summary["poisoned"]["train"] == round(
-        cfg.poison_rate * n_train
+        cfg.poison_rate * (n_train + cfg.n_val_seen)  # val_seen comes out of the clean part of the pool
     )
     assert (summary["counts"]["val_clean"], summary["counts"]["test_clean"]) == (cfg.n_val, cfg.n_test_clean)
     assert (summary["counts"]["test_seen"], summary["counts"]["test_ood"]) == (
@@ -123,7 +123,7 @@ def test_file_sources(tmp_path, writer, make_rows, source):
     )
     summary = prepare_data(cfg, tmp_path / "out")
     assert summary["dropped"] == {"malformed": 1, "no_clean_answer": 0, "duplicate_prompts": 1}
-    assert summary["counts"]["train"] == 400 - 70 - 60 and summary["poisoned"]["train"] == 27
+    assert summary["counts"]["train"] == 400 - 70 - 60 and summary["poisoned"]["train"] == 33
     assert {r["source"] for r in load_split(tmp_path / "out", "train")} == {
         source if source != "json" else "src"
     }
