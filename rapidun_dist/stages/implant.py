@@ -16,10 +16,16 @@ from rapidun_dist.stages.base import Stage
 
 
 def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir, *, device=None):
-    """The model before fine-tuning, on `device`: a tiny Llama + a BPE trained on the corpus (rank 0 trains the
-    tokenizer and broadcasts it), or a pretrained one."""
+    """The model before fine-tuning, on `device` in `model.dtype`: a tiny Llama + a BPE trained on the corpus (rank 0
+    trains the tokenizer and broadcasts it), or a pretrained one."""
     from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.models.loading import build_tiny_model, load_pretrained, load_tokenizer, train_tokenizer
+    from rapidun_dist.models.loading import (
+        build_tiny_model,
+        load_pretrained,
+        load_tokenizer,
+        torch_dtype,
+        train_tokenizer,
+    )
 
     if cfg.model.name_or_path is None:
         tok = None
@@ -40,7 +46,7 @@ def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir, *, device=None):
             seed=cfg.implant.seed,
             device=device,
         )
-        return model, tok
+        return model.to(torch_dtype(cfg.model.dtype, device)), tok  # bf16 on GPUs (auto)
     return load_pretrained(cfg.model, device=device), load_tokenizer(cfg.model)
 
 
