@@ -246,12 +246,15 @@ def finetune(
     desc: str = "train",
 ) -> dict:
     """Train every parameter of `model` (already on `device`) on `records`, collectively over the ranks of the
-    launch (every rank calls this with the same records). Returns {"steps", "final_loss", "tokens", "losses"};
+    launch (every rank calls this with the same records). Returns {"steps", "final_loss", "tokens", "losses"}
+    (the losses of the steps this call ran: after a resume, from the resumed step on);
     the trained weights are in `model` on every rank. `ckpt_dir` holds the preemption checkpoint (a rerun resumes
     from it when `resume_key`, e.g. the stage fingerprint, matches; removed after success). The step loop is kept
     whole on purpose (batches, backward, step, the step's one all-reduce, preemption)."""
     info = dist_env.init_distributed()
     device = torch.device(device) if device is not None else info.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     _check_placement(model, device)
     examples = encode_records(records, tokenizer, max_length)
     total = total_steps(len(examples), cfg)
@@ -274,6 +277,8 @@ def finetune(
             nll_sum, stop = dist_env.all_reduce_sum(torch.cat([nll.float().reshape(1), flag])).tolist()
             losses.append(nll_sum / max(n_tok, 1))
             progress.update(loss=losses[-1])
+            if not math.isfinite(losses[-1]):  # the same on every rank: it is the all-reduced loss
+                raise StageError(f"{desc} diverged at step {step + 1}: loss {losses[-1]} (lower implant.lr)")
             if stop:
                 _preempted(engine, ckpt_dir, resume_key, info, step + 1)
     finally:
