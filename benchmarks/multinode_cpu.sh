@@ -203,7 +203,7 @@ if [[ $MODE == write && $status == 0 ]]; then
     echo
     echo "## Multi-node launches on one CPU machine, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "\`bash benchmarks/multinode_cpu.sh\` - $(uname -m), $(nproc) cores shared with other jobs (load $(cut -d' ' -f1 /proc/loadavg)),"
+    echo "\`bash benchmarks/multinode_cpu.sh\` - $(uname -m), $(getconf _NPROCESSORS_ONLN) cores shared with other jobs (load $(cut -d' ' -f1 /proc/loadavg)),"
     echo "$("$PY" -c 'import torch, deepspeed, transformers; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")' 2>/dev/null), gloo, one thread per rank."
     echo "Wall seconds include process start-up and imports and are distorted by the shared load: orientation only."
     echo
