@@ -244,3 +244,29 @@ def test_unlearning_engine_forward_hooks(done_run, tmp_path, monkeypatch, device
 )
 def test_unlearning_engine_under_meta_default(done_run, tmp_path, guarded):
     _unlearn_under(guarded("cpu"), done_run, tmp_path, "cpu")
+
+
+@pytest.mark.slow
+def test_gpu_check_stages_script_runs_on_cpu(tmp_path):
+    """benchmarks/gpu_check_stages.py --device cpu: the GPU check's code path, every check ok (about 20 s)."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "stages.json"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check_stages.py"), "--device", "cpu", "--out", str(out)],
+        cwd=ROOT, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    checks = json.loads(out.read_text())["checks"]
+    assert set(checks) == {
+        "implant",
+        "influence_extraction",
+        "evaluate_generation_perplexity",
+        "retrieval_tokenwise",
+    }
+    assert all(c["ok"] and c["hook_calls"] > 0 and not c["violations"] for c in checks.values()), checks
