@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_dist_stages import CONFIG, ROOT, SMALL, _cfg, _max_diff, _weights  # noqa: E402
+from stage_helpers import CONFIG, ROOT, SMALL, cfg_for, max_diff, weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dist_utils import free_port  # noqa: E402
@@ -78,6 +78,6 @@ def test_sigterm_on_one_rank_checkpoints_both_and_resume_matches(tmp_path):
     assert not ckpt.exists()  # removed after success
 
     reference = tmp_path / "ref"  # the same data (prepare is deterministic), never interrupted: 1 rank x 2
-    run_pipeline(_cfg(reference, ["implant.grad_accum=2"]), ["prepare", "implant"])
+    run_pipeline(cfg_for(reference, ["implant.grad_accum=2"]), ["prepare", "implant"])
     assert (run / "data" / "train.jsonl").read_text() == (reference / "data" / "train.jsonl").read_text()
-    assert _max_diff(_weights(run), _weights(reference)) <= 1e-7
+    assert max_diff(weights(run), weights(reference)) <= 1e-7

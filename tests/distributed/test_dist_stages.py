@@ -12,61 +12,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dist_utils import free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stage_helpers import LR, STEPS, cfg_for, max_diff, torchrun, weights  # noqa: E402
 
 pytestmark = pytest.mark.dist
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
-SMALL = [
-    "data.n_synthetic=400",
-    "data.n_val=20",
-    "data.n_test_clean=20",
-    "data.n_test_seen=12",
-    "data.n_test_ood=12",
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.vocab_size=400",
-    "model.max_length=64",
-    "implant.max_steps=5",
-    "methods=[rapidun,retrain]",
-    "unlearn.max_steps=2",
-    "unlearn.eval_every=0",
-    "eval.max_new_tokens=4",
-    "eval.batch_size=8",
-    "eval.retrieval_rows=16",
-]
-LR, STEPS = 3e-3, 5  # implant.lr of tiny_cpu.yaml, implant.max_steps above
-
-
-def _cfg(run: Path, extra=()):
-    from rapidun_dist.config import load_config
-
-    return load_config(CONFIG, [f"run_dir={run}", *SMALL, *extra])
-
-
-def torchrun(run: Path, stages: str, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    env |= {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-        str(free_port()), str(ROOT / "launch" / "run.py"), "--config", str(CONFIG), f"run_dir={run}", *SMALL,
-        "--stages", stages, *extra,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +29,8 @@ def prepared(tmp_path_factory) -> Path:
     from rapidun_dist.pipeline import run_pipeline
 
     run = tmp_path_factory.mktemp("stages") / "prepared"
-    run_pipeline(_cfg(run), ["prepare"])
+    run_pipeline(cfg_for(run), ["prepare"])
     return run
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "model" / "model.safetensors"))
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def test_implant_two_ranks_is_one_job_equal_to_one_rank(prepared, tmp_path):
@@ -101,9 +45,9 @@ def test_implant_two_ranks_is_one_job_equal_to_one_rank(prepared, tmp_path):
     assert rec["status"] == "done" and rec["world_size"] == 2
     for accum, tol in ((2, 1e-7), (1, 1e-3 * LR * STEPS)):
         one = shutil.copytree(prepared, tmp_path / f"one{accum}")
-        run_stage(_cfg(one, [f"implant.grad_accum={accum}"]), RunDir(one), "implant")
+        run_stage(cfg_for(one, [f"implant.grad_accum={accum}"]), RunDir(one), "implant")
         stats1 = json.loads((one / "model" / "train_stats.json").read_text())
-        diff = _max_diff(_weights(one), _weights(two))
+        diff = max_diff(weights(one), weights(two))
         assert diff <= tol, f"1 rank x grad_accum {accum} vs 2 ranks: max |dW| = {diff:.3g} > {tol:.3g}"
         for a, b in zip(stats1["losses"], stats2["losses"], strict=True):
             assert abs(a - b) <= 1e-6 * abs(a), (stats1["losses"], stats2["losses"])
@@ -116,7 +60,7 @@ def done(prepared, tmp_path_factory) -> Path:
     from rapidun_dist.pipeline import run_pipeline
 
     run = shutil.copytree(prepared, tmp_path_factory.mktemp("stages") / "done")
-    run_pipeline(_cfg(run))
+    run_pipeline(cfg_for(run))
     return run
 
 
