@@ -1,7 +1,7 @@
 """The unlearning stage as a multi-rank DeepSpeed job (LoRA, ZeRO 0-3 from `unlearn.zero_stage`).
 
 Needs a run directory whose prepare / implant / influence / weights stages are done. Runs every method in
-`methods` (engine methods on every rank; `retrain` baselines on rank 0 alone, the others wait).
+`methods` on every rank (engine methods and the `retrain` baselines: one DeepSpeed job each).
 
     deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.zero_stage=3
     torchrun --nproc_per_node 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.max_steps=20
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("LOCAL_RANK", 0)),
         help="set by the deepspeed launcher (the rank layout is read from the environment)",
     )
-    p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (rank 0)")
+    p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (every rank)")
     p.add_argument("--force", action="store_true", help="rerun even if the unlearn outputs are complete")
     return p.parse_args(argv)
 
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             raise StageError(problem)
         run_stage(cfg, rd, "unlearn", force=args.force, world_size=info.world_size, rank=info.rank)
-        if args.evaluate and info.rank == 0:
-            run_stage(cfg, rd, "evaluate", force=True)
+        if args.evaluate:  # collective: every rank evaluates its share of the prompts
+            run_stage(cfg, rd, "evaluate", force=True, world_size=info.world_size, rank=info.rank)
         dist_env.barrier()
         return 0
     except RapidUnError as e:

@@ -213,11 +213,19 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines."""
+    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines (one DeepSpeed job over the ranks)."""
 
     epochs: float = 3.0
     lr: float = 3e-3
     batch_size: int = 32
+    """Global batch (samples per optimizer step), split over ranks x grad_accum micro-batches."""
+    grad_accum: int = 1
+    """Micro-batches per rank per optimizer step (micro-batch per rank = ceil(batch_size / (ranks x grad_accum)))."""
+    clip_grad: float = 1.0
+    """Gradient clipping: max global L2 norm of the gradient."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-2 (0: replicated; 2: fp32 master weights, gradients and Adam state sharded - what a
+    7-8B full fine-tune needs to fit)."""
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_steps: int | None = None
@@ -227,6 +235,14 @@ class TrainConfig:
         _check(self.epochs > 0, "implant.epochs", f"expected > 0, found {self.epochs}")
         _check(self.lr > 0, "implant.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1, "implant.batch_size", f"expected >= 1, found {self.batch_size}")
+        _check(self.grad_accum >= 1, "implant.grad_accum", f"expected >= 1, found {self.grad_accum}")
+        _check(self.clip_grad > 0, "implant.clip_grad", f"expected > 0, found {self.clip_grad}")
+        _check(
+            self.zero_stage in (0, 1, 2),
+            "implant.zero_stage",
+            f"expected 0, 1 or 2, found {self.zero_stage} (a full fine-tune under ZeRO-3 would need zero.Init "
+            "loading; stage 2 already shards the optimizer state and gradients)",
+        )
         _check(
             self.max_steps is None or self.max_steps >= 1,
             "implant.max_steps",
@@ -371,6 +387,36 @@ class EvalConfig:
         _check(self.retrieval_rows >= 0, "eval.retrieval_rows", "must be >= 0")
 
 
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(kw_only=True)
+class DistributedConfig:
+    """Where each rank runs and how long it waits for the others (DESIGN section 9)."""
+
+    device: str = "auto"
+    """The rank's device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda (cuda:LOCAL_RANK), or
+    cuda:N (one process per GPU chosen by hand)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: auto = nccl on CUDA devices, gloo on CPU."""
+    init_timeout_s: float = 1800.0
+    """Rendezvous and the first collective: every rank must have started (nodes booting, imports, model loads)."""
+    collective_timeout_s: float = 600.0
+    """Every later collective: a rank silent this long is stuck, and the job fails instead of hanging."""
+
+    def __post_init__(self):
+        _check_literal(self, "distributed")
+        _check(
+            DEVICE_SPEC.fullmatch(str(self.device)) is not None,
+            "distributed.device",
+            f"expected auto, cpu, cuda or cuda:N, found {self.device!r}",
+        )
+        for name in ("init_timeout_s", "collective_timeout_s"):
+            _check(
+                getattr(self, name) > 0, f"distributed.{name}", f"expected > 0, found {getattr(self, name)}"
+            )
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     mode: Mode = "experiment"
@@ -387,6 +433,7 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         _check_literal(self, "config")

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.distributed import preempt
+from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.influence.store import FeatureStore, assign_shards, ids_hash, plan_shards
 from rapidun_dist.logging import Progress, get_logger
@@ -80,10 +82,14 @@ def extract_features(
         order = sorted(
             range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r)
         )  # less padding per batch
-        feats = torch.zeros(e - s, extractor.dim)
+        feats = torch.zeros(
+            e - s, extractor.dim, device="cpu"
+        )  # host buffer: shards are written from the host
         for b in range(0, len(order), cfg.influence.batch_size):
             rows = order[b : b + cfg.influence.batch_size]
             feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
             progress.update(len(rows))
         store.write_shard(i, shards[i], feats, row_ids[i])
+        if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
+            raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
     return store

@@ -21,7 +21,9 @@ def rademacher(
     rows: int, cols: int, seed: int, name: str, side: str, *, dtype=torch.float32, device=None
 ) -> torch.Tensor:
     gen = torch.Generator().manual_seed(_seed_for(seed, name, side))
-    signs = torch.randint(0, 2, (rows, cols), generator=gen, dtype=torch.int8)
+    signs = torch.randint(
+        0, 2, (rows, cols), generator=gen, dtype=torch.int8, device="cpu"
+    )  # host RNG: same draws on any device
     return ((signs.to(dtype) * 2 - 1) / rows**0.5).to(device)
 
 

@@ -27,7 +27,6 @@ log = get_logger("pipeline")
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.retrain import run_retrain
     from rapidun_dist.unlearn.engine import warm_up
 
@@ -40,9 +39,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         if summary.exists() and read_json(summary).get("fingerprint") == fp:
             log.info(f"unlearn[{method}]: done already, skipping")
         elif method in RETRAIN_METHODS:
-            if dist_env.rank() == 0:  # multi-rank launch: rank 0 retrains alone
-                run_retrain(cfg, rd, method, out, fingerprint=fp)
-            dist_env.barrier()
+            run_retrain(cfg, rd, method, out, fingerprint=fp)  # collective: every rank trains its share
         else:
             run_method(cfg, rd, method, out)
         outputs.append(summary)
