@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -187,6 +187,9 @@ class TrainConfig:
         _check(self.batch_size >= 1, "implant.batch_size", f"expected >= 1, found {self.batch_size}")
 
 
+TokenPositions = Literal["answer", "prompt", "all"]
+
+
 @dataclass(kw_only=True)
 class InfluenceConfig:
     estimator: str = "tokenwise"  # tokenwise | rapidgrad
@@ -201,10 +204,17 @@ class InfluenceConfig:
         4096  # column tile for Gram blocks (4096: within ~1.1x of a bare GEMM, benchmarks/results.md)
     )
     backend: str = "auto"  # kernel backend: auto | triton | torch
+    positions: TokenPositions = "answer"
+    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
 
     def __post_init__(self):
         _check(
             self.estimator in ("tokenwise", "rapidgrad"), "influence.estimator", f"found {self.estimator!r}"
+        )
+        _check(
+            self.positions in get_args(TokenPositions),
+            "influence.positions",
+            f"expected answer|prompt|all, found {self.positions!r}",
         )
         _check(self.k_in >= 1 and self.k_out >= 1, "influence.k_in/k_out", "must be >= 1")
         _check(len(self.target_modules) > 0, "influence.target_modules", "needs at least one module name")
@@ -367,6 +377,10 @@ def _build(cls, raw: dict, prefix: str):
 
 def _coerce(value, hint, path):
     origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {'|'.join(map(str, args))}, found {value!r}")
+        return value
     if value is None:
         if type(None) in args:
             return None
