@@ -92,19 +92,38 @@ def test_kernels_folder_is_not_a_top_level_package(tmp_path):
 
 
 def test_gpu_check_dry_run(tmp_path):
+    """The GPU script's every section on CPU: ceilings, every fp32 config of both kernels (interpreted)
+    against float64, timings, and the whole extraction with its device-placement checks."""
     out = tmp_path / "gpu_check.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["dry_run"] is True and report["correctness"] and report["timings"]
-    assert all(row["ok"] for row in report["correctness"]), report["correctness"]
-    assert all(row["ms"] > 0 for row in report["timings"])
+    assert report["dry_run"] is True and report["interpreted"] is True and not report["errors"]
+    assert report["ceilings"]["copy_bytes_per_s"] > 0 and report["ceilings"]["gemm_flops_per_s"] > 0
+    import rapidun_dist.kernels.cosine_topk_triton as ctt
+    import rapidun_dist.kernels.token_projection_triton as tpt
+
+    rows = report["correctness"]
+    assert all(row["ok"] for row in rows), rows
+    checked = {(r["kernel"], tuple(r["config"].values())) for r in rows}
+    fp32 = {
+        ("token_outer_sums", c)
+        for c in tpt.configs_for("float32", 64, 64) + tpt.configs_for("float32", 128, 128)
+    }
+    fp32 |= {("cosine_topk", c) for c in ctt.configs_for("float32")}
+    assert checked == fp32  # every fp32 config of both kernels, not only one
+    assert {r["path"] for r in report["timings"]} == {"floor_gemm", "torch", "triton"}
+    assert all(r["ms"] > 0 for r in report["timings"])
+    paths = {r["path"]: r for r in report["extraction"]}
+    assert paths["device_placement"]["ok"] and paths["device_placement"]["hooks"] > 0
+    assert {"tokenwise_auto", "tokenwise_torch", "floor", "rapidgrad"} <= set(paths)
+    assert run.stdout.rstrip().splitlines()[-1].endswith("all checks passed")
 
 
 @pytest.mark.parametrize("script", ["bench_token_projection.py", "bench_cosine_topk.py"])
