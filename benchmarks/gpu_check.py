@@ -422,7 +422,7 @@ def _floor(model, examples):
     dev = next(model.parameters()).device
     b = pad_batch(examples, 0)
     features.answer_loss_backward(
-        model, {k: t.to(dev) for k, t in b.items()}, features.answer_positions(b["labels"]).to(dev)
+        model, {k: t.to(dev) for k, t in b.items()}, features.answer_positions(b["labels"])
     )
 
 

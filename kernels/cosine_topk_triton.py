@@ -9,13 +9,13 @@ counts. The n x m matrix is never stored.
 
 Streaming top-k: each (value, column) pair is packed into one int64 key, the order-preserving bits of the
 fp32 value above the complement of the column's id rank, so "larger key" means "larger value, then
-smaller id", and keys are unique within a row. Per tile, when some row's best tile key beats that row's
-current KP-th key, the running top KP and the tile are merged by KP rounds of row-wise max selection
-(`_merge_topk`; after the first tiles most tiles are skipped by that test). A selection loop rather than
-tl.sort/tl.topk: those compile to the same order of work here, but their xor-reduction network takes
-seconds per call in the interpreter, which would keep every config from being checked on a CPU. Column splits write their
-top KP, sums and counts as partials [S, n, ...]; the launcher merges them with one torch.topk over the
-keys (deterministic, no atomics) and unpacks values and ids.
+smaller id", and keys are unique within a row. Each program keeps an unsorted set of its rows' best KP
+keys and folds every tile into it with `_merge_topk` (as many rounds as the tile has new candidates:
+after the first tiles, usually none). Not tl.sort/tl.topk: a sorted merge keeps a second [BN, KP] int64
+tensor live (it spilled under Triton 3.6), and their xor-reduction network takes seconds per call in the
+interpreter, which would keep every config from being checked on a CPU. Column splits write their
+top KP, sums and counts as partials [S, n, ...]; the launcher orders and merges them with one torch.topk
+over the keys (deterministic, no atomics) and unpacks values and ids.
 
 - k <= 64 (KP = next power of two of k, at least 16); larger k: the reference ("auto") or a ValueError.
 - Dtypes: q, c fp32/bf16/fp16 sharing one dtype; returns (vals fp32, ids int64, sums fp32, counts int64).
@@ -49,16 +49,20 @@ def _pack(s, rank):
 
 @triton.jit
 def _merge_topk(best, keys, KP: tl.constexpr):
-    """Row-wise top KP of the running keys `best` [BN, KP] and a tile's `keys` [BN, BM], descending: KP rounds of
-    "take the largest remaining key" (keys are unique within a row, so a selected key is masked exactly)."""
+    """Fold a tile's `keys` [BN, BM] into the running top-KP set `best` [BN, KP] (unsorted): each round moves
+    every row's largest remaining tile key into the slot of its smallest kept key when it is larger. Rounds
+    = the most tile keys above a row's current minimum, so a tile with few new candidates costs few rounds;
+    keys are unique within a row, so a moved key is masked exactly. Only `best` and `keys` stay live."""
     kp = tl.arange(0, KP)[None, :]
-    out = tl.full(best.shape, -(2**63), dtype=tl.int64)
-    for i in range(KP):
-        top = tl.maximum(tl.max(best, axis=1), tl.max(keys, axis=1))[:, None]
-        out = tl.where(kp == i, top, out)
-        best = tl.where(best == top, -(2**63), best)
-        keys = tl.where(keys == top, -(2**63), keys)
-    return out
+    rounds = tl.max(tl.sum((keys > tl.min(best, axis=1)[:, None]).to(tl.int32), axis=1), axis=0)
+    for _ in range(rounds):
+        top = tl.max(keys, axis=1)
+        low = tl.min(best, axis=1)
+        slot = tl.argmin(best, axis=1)
+        take = (kp == slot[:, None]) & (top > low)[:, None]
+        best = tl.where(take, top[:, None], best)
+        keys = tl.where(keys == top[:, None], -(2**63), keys)
+    return best
 
 
 @triton.jit
@@ -113,9 +117,7 @@ def _cosine_topk_kernel(q_ptr, c_ptr, inv_q_ptr, inv_c_ptr, q_ids_ptr, c_ids_ptr
         counts += tl.sum(valid.to(tl.int32), axis=1)
         rank = tl.load(rank_ptr + cols, mask=c_mask, other=0)
         keys = tl.where(valid, _pack(s, rank), -(2**63))
-        improves = tl.max(keys, axis=1) > tl.min(best, axis=1)
-        if tl.max(improves.to(tl.int32), axis=0) > 0:  # some row has a new candidate: merge this tile
-            best = _merge_topk(best, keys, KP)
+        best = _merge_topk(best, keys, KP)  # zero rounds when no row has a new candidate
     out_rows = (split * n + rows).to(tl.int64)
     kp = tl.arange(0, KP)
     tl.store(keys_ptr + out_rows[:, None] * KP + kp[None, :], best, mask=r_mask[:, None])
@@ -124,12 +126,14 @@ def _cosine_topk_kernel(q_ptr, c_ptr, inv_q_ptr, inv_c_ptr, q_ids_ptr, c_ids_ptr
 
 
 # (BLOCK_N, BLOCK_M, BLOCK_K, num_warps, num_stages) per dtype; BLOCK_N = 64 rows so the dot has M = 64
-# (wgmma). Every entry compiles for sm_90 with HGMMA and without spills at KP in {16, 32, 64} for its dtype
-# (kernels/benchmarks/aot_sm90.py). Pruned after compiling: 4 warps, BLOCK_M = 128 and 16 warps (all
-# spill), BLOCK_K = 128 for fp32; KP = 128 spilled in every config (the running top-k and the merge's
-# output are two [64, 128] int64 tensors), hence MAX_K = 64.
-_COMMON = [(64, 64, 64, 8, 3), (64, 64, 32, 8, 3), (64, 64, 64, 8, 2), (64, 64, 32, 8, 4)]
-_BY_DTYPE = {"bfloat16": _COMMON + [(64, 64, 128, 8, 3)], "float32": _COMMON}
+# (wgmma). Every entry compiles for sm_90 with HGMMA and without spills at KP in {16, 32, 64} for its dtype,
+# under Triton 3.6 (the GPU machine's) and 3.9 (kernels/benchmarks/aot_sm90.py). Pruned after compiling:
+# 4 warps, BLOCK_M = 128 and 16 warps (all spill), BLOCK_K = 128 (spills under 3.6), fp32 with BLOCK_K = 64
+# (tf32x3 splits each operand in two; spills under 3.6); KP = 128 spilled in every config, hence MAX_K = 64.
+_BY_DTYPE = {
+    "bfloat16": [(64, 64, 64, 8, 3), (64, 64, 32, 8, 3), (64, 64, 64, 8, 2), (64, 64, 32, 8, 4)],
+    "float32": [(64, 64, 32, 8, 3), (64, 64, 32, 8, 4), (64, 64, 16, 8, 4)],
+}
 _BY_DTYPE["float16"] = _BY_DTYPE["bfloat16"]
 
 
@@ -233,7 +237,7 @@ def cosine_topk_triton(q, c, k: int, *, q_ids=None, c_ids=None, meta: dict | Non
     else:
         _KERNEL[grid](*args, **kmeta, **_INTERP_META)
     merged = keys.permute(1, 0, 2).reshape(n, splits * kp)
-    top = merged.topk(k, dim=1).values if splits > 1 else merged[:, :k]  # keys are unique: deterministic
+    top = merged.topk(k, dim=1).values  # sorted; keys are unique, so the order is deterministic
     vals, ids = unpack_keys(top, ids_by_rank)
     return vals, ids, sums.sum(0), counts.sum(0).long()
 

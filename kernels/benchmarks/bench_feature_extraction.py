@@ -76,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-train", type=int, help="train rows for poison retrieval; default 200 quick, 600")
     ap.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     ap.add_argument(
+        "--rapidgrad-cache-mib",
+        type=int,
+        help="RapidGrad's budget for cached hash codes (default: features.CODE_CACHE_BYTES; 0 = hash every "
+        "element on the fly, as at 7B scale where the codes never fit)",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -106,7 +112,7 @@ class FloorPass:
     def __call__(self, examples: list[dict]) -> None:
         dev = next(self.model.parameters()).device
         batch = pad_batch(examples, self.pad_id)
-        answer = answer_positions(batch["labels"]).to(dev)
+        answer = answer_positions(batch["labels"])
         answer_loss_backward(self.model, {k: v.to(dev) for k, v in batch.items()}, answer)
 
 
@@ -142,11 +148,13 @@ def run_once(fn, groups: list[list[dict]], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def make_passes(model, tok, cfg) -> dict:
+def make_passes(model, tok, cfg, rapidgrad_cache_mib: int | None = None) -> dict:
     out = {
         e: make_extractor(model, replace(cfg.influence, estimator=e), pad_id=tok.pad_token_id)
         for e in ESTIMATORS
     }
+    if rapidgrad_cache_mib is not None:
+        out["rapidgrad"].cache_bytes = rapidgrad_cache_mib << 20
     return out | {"floor": FloorPass(model, tok.pad_token_id)}
 
 
@@ -209,7 +217,7 @@ def main(argv=None) -> dict:
     examples = encode_records(bench_rows(rd, n_rows), tok, cfg.model.max_length)
     n_tok = answer_tokens(examples)
     groups = batches(examples, cfg.influence.batch_size)
-    passes = make_passes(model, tok, cfg)
+    passes = make_passes(model, tok, cfg, args.rapidgrad_cache_mib)
     secs = time_passes(passes, groups, repeat, device)
     memory = memory_per_token(passes, groups, device, passes["tokenwise"])
     train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
@@ -233,6 +241,7 @@ def main(argv=None) -> dict:
         "k_in": cfg.influence.k_in,
         "k_out": cfg.influence.k_out,
         "rapidgrad_k": cfg.influence.rapidgrad_k,
+        "rapidgrad_cache_bytes": passes["rapidgrad"].cache_bytes,
         "fused_seconds": secs["tokenwise"],
         "rapidgrad_seconds": secs["rapidgrad"],
         "floor_seconds": secs["floor"],

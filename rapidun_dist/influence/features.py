@@ -83,24 +83,30 @@ def _frozen_params(model: nn.Module):
 _PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 
 
-def answer_nll(model: nn.Module, batch: dict, mask_BT: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL over answer tokens (position t predicts token t + 1)."""
+def answer_nll(model: nn.Module, batch: dict, answer_BT: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL over answer tokens (position t predicts token t + 1).
+
+    `answer_BT` is the CPU mask of `answer_positions`: the answer rows and their targets are gathered by
+    host-built indices, so the loss needs no device-to-host sync (a boolean index on the GPU would)."""
     if hasattr(model, "get_base_model"):  # PEFT wrapper: the causal LM with the adapters injected
         model = model.get_base_model()
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    ids = batch["input_ids"]
     if (
         getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES
         or head is None
         or not hasattr(model, "model")
     ):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(input_ids=ids, attention_mask=batch["attention_mask"])
         return per_sample_nll(out.logits, batch["labels"])[0].sum()
-    hidden_BTH = model.model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    logits_NV = head(hidden_BTH[mask_BT])
-    targets = batch["labels"][:, 1:][mask_BT[:, :-1]]
+    mask = answer_BT.cpu()
+    rows = mask.flatten().nonzero().squeeze(1).to(ids.device)
+    shifted = torch.zeros_like(mask)
+    shifted[:, 1:] = mask[:, :-1]
+    targets = batch["labels"].flatten().index_select(0, shifted.flatten().nonzero().squeeze(1).to(ids.device))
+    hidden_BTH = model.model(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
+    logits_NV = head(hidden_BTH.flatten(0, 1).index_select(0, rows))
     logits_NV = logits_NV.float() if logits_NV.dtype in (torch.float16, torch.bfloat16) else logits_NV
     return torch.nn.functional.cross_entropy(logits_NV, targets, reduction="sum")
 
@@ -115,7 +121,8 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 def answer_loss_backward(model: nn.Module, batch: dict, answer_BT: torch.Tensor) -> None:
     """One forward + backward of the summed answer NLL with every parameter frozen (activation gradients
-    only). The extractor runs it under its hooks; without hooks it is the floor the benchmarks compare to."""
+    only; `answer_BT` a CPU mask). The extractor runs it under its hooks; without hooks it is the floor the
+    benchmarks compare to."""
     handle = enable_input_grads(model)
     try:
         with _frozen_params(model):
@@ -229,7 +236,7 @@ class TokenwiseExtractor:
         batch_cpu = pad_batch(examples, self.pad_id)
         tracked = tracked_positions(batch_cpu, positions)
         layout = TokenLayout.from_mask(tracked, dev)  # built on the host: no device-to-host syncs later
-        answer = answer_positions(batch_cpu["labels"]).to(dev)
+        answer = answer_positions(batch_cpu["labels"])
         batch = {k: v.to(dev) for k, v in batch_cpu.items()}
         hooks = HookProjector(self.layers, self.bank, layout, backend=self.cfg.backend, directions=directions)
         with hooks:
@@ -337,8 +344,9 @@ class RapidGradExtractor:
 
     def _one(self, example: dict) -> torch.Tensor:
         dev = model_device(self.model)
-        batch = {k: v.to(dev) for k, v in pad_batch([example], self.pad_id).items()}
-        answer = answer_positions(batch["labels"])
+        batch_cpu = pad_batch([example], self.pad_id)
+        answer = answer_positions(batch_cpu["labels"])
+        batch = {k: v.to(dev) for k, v in batch_cpu.items()}
         acc = torch.float64 if model_dtype(self.model) == torch.float64 else torch.float32
         total = torch.zeros(self.dim, dtype=acc, device=dev)
 

@@ -106,7 +106,10 @@ class HookProjector:
             if not output.requires_grad:  # no backward will follow (torch.no_grad, or nothing requires grad)
                 return
             if name in self._seen:
-                raise StageError(f"tracked layer {name} ran twice in one forward pass (shared module?)")
+                raise StageError(
+                    f"tracked layer {name} ran twice in one pass: a module shared between positions, or gradient "
+                    "checkpointing re-running the forward during backward (extract features in model.eval())"
+                )
             self._seen.add(name)
             v = self._input_projection(name, args[0])
             output.register_hook(lambda g, name=name, v=v: self._backward(name, v, g))

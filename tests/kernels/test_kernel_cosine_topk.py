@@ -132,7 +132,7 @@ def test_triton_every_config_matches_dense_float64(dtype):
 
     seed = _seed()
     for meta in _configs(dtype):
-        for n, m, K, k, with_ids in CASES[:2] + CASES[3:]:
+        for n, m, K, k, with_ids in CASES[:2]:  # the interpreter pays ~3 ms per jit call: small cases here
             q, c, q_ids, c_ids = _make(seed, n, m, K, with_ids, dtype)
             out = ctt.cosine_topk_triton(q, c, k, q_ids=q_ids, c_ids=c_ids, meta=meta)
             assert out[0].dtype == torch.float32 and out[0].device == q.device
