@@ -318,17 +318,19 @@ class RapidGradExtractor:
         return torch.stack([self._one(e) for e in examples])
 
     def sketch(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """[K]: sum_j sign_j grad_j into bucket_j over the tensor's elements, divided by ||grad||."""
+        """[K]: sum_j sign_j grad_j into bucket_j over the tensor's elements, divided by ||grad||.
+
+        One index_add per chunk into 2K slots (slot = code = 2 bucket + sign bit: the positive and the
+        negative part of each bucket), then bucket = slot 2b - slot 2b+1: no sign multiply or select pass."""
         flat = grad.reshape(-1)
         acc = torch.float64 if flat.dtype == torch.float64 else torch.float32
-        out = torch.zeros(self.dim, dtype=acc, device=flat.device)
-        norm = flat.norm().to(acc)  # a zero gradient sketches to zero (0 / tiny), without a host sync
+        slots = torch.zeros(2 * self.dim, dtype=acc, device=flat.device)
         for start in range(0, flat.numel(), HASH_CHUNK):
             end = min(start + HASH_CHUNK, flat.numel())
             codes = self._codes_for(name, flat.numel(), start, end, flat.device)
-            signed = torch.where((codes & 1).bool(), -flat[start:end].to(acc), flat[start:end].to(acc))
-            out.index_add_(0, codes >> 1, signed)
-        return out / norm.clamp_min(torch.finfo(acc).tiny)
+            slots.index_add_(0, codes, flat[start:end].to(acc))
+        norm = flat.norm().to(acc)  # a zero gradient sketches to zero (0 / tiny), without a host sync
+        return (slots[0::2] - slots[1::2]) / norm.clamp_min(torch.finfo(acc).tiny)
 
     def _codes_for(self, name: str, numel: int, start: int, end: int, device) -> torch.Tensor:
         cached = self._codes.get(name)
@@ -336,7 +338,7 @@ class RapidGradExtractor:
             cached = hashed_codes(self.cfg.seed, name, 0, numel, self.dim, device).int()
             self._codes[name] = cached
         if cached is not None:
-            return cached[start:end].long()
+            return cached[start:end]  # int32: index_add_ takes it as is
         return hashed_codes(self.cfg.seed, name, start, end, self.dim, device)
 
     def _cache_room(self) -> int:
