@@ -210,11 +210,12 @@ class TokenwiseExtractor:
             )
         run = self._pass(examples, positions or self.cfg.positions, directions=directions)
         feats = self._features(run)
-        norms_BL = torch.stack([run.sums[n].flatten(1).norm(dim=1) for n in self.layers], dim=1)
+        norms_BL = torch.stack([self._layer_sums(run, n).flatten(1).norm(dim=1) for n in self.layers], dim=1)
         sample = run.layout.sample.long()
         tiny = torch.finfo(norms_BL.dtype).tiny
         scale_NL = torch.where(norms_BL > 0, 1.0 / norms_BL.clamp_min(tiny), 0.0)[sample]
-        per_token = (run.raw_scores * scale_NL).sum(dim=1) / len(self.layers) ** 0.5
+        raw_NL = run.raw_scores if run.raw_scores is not None else torch.zeros_like(scale_NL)
+        per_token = (raw_NL * scale_NL).sum(dim=1) / len(self.layers) ** 0.5
         scores = per_token.new_zeros(run.tracked_BT.shape)
         scores.view(-1)[run.layout.rows] = per_token
         return TokenScores(features=feats, scores=scores, tracked=run.tracked_BT)
@@ -243,14 +244,21 @@ class TokenwiseExtractor:
             answer_loss_backward(self.model, batch, answer)
         return BatchPass(sums=hooks.sums, raw_scores=hooks.raw_scores, layout=layout, tracked_BT=tracked)
 
+    def _layer_sums(self, run: BatchPass, name: str) -> torch.Tensor:
+        """[B, k_out, k_in] of one layer; zeros when the loss never reached it (no backward hook ran)."""
+        sums = run.sums.get(name)
+        if sums is None:
+            k_in, k_out = self._proj[name][0].shape[0], self._proj[name][1].shape[0]
+            dtype = torch.promote_types(model_dtype(self.model), torch.float32)
+            sums = torch.zeros(
+                run.layout.n_samples, k_out, k_in, dtype=dtype, device=model_device(self.model)
+            )
+        return sums
+
     def _features(self, run: BatchPass) -> torch.Tensor:
         parts = []
         for name in self.layers:
-            k_in, k_out = self._proj[name][0].shape[0], self._proj[name][1].shape[0]
-            sums = run.sums.get(name)
-            if sums is None:  # the loss never reached this layer (no tracked token depends on it)
-                sums = torch.zeros(run.layout.n_samples, k_out, k_in, device=model_device(self.model))
-            flat = sums.flatten(1)
+            flat = self._layer_sums(run, name).flatten(1)
             parts.append(unit_rows(flat.to(torch.promote_types(flat.dtype, torch.float32))))
         return torch.cat(parts, dim=1) / len(parts) ** 0.5
 
