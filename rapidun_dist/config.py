@@ -255,6 +255,9 @@ class TrainConfig:
         )
 
 
+TokenPositions = Literal["answer", "prompt", "all"]
+
+
 @dataclass(kw_only=True)
 class InfluenceConfig:
     estimator: Literal["tokenwise", "rapidgrad"] = "tokenwise"
@@ -271,6 +274,8 @@ class InfluenceConfig:
     )
     backend: Literal["auto", "triton", "torch"] = "auto"
     """Kernel backend: Triton on CUDA fp32/bf16 tensors (auto), or the PyTorch reference."""
+    positions: TokenPositions = "answer"
+    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
 
     def __post_init__(self):
         _check_literal(self, "influence")
