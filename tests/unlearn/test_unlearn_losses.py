@@ -100,7 +100,9 @@ def test_simnpo_by_hand_and_its_fading_gradient():
     got = simnpo_term(ce, beta, gamma)
     for i in range(6):
         c = float(ce[i].detach())
-        want = (2.0 / beta) * math.log1p(math.exp(-(beta * c - gamma)))  # -(2/beta) log sigmoid(beta c - gamma)
+        want = (2.0 / beta) * math.log1p(
+            math.exp(-(beta * c - gamma))
+        )  # -(2/beta) log sigmoid(beta c - gamma)
         assert math.isclose(float(got[i].detach()), want, rel_tol=1e-10)
     got.sum().backward()
     want_grad = [-2.0 / (1.0 + math.exp(beta * float(c) - gamma)) for c in ce]  # -2 sigma(-(beta ce - gamma))
