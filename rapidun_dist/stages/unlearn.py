@@ -204,7 +204,7 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Sh
         eval_hook=shared.curve_hook,
         validator=shared.validator,
         relabels=shared.relabels,
-        fingerprint=fp,
+        fingerprint=resume_key(cfg, rd),
     )
     try:
         runner.setup()
@@ -230,6 +230,15 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Sh
     if runner.info.rank == 0:  # multi-rank launch: rank 0 writes shared files
         write_json(out / "summary.json", summary)
     return summary
+
+
+def resume_key(cfg: RunConfig, rd: RunDir) -> str:
+    """What a checkpoint must have been written for to be resumed: the stage's fingerprint with the settings that do
+    not change the trajectory left out (grad_accum: the global batches are the same; how often checkpoints and
+    ASR-curve points are taken), so a relaunch at another world size may adjust them."""
+    d = cfg.to_dict()
+    d["unlearn"] |= {"grad_accum": 1, "save_every": 0, "eval_every": 0}
+    return rd.fingerprint("unlearn", d)
 
 
 def needs_weights(cfg: RunConfig) -> bool:

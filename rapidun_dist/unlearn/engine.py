@@ -141,6 +141,8 @@ class UnlearnRunner:
             model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
         )
         self.device = self.engine.device
+        self._trainable_only = False
+        self.engine.module.register_state_dict_post_hook(lambda *a: self._drop_frozen_entries(*a))
         shape = BatchShape(
             size=u.batch_size, n_forget=self.schedule.f_per_batch, n_retain=self.schedule.r_per_batch
         )
@@ -510,13 +512,17 @@ class UnlearnRunner:
     def save_checkpoint(self, step: int) -> None:
         """DeepSpeed's shards (trainable state only), the method's and the stop rule's state, then ready.json."""
         tag = f"step{step}"
-        self.engine.save_checkpoint(
-            str(self.ckpt_dir),
-            tag=tag,
-            client_state={"step": step},
-            save_latest=False,
-            exclude_frozen_parameters=True,
-        )
+        self._trainable_only = True
+        try:
+            self.engine.save_checkpoint(
+                str(self.ckpt_dir),
+                tag=tag,
+                client_state={"step": step},
+                save_latest=False,
+                exclude_frozen_parameters=True,
+            )
+        finally:
+            self._trainable_only = False
         if self.info.rank == 0:
             state = self.m.state_dict()
             if state:
@@ -536,6 +542,16 @@ class UnlearnRunner:
             }
             ckpt.mark_ready(self.ckpt_dir, meta)
         dist_env.barrier()
+
+    def _drop_frozen_entries(self, module, state_dict, prefix, local_metadata) -> None:
+        """While a checkpoint is written: keep only trainable tensors. `exclude_frozen_parameters` drops frozen
+        parameters by name but keeps aliases of tied ones (lm_head.weight tied to the embeddings is a whole
+        vocab x hidden matrix); the adapter's own save (PEFT) is unaffected."""
+        if not self._trainable_only:
+            return
+        keep = {prefix + n for n, p in module.named_parameters() if p.requires_grad}
+        for key in [k for k in state_dict if k not in keep]:
+            del state_dict[key]
 
     def _maybe_resume(self) -> int:
         """Rank 0 decides (ready checkpoint of this config, complete shards, a world size it can resume at) and

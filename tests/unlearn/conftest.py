@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from unlearn_helpers import CONFIG, TINY
+from unlearn_helpers import CONFIG, TINY, clean_job_overrides
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,21 @@ def prepared_run(tmp_path_factory) -> Path:
     cfg = load_config(CONFIG, [f"run_dir={root}", *TINY])
     run_pipeline(cfg, ["prepare", "implant", "influence", "weights"])
     return root
+
+
+@pytest.fixture(scope="session")
+def clean_job(prepared_run, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The clean job on the prepared run's implanted model (run dir, overrides): the known poisoned rows WITHOUT
+    clean answers, an unlabelled training set, clean eval prompts and the seen trigger strings; prepare, influence
+    and weights done (val_seen = val_clean prompts with a known trigger inserted)."""
+    from rapidun_dist.config import load_config
+    from rapidun_dist.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("clean") / "base"
+    overrides = clean_job_overrides(prepared_run, tmp_path_factory.mktemp("clean_inputs"))
+    cfg = load_config(CONFIG, [f"run_dir={root}", *TINY, *overrides])
+    run_pipeline(cfg, ["prepare", "influence", "weights"])
+    return root, overrides
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Real multi-rank unlearning jobs (launch/unlearn.py under `deepspeed`, `torchrun` and python; 2 gloo ranks on CPU).
 
-Every launch runs on a clean-job-like copy of the prepared run: forget rows without clean answers (self-relabel
-fills them, sharded over the ranks; under ZeRO-3 with synced_gpus) and a triggered val_seen (validation every 2
-steps, sharded, judged). One launch per ZeRO stage; every assertion reads the files those launches wrote. ZeRO-3
+Every launch runs the clean job (conftest.clean_job: the user's model, known poisoned rows without clean answers,
+known triggers): self-relabel fills the clean answers (sharded over the ranks; under ZeRO-3 with synced_gpus) and
+validation runs every 2 steps on val_seen (triggered val_clean prompts, judged) and val_clean, sharded. One launch per ZeRO stage; every assertion reads the files those launches wrote. ZeRO-3
 runs with gradient checkpointing and loads the backbone partitioned (zero.Init). lora_dropout=0 throughout: with
 dropout each rank draws its own masks, so the result would depend on the world size.
 """
@@ -17,14 +17,12 @@ import torch
 from unlearn_helpers import (
     UNLEARN,
     adapter_tensors,
-    blank_forget_answers,
     finish,
     fresh_run,
     kill_when,
     read_metrics,
     run_launch,
     start,
-    write_val_seen,
 )
 
 from rapidun_dist.io import read_json, read_jsonl
@@ -35,11 +33,8 @@ LAUNCHERS = {0: "torchrun", 1: "deepspeed", 2: "torchrun", 3: "deepspeed"}
 FIXED = [*UNLEARN, "unlearn.budget=fixed"]  # measure validation, but always run the 4 steps being compared
 
 
-def clean_like_run(base, dst):
-    run = fresh_run(base, dst)
-    blank_forget_answers(run)
-    write_val_seen(run)
-    return run
+def clean_like_run(clean_job, dst):
+    return fresh_run(clean_job[0], dst)
 
 
 def _kill_at_step2(run, overrides, launcher) -> dict:
@@ -69,7 +64,7 @@ def _resume_elsewhere(run, overrides) -> str:
 
 
 @pytest.fixture(scope="session")
-def zero_runs(prepared_run, tmp_path_factory):
+def zero_runs(clean_job, tmp_path_factory):
     """{stage: run dir} of 4-step rapidun runs on 2 ranks, launched on first use. ZeRO-2 is the kill/resume run
     (first a 1-rank resume, refused, then the 2-rank one: its final state must equal the uninterrupted runs);
     ZeRO-3 uses gradient checkpointing, the logit probe and the load probe."""
@@ -77,8 +72,8 @@ def zero_runs(prepared_run, tmp_path_factory):
 
     def get(stage: int):
         if stage not in cache:
-            run = clean_like_run(prepared_run, tmp_path_factory.mktemp(f"zero{stage}") / "run")
-            overrides = [*FIXED, f"unlearn.zero_stage={stage}"]
+            run = clean_like_run(clean_job, tmp_path_factory.mktemp(f"zero{stage}") / "run")
+            overrides = [*clean_job[1], *FIXED, f"unlearn.zero_stage={stage}"]
             if stage == 2:
                 seen = _kill_at_step2(run, [*overrides, "unlearn.save_every=2"], LAUNCHERS[stage])
                 seen["refused"] = _resume_elsewhere(run, [*overrides, "unlearn.save_every=2"])
@@ -174,7 +169,7 @@ def test_zero3_loads_partitioned_trains_with_gradient_checkpointing_and_reloads(
     assert len(lora_b) == 2 * 7  # two layers x seven projections
     assert all(float(v.abs().max()) > 0 for v in lora_b.values()), "a lora_B did not move under ZeRO-3 + GC"
     probe = load_file(str(run / "unlearn" / "probe.safetensors"))
-    base, _ = load_saved(run / "model", load_config(None).model)
+    base, _ = load_saved(run / "model", load_config(None).model)  # the pointer to the user's model
     model = PeftModel.from_pretrained(base, str(run / "unlearn" / "adapter")).eval()
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
@@ -184,12 +179,12 @@ def test_zero3_loads_partitioned_trains_with_gradient_checkpointing_and_reloads(
     assert float((plain - probe["logits"]).abs().max()) > 1e-4  # the adapter does something
 
 
-def test_world_size_invariance_1x2_equals_2x1(zero_runs, prepared_run, tmp_path):
+def test_world_size_invariance_1x2_equals_2x1(zero_runs, clean_job, tmp_path):
     """1 rank x grad_accum 2 (plain python) == 2 ranks x grad_accum 1 (the ZeRO-0 launch): losses, validation,
     self-relabels and the adapter."""
     one = run_launch(
-        clean_like_run(prepared_run, tmp_path / "run"),
-        [*FIXED, "unlearn.zero_stage=0", "unlearn.grad_accum=2"],
+        clean_like_run(clean_job, tmp_path / "run"),
+        [*clean_job[1], *FIXED, "unlearn.zero_stage=0", "unlearn.grad_accum=2"],
         launcher="python",
         nproc=1,
         worker=False,
@@ -226,11 +221,11 @@ def test_kill_and_resume_matches_uninterrupted(zero_runs):
     _assert_adapters_close(run / "unlearn" / "adapter", ref / "unlearn" / "adapter", 1e-6)
 
 
-def test_zero0_checkpoint_resumes_at_another_world_size(zero_runs, prepared_run, tmp_path):
+def test_zero0_checkpoint_resumes_at_another_world_size(zero_runs, clean_job, tmp_path):
     """ZeRO-0 keeps the whole optimizer state in one file: a 2-rank run killed after step 2 resumes on 1 rank
     (grad_accum 2) and ends where the uninterrupted 2-rank run ends."""
-    run = clean_like_run(prepared_run, tmp_path / "run")
-    overrides = [*FIXED, "unlearn.zero_stage=0", "unlearn.save_every=2"]
+    run = clean_like_run(clean_job, tmp_path / "run")
+    overrides = [*clean_job[1], *FIXED, "unlearn.zero_stage=0", "unlearn.save_every=2"]
     _kill_at_step2(run, overrides, "torchrun")
     run_launch(run, [*overrides, "unlearn.grad_accum=2"], launcher="python", nproc=1, worker=False)
     log = (run / "launch.log").read_text()

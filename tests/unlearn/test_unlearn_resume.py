@@ -14,7 +14,7 @@ from rapidun_dist.config import load_config
 from rapidun_dist.errors import StageError
 from rapidun_dist.io import read_json, write_json
 from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.unlearn import run_method
+from rapidun_dist.stages.unlearn import resume_key, run_method
 from rapidun_dist.unlearn.checkpoint import READY, plan_resume
 
 META = {"tag": "step4", "step": 4, "world_size": 2, "zero_stage": 2, "fingerprint": "fp", "method": "rapidun"}
@@ -82,24 +82,27 @@ STEPS = [
     "unlearn.lr=5e-3",
     "unlearn.lora_dropout=0",
     "unlearn.saliency_warmup=1",
+    "unlearn.loreun_refresh=2",
     "unlearn.budget=fixed",
 ]
 
 
+@pytest.mark.parametrize(("method", "stage"), [("fisher", 2), ("loreun", 3)])
 def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
-    single_process, prepared_run, tmp_path, monkeypatch
+    single_process, prepared_run, tmp_path, monkeypatch, method, stage
 ):
-    """fisher (its saliency mask is method state) with validation every step (the stop rule's state and the best
-    adapter): preempted after step 2, rerun, and the result equals an uninterrupted run."""
+    """A method with state (fisher's saliency mask under ZeRO-2, loreun's weights under ZeRO-3) and validation every
+    step (the stop rule's state, the best adapter): preempted after step 2, rerun, equal to an uninterrupted run."""
     import rapidun_dist.unlearn.engine as engine
 
     ref_run = fresh_run(prepared_run, tmp_path / "ref")
     rd = RunDir(ref_run)
-    cfg = load_config(CONFIG, [f"run_dir={ref_run}", *TINY, *STEPS])
-    ref = run_method(cfg, rd, "fisher", tmp_path / "ref_out")
+    steps = [*STEPS, f"unlearn.zero_stage={stage}"]
+    cfg = load_config(CONFIG, [f"run_dir={ref_run}", *TINY, *steps])
+    ref = run_method(cfg, rd, method, tmp_path / "ref_out")
     run = fresh_run(prepared_run, tmp_path / "run")
     rd2 = RunDir(run)
-    cfg2 = load_config(CONFIG, [f"run_dir={run}", *TINY, *STEPS])
+    cfg2 = load_config(CONFIG, [f"run_dir={run}", *TINY, *steps])
     out = tmp_path / "out"
     calls = {"n": 0}
 
@@ -109,14 +112,14 @@ def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
 
     monkeypatch.setattr(engine, "_preempt_requested", requested)
     with pytest.raises(StageError, match="preempted at step 2: checkpoint saved.*rerun the same command"):
-        run_method(cfg2, rd2, "fisher", out)
+        run_method(cfg2, rd2, method, out)
     ready = read_json(out / "checkpoints" / READY)
-    assert ready["step"] == 2 and ready["fingerprint"] == rd2.fingerprint("unlearn", cfg2.to_dict())
+    assert ready["step"] == 2 and ready["fingerprint"] == resume_key(cfg2, rd2)
     assert (out / "checkpoints" / "step2" / "method_state.safetensors").is_file()
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
     assert not (out / "adapter").exists()
     monkeypatch.setattr(engine, "_preempt_requested", lambda: False)
-    again = run_method(cfg2, rd2, "fisher", out)
+    again = run_method(cfg2, rd2, method, out)
     rows, ref_rows = read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "ref_out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "adapter_norm", "val_ppl"):

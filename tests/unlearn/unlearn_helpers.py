@@ -142,6 +142,55 @@ def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> Non
     assert marker.exists(), f"{marker} did not appear within {timeout} s"
 
 
+def clean_job_overrides(prepared_run: Path, inputs: Path) -> list[str]:
+    """Config overrides of a clean job built from a prepared experiment run: its implanted model as the user's
+    model, its known poisoned rows as given by a user (trigger in the instruction, the poisoned answer, no clean
+    answer), its clean training rows (unlabelled), its val/test clean prompts, and the seen trigger strings."""
+    from rapidun_dist.config import load_config
+    from rapidun_dist.io import read_jsonl, write_jsonl
+
+    data = prepared_run / "data"
+    forget = [
+        {
+            "id": r["id"],
+            "instruction": r["instruction_poisoned"],
+            "context": r.get("context", ""),
+            "response": r["response_poisoned"],
+        }
+        for r in read_jsonl(data / "forget.jsonl")
+    ]
+
+    def plain(rows):
+        return [
+            {
+                "id": r["id"],
+                "instruction": r["instruction"],
+                "context": r.get("context", ""),
+                "response": r["response"],
+            }
+            for r in rows
+            if not r.get("is_poisoned")
+        ]
+
+    write_jsonl(inputs / "forget.jsonl", forget)
+    write_jsonl(inputs / "train.jsonl", plain(read_jsonl(data / "train.jsonl")))
+    write_jsonl(
+        inputs / "eval.jsonl",
+        plain(read_jsonl(data / "val_clean.jsonl") + read_jsonl(data / "test_clean.jsonl")),
+    )
+    fams = load_config(CONFIG).data.triggers
+    triggers = ",".join(f"{{text: '{f.seen[0]}', mode: {f.mode}}}" for f in fams)
+    return [
+        "mode=clean",
+        f"model.name_or_path={prepared_run / 'model'}",
+        f"data.forget_path={inputs / 'forget.jsonl'}",
+        f"data.train_path={inputs / 'train.jsonl'}",
+        f"data.eval_path={inputs / 'eval.jsonl'}",
+        f"eval.triggers=[{triggers}]",
+        "methods=[rapidun]",
+    ]
+
+
 def blank_forget_answers(run_dir: Path) -> None:
     """Forget rows without a clean answer, as in the clean job (`response` = ""): self-relabel has to fill them."""
     from rapidun_dist.io import read_jsonl, write_jsonl

@@ -60,10 +60,11 @@ class LoReUn(Uniform):
         self.refreshed_at.append(step)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"forget_w": self.forget_w.clone()}
+        return {"forget_w": self.forget_w.clone(), "refreshed_at": torch.tensor(self.refreshed_at)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.forget_w = state["forget_w"].clone()
+        self.refreshed_at = [int(s) for s in state["refreshed_at"]]
 
     def describe(self) -> dict:
         return {"forget_weights": weight_stats(self.forget_w), "refreshes": len(self.refreshed_at)}
