@@ -44,13 +44,14 @@ class StopRule:
     stop_asr: float
     max_ppl_ratio: float | None
     has_signal: bool
+    no_signal_reason: str = "no backdoor signal, val_seen is empty"
     points: list[ValPoint] = field(default_factory=list)
     best: ValPoint | None = None
 
     @property
     def mode(self) -> str:
         if self.budget == "adaptive" and not self.has_signal:
-            return "fixed (fallback: no backdoor signal, val_seen is empty)"
+            return f"fixed (fallback: {self.no_signal_reason})"
         return self.budget
 
     def _better(self, p: ValPoint) -> bool:

@@ -100,9 +100,9 @@ class UnlearnRunner:
     # setup ------------------------------------------------------------------------------------------
     def setup(self) -> UnlearnRunner:
         """Model (zero.Init under ZeRO-3), LoRA, packs, the shared batch schedule, DeepSpeed, the method's setup
-        hook, the starting model's validation PPL, and a resume if a ready checkpoint of this config exists."""
+        hook, the stop rule, the starting model's validation PPL, and a resume if a ready checkpoint of this
+        config exists."""
         import deepspeed
-        from peft import LoraConfig, get_peft_model
 
         u = self.cfg.unlearn
         check_zero_stage(self.method, u.zero_stage)
@@ -111,7 +111,48 @@ class UnlearnRunner:
             single_process_rendezvous()
         self.seconds = {"validation": 0.0, "curve_eval": 0.0, "method_hooks": 0.0}
         ds_config = build_ds_config(self.cfg, self.info.world_size)
-        torch.manual_seed(u.seed)  # same LoRA init on every rank and for every world size
+        model = self._lora_model(ds_config)
+        self.packs = self._load_packs()
+        self.schedule = GlobalBatchSchedule(
+            n_forget=len(self.packs.forget_poisoned),
+            n_retain=len(self.packs.retain),
+            batch_size=u.batch_size,
+            retain_per_forget=u.retain_per_forget,
+            seed=u.seed,
+        )
+        self.total_steps = u.max_steps or max(1, math.ceil(self.schedule.steps_per_epoch * u.epochs))
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=u.lr, weight_decay=u.weight_decay
+        )
+        sched = cosine_schedule(opt, self.total_steps, u.warmup_ratio)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
+        )
+        self.device = self.engine.device
+        self._trainable_only = False
+        self.engine.module.register_state_dict_post_hook(lambda *a: self._drop_frozen_entries(*a))
+        shape = BatchShape(
+            size=u.batch_size, n_forget=self.schedule.f_per_batch, n_retain=self.schedule.r_per_batch
+        )
+        self.m = build_method(self.method, u, shape, len(self.packs.forget_poisoned), len(self.packs.retain))
+        self.m.setup(self)
+        self.rule = self._stop_rule()
+        self.base_ppl = self._timed("validation", self._base_ppl)
+        self.best_adapter: dict[str, torch.Tensor] | None = None
+        self.start_step = self._maybe_resume()
+        log.info(
+            f"unlearn[{self.method}]: {self.total_steps} steps at most, budget {self.rule.mode}, "
+            f"{sum(s == 'self_relabel' for s in self.packs.clean_source)} self-relabelled forget rows"
+        )
+        return self
+
+    def _lora_model(self, ds_config: dict):
+        """The frozen backbone (partitioned at load under ZeRO-3) with LoRA adapters, initialised from the seed
+        alone (the same on every rank and for every world size)."""
+        from peft import LoraConfig, get_peft_model
+
+        u = self.cfg.unlearn
+        torch.manual_seed(u.seed)
         model, self.tokenizer, self._zero3 = load_backbone(self.cfg, self.model_dir, ds_config)
         model.requires_grad_(False)
         if self.cfg.model.gradient_checkpointing:
@@ -124,50 +165,19 @@ class UnlearnRunner:
             target_modules=list(u.target_modules),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
-        self.packs = self._load_packs()
-        self.schedule = GlobalBatchSchedule(
-            n_forget=len(self.packs.forget_poisoned),
-            n_retain=len(self.packs.retain),
-            batch_size=u.batch_size,
-            retain_per_forget=u.retain_per_forget,
-            seed=u.seed,
-        )
-        self.total_steps = u.max_steps or max(1, math.ceil(self.schedule.steps_per_epoch * u.epochs))
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=u.lr, weight_decay=u.weight_decay)
-        sched = cosine_schedule(opt, self.total_steps, u.warmup_ratio)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
-        )
-        self.device = self.engine.device
-        self._trainable_only = False
-        self.engine.module.register_state_dict_post_hook(lambda *a: self._drop_frozen_entries(*a))
-        shape = BatchShape(
-            size=u.batch_size, n_forget=self.schedule.f_per_batch, n_retain=self.schedule.r_per_batch
-        )
-        self.m = build_method(self.method, u, shape, len(self.packs.forget_poisoned), len(self.packs.retain))
-        self.m.setup(self)
-        self.rule = StopRule(
+        return get_peft_model(model, lora)
+
+    def _stop_rule(self) -> StopRule:
+        u = self.cfg.unlearn
+        return StopRule(
             budget=u.budget,
             stop_asr=u.stop_asr,
             max_ppl_ratio=u.max_ppl_ratio,
-            has_signal=bool(self.validator is not None and self.validator.signal),
+            has_signal=bool(u.val_every and self.validator is not None and self.validator.signal),
+            no_signal_reason="no backdoor signal, val_seen is empty"
+            if u.val_every
+            else "unlearn.val_every=0, no validation",
         )
-        self.base_ppl = self._timed("validation", self._base_ppl)
-        self.best_adapter: dict[str, torch.Tensor] | None = None
-        self.start_step = self._maybe_resume()
-        log.info(
-            f"unlearn[{self.method}]: {self.total_steps} steps at most, budget {self.rule.mode}, "
-            f"{sum(s == 'self_relabel' for s in self.packs.clean_source)} self-relabelled forget rows"
-        )
-        return self
-
-    @property
-    def weights_dir_or_fail(self) -> Path:
-        if self.weights_dir is None:
-            raise StageError(f"method {self.method} needs the weights stage's output (weights_dir is None)")
-        return Path(self.weights_dir)
 
     def _load_packs(self) -> Packs:
         forget = read_jsonl(self.data_dir / "forget.jsonl")
@@ -334,8 +344,9 @@ class UnlearnRunner:
                 )
             if decision.stop:
                 self.stop = {"reason": decision.reason, "step": done, "detail": decision.detail}
-                row["stop"] = self.stop
                 log.info(f"unlearn[{self.method}]: stop at step {done}: {decision.detail}")
+            if decision.stop or last:
+                row["stop"] = self.stop
             # Every rank agrees (any rank's request counts); a run that stops here anyway just finishes.
             preempted = dist_env.all_reduce_max(int(_preempt_requested())) > 0 and not decision.stop
             self.metrics.append(row)

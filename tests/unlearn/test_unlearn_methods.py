@@ -220,3 +220,35 @@ def test_nonfinite_influence_weight_is_refused(single_process, run, tmp_path):
             runner.setup()
     finally:
         runner.cleanup()
+
+
+def test_engine_puts_every_input_and_parameter_on_its_device(single_process, run, tmp_path):
+    """A forward pre-hook on every module asserts that inputs and parameters are on the device DeepSpeed gave the
+    rank (the CPU here, the local GPU under a CUDA accelerator) during training steps, a method hook's whole-pack
+    pass (loreun) and the adapter-disabled reference pass."""
+    runner = _runner(
+        run, tmp_path / "dev", "loreun", "unlearn.max_steps=2", "unlearn.loreun_refresh=1"
+    ).setup()
+    want = runner.device
+    seen = {"calls": 0}
+
+    def check(module, args, kwargs):
+        seen["calls"] += 1
+        for t in [*args, *kwargs.values()]:
+            if isinstance(t, torch.Tensor):
+                assert t.device.type == want.type, f"{type(module).__name__}: input on {t.device}"
+        for p in module.parameters(recurse=False):
+            assert p.device.type == want.type, f"{type(module).__name__}: parameter on {p.device}"
+
+    try:
+        assert want == runner.engine.device
+        handles = [
+            m.register_forward_pre_hook(check, with_kwargs=True) for m in runner.engine.module.modules()
+        ]
+        runner.train()
+        runner.forget_nll_all(adapter=False)
+        for h in handles:
+            h.remove()
+    finally:
+        runner.cleanup()
+    assert seen["calls"] > 0

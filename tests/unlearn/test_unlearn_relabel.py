@@ -142,3 +142,25 @@ def test_validation_and_self_relabel_run_on_the_device(prepared_run, tmp_path, d
     for h in handles:
         h.remove()
     assert seen["calls"] > 0
+
+
+def test_clean_job_without_triggers_stops_on_its_own_poisoned_answers(single_process, clean_job, tmp_path):
+    """Without known triggers the clean job's val_seen holds the forget rows it unlearns (never the held-out test
+    rows): the signal is the greedy match of each row's own poisoned answer, and self-relabel fills the answers."""
+    from rapidun_dist.pipeline import run_pipeline
+
+    base, overrides = clean_job
+    no_triggers = [o for o in overrides if not o.startswith("eval.triggers")] + [
+        f"run_dir={tmp_path / 'run'}"
+    ]
+    cfg = load_config(CONFIG, [*TINY, *no_triggers, *BASE, "unlearn.val_every=1", "unlearn.max_steps=3"])
+    rd = run_pipeline(cfg, ["prepare", "influence", "weights"])
+    seen, test = (read_jsonl(rd.data / f"{s}.jsonl") for s in ("val_seen", "test_seen"))
+    assert {r["id"] for r in seen} == {r["id"] for r in read_jsonl(rd.data / "forget.jsonl")}
+    assert test and not {r["id"] for r in test} & {r["id"] for r in seen}
+    s = run_method(cfg, rd, "uniform", method_dir(rd, "uniform"))
+    assert s["validation"]["signal"] == "poisoned_match" and s["budget"] == "adaptive"
+    assert all(p["asr"] is not None for p in s["validation"]["points"])
+    assert s["relabel"]["clean_answers"]["data"] == 0 and s["self_relabel"]["without_clean_answer"] == len(
+        seen
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rapidun_dist.errors import StageError
 from rapidun_dist.unlearn.methods.base import MethodContext, weight_stats
 from rapidun_dist.unlearn.methods.uniform import Uniform
 from rapidun_dist.unlearn.packs import load_weight_file
@@ -17,6 +18,8 @@ class RapidUn(Uniform):
     weights_subdir = ""
 
     def setup(self, ctx: MethodContext) -> None:
+        if ctx.weights_dir is None:
+            raise StageError(f"method {self.name} needs the weights stage's output (no weights folder given)")
         wdir = Path(ctx.weights_dir) / self.weights_subdir
         self.forget_w = load_weight_file(wdir / "forget_weights.jsonl", len(self.forget_w))
         self.retain_w = load_weight_file(wdir / "retain_weights.jsonl", len(self.retain_w))
