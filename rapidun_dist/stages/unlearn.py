@@ -165,8 +165,9 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
     path, basis_path = rd.unlearn / RELABEL_FILE, rd.unlearn / RELABEL_BASIS
     basis = relabel_basis(cfg, rd) if dist_env.rank() == 0 else None
     valid = basis_path.exists() and path.exists() and read_json(basis_path) == basis if basis else False
-    if dist_env.broadcast_object(valid):
-        rows, seconds, note = read_jsonl(path), 0.0, f"reused {path}"
+    if dist_env.broadcast_object(valid):  # rank 0 reads the stored answers, every rank gets them
+        rows = dist_env.broadcast_object(read_jsonl(path) if dist_env.rank() == 0 else None)
+        seconds, note = 0.0, f"reused {path}"
     else:
         t0 = time.perf_counter()
         rows = self_relabel(cfg, rd.model, forget)
