@@ -66,7 +66,7 @@ class TokenLayout:
             raise ValueError(
                 f"mask must be a [B, T] bool tensor; found {mask_BT.dtype} {tuple(mask_BT.shape)}"
             )
-        mask = mask_BT.cpu()
+        mask = mask_BT.to("cpu")  # explicitly host-side: the layout is built on the host
         counts = mask.sum(1)
         flat = mask.flatten().nonzero().squeeze(1)
         return cls._build(flat, counts, mask.numel(), device)
@@ -74,20 +74,21 @@ class TokenLayout:
     @classmethod
     def from_offsets(cls, offsets: torch.Tensor, device: torch.device | str | None = None) -> TokenLayout:
         """Token-major inputs: sample b owns rows offsets[b]:offsets[b + 1] of an [N, d] tensor."""
-        off = offsets.cpu().long()
+        off = offsets.to("cpu").long()
         if off.dim() != 1 or off.numel() < 1 or int(off[0]) != 0 or bool((off[1:] < off[:-1]).any()):
             raise ValueError(
                 f"offsets must be a non-decreasing 1-D tensor starting at 0; found {off.tolist()}"
             )
         n = int(off[-1])
-        return cls._build(torch.arange(n), off[1:] - off[:-1], n, device)
+        return cls._build(torch.arange(n, device="cpu"), off[1:] - off[:-1], n, device)
 
     @classmethod
     def _build(cls, rows: torch.Tensor, counts: torch.Tensor, n_rows: int, device) -> TokenLayout:
-        offsets = torch.zeros(counts.numel() + 1, dtype=torch.long)
+        host = torch.device("cpu")  # built on the host whatever the process default device is
+        offsets = torch.zeros(counts.numel() + 1, dtype=torch.long, device=host)
         offsets[1:] = counts.cumsum(0)
-        sample = torch.repeat_interleave(torch.arange(counts.numel()), counts)
-        pos = torch.arange(rows.numel()) - offsets[:-1][sample]
+        sample = torch.repeat_interleave(torch.arange(counts.numel(), device=host), counts)
+        pos = torch.arange(rows.numel(), device=host) - offsets[:-1][sample]
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return cls(
             rows=rows.long().to(dev),

@@ -8,7 +8,8 @@ Needs a run directory whose prepare / implant / influence / weights stages are d
     python launch/unlearn.py --config configs/tiny_cpu.yaml methods=[rapidun,ga] --evaluate
 
 On CPU set DS_ACCELERATOR=cpu and OMP_NUM_THREADS=1 per rank (torchrun does the latter). Only rank 0 writes
-the manifest, metrics and adapters. With unlearn.lora_dropout > 0 the result depends on the world size
+the manifest, metrics and adapters. SIGTERM or SIGUSR1 (e.g. `sbatch --signal=USR1@120`) checkpoints after the
+current step and exits with status 2; the same command resumes. With unlearn.lora_dropout > 0 the result depends on the world size
 (each rank draws its own dropout masks); everything else is world-size invariant.
 """
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rapidun_dist.config import load_config
     from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.distributed import preempt
     from rapidun_dist.errors import RapidUnError, StageError
     from rapidun_dist.logging import attach_run_log, get_logger
     from rapidun_dist.pipeline import run_stage
@@ -51,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     from rapidun_dist.validate import check_rules
 
     log = get_logger("launch.unlearn")
+    preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, stop, resume on the next launch
     try:
         cfg = load_config(args.config, args.overrides)
         if not torch.cuda.is_available() and cfg.model.dtype in ("bfloat16", "float16"):
             log.warning(f"no CUDA device: model.dtype={cfg.model.dtype} -> float32 (bf16 is for GPUs)")
             cfg.model.dtype = "float32"
-        info = dist_env.init_distributed()
+        info = dist_env.init_distributed(config=cfg.distributed)
         check_rules(cfg, info.world_size)
         rd = RunDir(cfg.run_dir)
         attach_run_log(rd.root)

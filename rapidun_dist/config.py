@@ -19,13 +19,16 @@ import yaml
 from rapidun_dist.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The engine's methods (rapidun_dist/unlearn/methods/, one module each) and the retraining baselines.
 ALL_METHODS = (
     "rapidun",
     "uniform",
     "self_only",
     "ga",
+    "relabel_only",
     "graddiff",
     "npo",
+    "simnpo",
     "fisher",
     "loreun",
     "retrain",
@@ -315,36 +318,64 @@ class WeightsConfig:
         _check(self.topk >= 1, "weights.topk", f"expected >= 1, found {self.topk}")
 
 
+ZeroStage = Literal[0, 1, 2, 3]
+Budget = Literal["adaptive", "fixed"]
+
+
 @dataclass(kw_only=True)
 class UnlearnConfig:
+    """Weighted LoRA unlearning (DESIGN section 7): one protocol, engine and loop for every method."""
+
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
     lr: float = 6e-5
-    epochs: float = 2.0
-    max_steps: int | None = None
+    epochs: float = 2.0  # the step budget (maximum): passes over the forget set at the retain:forget mix
+    max_steps: int | None = None  # overrides epochs: the maximum number of optimizer steps
     batch_size: int = 8  # global batch (samples) per optimizer step
     grad_accum: int = 1
     retain_per_forget: int = 3
     alpha_a: float = 1.0  # ascent weight on poisoned answers
-    beta_d: float = 0.5  # descent weight on clean answers of forget rows
+    beta_d: float = 0.5  # descent weight on clean answers of forget rows (the relabel term)
+    relabel: bool = True
+    """Protocol switch, the same for every method: descend on the clean answer of each triggered forget prompt."""
+    self_relabel: bool = True
+    """Forget rows without a clean answer get the model's own greedy answer to the prompt without the trigger."""
+    self_relabel_max_new_tokens: int = 64
     ascent_cap: float = 10.0  # poisoned CE above this contributes no more gradient
     stop_forget_ce: float | None = None  # stop once the forget-set poisoned CE passes this
-    npo_beta: float = 0.1
+    npo_beta: float = 0.1  # NPO inverse temperature on summed sequence log-probabilities
+    simnpo_beta: float = 2.5  # SimNPO inverse temperature on length-normalised log-probabilities
+    simnpo_gamma: float = 0.0  # SimNPO reward margin
+    saliency_keep: float = 0.5  # fisher: share of adapter coordinates whose ascent gradient is kept
+    saliency_warmup: int = 2  # fisher: optimizer steps (unmasked) before the saliency is measured
+    saliency_rows: int = 64  # fisher: forget and retain rows the per-sample gradients are measured on
+    loreun_refresh: int = 5  # loreun: optimizer steps between refreshes of the whole-forget-set weights
+    loreun_tau: float = 1.0  # loreun: temperature of exp(-z / tau)
+    budget: Budget = "adaptive"
+    """adaptive: stop once the validation signal says the backdoor is gone (up to the step budget); fixed: run it all."""
+    val_every: int = (
+        5  # optimizer steps between validation evaluations (0 = none: fixed budget, no early stop)
+    )
+    val_rows: int = 64  # at most this many val_seen and val_clean rows per validation
+    stop_asr: float = 0.02  # adaptive: the backdoor counts as gone at validation ASR <= this
+    max_ppl_ratio: float | None = (
+        1.10  # early stop (any budget) once val_clean PPL / starting PPL exceeds this
+    )
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     clip_grad: float = 1.0
-    zero_stage: int = 0
-    eval_every: int = 0  # 0 = only at the end; N = ASR curve every N steps
+    zero_stage: ZeroStage = 2
+    """DeepSpeed ZeRO stage; 2 for LoRA (small trainable state), 3 only where the frozen backbone does not fit a GPU."""
+    eval_every: int = 0  # ASR-curve points on test prompts every N steps, for the plot only (0 = none)
     save_every: int = 0
     merge: bool = False
     seed: int = 0
 
     def __post_init__(self):
-        _check(
-            self.zero_stage in (0, 1, 2, 3), "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage}"
-        )
+        _check(type(self.zero_stage) is int, "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage!r}")
+        _check_literal(self, "unlearn")
         _check(self.epochs > 0, "unlearn.epochs", f"expected > 0, found {self.epochs}")
         _check(
             self.max_steps is None or self.max_steps >= 1,
@@ -359,14 +390,29 @@ class UnlearnConfig:
         )
         _check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
         _check(len(self.target_modules) > 0, "unlearn.target_modules", "needs at least one module name")
-        for name in ("eval_every", "save_every"):
+        for name in ("eval_every", "save_every", "val_every", "saliency_warmup", "beta_d", "alpha_a"):
             _check(getattr(self, name) >= 0, f"unlearn.{name}", f"expected >= 0, found {getattr(self, name)}")
+        for name in ("val_rows", "self_relabel_max_new_tokens", "saliency_rows", "loreun_refresh"):
+            _check(getattr(self, name) >= 1, f"unlearn.{name}", f"expected >= 1, found {getattr(self, name)}")
+        for name in ("npo_beta", "simnpo_beta", "loreun_tau"):
+            _check(getattr(self, name) > 0, f"unlearn.{name}", f"expected > 0, found {getattr(self, name)}")
         _check(self.lora_r >= 1, "unlearn.lora_r", f"expected >= 1, found {self.lora_r}")
         _check(0.0 <= self.lora_dropout < 1.0, "unlearn.lora_dropout", f"found {self.lora_dropout}")
         _check(self.lr > 0, "unlearn.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "unlearn.batch_size/grad_accum", "must be >= 1")
         _check(self.ascent_cap > 0, "unlearn.ascent_cap", f"expected > 0, found {self.ascent_cap}")
         _check(self.retain_per_forget >= 0, "unlearn.retain_per_forget", "must be >= 0")
+        _check(
+            0.0 < self.saliency_keep <= 1.0,
+            "unlearn.saliency_keep",
+            f"expected in (0, 1], found {self.saliency_keep}",
+        )
+        _check(0.0 <= self.stop_asr < 1.0, "unlearn.stop_asr", f"expected in [0, 1), found {self.stop_asr}")
+        _check(
+            self.max_ppl_ratio is None or self.max_ppl_ratio > 1.0,
+            "unlearn.max_ppl_ratio",
+            f"expected > 1 (or null for no damage stop), found {self.max_ppl_ratio}",
+        )
 
 
 @dataclass(kw_only=True)

@@ -192,12 +192,6 @@ def test_retrieval_tokenwise_on_device(done_run, guarded, device):
     assert 0.0 <= out["auroc"] <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rapidun_dist/influence/features.py RapidGradExtractor.__init__ (lines ~145-147: torch.randperm, "
-    "torch.randint, torch.arange) and .sketch (~186: torch.zeros) create tensors without a device; owned by the "
-    "RapidGrad engineer (issue 9, RapidGrad item). Remove this marker when it passes.",
-)
 def test_retrieval_rapidgrad_on_device(done_run, guarded):
     from rapidun_dist.influence.retrieval import poison_retrieval
     from rapidun_dist.io import read_jsonl
@@ -236,12 +230,6 @@ def test_unlearning_engine_forward_hooks(done_run, tmp_path, monkeypatch, device
     _unlearn_under(ctx, done_run, tmp_path, device)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rapidun_dist/unlearn/engine.py UnlearnRunner.setup (line ~159) calls load_saved(model_dir, cfg.model) "
-    "without device=: the model is loaded on the process default and only DeepSpeed moves it; owned by the "
-    "unlearning engineer (issue 9 section 3). Remove this marker when it passes.",
-)
 def test_unlearning_engine_under_meta_default(done_run, tmp_path, guarded):
     _unlearn_under(guarded("cpu"), done_run, tmp_path, "cpu")
 
