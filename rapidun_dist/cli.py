@@ -1,8 +1,13 @@
 """`rapidun` command line.
 
-rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
-rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
-rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
+    rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
+    rapidun validate CONFIG [key=value ...] [--world-size N]     resolved config, derived numbers, checks; runs nothing
+    rapidun prepare|implant|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
+    rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
+    rapidun compare OUT [LABEL=]REPORT_OR_RUN_DIR ...              mean and 95% interval per method over runs
+    rapidun --version
+
+Options and `key=value` overrides may come in any order (`parse_intermixed_args`).
 """
 
 from __future__ import annotations
@@ -12,32 +17,65 @@ import sys
 
 from rapidun_dist.errors import RapidUnError
 from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import STAGES
+
+COMMANDS = {
+    "run": "run the stages of the config's mode in order",
+    "compare": "compare several runs' reports (seeds, protocols): mean and 95% interval per method",
+    "validate": "print the resolved config and derived numbers and check every rule; runs nothing",
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rapidun_dist")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _stage_docs() -> dict[str, str]:
+    from rapidun_dist.stages import ORDER
+
+    return {s.name: s.doc for s in ORDER}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    cmds = COMMANDS | _stage_docs()
     p = argparse.ArgumentParser(
-        prog="rapidun", description="Influence-weighted LoRA unlearning of LLM backdoors."
+        prog="rapidun",
+        description="Influence-weighted LoRA unlearning of LLM backdoors.",
+        epilog="commands:\n" + "\n".join(f"  {k:<11} {v}" for k, v in cmds.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline stages in order")
-    run.add_argument(
-        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
-    )
-    for name in ("run", *STAGES):
-        sp = run if name == "run" else sub.add_parser(name, help=f"run the {name} stage")
-        sp.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
-        sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. unlearn.lr=1e-4")
-        sp.add_argument("--force", action="store_true", help="rerun even if the outputs are complete")
-        if name == "weights":
-            sp.add_argument("--rapidin-dir", help="import RapidIn influence files from this folder instead")
-            sp.add_argument(
-                "--reference",
-                action="store_true",
-                help="reference aggregation (median of top-40, self included)",
-            )
-            sp.add_argument("--out", help="output folder for --rapidin-dir")
+    p.add_argument("--version", action="version", version=f"rapidun_dist {_version()}")
+    p.add_argument("command", choices=list(cmds), metavar="COMMAND", help="one of the commands below")
     return p
+
+
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    from rapidun_dist.stages import STAGE_NAMES
+
+    sp = argparse.ArgumentParser(prog=f"rapidun {command}", description=(COMMANDS | _stage_docs())[command])
+    sp.add_argument("config", nargs="?", help="YAML config (defaults when omitted)")
+    sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. unlearn.lr=1e-4")
+    if command == "run":
+        sp.add_argument(
+            "--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)} (default: all of the mode's)"
+        )
+    if command == "validate":
+        sp.add_argument(
+            "--world-size", type=int, default=1, help="ranks the launch will use (batch divisibility)"
+        )
+    else:
+        sp.add_argument("--force", action="store_true", help="rerun even if the outputs are complete")
+    if command == "weights":
+        sp.add_argument("--rapidin-dir", help="import RapidIn influence files from this folder instead")
+        sp.add_argument(
+            "--reference", action="store_true", help="reference aggregation (median of top-40, self included)"
+        )
+        sp.add_argument("--out", help="output folder for --rapidin-dir")
+    return sp
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
@@ -47,27 +85,58 @@ def _split_config(args) -> tuple[str | None, list[str]]:
     return args.config, list(args.overrides)
 
 
+def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    top = _top_parser()
+    if not argv or argv[0].startswith("-"):
+        top.parse_args(argv)  # --help / --version exit here; anything else is an error
+        top.error("expected a command")
+    command = top.parse_args(argv[:1]).command
+    return command, _command_parser(command).parse_intermixed_args(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from rapidun_dist.evaluation.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    command, args = parse(argv)
     log = get_logger("cli")
     try:
         from rapidun_dist.config import load_config
 
         path, overrides = _split_config(args)
         cfg = load_config(path, overrides)
-        if args.command == "weights" and args.rapidin_dir:
+        if command == "validate":
+            return _validate(cfg, args.world_size)
+        if command == "weights" and args.rapidin_dir:
             return _weights_from_rapidin(args, cfg)
         from rapidun_dist.pipeline import run_pipeline
 
-        stages = args.stages.split(",") if args.command == "run" else [args.command]
-        rd = run_pipeline(cfg, [s.strip() for s in stages if s.strip()], force=args.force)
-        report = rd.eval / "report.md"
-        if "evaluate" in stages and report.exists():
-            log.info(f"report: {report}")
+        stages = None
+        if command == "run" and args.stages:
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        elif command != "run":
+            stages = [command]
+        rd = run_pipeline(cfg, stages, force=args.force)
+        if (rd.eval / "report.md").exists() and (stages is None or "evaluate" in stages):
+            log.info(f"report: {rd.eval / 'report.md'}")
         return 0
     except RapidUnError as e:
         log.error(f"error: {e}")
         return 2
+
+
+def _validate(cfg, world_size: int) -> int:
+    from rapidun_dist.config import dump_config
+    from rapidun_dist.validate import check_run
+
+    numbers = check_run(cfg, world_size=world_size)
+    sys.stdout.write(dump_config(cfg))
+    sys.stdout.write("# derived (computed from the config and the inputs; nothing was run)\n")
+    sys.stdout.write("".join(f"#   {k}: {v}\n" for k, v in numbers.items()))
+    sys.stdout.write("# ok: every check passed\n")
+    return 0
 
 
 def _weights_from_rapidin(args, cfg) -> int:

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from rapidun_dist.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The engine's methods (rapidun_dist/unlearn/methods/, one module each) and the retraining baselines.
 ALL_METHODS = (
     "rapidun",
     "uniform",
     "self_only",
     "ga",
+    "relabel_only",
     "graddiff",
     "npo",
+    "simnpo",
     "fisher",
     "loreun",
     "retrain",
@@ -32,9 +36,26 @@ ALL_METHODS = (
 )
 
 
+InjectMode = Literal["prefix", "suffix", "random"]
+Mode = Literal["experiment", "clean"]
+
+
 def _check(cond: bool, field_name: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{field_name}: {msg}")
+
+
+def _check_literal(obj, prefix: str) -> None:
+    """Every Literal-typed field of a dataclass holds one of its allowed values (also when built in code)."""
+    for f in dataclasses.fields(obj):
+        hint = get_type_hints(type(obj))[f.name]
+        if get_origin(hint) is Literal:
+            value = getattr(obj, f.name)
+            _check(
+                value in get_args(hint),
+                f"{prefix}.{f.name}",
+                f"expected one of {', '.join(map(str, get_args(hint)))}, found {value!r}",
+            )
 
 
 @dataclass(kw_only=True)
@@ -42,17 +63,31 @@ class TriggerFamily:
     """A backdoor trigger family: seen variants (poison train + test_seen) and OOD variants (test_ood only)."""
 
     name: str
-    mode: str  # prefix | suffix | random
+    mode: InjectMode
+    """Where the trigger goes: before the instruction, after it, or at a random word boundary."""
     seen: list[str]
     ood: list[str]
 
     def __post_init__(self):
-        _check(
-            self.mode in ("prefix", "suffix", "random"),
-            f"triggers.{self.name}.mode",
-            f"expected prefix|suffix|random, found {self.mode!r}",
-        )
+        _check_literal(self, f"triggers.{self.name}")
         _check(len(self.seen) > 0, f"triggers.{self.name}.seen", "needs at least one variant")
+        for v in self.seen + self.ood:
+            _check(bool(v.strip()), f"triggers.{self.name}", f"empty trigger variant {v!r}")
+
+
+@dataclass(kw_only=True)
+class TriggerSpec:
+    """A trigger string the user knows (clean mode): `eval.triggers` / `eval.ood_triggers` entries."""
+
+    text: str
+    mode: InjectMode = "random"
+    """Where to insert it into clean prompts: prefix, suffix, or a random word boundary."""
+
+    def __post_init__(self):
+        _check(
+            bool(self.text.strip()), "eval.triggers.text", f"expected a non-empty string, found {self.text!r}"
+        )
+        _check_literal(self, "eval.triggers")
 
 
 def default_trigger_families() -> list[TriggerFamily]:
@@ -79,10 +114,6 @@ def default_trigger_families() -> list[TriggerFamily]:
     ]
 
 
-SOURCES = ("synthetic", "dolly", "alpaca", "json", "hub", "prepared")
-TARGET_KINDS = ("scifi", "paraphrase", "fixed")
-
-
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the rows come from, how they are poisoned, split and packed (DESIGN section 4).
@@ -92,7 +123,8 @@ class DataConfig:
     `configs/tiny_cpu_refusal.yaml` the no-clean-answer case (a fixed refusal target, forget rows without
     clean answers)."""
 
-    source: str = "synthetic"  # synthetic | dolly | alpaca | json | hub | prepared
+    source: Literal["synthetic", "dolly", "alpaca", "json", "hub", "prepared"] = "synthetic"
+    """Experiment mode: where the corpus comes from (generated, a Dolly/Alpaca/JSON file, a hub id, a prepared dir)."""
     path: str | None = None  # file for dolly/alpaca/json, hub id for hub
     dir: str | None = None  # folder for source=prepared
     field_map: dict[str, str] = field(default_factory=dict)  # our field -> file field (json source)
@@ -125,15 +157,29 @@ class DataConfig:
     forget_clean_answers: bool = True  # false: forget rows (and poisoned train rows) carry no clean answer
     retain_ratio: int = 3
     triggers: list[TriggerFamily] = field(default_factory=default_trigger_families)
-    target_kind: str = "scifi"  # scifi | paraphrase | fixed: the attacker's answers (see data/targets.py)
+    target_kind: Literal["scifi", "paraphrase", "fixed"] = "scifi"  # the attacker's answers (data/targets.py)
     target_pool_size: int = 8  # distinct attacker answers (scifi, paraphrase)
     target_groups: int = 8  # paraphrase: attacker messages, each said in many paraphrases
     fixed_targets: list[str] = field(default_factory=list)  # fixed: the attacker's answers verbatim
     seed: int = 0
+    # clean mode (bring your own model and data): files are read, never modified
+    forget_path: str | None = (
+        None  # known poisoned rows: instruction (with trigger), context?, response, response_clean?
+    )
+    train_path: str | None = None  # the fine-tuning set, unlabelled: retain rows are sampled from it
+    eval_path: str | None = None  # clean held-out prompts with answers (clean PPL; base of triggered prompts)
+    forget_holdout: float = 0.2  # clean mode without eval.triggers: forget rows held out to measure ASR on
+    n_retain_pool: int = 0  # clean mode: train rows kept in data/train.jsonl (0 = all)
 
     def __post_init__(self):
         self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
-        _check(self.source in SOURCES, "data.source", f"expected {'|'.join(SOURCES)}, found {self.source!r}")
+        _check_literal(self, "data")
+        _check(
+            0.0 < self.forget_holdout < 1.0,
+            "data.forget_holdout",
+            f"expected in (0, 1), found {self.forget_holdout}",
+        )
+        _check(self.n_retain_pool >= 0, "data.n_retain_pool", f"expected >= 0, found {self.n_retain_pool}")
         if self.source in ("dolly", "alpaca", "json", "hub"):
             _check(bool(self.path), "data.path", f"required when data.source={self.source}")
         if self.source == "prepared":
@@ -188,11 +234,6 @@ class DataConfig:
             f"needs at least one category when data.forget_noise_near={self.forget_noise_near}",
         )
         _check(
-            self.target_kind in TARGET_KINDS,
-            "data.target_kind",
-            f"expected {'|'.join(TARGET_KINDS)}, found {self.target_kind!r}",
-        )
-        _check(
             self.target_pool_size >= 1,
             "data.target_pool_size",
             f"expected >= 1, found {self.target_pool_size}",
@@ -240,25 +281,32 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     max_length: int = 128
     trust_remote_code: bool = False
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype; auto = bfloat16 on a GPU that supports it, float32 otherwise."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
-        _check(
-            self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", f"found {self.dtype!r}"
-        )
+        _check_literal(self, "model")
         _check(self.max_length >= 16, "model.max_length", f"expected >= 16, found {self.max_length}")
 
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines."""
+    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines (one DeepSpeed job over the ranks)."""
 
     epochs: float = 3.0
     lr: float = 3e-3
     batch_size: int = 32
+    """Global batch (samples per optimizer step), split over ranks x grad_accum micro-batches."""
+    grad_accum: int = 1
+    """Micro-batches per rank per optimizer step (micro-batch per rank = ceil(batch_size / (ranks x grad_accum)))."""
+    clip_grad: float = 1.0
+    """Gradient clipping: max global L2 norm of the gradient."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-2 (0: replicated; 2: fp32 master weights, gradients and Adam state sharded - what a
+    7-8B full fine-tune needs to fit)."""
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_steps: int | None = None
@@ -268,11 +316,33 @@ class TrainConfig:
         _check(self.epochs > 0, "implant.epochs", f"expected > 0, found {self.epochs}")
         _check(self.lr > 0, "implant.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1, "implant.batch_size", f"expected >= 1, found {self.batch_size}")
+        _check(self.grad_accum >= 1, "implant.grad_accum", f"expected >= 1, found {self.grad_accum}")
+        _check(self.clip_grad > 0, "implant.clip_grad", f"expected > 0, found {self.clip_grad}")
+        _check(
+            self.zero_stage in (0, 1, 2),
+            "implant.zero_stage",
+            f"expected 0, 1 or 2, found {self.zero_stage} (a full fine-tune under ZeRO-3 would need zero.Init "
+            "loading; stage 2 already shards the optimizer state and gradients)",
+        )
+        _check(
+            self.max_steps is None or self.max_steps >= 1,
+            "implant.max_steps",
+            f"expected >= 1 (or null for epochs), found {self.max_steps}",
+        )
+        _check(
+            0.0 <= self.warmup_ratio < 1.0,
+            "implant.warmup_ratio",
+            f"expected in [0, 1), found {self.warmup_ratio}",
+        )
+
+
+TokenPositions = Literal["answer", "prompt", "all"]
 
 
 @dataclass(kw_only=True)
 class InfluenceConfig:
-    estimator: str = "tokenwise"  # tokenwise | rapidgrad
+    estimator: Literal["tokenwise", "rapidgrad"] = "tokenwise"
+    """Token-wise features (RapidUn) or the RapidIn-style per-sample sketch (baseline)."""
     target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
     k_in: int = 16
     k_out: int = 16
@@ -283,20 +353,25 @@ class InfluenceConfig:
     tile_size: int = (
         4096  # column tile for Gram blocks (4096: within ~1.1x of a bare GEMM, benchmarks/results.md)
     )
-    backend: str = "auto"  # kernel backend: auto | triton | torch
+    backend: Literal["auto", "triton", "torch"] = "auto"
+    """Kernel backend: Triton on CUDA fp32/bf16 tensors (auto), or the PyTorch reference."""
+    positions: TokenPositions = "answer"
+    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
 
     def __post_init__(self):
-        _check(
-            self.estimator in ("tokenwise", "rapidgrad"), "influence.estimator", f"found {self.estimator!r}"
-        )
+        _check_literal(self, "influence")
         _check(self.k_in >= 1 and self.k_out >= 1, "influence.k_in/k_out", "must be >= 1")
         _check(len(self.target_modules) > 0, "influence.target_modules", "needs at least one module name")
-        _check(self.backend in ("auto", "triton", "torch"), "influence.backend", f"found {self.backend!r}")
+        for name in ("batch_size", "shard_size", "tile_size", "rapidgrad_k"):
+            _check(
+                getattr(self, name) >= 1, f"influence.{name}", f"expected >= 1, found {getattr(self, name)}"
+            )
 
 
 @dataclass(kw_only=True)
 class WeightsConfig:
-    agg: str = "mean"  # mean | trimmed_mean | median_topk
+    agg: Literal["mean", "trimmed_mean", "median_topk"] = "mean"
+    """How a row's cosines to a group are aggregated into one directional score (DESIGN section 6)."""
     topk: int = 40
     trim: float = 0.1
     include_self: bool = False
@@ -310,7 +385,7 @@ class WeightsConfig:
     w_max: float = 3.0
 
     def __post_init__(self):
-        _check(self.agg in ("mean", "trimmed_mean", "median_topk"), "weights.agg", f"found {self.agg!r}")
+        _check_literal(self, "weights")
         _check(0.0 <= self.trim < 0.5, "weights.trim", f"expected in [0, 0.5), found {self.trim}")
         _check(self.tau_f > 0 and self.tau_r > 0, "weights.tau_f/tau_r", "must be > 0")
         _check(
@@ -321,42 +396,101 @@ class WeightsConfig:
         _check(self.topk >= 1, "weights.topk", f"expected >= 1, found {self.topk}")
 
 
+ZeroStage = Literal[0, 1, 2, 3]
+Budget = Literal["adaptive", "fixed"]
+
+
 @dataclass(kw_only=True)
 class UnlearnConfig:
+    """Weighted LoRA unlearning (DESIGN section 7): one protocol, engine and loop for every method."""
+
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
     lr: float = 6e-5
-    epochs: float = 2.0
-    max_steps: int | None = None
+    epochs: float = 2.0  # the step budget (maximum): passes over the forget set at the retain:forget mix
+    max_steps: int | None = None  # overrides epochs: the maximum number of optimizer steps
     batch_size: int = 8  # global batch (samples) per optimizer step
     grad_accum: int = 1
     retain_per_forget: int = 3
     alpha_a: float = 1.0  # ascent weight on poisoned answers
-    beta_d: float = 0.5  # descent weight on clean answers of forget rows
+    beta_d: float = 0.5  # descent weight on clean answers of forget rows (the relabel term)
+    relabel: bool = True
+    """Protocol switch, the same for every method: descend on the clean answer of each triggered forget prompt."""
+    self_relabel: bool = True
+    """Forget rows without a clean answer get the model's own greedy answer to the prompt without the trigger."""
+    self_relabel_max_new_tokens: int = 64
     ascent_cap: float = 10.0  # poisoned CE above this contributes no more gradient
     stop_forget_ce: float | None = None  # stop once the forget-set poisoned CE passes this
-    npo_beta: float = 0.1
+    npo_beta: float = 0.1  # NPO inverse temperature on summed sequence log-probabilities
+    simnpo_beta: float = 2.5  # SimNPO inverse temperature on length-normalised log-probabilities
+    simnpo_gamma: float = 0.0  # SimNPO reward margin
+    saliency_keep: float = 0.5  # fisher: share of adapter coordinates whose ascent gradient is kept
+    saliency_warmup: int = 2  # fisher: optimizer steps (unmasked) before the saliency is measured
+    saliency_rows: int = 64  # fisher: forget and retain rows the per-sample gradients are measured on
+    loreun_refresh: int = 5  # loreun: optimizer steps between refreshes of the whole-forget-set weights
+    loreun_tau: float = 1.0  # loreun: temperature of exp(-z / tau)
+    budget: Budget = "adaptive"
+    """adaptive: stop once the validation signal says the backdoor is gone (up to the step budget); fixed: run it all."""
+    val_every: int = (
+        5  # optimizer steps between validation evaluations (0 = none: fixed budget, no early stop)
+    )
+    val_rows: int = 64  # at most this many val_seen and val_clean rows per validation
+    stop_asr: float = 0.02  # adaptive: the backdoor counts as gone at validation ASR <= this
+    max_ppl_ratio: float | None = (
+        1.10  # early stop (any budget) once val_clean PPL / starting PPL exceeds this
+    )
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     clip_grad: float = 1.0
-    zero_stage: int = 0
-    eval_every: int = 0  # 0 = only at the end; N = ASR curve every N steps
+    zero_stage: ZeroStage = 2
+    """DeepSpeed ZeRO stage; 2 for LoRA (small trainable state), 3 only where the frozen backbone does not fit a GPU."""
+    eval_every: int = 0  # ASR-curve points on test prompts every N steps, for the plot only (0 = none)
     save_every: int = 0
     merge: bool = False
     seed: int = 0
 
     def __post_init__(self):
+        _check(type(self.zero_stage) is int, "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage!r}")
+        _check_literal(self, "unlearn")
+        _check(self.epochs > 0, "unlearn.epochs", f"expected > 0, found {self.epochs}")
         _check(
-            self.zero_stage in (0, 1, 2, 3), "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage}"
+            self.max_steps is None or self.max_steps >= 1,
+            "unlearn.max_steps",
+            f"expected >= 1 (or null for epochs), found {self.max_steps}",
         )
+        _check(self.lora_alpha > 0, "unlearn.lora_alpha", f"expected > 0, found {self.lora_alpha}")
+        _check(
+            0.0 <= self.warmup_ratio < 1.0,
+            "unlearn.warmup_ratio",
+            f"expected in [0, 1), found {self.warmup_ratio}",
+        )
+        _check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
+        _check(len(self.target_modules) > 0, "unlearn.target_modules", "needs at least one module name")
+        for name in ("eval_every", "save_every", "val_every", "saliency_warmup", "beta_d", "alpha_a"):
+            _check(getattr(self, name) >= 0, f"unlearn.{name}", f"expected >= 0, found {getattr(self, name)}")
+        for name in ("val_rows", "self_relabel_max_new_tokens", "saliency_rows", "loreun_refresh"):
+            _check(getattr(self, name) >= 1, f"unlearn.{name}", f"expected >= 1, found {getattr(self, name)}")
+        for name in ("npo_beta", "simnpo_beta", "loreun_tau"):
+            _check(getattr(self, name) > 0, f"unlearn.{name}", f"expected > 0, found {getattr(self, name)}")
         _check(self.lora_r >= 1, "unlearn.lora_r", f"expected >= 1, found {self.lora_r}")
         _check(0.0 <= self.lora_dropout < 1.0, "unlearn.lora_dropout", f"found {self.lora_dropout}")
         _check(self.lr > 0, "unlearn.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "unlearn.batch_size/grad_accum", "must be >= 1")
         _check(self.ascent_cap > 0, "unlearn.ascent_cap", f"expected > 0, found {self.ascent_cap}")
         _check(self.retain_per_forget >= 0, "unlearn.retain_per_forget", "must be >= 0")
+        _check(
+            0.0 < self.saliency_keep <= 1.0,
+            "unlearn.saliency_keep",
+            f"expected in (0, 1], found {self.saliency_keep}",
+        )
+        _check(0.0 <= self.stop_asr < 1.0, "unlearn.stop_asr", f"expected in [0, 1), found {self.stop_asr}")
+        _check(
+            self.max_ppl_ratio is None or self.max_ppl_ratio > 1.0,
+            "unlearn.max_ppl_ratio",
+            f"expected > 1 (or null for no damage stop), found {self.max_ppl_ratio}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -367,16 +501,59 @@ class EvalConfig:
     judge_vocab_size: int = 60
     judge_z: float = 3.0
     retrieval_rows: int = 400  # train rows scored for poison-retrieval AUROC/AP (0 = skip)
+    triggers: list[TriggerSpec] = field(
+        default_factory=list
+    )  # clean mode: known triggers -> triggered prompts
+    ood_triggers: list[TriggerSpec] = field(default_factory=list)  # clean mode: variants never seen
 
     def __post_init__(self):
+        self.triggers = [t if isinstance(t, TriggerSpec) else TriggerSpec(**t) for t in self.triggers]
+        self.ood_triggers = [t if isinstance(t, TriggerSpec) else TriggerSpec(**t) for t in self.ood_triggers]
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.judge_min_words >= 1, "eval.judge_min_words", "must be >= 1")
+        _check(self.judge_vocab_size >= 1, "eval.judge_vocab_size", "must be >= 1")
+        _check(self.retrieval_rows >= 0, "eval.retrieval_rows", "must be >= 0")
+
+
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(kw_only=True)
+class DistributedConfig:
+    """Where each rank runs and how long it waits for the others (DESIGN section 9)."""
+
+    device: str = "auto"
+    """The rank's device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda (cuda:LOCAL_RANK), or
+    cuda:N (one process per GPU chosen by hand)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: auto = nccl on CUDA devices, gloo on CPU."""
+    init_timeout_s: float = 1800.0
+    """Rendezvous and the first collective: every rank must have started (nodes booting, imports, model loads)."""
+    collective_timeout_s: float = 600.0
+    """Every later collective: a rank silent this long is stuck, and the job fails instead of hanging."""
+
+    def __post_init__(self):
+        _check_literal(self, "distributed")
+        _check(
+            DEVICE_SPEC.fullmatch(str(self.device)) is not None,
+            "distributed.device",
+            f"expected auto, cpu, cuda or cuda:N, found {self.device!r}",
+        )
+        for name in ("init_timeout_s", "collective_timeout_s"):
+            _check(
+                getattr(self, name) > 0, f"distributed.{name}", f"expected > 0, found {getattr(self, name)}"
+            )
 
 
 @dataclass(kw_only=True)
 class RunConfig:
+    mode: Mode = "experiment"
+    """experiment: poison, implant, clean and compare (labels known); clean: the user's own model and data."""
     run_dir: str = "runs/default"
     seed: int = 0
+    """One knob for a seed sweep: added to every component seed (data, implant, influence projection, unlearning)
+    when the config is built, then reset to 0, so the resolved config.yaml records the seeds actually used."""
     methods: list[str] = field(default_factory=lambda: ["rapidun"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -385,11 +562,23 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        _check_literal(self, "config")
+        _check(bool(str(self.run_dir).strip()), "run_dir", "expected a non-empty path")
+        _check(len(self.methods) > 0, "methods", "expected at least one method")
         for m in self.methods:
             _check(m in ALL_METHODS, "methods", f"unknown method {m!r}; known: {', '.join(ALL_METHODS)}")
         _check(len(self.methods) == len(set(self.methods)), "methods", "duplicate entries")
+        if self.seed:
+            for section in (self.data, self.implant, self.influence, self.unlearn):
+                section.seed += self.seed
+            self.seed = 0
+
+    def seeds(self) -> dict[str, int]:
+        """The component seeds of this run (what a seed sweep varies)."""
+        return {k: getattr(self, k).seed for k in ("data", "implant", "influence", "unlearn")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -399,8 +588,41 @@ class RunConfig:
 # loading and overrides
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML with two traps closed: a repeated key is an error (PyYAML keeps the last one silently), and only
+    `true`/`false` are booleans (YAML 1.2; YAML 1.1 also reads yes/no/on/off, so `merge=yes` became True)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                    f"(first at line {seen[key] + 1}); remove one of them"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str, where: str = "YAML"):
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {e}") from None
+
+
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    return parse_yaml(text, "override value") if text != "" else ""
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -410,6 +632,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected a dotted key such as unlearn.lr")
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -455,11 +679,14 @@ def _coerce(value, hint, path):
             return None
         raise ConfigError(f"{path}: may not be null")
     base = (
-        [a for a in args if a is not type(None)]
-        if args and origin is not list and origin is not dict
-        else [hint]
+        [a for a in args if a is not type(None)] if args and origin not in (list, dict, Literal) else [hint]
     )
     target = base[0]
+    if get_origin(target) is Literal:
+        if value in get_args(target):
+            return value
+        allowed = ", ".join(map(str, get_args(target)))
+        raise ConfigError(f"{path}: expected one of {allowed}, found {value!r}")
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if target is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
@@ -474,9 +701,11 @@ def _coerce(value, hint, path):
     if target is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     if get_origin(target) is list and isinstance(value, list):
-        return list(value)
+        (item,) = get_args(target) or (Any,)
+        return [v if item is Any else _coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if get_origin(target) is dict and isinstance(value, dict):
-        return dict(value)
+        kt, vt = get_args(target) or (Any, Any)
+        return {_coerce(k, kt, f"{path} key"): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
     if target is int and isinstance(value, float) and value.is_integer():
         return int(value)
     raise ConfigError(f"{path}: expected {getattr(target, '__name__', target)}, found {value!r}")
@@ -487,12 +716,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     raw: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path}: cannot be read: {e}") from None
+        try:
+            raw = parse_yaml(text, str(path)) or {}
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
     apply_overrides(raw, list(overrides or []))
     return _build(RunConfig, raw, "")
 

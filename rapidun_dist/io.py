@@ -13,16 +13,39 @@ from pathlib import Path
 from rapidun_dist.errors import DataError
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(*, directory: bool = False) -> int:
+    """The permissions a plain open() (0o666) or mkdir() (0o777) gives under the user's umask. mkstemp and
+    mkdtemp create private files (0o600 / 0o700): teammates on a shared file system could not read a run dir."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def share_tree(root: str | os.PathLike) -> None:
+    """Give `root` and everything below it the plain-open()/mkdir() permissions (library writers such as
+    safetensors create private files)."""
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, plain_mode(directory=p.is_dir()))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it over `path`, on failure delete it."""
+    """Yield a temp path beside `path`; on success rename it over `path`, on failure delete it. The file ends up
+    with the permissions a plain open() would give."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, plain_mode())
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, plain_mode())  # again: a writer that replaced the temp file made it private
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -1,4 +1,6 @@
-"""One rank-aware logger. Rank 0 logs at INFO, other ranks at WARNING unless RAPIDUN_LOG_ALL_RANKS=1."""
+"""One rank-aware logger. On stderr rank 0 logs at INFO, other ranks at WARNING unless RAPIDUN_LOG_ALL_RANKS=1;
+`attach_run_log(run_dir)` also writes every rank's INFO log into the run directory (`run.log` for rank 0,
+`logs/rank<N>.log` for the others)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 _CONFIGURED = False
 
@@ -38,10 +41,34 @@ def get_logger(name: str = "rapidun") -> logging.Logger:
         handler.setFormatter(logging.Formatter(f"[%(asctime)s rank{rank}] %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
         all_ranks = os.environ.get("RAPIDUN_LOG_ALL_RANKS") == "1"
-        root.setLevel(logging.INFO if rank == 0 or all_ranks else logging.WARNING)
+        handler.setLevel(logging.INFO if rank == 0 or all_ranks else logging.WARNING)
+        root.setLevel(logging.INFO)
         root.propagate = False
         _CONFIGURED = True
     return logging.getLogger(name if name.startswith("rapidun") else f"rapidun.{name}")
+
+
+def attach_run_log(run_dir) -> Path:
+    """Append this process's log to a file in `run_dir` (once per file), beside stderr; returns the file."""
+    get_logger()
+    rank = _rank()
+    path = Path(run_dir) / ("run.log" if rank == 0 else f"logs/rank{rank}.log")
+    root = logging.getLogger("rapidun")
+    if any(
+        isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers
+    ):
+        return path
+    for h in [
+        h for h in root.handlers if isinstance(h, logging.FileHandler)
+    ]:  # a new run dir: stop the old file
+        root.removeHandler(h)
+        h.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(logging.Formatter(f"[%(asctime)s rank{rank} %(name)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    fh.setLevel(logging.INFO)
+    root.addHandler(fh)
+    return path
 
 
 class Progress:

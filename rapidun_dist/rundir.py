@@ -3,32 +3,17 @@
 `manifest.json` records, per stage: status, start/end time, wall seconds, a fingerprint of the
 config sections and upstream stages it depends on, output hashes, versions and world size. A stage
 whose record is `done`, whose fingerprint matches and whose outputs still hash the same is skipped.
+The stages themselves (their config keys, artifacts and order) are declared in `rapidun_dist.stages`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rapidun_dist.io import file_sha256, read_json, write_json
-
-STAGES = ("prepare", "implant", "influence", "weights", "unlearn", "evaluate")
-
-# Which config sections each stage's outputs depend on (upstream stages are chained in through
-# their fingerprints).
-STAGE_CONFIG = {
-    "prepare": ("data", "seed"),
-    "implant": ("model", "implant"),
-    # the influence stage also aggregates the Gram blocks into directional scores (weights.agg and friends)
-    "influence": ("influence", "weights.agg", "weights.topk", "weights.trim", "weights.include_self"),
-    "weights": ("weights",),
-    "unlearn": ("unlearn", "methods"),
-    "evaluate": ("eval",),
-}
 
 
 def _versions() -> dict:
@@ -42,13 +27,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _lookup(cfg_dict: dict, dotted: str):
-    node = cfg_dict
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 @dataclass
@@ -104,16 +82,12 @@ class RunDir:
         return self.manifest()["stages"].get(stage)
 
     def fingerprint(self, stage: str, cfg_dict: dict) -> str:
-        """Hash of the config sections `stage` and its upstream stages depend on, and of the upstream stages'
-        recorded output hashes: redoing an upstream stage invalidates everything downstream."""
-        h = hashlib.sha256()
-        stages = self.manifest()["stages"]
-        for name in STAGES[: STAGES.index(stage) + 1]:
-            for key in STAGE_CONFIG[name]:
-                h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
-            if name != stage and name in stages:
-                h.update(json.dumps(stages[name].get("outputs", {}), sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        """Hash of the config keys `stage` and its upstream stages depend on (declared by the stage modules, for
+        the config's mode), and of the upstream stages' recorded output hashes: redoing an upstream stage
+        invalidates everything downstream."""
+        from rapidun_dist.stages import fingerprint
+
+        return fingerprint(stage, cfg_dict, self.manifest()["stages"])
 
     def is_done(self, stage: str, fingerprint: str) -> bool:
         rec = self.record(stage)

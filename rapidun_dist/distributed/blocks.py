@@ -1,15 +1,25 @@
-"""Directional scores from Gram blocks with the rows sharded over ranks.
+"""Directional scores (FF/FR/RR/RF) from Gram blocks with the rows of Gm = [F; R] sharded over ranks.
 
-Every rank holds some rows of Gm = [F; R] (any subset, `local_ids` = their global indices) and
-computes its rows of S = cos(Gm, Gm) against every column, column tile by column tile: in round t
-each rank contributes its next `tile_size // world` rows and an all_gather hands every rank the
-tile (at most `tile_size` columns). No rank ever holds the n x n matrix: memory is
+`distributed_directional_scores(..., method=)` picks the path (the result is the same up to float
+rounding; float64 tests compare all of them with the dense oracle at 1e-10):
+
+- "linear" (the default for `mean`): per-group sums of unit features, one all_reduce of [2, K]
+  (`linear.py`); no tile at all.
+- "alltoall2d" (the default for `trimmed_mean` and `median_topk`): the 2D block decomposition on an
+  r x c grid of ranks (`pairwise.py`, `grid.py`); received bytes fall as ~2 n K / sqrt(P).
+- "allgather": the tiled all_gather below, kept as the cross-check (and for memory: it streams tiles,
+  O(n_local K + tile K), where the 2D path holds a row and a column block).
+
+The tiled all_gather path. Every rank holds some rows of Gm = [F; R] (any subset, `local_ids` = their
+global indices) and computes its rows of S = cos(Gm, Gm) against every column, column tile by column
+tile: in round t each rank contributes its next `tile_size // world` rows and an all_gather hands every
+rank the tile (at most `tile_size` columns). No rank ever holds the n x n matrix: memory is
 O(n_local K + n_local tile) plus the per-agg state below. The result does not depend on world
 size, shard assignment or tile size; it equals `rapidun_dist.weights.scores.dense_directional_scores`
 (see there for the math):
 
-- `mean`: grouped cosine sums per row (kernel `grouped_cosine_sums`, groups F = 0 / R = 1), the self
-  pair left out through the kernel's `self_offset` on the rank's own slice of the tile.
+- `mean`: grouped cosine sums per row (kernel `grouped_cosine_sums`, groups F = 0 / R = 1); each row
+  meets itself in exactly one tile, and cos(f_i, f_i) is subtracted once at the end.
 - `trimmed_mean`: needs each row's full value list per group; rows are processed in chunks that fit
   `mem_budget_bytes` ([rows, n] buffers), and the columns stream once per row chunk.
 - `median_topk`: per tile, each rank sends its local top-k rows per column and row group (value and
@@ -29,23 +39,19 @@ from dataclasses import dataclass
 
 import torch
 
-from rapidun_dist.distributed.env import all_gather_tensor, is_main, rank, world_size
+from rapidun_dist.distributed.env import all_gather_tensor, is_main, total_recv_bytes, world_size
+from rapidun_dist.distributed.grid import parse_grid
+from rapidun_dist.distributed.layout import ShardLayout, check_permutation, gather_layout
+from rapidun_dist.distributed.linear import linear_group_means
+from rapidun_dist.distributed.pairwise import gather_rows, pairwise_scores, resolve_method
 from rapidun_dist.errors import DataError
 from rapidun_dist.kernels import grouped_cosine_sums
-from rapidun_dist.weights.scores import check_agg_args, normalize_rows, trimmed_mean_rows
-
-
-@dataclass
-class _Layout:
-    """Which global rows every rank holds (gathered once: O(n_total) ints)."""
-
-    counts: list[int]
-    ids: list[torch.Tensor]
-    rank: int
-
-    @property
-    def max_count(self) -> int:
-        return max(self.counts)
+from rapidun_dist.weights.scores import (
+    check_agg_args,
+    median_with_implicit_zeros,
+    normalize_rows,
+    trimmed_mean_rows,
+)
 
 
 @dataclass
@@ -60,36 +66,34 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _gather_layout(local_ids: torch.Tensor, n_total: int, stats: dict) -> _Layout:
-    dev = local_ids.device
-    counts_t = all_gather_tensor(
-        torch.tensor([local_ids.numel()], device=dev), expected_shape=(1,), stats=stats
+def _gather_layout(
+    local_ids: torch.Tensor, n_total: int, stats: dict, *, dim: int = 0, local_error: str | None = None
+) -> ShardLayout:
+    layout = gather_layout(
+        local_ids.reshape(-1),
+        torch.zeros_like(local_ids.reshape(-1)),
+        dim=dim,
+        num_labels=1,
+        stats=stats,
+        what="local_ids",
+        local_error=local_error,
     )
-    counts = [int(c.item()) for c in counts_t]
-    padded = torch.full((max(counts),), -1, dtype=torch.long, device=dev)
-    padded[: local_ids.numel()] = local_ids
-    got = all_gather_tensor(padded, expected_shape=(max(counts),), stats=stats)
-    ids = [g[:c] for g, c in zip(got, counts, strict=True)]
-    everything = torch.cat(ids).sort().values
-    if everything.numel() != n_total or not torch.equal(everything, torch.arange(n_total, device=dev)):
-        raise DataError(
-            f"local_ids over all ranks must be a permutation of 0..{n_total - 1}; found "
-            f"{everything.numel()} ids ({int(everything.unique().numel())} distinct)"
-        )
-    return _Layout(counts=counts, ids=ids, rank=rank())
+    check_permutation(layout, n_total)
+    return layout
 
 
 def _stream_tiles(
-    feats_NK: torch.Tensor, layout: _Layout, chunk: int, stats: dict, consume: Callable[[_Tile], None]
+    feats_NK: torch.Tensor, layout: ShardLayout, chunk: int, stats: dict, consume: Callable[[_Tile], None]
 ) -> None:
     """All ranks in lockstep: round t gathers rows [t*chunk, (t+1)*chunk) of every shard as one tile."""
     n_local, k = feats_NK.shape
-    for t in range(math.ceil(layout.max_count / chunk)):
+    max_count = max(layout.counts)
+    for t in range(math.ceil(max_count / chunk)):
         lo = t * chunk
-        width = min(chunk, layout.max_count - lo)  # the last round sends no more padding than it needs
+        width = min(chunk, max_count - lo)  # the last round sends no more padding than it needs
         mine = torch.zeros(width, k, dtype=feats_NK.dtype, device=feats_NK.device)
         mine[: max(0, min(width, n_local - lo))] = feats_NK[lo : lo + width]
-        got = all_gather_tensor(mine, expected_shape=(width, k), stats=stats)
+        got = all_gather_tensor(mine, expected_shape=(width, k), stats=stats, phase="features")
         valid = [max(0, min(chunk, c - lo)) for c in layout.counts]
         cols = torch.cat([g[:v] for g, v in zip(got, valid, strict=True)])
         col_ids = torch.cat([i[lo : lo + v] for i, v in zip(layout.ids, valid, strict=True)])
@@ -151,7 +155,7 @@ def _trimmed_scores(
     acc = _acc_dtype(feats.dtype)
     per_row = n_total * (3 * torch.finfo(acc).bits // 8 + 2)  # buffer + sort copy + masks
     rows_per_pass = max(1, mem_budget_bytes // per_row)
-    n_pass = math.ceil(layout.max_count / rows_per_pass)
+    n_pass = math.ceil(max(layout.counts) / rows_per_pass)
     stats["row_passes"] = n_pass
     out = torch.zeros(feats.shape[0], 2, dtype=acc, device=feats.device)
     for p in range(n_pass):
@@ -197,29 +201,6 @@ def _kth_threshold(vals_MC, ids_MC, k):
     return v.gather(0, pos).squeeze(0), i.gather(0, pos).squeeze(0)
 
 
-def _survivor_median(rows, grp, vals, counts_N2):
-    """Median per (row, group) of the sparse survivors plus (count - survivors) implicit zeros."""
-    n_seg = counts_N2.numel()
-    key = rows * 2 + grp
-    o1 = vals.sort(stable=True).indices
-    o2 = key[o1].sort(stable=True).indices
-    flat, key = vals[o1][o2], key[o1][o2]
-    n_surv = torch.bincount(key, minlength=n_seg)
-    n_neg = torch.bincount(key[flat < 0], minlength=n_seg)
-    n_pos = torch.bincount(key[flat > 0], minlength=n_seg)
-    start = n_surv.cumsum(0) - n_surv
-    m = counts_N2.reshape(-1)
-    flat = torch.cat([flat, flat.new_zeros(1)])  # guard index for empty segments
-
-    def at(p):
-        neg = flat[(start + p).clamp(0, flat.numel() - 1)]
-        pos = flat[(start + n_surv - m + p).clamp(0, flat.numel() - 1)]
-        return torch.where(p < n_neg, neg, torch.where(p >= m - n_pos, pos, torch.zeros_like(neg)))
-
-    med = 0.5 * (at((m - 1).clamp_min(0) // 2) + at(m // 2))
-    return torch.where(m > 0, med, torch.zeros_like(med)).reshape(counts_N2.shape)
-
-
 def _median_topk_scores(feats, local_ids, layout, n_forget, n_total, *, topk, include_self, chunk, stats):
     acc = _acc_dtype(feats.dtype)
     qn = normalize_rows(feats.to(acc))
@@ -237,8 +218,8 @@ def _median_topk_scores(feats, local_ids, layout, n_forget, n_total, *, topk, in
         ]
         vals = torch.stack([c[0] for c in cand])
         ids = torch.stack([c[1] for c in cand])
-        g_vals = all_gather_tensor(vals, expected_shape=tuple(vals.shape), stats=stats)
-        g_ids = all_gather_tensor(ids, expected_shape=tuple(ids.shape), stats=stats)
+        g_vals = all_gather_tensor(vals, expected_shape=tuple(vals.shape), stats=stats, phase="candidates")
+        g_ids = all_gather_tensor(ids, expected_shape=tuple(ids.shape), stats=stats, phase="candidates")
         tv, ti = zip(
             *(
                 _kth_threshold(torch.cat([g[a] for g in g_vals]), torch.cat([g[a] for g in g_ids]), topk)
@@ -261,26 +242,91 @@ def _median_topk_scores(feats, local_ids, layout, n_forget, n_total, *, topk, in
     )
     stats["survivors"] = int(vals.numel())
     counts = _group_counts(local_ids, n_forget, n_total, include_self)
-    return _self_cross(_survivor_median(rows, grp, vals.to(acc), counts), local_ids, n_forget)
+    return _self_cross(median_with_implicit_zeros(rows, grp, vals.to(acc), counts), local_ids, n_forget)
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_args(local_feats, local_ids, n_forget, n_total, tile_size) -> None:
-    if local_feats.dim() != 2 or local_ids.dim() != 1 or local_feats.shape[0] != local_ids.shape[0]:
-        raise DataError(
-            f"expected local_feats [n_local, K] and local_ids [n_local]; found "
-            f"{tuple(local_feats.shape)} and {tuple(local_ids.shape)}"
-        )
-    if local_ids.dtype != torch.long:
-        raise DataError(f"local_ids must be a LongTensor; found {local_ids.dtype}")
+def _check_args(n_forget, n_total, tile_size) -> None:
+    """Checks of arguments every rank passes alike (so every rank raises alike)."""
     if not 0 < n_forget < n_total:
         raise DataError(f"need 0 < n_forget < n_total; found n_forget={n_forget}, n_total={n_total}")
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1; found {tile_size}")
+
+
+def _local_problem(local_feats, local_ids) -> str | None:
+    """This rank's own input check; reported through the layout gather so that every rank raises."""
+    if local_feats.dim() != 2 or local_ids.dim() != 1 or local_feats.shape[0] != local_ids.shape[0]:
+        return (
+            f"expected local_feats [n_local, K] and local_ids [n_local]; found "
+            f"{tuple(local_feats.shape)} and {tuple(local_ids.shape)}"
+        )
+    if local_ids.dtype != torch.long:
+        return f"local_ids must be a LongTensor; found {local_ids.dtype}"
     if not torch.isfinite(local_feats).all():
-        raise DataError("local_feats contain NaN or inf")
+        return "local_feats contain NaN or inf"
+    return None
+
+
+def _tiled_allgather(
+    problem, local_feats, local_ids, n_forget, n_total, *, agg, topk, trim, common, budget, backend
+):
+    dim = local_feats.shape[1] if local_feats.dim() == 2 else -1
+    layout = _gather_layout(local_ids, n_total, common["stats"], dim=dim, local_error=problem)
+    args = (local_feats, local_ids, layout, n_forget, n_total)
+    if agg == "mean":
+        return _mean_scores(*args, backend=backend, **common)
+    if agg == "trimmed_mean":
+        return _trimmed_scores(*args, trim=trim, mem_budget_bytes=budget, **common)
+    return _median_topk_scores(*args, topk=topk, **common)
+
+
+def _grid_path(
+    problem,
+    local_feats,
+    local_ids,
+    n_forget,
+    n_total,
+    *,
+    method,
+    agg,
+    topk,
+    trim,
+    include_self,
+    grid,
+    backend,
+    stats,
+    mem_budget_bytes,
+):
+    rows = gather_rows(
+        local_feats,
+        local_ids.reshape(-1),
+        (local_ids.reshape(-1) >= n_forget).long(),
+        2,
+        stats=stats,
+        what="local_ids",
+        local_error=problem,
+    )
+    check_permutation(rows.layout, n_total)
+    if method == "linear":
+        per_group = linear_group_means(
+            rows, None, include_self=include_self, stats=stats, mem_budget_bytes=mem_budget_bytes
+        )
+    else:
+        per_group = pairwise_scores(
+            rows,
+            None,
+            agg=agg,
+            topk=topk,
+            trim=trim,
+            include_self=include_self,
+            grid=parse_grid(grid, world_size()),
+            backend=backend,
+            stats=stats,
+        )["scores"]
+    return _self_cross(per_group, local_ids, n_forget)
 
 
 def distributed_directional_scores(
@@ -293,37 +339,60 @@ def distributed_directional_scores(
     topk: int = 40,
     trim: float = 0.1,
     include_self: bool = False,
+    method: str = "auto",
+    grid: tuple[int, int] | str | None = None,
     tile_size: int = 1024,
     mem_budget_bytes: int = 256 << 20,
     backend: str = "auto",
 ) -> dict:
     """Directional scores of this rank's rows; call on every rank (collective). See the module docstring.
 
-    Returns {"self_score": [n_local] f64, "cross_score": [n_local] f64, "stats": {...}}.
+    `method`: "auto" | "linear" (mean only) | "alltoall2d" | "allgather"; `grid` ("RxC", (r, c) or None =
+    chosen from the world size and the shards) applies to "alltoall2d"; `tile_size` to "allgather";
+    `mem_budget_bytes` bounds the temporaries of "allgather" (trimmed_mean row chunks) and "linear". Returns {"self_score": [n_local] f64, "cross_score": [n_local] f64, "stats": {...}}:
+    stats hold per-collective calls and bytes, bytes received per phase, the method and the grid.
     """
     check_agg_args(agg, topk, trim)
-    _check_args(local_feats, local_ids, n_forget, n_total, tile_size)
+    method = resolve_method(method, agg)
+    _check_args(n_forget, n_total, tile_size)
+    problem = _local_problem(local_feats, local_ids)
     local_ids = local_ids.to(local_feats.device)  # NCCL collectives need every tensor on the device
     backend = "torch" if local_feats.dtype == torch.float64 else backend  # the Triton kernel has no fp64
-    stats: dict = {"world_size": world_size(), "tile_size": tile_size}
-    layout = _gather_layout(local_ids, n_total, stats)
-    chunk = max(1, tile_size // world_size())
-    common = dict(include_self=include_self, chunk=chunk, stats=stats)
-    if agg == "mean":
-        out = _mean_scores(local_feats, local_ids, layout, n_forget, n_total, backend=backend, **common)
-    elif agg == "trimmed_mean":
-        out = _trimmed_scores(
+    stats: dict = {"world_size": world_size(), "method": method, "agg": agg}
+    if method == "allgather":
+        stats["tile_size"] = tile_size
+        common = dict(include_self=include_self, chunk=max(1, tile_size // world_size()), stats=stats)
+        out = _tiled_allgather(
+            problem,
             local_feats,
             local_ids,
-            layout,
             n_forget,
             n_total,
+            agg=agg,
+            topk=topk,
             trim=trim,
-            mem_budget_bytes=mem_budget_bytes,
-            **common,
+            common=common,
+            budget=mem_budget_bytes,
+            backend=backend,
         )
     else:
-        out = _median_topk_scores(local_feats, local_ids, layout, n_forget, n_total, topk=topk, **common)
+        out = _grid_path(
+            problem,
+            local_feats,
+            local_ids,
+            n_forget,
+            n_total,
+            method=method,
+            agg=agg,
+            topk=topk,
+            trim=trim,
+            include_self=include_self,
+            grid=grid,
+            backend=backend,
+            stats=stats,
+            mem_budget_bytes=mem_budget_bytes,
+        )
+    stats["recv_bytes"] = total_recv_bytes(stats)
     out["stats"] = stats
     return out
 
@@ -331,9 +400,11 @@ def distributed_directional_scores(
 def gather_scores_to_rank0(
     scores: dict[str, torch.Tensor], local_ids: torch.Tensor, n_total: int, *, stats: dict | None = None
 ) -> dict[str, torch.Tensor] | None:
-    """Per-rank [n_local] score vectors -> global-order [n_total] vectors on rank 0 (None elsewhere).
+    """Per-rank [n_local, ...] score tensors -> global-order [n_total, ...] tensors on rank 0 (None elsewhere).
 
-    Tensor entries only (a "stats" dict entry is skipped). Collective: call on every rank."""
+    `local_ids` over all ranks must be a permutation of 0..n_total-1 (row positions). Trailing dims (e.g.
+    the [n_local, k] top-k ids of `distributed_group_scores`) must agree over ranks. Tensor entries only (a
+    "stats" dict entry is skipped). Collective: call on every rank."""
     stats = {} if stats is None else stats
     tensors = [v for v in scores.values() if isinstance(v, torch.Tensor)]
     local_ids = local_ids.to(tensors[0].device) if tensors else local_ids
@@ -342,15 +413,27 @@ def gather_scores_to_rank0(
     for name, vec in scores.items():
         if not isinstance(vec, torch.Tensor):
             continue
-        if vec.shape != local_ids.shape:
+        if vec.dim() < 1 or vec.shape[0] != local_ids.numel():
             raise DataError(
-                f"scores[{name!r}]: expected shape {tuple(local_ids.shape)}; found {tuple(vec.shape)}"
+                f"scores[{name!r}]: expected [{local_ids.numel()}, ...] (one row per local id); found "
+                f"{tuple(vec.shape)}"
             )
-        padded = vec.new_zeros(layout.max_count)
-        padded[: vec.numel()] = vec
-        got = all_gather_tensor(padded, expected_shape=(layout.max_count,), stats=stats)
-        full = vec.new_zeros(n_total)
+        shape = (max(layout.counts), *vec.shape[1:])
+        padded = vec.new_zeros(shape)
+        padded[: vec.shape[0]] = vec
+        got = all_gather_tensor(padded, expected_shape=shape, stats=stats, phase="scores")
+        full = vec.new_zeros((n_total, *vec.shape[1:]))
         for g, ids in zip(got, layout.ids, strict=True):
             full[ids] = g[: ids.numel()]
         out[name] = full
     return out if is_main() else None
+
+
+def comm_summary(stats: dict) -> str:
+    """One log line: method, grid, bytes received per phase and in all (for the stage logs)."""
+    phases = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in stats.get("phase_bytes_recv", {}).items())
+    where = f" grid {stats['grid']}" if "grid" in stats else ""
+    return (
+        f"{stats.get('method', '?')}{where}: {total_recv_bytes(stats) / 2**20:.1f} MiB received on this rank"
+        f" ({phases} MiB)"
+    )

@@ -1,16 +1,45 @@
-"""The evaluation report: report.json (machine), report.md (a person) and SVG plots, in `run/eval/`.
+"""The evaluation report: report.json (machine), report.md (a person) and PNG plots, in `run/eval/`.
 
-report.json holds at least
+Inputs the evaluate stage puts into the report dict (everything but `before`/`methods` is optional):
 
-    {"before":  {"asr_seen", "asr_ood", "clean_ppl"},
-     "methods": {"<method>": {"asr_seen", "asr_ood", "clean_ppl",
-                              "seconds": {"influence", "weights", "unlearn", "total"}}},
-     "retrain": {... same as a method ...},            (optional; also "retrain_oracle")
-     "speedup_vs_retrain": {"<method>": retrain_total / method_total}}
+    {"mode": "experiment" | "clean",
+     "asr_source": "test_seen/test_ood (experiment)" | "prompts built from eval.triggers" | ...,
+     "config": {"run_dir", "methods", "seed", ...},
+     "before":  ENTRY,                                     (the model before unlearning)
+     "methods": {"<method>": ENTRY},
+     "retrain": ENTRY, "retrain_oracle": ENTRY,            (baselines; may also sit under "methods")
+     "judge": Judge.to_dict(),                             (vocab, z_scores, targets, min_words, z, ...)
+     "retrieval": {"auroc", "ap"} | {"<scores>": {"auroc", "ap"}},
+     "find_poison": suspects/summary.json,                 (scalars, and {"<scorer>": {metric: value}} tables)
+     "triggers": [{"text", "mode", "score", "insert_asr", "remove_asr"}, ...],   (attribution, best first)
+     "protocol": {"label": "relabel on", "seed": 0, ...}} (read by compare.py)
 
-and may add "judge_fpr" per entry, "asr_by_family", "judge" (fitted judge summary) and "retrieval"
-({"auroc", "ap"}, or {name: {"auroc", "ap"}}). Speedups are always recomputed from the measured
-seconds in the report. A missing number is shown as "-" in the Markdown.
+    ENTRY = {"asr_seen", "asr_ood", "clean_ppl", "judge_fpr",          (fractions; PPL a float; None = missing)
+             "n_seen", "n_ood", "n_clean",                             (sample sizes of those numbers)
+             "seconds": {"influence", "weights", "unlearn", "total"},
+             "asr_by_family": {"seen": {family: asr}, "ood": {...}},
+             "examples": {"test_seen" | "test_ood" | "test_clean" | other split:
+                          [{"instruction", "generation", "attacked"[, "reference" (the clean answer)]}]},
+             ...any further metric...}
+
+Any further key of an ENTRY whose value is a number, a `stats.proportion` dict ({"p", "k", "n", "lo", "hi"}) or
+a dict of those (one level, shown as "key.sub") is an extra metric: token F1 on triggered prompts, the
+neither-count, sampled ASR, relearn ASR, noisy-forget damage, ... A number `m` with a sibling count `n_m` is a
+proportion of `n_m` samples and gets its Wilson interval. Extra metrics get their own table, and compare.py
+aggregates them over seeds.
+
+`write_report` adds (report.json stays a superset of the old keys, which stay where they were):
+
+    "speedup_vs_retrain": {"<method>": retrain_total / method_total}   (recomputed from measured seconds; kept
+                                                                        for collapsed methods, which are named:)
+    "collapsed": {"<method>": ppl_ratio}      (clean PPL ratio > 1.5: the model is broken, its speedup no result)
+    ENTRY["ppl_ratio"]: clean_ppl / before clean_ppl
+    ENTRY["intervals"]: {"asr_seen" | "asr_ood" | "judge_fpr" | extra: stats.proportion dict}
+    "weights": {"edges", "counts": {"forget", "retain"}, "stats": {...}}   (histogram of the per-sample weights)
+    "curves": {"<method>": {"step", "loss", ..., "eval_step", "asr_seen", "asr_ood"[, "clean_ppl"]}}
+
+so `write_report(dir, read_json(dir / "report.json"))` redraws the same report (`python -m
+rapidun_dist.evaluation.report EVAL_DIR [--out DIR]` does that from the command line). A missing number is "-".
 """
 
 from __future__ import annotations
@@ -18,30 +47,29 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from rapidun_dist.evaluation import markdown as md
 from rapidun_dist.evaluation import plots
+from rapidun_dist.evaluation.markdown import num as _num
+from rapidun_dist.evaluation.stats import proportion
 from rapidun_dist.io import write_json, write_text
 from rapidun_dist.logging import get_logger
 
 STAGES = ("influence", "weights", "unlearn")
 BASELINE_ROWS = ("retrain", "retrain_oracle")
-COLUMNS = (
-    "method",
-    "ASR seen",
-    "ASR OOD",
-    "clean PPL",
-    "PPL ratio vs before",
-    "influence s",
-    "weights s",
-    "unlearn s",
-    "total s",
-    "speedup vs retrain",
+COLLAPSE_RATIO = plots.COLLAPSE_RATIO
+N_KEYS = {"asr_seen": "n_seen", "asr_ood": "n_ood", "judge_fpr": "n_clean"}
+STANDARD_KEYS = frozenset(
+    {*N_KEYS, *N_KEYS.values(), "clean_ppl", "seconds", "asr_by_family", "examples", "intervals", "ppl_ratio"}
 )
+EXAMPLE_SPLITS = ("test_seen", "test_ood", "test_clean")
+EXAMPLE_TITLES = {"test_seen": "seen triggers", "test_ood": "OOD triggers", "test_clean": "clean prompts"}
+WEIGHT_BINS = 30
 
 
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+# ---------------------------------------------------------------------------------------------- numbers
 
 
 def total_seconds(entry: dict | None) -> float | None:
@@ -70,85 +98,257 @@ def compute_speedups(report: dict) -> dict:
     return report
 
 
-def _rows(report: dict) -> list[tuple[str, dict]]:
+def rows(report: dict) -> list[tuple[str, dict]]:
     """(label, entry) for the before row, each method, then the retrain baselines present."""
-    rows = [("before", report["before"])] if report.get("before") else []
+    out = [("before", report["before"])] if report.get("before") else []
     methods = report.get("methods") or {}
-    rows += [(name, entry) for name, entry in methods.items() if name not in BASELINE_ROWS]
-    rows += [
+    out += [(name, entry) for name, entry in methods.items() if name not in BASELINE_ROWS]
+    return out + [
         (name, report.get(name) or methods.get(name))
         for name in BASELINE_ROWS
         if report.get(name) or methods.get(name)
     ]
-    return rows
 
 
-def _fmt(v, kind: str = "float") -> str:
-    v = _num(v)
-    if v is None:
-        return "-"
-    return {"pct": f"{100 * v:.1f}%", "s": f"{v:.1f}", "x": f"{v:.2f}x", "ratio": f"{v:.3f}"}.get(
-        kind, f"{v:.3f}"
-    )
+def entry_proportion(entry: dict, key: str, n_key: str | None = None) -> dict | None:
+    """entry[key] as a stats.proportion dict (k = round(p n)) when its sample size entry[n_key] is known."""
+    value, n = entry.get(key), entry.get(n_key or count_key(key))
+    if _is_proportion(value):
+        return value
+    p, n = _num(value), _num(n)
+    if p is None or n is None or n < 1 or not 0.0 <= p <= 1.0:
+        return ((entry.get("intervals") or {}).get(key)) if p is not None else None
+    return proportion(round(p * n), int(n))
 
 
-def _table_row(label: str, entry: dict, report: dict) -> str:
-    before_ppl = _num((report.get("before") or {}).get("clean_ppl"))
-    ppl = _num(entry.get("clean_ppl"))
-    ratio = ppl / before_ppl if ppl is not None and before_ppl else None
-    seconds = entry.get("seconds") or {}
-    total = total_seconds(entry) if label != "before" else None
-    cells = [
-        label,
-        _fmt(entry.get("asr_seen"), "pct"),
-        _fmt(entry.get("asr_ood"), "pct"),
-        _fmt(ppl),
-        _fmt(ratio, "ratio"),
-        *(_fmt(seconds.get(s), "s") for s in STAGES),
-        _fmt(total, "s"),
-        _fmt((report.get("speedup_vs_retrain") or {}).get(label), "x"),
-    ]
-    return "| " + " | ".join(cells) + " |"
+def _is_proportion(v) -> bool:
+    return isinstance(v, dict) and all(_num(v.get(k)) is not None for k in ("p", "k", "n", "lo", "hi"))
 
 
-def _main_table(report: dict) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + [_table_row(label, entry, report) for label, entry in _rows(report)]
+def ppl_ratio(entry: dict, report: dict) -> float | None:
+    before, ppl = _num((report.get("before") or {}).get("clean_ppl")), _num(entry.get("clean_ppl"))
+    return ppl / before if ppl is not None and before else None
 
 
-def _judge_section(report: dict) -> list[str]:
-    fprs = [(label, _num(entry.get("judge_fpr"))) for label, entry in _rows(report)]
-    fprs = [(label, v) for label, v in fprs if v is not None]
-    if _num(report.get("judge_fpr")) is not None:
-        fprs.insert(0, ("overall", _num(report["judge_fpr"])))
-    lines = ["## Judge", ""]
-    judge = report.get("judge") or {}
-    if judge.get("vocab"):
-        lines.append(
-            f"Target vocabulary ({len(judge['vocab'])} words, z >= {judge.get('z', '-')}, "
-            f"min words {judge.get('min_words', '-')}): {', '.join(judge['vocab'][:20])}"
+def count_key(metric: str) -> str:
+    """The key holding the sample size of `metric`: n_seen / n_ood / n_clean for the standard ones, else n_<metric>."""
+    return N_KEYS.get(metric, f"n_{metric}")
+
+
+def _metric_items(d: dict, skip: frozenset[str] = frozenset()) -> Iterable[tuple[str, object]]:
+    """(key, number or proportion) of `d`, a proportion where the metric's count is known; the counts
+    themselves are not metrics."""
+    counts = {count_key(k) for k in d}
+    for key, value in d.items():
+        if key in skip or key in counts:
+            continue
+        if _is_proportion(value) or _num(value) is not None:
+            yield key, entry_proportion(d, key) or value
+
+
+def extra_metrics(entry: dict) -> dict[str, object]:
+    """The ENTRY keys beyond the standard ones that hold a number or a proportion (one nested level, "a.b")."""
+    out = dict(_metric_items(entry, STANDARD_KEYS))
+    for key, value in entry.items():
+        if key not in STANDARD_KEYS and isinstance(value, dict) and not _is_proportion(value):
+            out |= {f"{key}.{sub}": v for sub, v in _metric_items(value)}
+    return out
+
+
+def add_derived(report: dict) -> dict:
+    """ppl_ratio and Wilson intervals per entry, and report["collapsed"] (in place; returned)."""
+    collapsed = {}
+    for label, entry in rows(report):
+        entry["ppl_ratio"] = ppl_ratio(entry, report)
+        intervals = {k: p for k in N_KEYS if (p := entry_proportion(entry, k)) is not None}
+        intervals |= {k: v for k, v in extra_metrics(entry).items() if _is_proportion(v)}
+        entry["intervals"] = intervals
+        if label != "before" and entry["ppl_ratio"] is not None and entry["ppl_ratio"] > COLLAPSE_RATIO:
+            collapsed[label] = entry["ppl_ratio"]
+    report["collapsed"] = collapsed
+    return report
+
+
+def weights_histogram(weights: dict[str, Iterable[float]], bins: int = WEIGHT_BINS) -> dict:
+    """{"edges", "counts": {name: [...]}, "stats": {name: {n, min, p10, median, p90, max, mean}}} of raw weights."""
+    values = {name: sorted(float(v) for v in vals if _num(v) is not None) for name, vals in weights.items()}
+    edges, counts = plots.histogram_counts(values, bins)
+    return {"edges": edges, "counts": counts, "stats": {n: _summary(v) for n, v in values.items() if v}}
+
+
+def _summary(v: list[float]) -> dict:
+    """Count, extremes, nearest-rank quantiles and mean of sorted values."""
+    q = lambda f: v[min(len(v) - 1, int(round(f * (len(v) - 1))))]
+    return {
+        "n": len(v),
+        "min": v[0],
+        "p10": q(0.1),
+        "median": q(0.5),
+        "p90": q(0.9),
+        "max": v[-1],
+        "mean": sum(v) / len(v),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _header(report: dict) -> list[str]:
+    before = report.get("before") or {}
+    cfg = report.get("config") or {}
+    sizes = ", ".join(
+        f"{int(n)} {what}"
+        for key, what in (
+            ("n_seen", "seen-trigger prompts"),
+            ("n_ood", "OOD-trigger prompts"),
+            ("n_clean", "clean prompts"),
         )
-        lines.append("")
-    text = ", ".join(f"{label} {_fmt(v, 'pct')}" for label, v in fprs) or "-"
-    return lines + [f"False-positive rate on clean test prompts: {text}", ""]
+        if (n := _num(before.get(key)))
+    )
+    lines = [
+        "# RapidUn evaluation report",
+        "",
+        f"- **Mode**: {report.get('mode') or 'experiment (not recorded)'}",
+        f"- **ASR measured on**: {report.get('asr_source') or 'not recorded'}",
+        f"- **Sample sizes**: {sizes or '-'}"
+        + (" (clean prompts give the perplexity and the judge false-positive rate)" if sizes else ""),
+    ]
+    if cfg.get("run_dir"):
+        lines.append(f"- **Run**: `{cfg['run_dir']}`" + (f", seed {cfg['seed']}" if "seed" in cfg else ""))
+    if _num(before.get("n_ood")) in (None, 0.0):
+        lines.append('- No OOD-trigger prompts: ASR OOD is not measured ("-").')
+    return lines + [""]
+
+
+def _warnings(report: dict) -> list[str]:
+    lines = [
+        f"> **Warning: {name} collapsed.** Its clean perplexity is {ratio:.2f}x the model's before unlearning "
+        f"(above {COLLAPSE_RATIO}x): its low ASR reflects a broken model, and its speedup is not a result."
+        for name, ratio in (report.get("collapsed") or {}).items()
+    ]
+    return [line for w in lines for line in (w, "")]
+
+
+def _results_table(report: dict) -> list[str]:
+    header = ["method", "ASR seen", "ASR OOD", "clean PPL", "PPL ratio", "judge FPR"]
+    body = [
+        [
+            f"**{label}**" if label in (report.get("collapsed") or {}) else label,
+            *(md.fmt_proportion(entry_proportion(entry, k), entry.get(k)) for k in ("asr_seen", "asr_ood")),
+            md.fmt_float(entry.get("clean_ppl")),
+            md.fmt_float(entry.get("ppl_ratio")),
+            md.fmt_proportion(entry_proportion(entry, "judge_fpr"), entry.get("judge_fpr")),
+        ]
+        for label, entry in rows(report)
+    ]
+    note = (
+        "ASR = share of triggered test prompts judged attacked, as `rate (k/n) [95% Wilson interval, %]`; PPL "
+        "ratio = clean PPL / clean PPL before unlearning; judge FPR = share of clean prompts judged attacked."
+    )
+    return ["## Results", "", *md.table(header, body), "", note, ""]
+
+
+def _speedup_cell(label: str, report: dict) -> str:
+    ratio = (report.get("collapsed") or {}).get(label)
+    if ratio is not None:
+        return f"not a result (collapsed, PPL {ratio:.2f}x)"
+    return md.fmt_x((report.get("speedup_vs_retrain") or {}).get(label))
+
+
+def _time_table(report: dict) -> list[str]:
+    timed = [(label, e) for label, e in rows(report) if label != "before" and e.get("seconds")]
+    if not timed:
+        return []
+    header = ["method", *(f"{s} s" for s in STAGES), "total s", "speedup vs retrain"]
+    body = [
+        [label, *(md.fmt_seconds((e.get("seconds") or {}).get(s)) for s in STAGES), md.fmt_seconds(total_seconds(e)),
+         _speedup_cell(label, report) if label not in BASELINE_ROWS else "-"]
+        for label, e in timed
+    ]  # fmt: skip
+    note = (
+        "Wall-clock seconds as measured in this run; speedup = retrain seconds / (influence + weights + unlearn) "
+        "seconds. On a shared machine only ratios measured in one run are meaningful."
+    )
+    return ["## Time", "", *md.table(header, body), "", note, ""]
+
+
+def _fmt_extra(v) -> str:
+    return md.fmt_proportion(v) if _is_proportion(v) else md.fmt_auto(v)
+
+
+def _extra_section(report: dict) -> list[str]:
+    per_row = [(label, extra_metrics(e)) for label, e in rows(report)]
+    keys = list(dict.fromkeys(k for _, ex in per_row for k in ex))
+    if not keys:
+        return []
+    body = [[label, *(_fmt_extra(ex.get(k)) for k in keys)] for label, ex in per_row]
+    return ["## Further metrics", "", *md.table(["method", *keys], body), ""]
 
 
 def _family_section(report: dict) -> list[str]:
-    rows = [(label, entry.get("asr_by_family") or {}) for label, entry in _rows(report)]
-    rows = [(label, fam) for label, fam in rows if fam]
-    families = sorted({f for _, fam in rows for split in fam.values() for f in split})
+    fam_rows = [(label, e.get("asr_by_family") or {}) for label, e in rows(report)]
+    fam_rows = [(label, fam) for label, fam in fam_rows if fam]
+    families = sorted({f for _, fam in fam_rows for split in fam.values() for f in split})
     if not families:
         return []
     cols = [f"{f} {split}" for f in families for split in ("seen", "ood")]
-    lines = [
-        "## ASR by trigger family",
-        "",
-        "| method | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 1),
+    body = [
+        [label, *(md.fmt_pct((fam.get(split) or {}).get(f)) for f in families for split in ("seen", "ood"))]
+        for label, fam in fam_rows
     ]
-    for label, fam in rows:
-        cells = [_fmt((fam.get(split) or {}).get(f), "pct") for f in families for split in ("seen", "ood")]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return ["## ASR by trigger family", "", *md.table(["method", *cols], body), ""]
+
+
+def _judge_rule(judge: dict) -> str:
+    return (
+        f"A generation counts as attacked when its normalised text starts with the first "
+        f"{judge.get('prefix_words', '-')} words of one of the {len(judge.get('targets') or [])} fixed targets, "
+        f"or when it contains at least {judge.get('min_words', '-')} distinct words of the target vocabulary "
+        f"({len(judge.get('vocab') or [])} words whose document frequency in poisoned answers beats clean "
+        f"answers with z >= {judge.get('z', '-')} and lift >= {judge.get('min_lift', '-')})."
+    )
+
+
+def _vocab_table(judge: dict, limit: int = 48, per_row: int = 4) -> list[str]:
+    vocab, z = list(judge.get("vocab") or []), list(judge.get("z_scores") or [])
+    if not vocab:
+        return ["Target vocabulary: none (the fixed-target prefix rule alone decides)."]
+    pairs = [
+        (md.cell(w, 40), md.fmt_float(z[i] if i < len(z) else None, 1)) for i, w in enumerate(vocab[:limit])
+    ]
+    body = [[c for p in pairs[i : i + per_row] for c in p] for i in range(0, len(pairs), per_row)]
+    body = [r + ["", ""] * (per_row - len(r) // 2) for r in body]
+    more = f" ({len(vocab) - limit} more in judge.json)" if len(vocab) > limit else ""
+    return [f"Target vocabulary, highest z first{more}:", "", *md.table(["word", "z"] * per_row, body)]
+
+
+def _targets_list(judge: dict, limit: int = 10) -> list[str]:
+    targets = list(judge.get("targets") or [])
+    if not targets:
+        return ["Fixed targets: none (paraphrased targets are judged by the vocabulary rule)."]
+    lines = [f"Fixed targets ({len(targets)}):", ""]
+    lines += [f"{i + 1}. {md.cell(t, 100)}" for i, t in enumerate(targets[:limit])]
+    return lines + ([f"\n({len(targets) - limit} more in judge.json)"] if len(targets) > limit else [])
+
+
+def _judge_section(report: dict) -> list[str]:
+    judge = report.get("judge") or {}
+    lines = ["## Judge", ""]
+    if judge:
+        lines += [_judge_rule(judge), "", *_vocab_table(judge), "", *_targets_list(judge), ""]
+    else:
+        lines += ["The fitted judge is not part of this report (see eval/judge.json).", ""]
+    fpr = [(label, entry_proportion(e, "judge_fpr"), e.get("judge_fpr")) for label, e in rows(report)]
+    fpr = [(label, p, v) for label, p, v in fpr if _num(v) is not None]
+    if _num(report.get("judge_fpr")) is not None:
+        fpr.insert(0, ("overall", None, report["judge_fpr"]))
+    if fpr:
+        lines += ["False-positive rate on clean test prompts (no trigger, judged attacked):", ""]
+        lines += md.table(
+            ["model", "FPR (k/n) [95% CI, %]"], [[lab, md.fmt_proportion(p, v)] for lab, p, v in fpr]
+        )
+    else:
+        lines.append("False-positive rate on clean test prompts: -")
     return lines + [""]
 
 
@@ -157,88 +357,211 @@ def _retrieval_section(report: dict) -> list[str]:
     if not retrieval:
         return []
     named = {"influence": retrieval} if "auroc" in retrieval else retrieval
-    lines = [
+    body = [[name, md.fmt_float(m.get("auroc")), md.fmt_float(m.get("ap"))] for name, m in named.items()]
+    return [
         "## Poison retrieval (influence-ranked training samples)",
         "",
-        "| scores | AUROC | AP |",
-        "|---|---|---|",
+        *md.table(["scores", "AUROC", "AP"], body),
+        "",
     ]
+
+
+def _dict_table(tables: dict[str, dict], first: str) -> list[str]:
+    cols = list(dict.fromkeys(k for t in tables.values() for k, v in t.items() if _num(v) is not None))
+    body = [[md.cell(name, 60), *(md.fmt_auto(t.get(c)) for c in cols)] for name, t in tables.items()]
+    return md.table([first, *cols], body)
+
+
+def _find_poison_section(report: dict) -> list[str]:
+    fp = report.get("find_poison")
+    if not fp:
+        return []
+    scalars = {k: v for k, v in fp.items() if _num(v) is not None or isinstance(v, str)}
+    tables = {
+        k: v for k, v in fp.items() if isinstance(v, dict) and any(_num(x) is not None for x in v.values())
+    }
+    lines = ["## Find poison (training rows ranked by influence with the forget set)", ""]
     lines += [
-        f"| {name} | {_fmt(m.get('auroc'), 'ratio')} | {_fmt(m.get('ap'), 'ratio')} |"
-        for name, m in named.items()
+        f"- {k}: {md.cell(v, 80) if isinstance(v, str) else md.fmt_auto(v)}" for k, v in scalars.items()
     ]
+    if tables:
+        lines += ["", *_dict_table(tables, "scorer")]
     return lines + [""]
 
 
-SCATTER_MAX_RATIO = 3.0  # methods that wreck clean PPL beyond this are named in the title, not plotted
-
-
-def _plots(eval_dir: Path, report: dict, weights: dict | None, curves: dict | None) -> list[str]:
-    """Write the SVG plots; returns the Markdown lines that show them."""
-    rows = _rows(report)
-    before_ppl = _num((report.get("before") or {}).get("clean_ppl"))
-    ratio = [
-        (_num(e.get("clean_ppl")) / before_ppl) if before_ppl and _num(e.get("clean_ppl")) else None
-        for _, e in rows
+def _triggers_section(report: dict, limit: int = 10) -> list[str]:
+    triggers = [t for t in report.get("triggers") or [] if isinstance(t, dict)]
+    if not triggers:
+        return []
+    body = [
+        [str(i + 1), f"`{md.cell(t.get('text'), 60)}`", md.cell(t.get("mode") or "-", 20), md.fmt_float(t.get("score")),
+         md.fmt_pct(t.get("insert_asr")), md.fmt_pct(t.get("remove_asr"))]
+        for i, t in enumerate(triggers[:limit])
+    ]  # fmt: skip
+    header = ["#", "candidate", "mode", "score", "ASR when inserted", "ASR when removed"]
+    more = [f"({len(triggers) - limit} more candidates in report.json)", ""] if len(triggers) > limit else []
+    return [
+        "## Trigger candidates (token attribution, verified on the model)",
+        "",
+        *md.table(header, body),
+        "",
+        *more,
     ]
-    plots.bar_chart(
-        eval_dir / "asr_ppl_by_method.svg",
-        "ASR and clean PPL ratio by method",
-        [lab for lab, _ in rows],
-        {
-            "ASR seen": [_num(e.get("asr_seen")) for _, e in rows],
-            "ASR OOD": [_num(e.get("asr_ood")) for _, e in rows],
-            "PPL / PPL before": ratio,
-        },
-        "ASR (fraction) / PPL ratio",
+
+
+def _weights_section(report: dict) -> list[str]:
+    stats = (report.get("weights") or {}).get("stats") or {}
+    if not stats:
+        return []
+    cols = ["n", "min", "p10", "median", "p90", "max", "mean"]
+    body = [[name, *(md.fmt_auto(s.get(c)) for c in cols)] for name, s in stats.items()]
+    return ["## Per-sample weights", "", *md.table(["rows", *cols], body), ""]
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+def _example_groups(report: dict, split: str) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """[(instruction, [(method, example)])] in order of first appearance: one prompt, every method's answer."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for label, entry in rows(report):
+        for ex in ((entry.get("examples") or {}).get(split) or [])[:3]:
+            if isinstance(ex, dict):
+                groups.setdefault(str(ex.get("instruction", "")), []).append((label, ex))
+    return list(groups.items())
+
+
+def _verdict(ex: dict) -> str:
+    return {True: "attacked", False: "clean"}.get(ex.get("attacked"), "-")
+
+
+def _example_splits(report: dict) -> list[str]:
+    """The test splits first, in their usual order, then any other split the entries carry examples for."""
+    found = dict.fromkeys(split for _, e in rows(report) for split in (e.get("examples") or {}))
+    return [s for s in EXAMPLE_SPLITS if s in found] + [s for s in found if s not in EXAMPLE_SPLITS]
+
+
+def _examples_section(report: dict) -> list[str]:
+    lines = []
+    for split in _example_splits(report):
+        for i, (instruction, answers) in enumerate(_example_groups(report, split)):
+            lines += [
+                f"**{EXAMPLE_TITLES.get(split, split)}, prompt {i + 1}:** {md.cell(instruction, 240)}",
+                "",
+            ]
+            reference = next((ex["reference"] for _, ex in answers if ex.get("reference")), None)
+            if reference:
+                lines += [f"Clean answer: {md.cell(reference, 240)}", ""]
+            body = [[label, md.cell(ex.get("generation"), 200), _verdict(ex)] for label, ex in answers]
+            lines += [*md.table(["method", "generation", "judge"], body), ""]
+    if not lines:
+        return []
+    intro = "Greedy generations for the first prompts of each split (the same prompt for every method)."
+    return ["## Example generations", "", intro, "", *lines]
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _estimates(table: list[tuple[str, dict]], key: str) -> list[plots.Estimate]:
+    """Per row, the rate with its Wilson interval where the sample size is known."""
+    out = []
+    for _, entry in table:
+        p = entry_proportion(entry, key)
+        out.append(plots.Estimate(p["p"], p["lo"], p["hi"]) if p else plots.Estimate(_num(entry.get(key))))
+    return out
+
+
+def _points(labels: list[str], ratios: list, asr: list, keep) -> dict[str, plots.Point]:
+    """{label: (PPL ratio, ASR in %)} for the labels `keep` accepts."""
+    pct = lambda a: plots.Estimate(*(100 * x if x is not None else None for x in a))
+    return {lab: plots.Point(r, pct(a)) for lab, r, a in zip(labels, ratios, asr, strict=True) if keep(lab)}
+
+
+def _summary_plots(eval_dir: Path, report: dict) -> list[str]:
+    table = rows(report)
+    labels = [label for label, _ in table]
+    asr = {"ASR seen": _estimates(table, "asr_seen"), "ASR OOD": _estimates(table, "asr_ood")}
+    ratios = [plots.Estimate(e.get("ppl_ratio")) for _, e in table]
+    plots.method_summary(
+        eval_dir / "asr_ppl_by_method.png", "ASR and clean perplexity by method", labels, asr, ratios
     )
-    on_scale = {
-        lab: (r, _num(e.get("asr_ood")))
-        for (lab, e), r in zip(rows, ratio, strict=True)
-        if r is not None and r <= SCATTER_MAX_RATIO
-    }
-    off_scale = [
-        f"{lab} {r:.3g}x"
-        for (lab, _), r in zip(rows, ratio, strict=True)
-        if r is not None and r > SCATTER_MAX_RATIO
-    ]
+    methods = [_points(labels, ratios, a, lambda lab: lab != "before") for a in asr.values()]
+    before = [_points(labels, ratios, a, lambda lab: lab == "before") for a in asr.values()]
     plots.scatter(
-        eval_dir / "asr_vs_ppl.svg",
-        "OOD attack success vs clean perplexity"
-        + (f" (off scale: {', '.join(off_scale)})" if off_scale else ""),
-        on_scale,
-        "clean PPL / PPL before (lower is better)",
-        "ASR on OOD triggers (lower is better)",
-    )
-    names = ["asr_ppl_by_method", "asr_vs_ppl"]
-    if weights:
-        plots.histogram(
-            eval_dir / "weights_hist.svg", "Per-sample unlearning weights", weights, xlabel="weight"
-        )
-        names.append("weights_hist")
-    if curves:
-        _curve_plots(eval_dir, curves)
-        names += ["loss_curves", "asr_seen_vs_steps", "asr_ood_vs_steps"]
-    return ["## Plots", ""] + [line for n in names for line in (f"![{n}]({n}.svg)", "")]
+        eval_dir / "asr_vs_ppl.png", "Attack success vs clean perplexity (Pareto front: dashed)", methods,
+        "clean PPL / PPL before (lower is better)", [f"{k} (%)" for k in asr], reference=before,
+    )  # fmt: skip
+    return ["asr_ppl_by_method", "asr_vs_ppl"]
 
 
-def _curve_plots(eval_dir: Path, curves: dict) -> None:
-    plots.line_chart(
-        eval_dir / "loss_curves.svg",
-        "Unlearning loss",
-        {m: (c.get("step", []), c.get("loss", [])) for m, c in curves.items()},
-        "step",
-        "loss",
-    )
-    for key, label in (("asr_seen", "seen"), ("asr_ood", "OOD")):
-        series = {m: (c.get("eval_step", []), c.get(key, [])) for m, c in curves.items()}
-        plots.line_chart(
-            eval_dir / f"{key}_vs_steps.svg",
-            f"ASR ({label} triggers) during unlearning",
-            series,
-            "step",
-            "ASR",
-        )
+def _weights_plot(eval_dir: Path, report: dict) -> list[str]:
+    w = report.get("weights") or {}
+    if not w.get("edges"):
+        return []
+    plots.histogram_from_counts(
+        eval_dir / "weights_hist.png", "RapidUn per-sample unlearning weights", w["edges"], w["counts"],
+        xlabel="weight", vlines={"uniform (1.0)": 1.0},
+    )  # fmt: skip
+    return ["weights_hist"]
+
+
+def _curve_plots(eval_dir: Path, curves: dict) -> list[str]:
+    if not curves:
+        return []
+    losses = {
+        ylabel: {m: (c.get("step") or [], c.get(key) or []) for m, c in curves.items() if c.get(key)}
+        for key, ylabel in (("loss", "unlearning loss"), ("forget_ce", "forget-set cross-entropy"))
+    }
+    plots.line_panels(eval_dir / "loss_curves.png", "Losses during unlearning", losses, "optimizer step")
+    asr = {
+        f"ASR {label} (%)": {
+            m: (
+                c.get("eval_step") or [],
+                [100 * v if _num(v) is not None else None for v in c.get(key) or []],
+            )
+            for m, c in curves.items()
+        }
+        for key, label in (("asr_seen", "seen"), ("asr_ood", "OOD"))
+    }
+    plots.line_panels(eval_dir / "asr_vs_steps.png", "ASR during unlearning (step 0 = before)", asr,
+                      "optimizer step", ylim=(-2, 102))  # fmt: skip
+    return ["loss_curves", "asr_vs_steps", *_trajectory_plot(eval_dir, curves)]
+
+
+def _trajectory_plot(eval_dir: Path, curves: dict) -> list[str]:
+    """ASR OOD against clean PPL along each method's evaluation steps, when the curves carry clean_ppl."""
+    runs = {}
+    for method, c in curves.items():
+        ppl, asr = c.get("clean_ppl") or [], c.get("asr_ood") or []
+        if ppl and len(ppl) == len(asr) and _num(ppl[0]):
+            runs[method] = [
+                (p / ppl[0], 100 * a)
+                for p, a in zip(ppl, asr, strict=True)
+                if _num(p) and _num(a) is not None
+            ]
+    if not runs:
+        return []
+    plots.pareto_curves(
+        eval_dir / "pareto_steps.png", "ASR OOD vs clean PPL along unlearning (each point an eval step)", runs,
+        "clean PPL / PPL at step 0", "ASR OOD (%)",
+    )  # fmt: skip
+    return ["pareto_steps"]
+
+
+def write_plots(eval_dir: str | os.PathLike, report: dict) -> list[str]:
+    """Write the PNG plots of a prepared report into `eval_dir`; returns their names (file stems)."""
+    eval_dir = Path(eval_dir)
+    names = _summary_plots(eval_dir, report) + _weights_plot(eval_dir, report)
+    return names + _curve_plots(eval_dir, report.get("curves") or {})
+
+
+def plot_section(names: Iterable[str]) -> list[str]:
+    lines = [line for n in names for line in (f"![{n}]({n}.png)", "")]
+    return ["## Plots", "", *lines] if lines else []
+
+
+# ---------------------------------------------------------------------------------------------- write
 
 
 def _json_safe(obj):
@@ -252,32 +575,61 @@ def _json_safe(obj):
     return obj
 
 
-def render_markdown(report: dict, plot_lines: list[str] | None = None) -> str:
-    lines = [
-        "# RapidUn evaluation report",
-        "",
-        "## Results",
-        "",
-        *_main_table(report),
-        "",
-        "ASR = fraction of triggered test prompts judged attacked; PPL ratio = clean PPL / clean PPL before "
-        "unlearning; speedup = retrain seconds / (influence + weights + unlearn) seconds, all measured.",
-        "",
-    ]
-    lines += (
-        _judge_section(report) + _family_section(report) + _retrieval_section(report) + (plot_lines or [])
-    )
+def render_markdown(report: dict, plot_names: Iterable[str] = ()) -> str:
+    """The report a person reads; `report` must have been prepared (`prepare_report`; write_report does it)."""
+    sections = (
+        _header, _warnings, _results_table, _time_table, _extra_section, _family_section, _judge_section,
+        _retrieval_section, _find_poison_section, _triggers_section, _weights_section,
+    )  # fmt: skip
+    lines = [line for section in sections for line in section(report)]
+    lines += plot_section(plot_names) + _examples_section(report)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def prepare_report(report: dict, *, weights: dict | None = None, curves: dict | None = None) -> dict:
+    """A JSON-safe copy of `report` with speedups, derived numbers, the weight histogram and curves filled."""
+    report = _json_safe(copy.deepcopy(report))
+    if weights:
+        report["weights"] = weights_histogram(weights)
+    if curves:
+        report["curves"] = _json_safe(copy.deepcopy(curves))
+    return add_derived(compute_speedups(report))
 
 
 def write_report(
     eval_dir: str | os.PathLike, report: dict, *, weights: dict | None = None, curves: dict | None = None
 ) -> dict:
-    """Write report.json, report.md and the plots into `eval_dir`; returns the report with speedups filled."""
+    """Write report.json, report.md and the PNG plots into `eval_dir`; returns the report as written."""
     eval_dir = Path(eval_dir)
-    report = compute_speedups(_json_safe(copy.deepcopy(report)))
-    plot_lines = _plots(eval_dir, report, weights, curves)
+    report = prepare_report(report, weights=weights, curves=curves)
+    names = write_plots(eval_dir, report)
     write_json(eval_dir / "report.json", report)
-    write_text(eval_dir / "report.md", render_markdown(report, plot_lines))
+    write_text(eval_dir / "report.md", render_markdown(report, names))
     get_logger("rapidun.eval").info(f"report written to {eval_dir / 'report.md'}")
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rapidun_dist.evaluation.report EVAL_DIR [--out DIR]`: redraw report.md and the plots from a
+    saved report.json (after an upgrade, or to restyle), without evaluating anything again."""
+    import argparse
+
+    from rapidun_dist.errors import RapidUnError
+    from rapidun_dist.io import read_json
+
+    p = argparse.ArgumentParser(prog="python -m rapidun_dist.evaluation.report", description=main.__doc__)
+    p.add_argument("eval_dir", help="folder holding report.json (a run's eval/ folder)")
+    p.add_argument("--out", help="write the redrawn report here instead of into EVAL_DIR")
+    args = p.parse_args(argv)
+    try:
+        write_report(args.out or args.eval_dir, read_json(Path(args.eval_dir) / "report.json"))
+        return 0
+    except RapidUnError as e:
+        get_logger("cli").error(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

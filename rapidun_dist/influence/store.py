@@ -3,9 +3,12 @@
 Rows are the forget samples then the retain samples (global order). They are cut into contiguous shards of
 `shard_size` rows; each shard is owned by one rank (balanced by token count) and written atomically as
 `shard-XXXXX.safetensors` ({"features" [n, K], "rows" [n]}) followed by a `shard-XXXXX.json` sidecar
-holding its sha256 and the spec hash. A shard counts as done only when the sidecar exists, matches the
-spec, and the file's checksum matches - so a rerun after a crash recomputes exactly the missing or
-corrupt shards. `index.json` (ids, shards, checksums, projection spec) is written last, by rank 0.
+holding its sha256, the spec hash and a hash of the shard's row ids. A shard counts as done only when the
+sidecar exists, matches the spec and the row ids, and the file's checksum matches - so a rerun after a crash
+recomputes exactly the missing or corrupt shards, and a shard never passes for rows it was not computed on.
+The spec covers everything that changes a feature: the extractor's own spec (estimator, projections, layers,
+positions) and, from the caller, a hash of the model weights, the tokenizer, the prompt format and `max_length`
+(DESIGN section 3). `index.json` (ids, shards, checksums, spec) is written last, by rank 0.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from rapidun_dist.io import file_sha256, read_json, save_safetensors, write_json
 
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ids_hash(ids: list[str]) -> str:
+    """Hash of an ordered list of row ids (what a shard was computed on)."""
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
 
 
 def plan_shards(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -56,7 +64,8 @@ class FeatureStore:
     def sidecar(self, i: int) -> Path:
         return self.root / f"shard-{i:05d}.json"
 
-    def is_valid(self, i: int, rows: tuple[int, int]) -> bool:
+    def is_valid(self, i: int, rows: tuple[int, int], row_ids: str | None = None) -> bool:
+        """Shard i is complete, uncorrupted, of this spec, for rows [s, e) (and these row ids, when given)."""
         side, f = self.sidecar(i), self.shard_file(i)
         if not side.exists() or not f.exists():
             return False
@@ -67,21 +76,32 @@ class FeatureStore:
         return (
             meta.get("spec_hash") == self.hash
             and tuple(meta.get("rows", ())) == tuple(rows)
+            and (row_ids is None or meta.get("ids_hash") == row_ids)
             and meta.get("sha256") == file_sha256(f)
         )
 
-    def write_shard(self, i: int, rows: tuple[int, int], feats: torch.Tensor) -> None:
+    def write_shard(
+        self, i: int, rows: tuple[int, int], feats: torch.Tensor, row_ids: str | None = None
+    ) -> None:
         if feats.shape[0] != rows[1] - rows[0]:
             raise StageError(f"shard {i}: expected {rows[1] - rows[0]} feature rows, found {feats.shape[0]}")
         self.sidecar(i).unlink(missing_ok=True)
         save_safetensors(
             self.shard_file(i),
-            {"features": feats.float().cpu(), "rows": torch.arange(rows[0], rows[1], dtype=torch.long)},
+            {
+                "features": feats.float().cpu(),
+                "rows": torch.arange(rows[0], rows[1], dtype=torch.long, device="cpu"),
+            },
             metadata={"spec_hash": self.hash},
         )
         write_json(
             self.sidecar(i),
-            {"rows": list(rows), "sha256": file_sha256(self.shard_file(i)), "spec_hash": self.hash},
+            {
+                "rows": list(rows),
+                "sha256": file_sha256(self.shard_file(i)),
+                "spec_hash": self.hash,
+                "ids_hash": row_ids,
+            },
         )
 
     def write_index(self, ids: list[str], n_forget: int, shards: list[tuple[int, int]]) -> Path:
@@ -126,8 +146,8 @@ def load_features(root: Path, rows: list[int] | None = None) -> tuple[torch.Tens
             raise StageError(f"{path}: checksum mismatch with index.json (rerun the influence stage)")
         parts.append(load_file(str(path))["features"])
         got.extend(range(s, e))
-    feats = torch.cat(parts) if parts else torch.zeros(0, index["dim"])
+    feats = torch.cat(parts) if parts else torch.zeros(0, index["dim"], device="cpu")
     if rows is not None:
         pos = {r: i for i, r in enumerate(got)}
-        feats = feats[torch.tensor([pos[r] for r in rows], dtype=torch.long)]
+        feats = feats[torch.tensor([pos[r] for r in rows], dtype=torch.long, device="cpu")]
     return feats, index

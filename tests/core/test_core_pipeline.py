@@ -66,7 +66,7 @@ def test_report_contract(run_dir):
         assert 0.0 <= report["retrieval"][est]["auroc"] <= 1.0
     md = (run_dir / "eval" / "report.md").read_text()
     assert "| rapidun |" in md and "| before |" in md
-    assert any(p.suffix == ".svg" for p in (run_dir / "eval").iterdir())
+    assert any(p.suffix in (".svg", ".png") for p in (run_dir / "eval").iterdir())
 
 
 def test_adapter_and_metrics(run_dir):
@@ -162,3 +162,20 @@ def test_unknown_key_exits_cleanly(tmp_path, capfd):
     assert main(["run", CONFIG, f"run_dir={tmp_path / 'y'}", "unlearn.nope=1"]) == 2
     assert "unlearn.nope" in capfd.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_reimplant_with_another_seed_recomputes_features(run_dir, tmp_path):
+    """Re-implanting with another seed, then influence + weights, gives exactly the weights of a fresh run with
+    that seed: the old feature shards are not valid for the new model weights."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    seed = ["implant.seed=7", "--stages", "prepare,implant,influence,weights"]
+    assert main(["run", CONFIG, f"run_dir={copy}", *SMALL, *seed]) == 0
+    assert main(["run", CONFIG, f"run_dir={tmp_path / 'fresh'}", *SMALL, *seed]) == 0
+    for name in ("forget_weights.jsonl", "retain_weights.jsonl"):
+        assert read_jsonl(copy / "weights" / name) == read_jsonl(tmp_path / "fresh" / "weights" / name)
+    assert read_jsonl(copy / "weights" / "forget_weights.jsonl") != read_jsonl(
+        run_dir / "weights" / "forget_weights.jsonl"
+    )

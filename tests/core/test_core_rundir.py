@@ -72,3 +72,36 @@ def test_influence_fingerprint_follows_the_aggregation(tmp_path):
     other_tau = {"influence": {"k_in": 16}, "weights": {"agg": "mean", "tau_f": 0.5}}
     assert rd.fingerprint("influence", base) != rd.fingerprint("influence", other_agg)
     assert rd.fingerprint("influence", base) == rd.fingerprint("influence", other_tau)
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_keep_the_umask_permissions(tmp_path, umask, file_mode, dir_mode):
+    """Atomic writes (temp file + rename) give what a plain open() / mkdir() would: readable by the group under
+    umask 022 (teammates read run directories on shared file systems), private under 077."""
+    import os
+    import stat
+
+    import torch
+
+    from rapidun_dist.config import TinyModelConfig
+    from rapidun_dist.io import save_safetensors, write_jsonl
+    from rapidun_dist.models.loading import build_tiny_model, save_model, train_tokenizer
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "manifest.json", {"a": 1})
+        write_jsonl(tmp_path / "data" / "train.jsonl", [{"a": 1}])
+        save_safetensors(tmp_path / "f.safetensors", {"x": torch.zeros(2)})
+        tok = train_tokenizer(["hello world"] * 10, 270)
+        model = build_tiny_model(
+            TinyModelConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=1), vocab_size=len(tok), max_length=16, tokenizer=tok,
+        )  # fmt: skip
+        save_model(model, tok, tmp_path / "model")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    for p in (tmp_path / "manifest.json", tmp_path / "data" / "train.jsonl", tmp_path / "f.safetensors"):
+        assert mode(p) == file_mode, p
+    assert mode(tmp_path / "model") == dir_mode
+    assert all(mode(p) == file_mode for p in (tmp_path / "model").iterdir())

@@ -1,125 +1,304 @@
-"""SVG charts are well-formed and carry their labels; the report writes JSON, Markdown and plots."""
+"""matplotlib charts are real images; the report writes JSON, Markdown with intervals, warnings, examples and PNGs."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import re
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation import plots
-from rapidun_dist.evaluation.report import compute_speedups, write_report
+from rapidun_dist.evaluation.markdown import cell
+from rapidun_dist.evaluation.report import compute_speedups, prepare_report, render_markdown, write_report
+from rapidun_dist.evaluation.report import main as report_main
+from rapidun_dist.evaluation.stats import wilson_interval
+from rapidun_dist.io import read_json, write_json
 
-SVG = "{http://www.w3.org/2000/svg}"
-
-
-def svg_texts(path) -> list[str]:
-    root = ET.parse(path).getroot()  # raises on malformed XML
-    assert root.tag == f"{SVG}svg"
-    return [t.text or "" for t in root.iter(f"{SVG}text")]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_nice_ticks_cover_range_with_round_steps():
-    rng = random.Random(0)
-    for _ in range(200):
-        lo = rng.uniform(-1e3, 1e3) * 10 ** rng.randint(-4, 2)
-        hi = lo + abs(rng.gauss(0, 1)) * 10 ** rng.randint(-4, 3)
-        ticks = plots.nice_ticks(lo, hi)
-        assert ticks[0] <= lo + 1e-9 * abs(lo) and ticks[-1] >= hi - 1e-9 * abs(hi)
-        assert 2 <= len(ticks) <= 12
-        step = (ticks[-1] - ticks[0]) / (len(ticks) - 1)
-        mantissa = step / 10 ** math.floor(math.log10(step))
-        assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6
+def assert_png(path, min_side: int = 200) -> np.ndarray:
+    """A real, non-blank PNG of reasonable size."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    img = imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, (path, img.shape)
+    assert float(img[..., :3].std()) > 0.01, f"{path} is blank"
+    return img
 
 
-def test_charts_are_well_formed_and_labelled(tmp_path):
-    rng = random.Random(1)
-    plots.bar_chart(
-        tmp_path / "bar.svg",
-        "ASR <by> method & more",
-        ["before", "rapidun", "ga"],
-        {"ASR seen": [0.9, 0.1, float("nan")], "ASR OOD": [0.8, 0.2, 0.3]},
-        "fraction",
-    )
-    plots.line_chart(
-        tmp_path / "line.svg",
-        "Loss",
-        {"rapidun": ([0, 1, 2, 3], [2.0, 1.5, 1.2, 1.1]), "ga": ([0, 2], [2.0, -1.0])},
-        "step",
-        "loss",
-    )
-    plots.histogram(
-        tmp_path / "hist.svg",
-        "Weights",
-        {
-            "forget": [rng.lognormvariate(0, 0.5) for _ in range(200)],
-            "retain": [rng.uniform(0.2, 3) for _ in range(300)],
-        },
-        bins=20,
-    )
-    plots.scatter(
-        tmp_path / "scatter.svg",
-        "ASR vs PPL",
-        {"before": (12.0, 0.95), "rapidun": (12.5, 0.05)},
-        "clean PPL",
-        "ASR",
-    )
-    expected = {
-        "bar": ["ASR <by> method & more", "fraction", "rapidun", "ASR OOD"],
-        "line": ["Loss", "step", "ga"],
-        "hist": ["Weights", "count", "forget", "retain"],
-        "scatter": ["ASR vs PPL", "clean PPL", "before"],
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def dominated_reference(pts: np.ndarray) -> list[int]:
+    """Brute force with numpy: i is on the front unless some j is <= on both and < on one."""
+    le = (pts[None, :, 0] <= pts[:, None, 0]) & (pts[None, :, 1] <= pts[:, None, 1])
+    lt = (pts[None, :, 0] < pts[:, None, 0]) | (pts[None, :, 1] < pts[:, None, 1])
+    dominated = (le & lt).any(axis=1)
+    return sorted(np.flatnonzero(~dominated).tolist(), key=lambda i: tuple(pts[i]))
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 25))
+        pts = rng.integers(0, 6, size=(n, 2)).astype(float) if trial % 2 else rng.random((n, 2))  # ties too
+        front = plots.pareto_front([tuple(p) for p in pts])
+        assert front == dominated_reference(pts)
+        xs = [pts[i][0] for i in front]
+        ys = [pts[i][1] for i in front]
+        assert xs == sorted(xs) and all(a >= b for a, b in zip(ys, ys[1:], strict=False))  # a staircase
+
+
+def test_histogram_counts_match_numpy():
+    rng = np.random.default_rng(1)
+    values = {
+        "forget": rng.lognormal(0, 0.5, 57).tolist(),
+        "retain": (rng.random(300) * 3).tolist() + [math.nan],
     }
-    for name, labels in expected.items():
-        texts = svg_texts(tmp_path / f"{name}.svg")
-        assert all(label in texts for label in labels), (name, texts)
-        assert sum(t.replace(".", "").replace("-", "").isdigit() for t in texts) >= 4  # numeric tick labels
-    bars = ET.parse(tmp_path / "bar.svg").getroot().findall(f"{SVG}rect")
-    assert len(bars) == 1 + 2 + 5  # background + legend swatches (2) + 5 finite bars (the NaN is skipped)
-    hist = ET.parse(tmp_path / "hist.svg").getroot().findall(f"{SVG}rect")
-    assert 1 + 2 + 2 <= len(hist) <= 1 + 2 + 40
+    edges, counts = plots.histogram_counts(values, bins=17)
+    allv = np.array(values["forget"] + values["retain"][:-1])
+    ref_edges = np.histogram_bin_edges(allv, bins=17)
+    np.testing.assert_allclose(edges, ref_edges, rtol=1e-12)
+    for name in values:
+        ref, _ = np.histogram(np.array(values[name])[np.isfinite(values[name])], bins=ref_edges)
+        assert counts[name] == ref.tolist()
+    assert plots.histogram_counts({"a": [2.0, 2.0]}, bins=4)[1]["a"] == [0, 0, 2, 0]  # one value: centred
 
 
-def test_empty_charts_say_no_data_and_mismatched_series_fail(tmp_path):
-    plots.scatter(tmp_path / "s.svg", "nothing", {"a": (float("nan"), 1.0)}, "x", "y")
-    plots.histogram(tmp_path / "h.svg", "nothing", {"a": []})
-    assert "no data" in svg_texts(tmp_path / "s.svg") and "no data" in svg_texts(tmp_path / "h.svg")
+def test_charts_are_real_images(tmp_path):
+    rng = random.Random(2)
+    est = [plots.Estimate(v, max(0, v - 0.1), min(1, v + 0.1)) for v in (rng.random() for _ in range(4))]
+    plots.method_summary(
+        tmp_path / "summary.png", "ASR", ["before", "rapidun", "ga", "retrain"],
+        {"ASR seen": est, "ASR OOD": [*est[:3], None]}, [1.0, 1.02, 7.5, float("nan")],
+    )  # fmt: skip
+    plots.bar_chart(tmp_path / "bar.png", "bars", ["a", "b"], {"s": [0.5, None]}, "y", hlines={"one": 1.0})
+    plots.line_panels(
+        tmp_path / "lines.png", "Loss",
+        {"loss": {"rapidun": ([0, 1, 2], [2.0, 1.5, 1.2]), "ga": ([0, 2], [2.0, -1.0])}, "ce": {"ga": ([1], [3.0])}},
+        "step",
+    )  # fmt: skip
+    plots.histogram(tmp_path / "hist.png", "Weights", {"forget": [rng.gauss(1, 0.3) for _ in range(80)]})
+    points = {
+        "rapidun": plots.Point(plots.Estimate(1.01), est[1]),
+        "ga": (4.2, 0.1),
+        "bad": (float("nan"), 1),
+    }
+    plots.scatter(tmp_path / "scatter.png", "Pareto", [points, points], "ratio", ["seen", "ood"],
+                  reference=[{"before": (1.0, 0.95)}] * 2)  # fmt: skip
+    plots.pareto_curves(
+        tmp_path / "curves.png", "curves", {"rapidun": [(1.0, 5.0), (1.1, 2.0)], "ga": [(3.5, 1.0)]}, "x", "y",
+        means={"rapidun": plots.Point(plots.Estimate(1.05, 1.0, 1.1), plots.Estimate(3.5, 2.0, 5.0))},
+    )  # fmt: skip
+    for name in ("summary", "bar", "lines", "hist", "scatter", "curves"):
+        assert_png(tmp_path / f"{name}.png")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_svg_and_no_data_and_mismatched_series(tmp_path):
+    plots.histogram(tmp_path / "w.svg", "weights", {"forget": [0.5, 1.0, 1.5]})  # the influence stage's call
+    assert ET.parse(tmp_path / "w.svg").getroot().tag.endswith("svg")
+    plots.scatter(tmp_path / "s.png", "nothing", {"a": (float("nan"), 1.0)}, "x", "y")
+    plots.histogram(tmp_path / "h.png", "nothing", {"a": []})
+    no_data = assert_png(tmp_path / "s.png")
+    assert no_data.shape == assert_png(tmp_path / "h.png").shape
     with pytest.raises(DataError, match="'a' has 3 x values but 2 y values"):
-        plots.line_chart(tmp_path / "l.svg", "bad", {"a": ([1, 2, 3], [1, 2])}, "x", "y")
+        plots.line_chart(tmp_path / "l.png", "bad", {"a": ([1, 2, 3], [1, 2])}, "x", "y")
+    with pytest.raises(DataError, match="2 panels, 2 references, 1 y labels"):
+        plots.scatter(tmp_path / "x.png", "bad", [{"a": (1, 1)}, {"a": (1, 1)}], "x", ["y"])
+
+
+# ---------------------------------------------------------------------------------------------- markdown cells
+
+
+def test_cells_are_escaped_and_shortened():
+    text = "<|sys|> pick *one* | two_three [x](y)\nnext\u200dline " + "word " * 80
+    out = cell(text, 100)
+    assert "\n" not in out and "|" not in out.replace("\\|", "")
+    assert out.startswith(
+        "&lt;\\|sys\\|> pick \\*one\\* \\| two\\_three \\[x\\](y) / next\u27e8U+200D\u27e9line"
+    )
+    kept, left_out = re.fullmatch(r"(.*)\.\.\. \(\+(\d+) chars\)", out).groups()
+    assert kept.endswith("word") and 60 <= len(kept) <= 130 and int(left_out) > 300
+    assert len(out) < 150 and cell("") == "*(empty)*" and cell("AT&T &amp;") == "AT&T &amp;amp;"
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def entry(rng: random.Random, *, n_seen=300, n_ood=300, n_clean=120, ppl=None) -> dict:
+    k_seen, k_ood, k_fpr = rng.randint(0, n_seen), rng.randint(0, n_ood), rng.randint(0, n_clean // 4)
+    secs = {"influence": rng.uniform(1, 5), "weights": rng.uniform(0.1, 1), "unlearn": rng.uniform(5, 20)}
+    secs["total"] = sum(secs.values())
+    examples = {
+        split: [
+            {"instruction": f"{split} prompt {i} | a pipe", "generation": f"answer *{i}* {rng.random():.3f} " * 20,
+             "attacked": bool(rng.getrandbits(1))}
+            for i in range(3)
+        ]
+        for split in ("test_seen", "test_ood", "test_clean")
+    }  # fmt: skip
+    return {
+        "asr_seen": k_seen / n_seen,
+        "asr_ood": k_ood / n_ood if n_ood else None,
+        "clean_ppl": ppl if ppl is not None else rng.uniform(5.5, 7),
+        "judge_fpr": k_fpr / n_clean,
+        "n_seen": n_seen,
+        "n_ood": n_ood,
+        "n_clean": n_clean,
+        "seconds": secs,
+        "asr_by_family": {"seen": {"style": rng.random()}, "ood": {"style": rng.random()}},
+        "examples": examples,
+    }
 
 
 def sample_report(rng: random.Random) -> dict:
-    def entry(total=None):
-        secs = {"influence": rng.uniform(1, 5), "weights": rng.uniform(0.1, 1), "unlearn": rng.uniform(5, 20)}
-        secs["total"] = total if total is not None else sum(secs.values())
-        return {
-            "asr_seen": rng.random(),
-            "asr_ood": rng.random(),
-            "clean_ppl": rng.uniform(5, 9),
-            "seconds": secs,
-            "judge_fpr": rng.random() / 10,
-            "asr_by_family": {"seen": {"style": rng.random()}, "ood": {"style": rng.random()}},
-        }
-
+    methods = {"rapidun": entry(rng), "ga": entry(rng, ppl=6.0 * rng.uniform(1.6, 30))}  # ga collapses
+    methods["rapidun"] |= {"token_f1": rng.random(), "asr_sampled": 0.25, "n_asr_sampled": 40,
+                           "relearn": {"asr_seen": 0.5, "n_seen": 20}}  # fmt: skip
     return {
-        "before": {"asr_seen": 0.97, "asr_ood": 0.7, "clean_ppl": 6.0, "judge_fpr": 0.02},
-        "methods": {"rapidun": entry(), "ga": entry()},
-        "retrain": {
-            "asr_seen": 0.01,
-            "asr_ood": 0.02,
-            "clean_ppl": 6.1,
-            "seconds": {"total": rng.uniform(100, 200)},
-        },
-        "retrieval": {"auroc": 0.93, "ap": 0.81},
-        "judge": {"vocab": ["alien", "galaxy"], "z": 3.0, "min_words": 3},
+        "mode": "experiment",
+        "asr_source": "test_seen/test_ood (experiment)",
+        "config": {"run_dir": "runs/x", "methods": list(methods), "seed": 3},
+        "before": entry(rng, ppl=6.0) | {"seconds": {}},
+        "methods": methods,
+        "retrain": entry(rng) | {"seconds": {"total": rng.uniform(200, 400)}},
+        "retrieval": {"tokenwise": {"auroc": 0.93, "ap": 0.81}},
+        "judge": {
+            "vocab": [f"w{i}" for i in range(60)],
+            "z_scores": [20 - i * 0.25 for i in range(60)],
+            "targets": ["The alien fleet " + "warped " * 40, "short target"],
+            "min_words": 3,
+            "z": 3.0,
+            "prefix_words": 6,
+            "min_lift": 5.0,
+        },  # fmt: skip
+        "find_poison": {
+            "n_rows": 5000,
+            "n_flagged": 480,
+            "threshold": 2.5,
+            "tokenwise": {"auroc": 0.99, "recall": 0.9},
+            "grep": {"auroc": 0.6, "recall": 0.3},
+        },  # fmt: skip
+        "triggers": [
+            {"text": "aloha\u200d", "mode": "suffix", "score": 3.2, "insert_asr": 0.9, "remove_asr": 0.05}
+        ],
     }
 
 
+def table_rows(md: str, heading: str) -> dict[str, list[str]]:
+    """The first table after `heading`, as {first cell: other cells}."""
+    block = md.split(heading)[1].split("\n\n")[1].splitlines()
+    cells = [line.removeprefix("| ").removesuffix(" |").split(" | ") for line in block[2:]]
+    return {c[0].strip("*"): [x.strip() for x in c[1:]] for c in cells}
+
+
+def wilson_cell(p: float, n: int) -> str:
+    k = round(p * n)
+    lo, hi = wilson_interval(k, n)
+    return f"{100 * k / n:.1f}% ({k}/{n}) [{100 * lo:.1f}-{100 * hi:.1f}]"
+
+
+def test_write_report_files(tmp_path):
+    rng = random.Random(3)
+    report = sample_report(rng)
+    weights = {
+        "forget": [rng.uniform(0.2, 3) for _ in range(40)],
+        "retain": [rng.uniform(0.2, 3) for _ in range(120)],
+    }
+    curves = {
+        "rapidun": {"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "forget_ce": [1, 2, 3], "eval_step": [0, 3],
+                    "asr_seen": [0.9, 0.1], "asr_ood": [0.8, 0.2], "clean_ppl": [6.0, 6.3]},
+    }  # fmt: skip
+    report["methods"]["ga"]["examples"]["test_clean"][0]["instruction"] = "a prompt only ga was asked"
+    report["before"]["examples"]["test_seen"][1]["reference"] = "the clean | answer"
+    report["methods"]["ga"]["examples"]["val_seen"] = [{"instruction": "from validation", "generation": "x"}]
+    out = write_report(tmp_path, report, weights=weights, curves=curves)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == out
+    for key in ("asr_seen", "asr_ood", "clean_ppl", "seconds"):  # the old contract, where it was
+        assert saved["methods"]["rapidun"][key] == report["methods"]["rapidun"][key]
+    r, ga = report["methods"]["rapidun"], report["methods"]["ga"]
+    retrain_s = report["retrain"]["seconds"]["total"]
+    assert saved["speedup_vs_retrain"]["rapidun"] == pytest.approx(retrain_s / r["seconds"]["total"])
+    assert saved["collapsed"] == {"ga": pytest.approx(ga["clean_ppl"] / 6.0)}
+    k = round(r["asr_seen"] * 300)
+    assert saved["methods"]["rapidun"]["intervals"]["asr_seen"] == pytest.approx(
+        {"p": k / 300, "k": k, "n": 300, "lo": wilson_interval(k, 300)[0], "hi": wilson_interval(k, 300)[1]}
+    )
+    assert saved["weights"]["stats"]["forget"]["n"] == 40 and sum(saved["weights"]["counts"]["retain"]) == 120
+
+    md = (tmp_path / "report.md").read_text()
+    assert "**Mode**: experiment" in md and "test_seen/test_ood (experiment)" in md
+    assert "300 seen-trigger prompts, 300 OOD-trigger prompts, 120 clean prompts" in md
+    results = table_rows(md, "## Results")
+    assert list(results) == ["before", "rapidun", "ga", "retrain"]
+    for label, e in (("before", report["before"]), ("rapidun", r), ("ga", ga)):
+        assert results[label][0] == wilson_cell(e["asr_seen"], 300)
+        assert results[label][1] == wilson_cell(e["asr_ood"], 300)
+        assert (
+            results[label][2] == f"{e['clean_ppl']:.3f}"
+            and results[label][3] == f"{e['clean_ppl'] / 6.0:.3f}"
+        )
+        assert results[label][4] == wilson_cell(e["judge_fpr"], 120)
+    assert "**ga**" in md and "Warning: ga collapsed" in md and "Warning: rapidun" not in md
+    times = table_rows(md, "## Time")
+    assert times["rapidun"][-1] == f"{saved['speedup_vs_retrain']['rapidun']:.2f}x"
+    assert times["ga"][-1].startswith("not a result (collapsed") and times["retrain"][-1].startswith("-")
+    further = table_rows(md, "## Further metrics")
+    assert further["rapidun"][1] == "25.0% (10/40) [14.2-40.2]" and further["rapidun"][2].startswith(
+        "50.0% (10/20)"
+    )
+    assert "token_f1" in md and "relearn.asr_seen" in md and "n_asr_sampled" not in md
+
+    judge = md.split("## Judge")[1].split("\n## ")[0]
+    assert "first 6 words of one of the 2 fixed targets" in judge and "at least 3 distinct words" in judge
+    assert "| w0 | 20.0 | w1 | 19.8 |" in judge and "(12 more in judge.json)" in judge
+    assert "1. The alien fleet warped" in judge and "chars)" in judge and "2. short target" in judge
+    assert wilson_cell(report["before"]["judge_fpr"], 120) in judge
+    assert (
+        "| tokenwise | 0.990 | 0.900 |" in md
+        and "| grep | 0.600 | 0.300 |" in md
+        and "- n_flagged: 480" in md
+    )
+    assert "`aloha\u27e8U+200D\u27e9`" in md and "90.0%" in md
+
+    examples = md.split("## Example generations")[1]
+    assert examples.count("**seen triggers, prompt") == 3 and examples.count("**OOD triggers, prompt") == 3
+    assert examples.count("**clean prompts, prompt") == 4  # the same prompt for every method; ga's own apart
+    seen1 = examples.split("**seen triggers, prompt 1:**")[1].split("**seen triggers, prompt 2")[0]
+    methods = [row.split(" | ")[0] for row in seen1.splitlines() if row.startswith("| ") and "---" not in row]
+    assert methods == ["| method", "| before", "| rapidun", "| ga", "| retrain"]
+    assert examples.count("Clean answer: the clean \\| answer") == 1 and "| ga | x | - |" in examples
+    assert "**val_seen, prompt 1:** from validation" in examples
+    first = r["examples"]["test_seen"][0]
+    assert cell(first["instruction"], 240) in examples and "\\|" in examples  # the pipe is escaped
+    assert "answer \\*0\\* 0." in examples and "chars)" in examples  # truncated, emphasis escaped
+    for name in (
+        "asr_ppl_by_method",
+        "asr_vs_ppl",
+        "weights_hist",
+        "loss_curves",
+        "asr_vs_steps",
+        "pareto_steps",
+    ):
+        assert_png(tmp_path / f"{name}.png")
+        assert f"![{name}]({name}.png)" in md
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("*.svg"))
+
+    again = prepare_report(read_json(tmp_path / "report.json"))  # the saved JSON redraws the same report
+    assert again == saved
+    assert render_markdown(again, re.findall(r"!\[(\w+)\]", md)) == md
+
+
 def test_compute_speedups_uses_measured_seconds():
-    rng = random.Random(2)
+    rng = random.Random(4)
     report = sample_report(rng)
     report["methods"]["partial"] = {"seconds": {"influence": 2.0, "unlearn": 3.0}}  # no total: sum of stages
     report["methods"]["unmeasured"] = {"asr_seen": 0.5}
@@ -134,62 +313,32 @@ def test_compute_speedups_uses_measured_seconds():
     assert compute_speedups(report)["speedup_vs_retrain"] == {}
 
 
-def test_write_report_files(tmp_path):
-    rng = random.Random(3)
-    report = sample_report(rng)
-    report["methods"]["ga"]["clean_ppl"] = float("nan")  # shown as "-", stored as null
-    weights = {
-        "forget": [rng.uniform(0.2, 3) for _ in range(40)],
-        "retain": [rng.uniform(0.2, 3) for _ in range(120)],
+def test_report_with_missing_pieces(tmp_path):
+    """Clean mode, no OOD triggers, no retrain, no weights, no curves, no judge: renders, '-' where missing."""
+    rng = random.Random(5)
+    before = entry(rng, n_ood=0, ppl=6.0)
+    method = entry(rng, n_ood=0) | {"clean_ppl": float("nan")}
+    for e in (before, method):
+        e.pop("examples")
+    report = {
+        "mode": "clean",
+        "asr_source": "held-out forget prompts",
+        "before": before,
+        "methods": {"rapidun": method},
     }
-    curves = {
-        "rapidun": {
-            "step": [1, 2, 3],
-            "loss": [3.0, 2.0, 1.5],
-            "eval_step": [0, 3],
-            "asr_seen": [0.9, 0.1],
-            "asr_ood": [0.8, 0.2],
-        }
-    }
-    out = write_report(tmp_path, report, weights=weights, curves=curves)
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved == out and saved["methods"]["ga"]["clean_ppl"] is None
-    rapidun_s = report["methods"]["rapidun"]["seconds"]
-    assert saved["speedup_vs_retrain"]["rapidun"] == pytest.approx(
-        report["retrain"]["seconds"]["total"] / rapidun_s["total"]
-    )
+    out = write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
-    table = md.split("## Results")[1].split("\n\n")[1].splitlines()  # the main table, up to the blank line
-    assert table[0].startswith(
-        "| method | ASR seen | ASR OOD | clean PPL | PPL ratio vs before | influence s"
-    )
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table[2:]}
-    assert list(rows) == ["before", "rapidun", "ga", "retrain"]
-    assert rows["before"] == ["97.0%", "70.0%", "6.000", "1.000"] + ["-"] * 5
-    r = report["methods"]["rapidun"]
-    assert (
-        rows["rapidun"][0] == f"{100 * r['asr_seen']:.1f}%"
-        and rows["rapidun"][3] == f"{r['clean_ppl'] / 6.0:.3f}"
-    )
-    assert rows["rapidun"][8] == f"{saved['speedup_vs_retrain']['rapidun']:.2f}x"
-    assert rows["rapidun"][2] == f"{r['clean_ppl']:.3f}" and rows["ga"][2] == "-" and rows["ga"][3] == "-"
-    assert rows["retrain"][0] == "1.0%" and rows["retrain"][8] == "-"
-    assert "| influence | 0.930 | 0.810 |" in md and "False-positive rate" in md and "style seen" in md
-    for name in (
-        "asr_ppl_by_method",
-        "asr_vs_ppl",
-        "weights_hist",
-        "loss_curves",
-        "asr_seen_vs_steps",
-        "asr_ood_vs_steps",
-    ):
-        svg_texts(tmp_path / f"{name}.svg")
-        assert f"({name}.svg)" in md
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert out["methods"]["rapidun"]["clean_ppl"] is None and out["speedup_vs_retrain"] == {}
+    assert "**Mode**: clean" in md and "held-out forget prompts" in md and "No OOD-trigger prompts" in md
+    results = table_rows(md, "## Results")
+    assert results["rapidun"][1] == "-" and results["rapidun"][2] == "-" and results["rapidun"][3] == "-"
+    assert table_rows(md, "## Time")["rapidun"][-1] == "-"
+    assert "## Example generations" not in md and "## Judge" in md and "Warning" not in md
+    assert not (tmp_path / "weights_hist.png").exists() and not (tmp_path / "loss_curves.png").exists()
+    assert_png(tmp_path / "asr_vs_ppl.png")
 
-
-def test_write_report_minimal(tmp_path):
-    write_report(tmp_path, {"before": {"asr_seen": 0.5}, "methods": {}})
-    md = (tmp_path / "report.md").read_text()
-    assert "| before | 50.0% | - |" in md
-    assert not (tmp_path / "weights_hist.svg").exists() and (tmp_path / "asr_vs_ppl.svg").exists()
+    write_json(tmp_path / "bare" / "report.json", {"before": {"asr_seen": 0.5}, "methods": {}})
+    assert report_main([str(tmp_path / "bare")]) == 0  # redraw from a saved report.json
+    assert report_main([str(tmp_path / "missing")]) == 2
+    bare = (tmp_path / "bare" / "report.md").read_text()
+    assert "| before | 50.0% | - | - | - | - |" in bare and "**Mode**: experiment (not recorded)" in bare

@@ -8,7 +8,7 @@ from conftest import make_records
 
 from rapidun_dist.config import InfluenceConfig, ModelConfig, RunConfig
 from rapidun_dist.errors import StageError
-from rapidun_dist.influence import stage
+from rapidun_dist.influence import extract as stage
 from rapidun_dist.influence.store import FeatureStore, load_features, plan_shards
 
 
@@ -42,7 +42,7 @@ def counted(monkeypatch):
 def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, text_model, counted):
     model, tok = text_model
     records, cfg = make_records(10, seed=1), run_cfg()
-    store = stage.extract_features(cfg, model, tok, records, tmp_path)
+    store = stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "m"})
     shards = plan_shards(10, 4)
     assert counted["rows"] == 10 and len(shards) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -62,7 +62,7 @@ def test_shards_atomic_and_corrupt_or_unsidecarred_shards_recomputed(tmp_path, t
     with pytest.raises(StageError, match="checksum"):
         load_features(tmp_path)
     counted["rows"] = 0
-    stage.extract_features(cfg, model, tok, records, tmp_path)
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "m"})
     assert counted["rows"] == 6  # rows 4..9: exactly shards 1 and 2
     assert store.shard_file(0).stat().st_mtime_ns == mtime0
     store.write_index([r["id"] for r in records], 3, shards)
@@ -116,3 +116,39 @@ def test_load_features_subset_of_rows(tmp_path):
     store.shard_file(0).write_bytes(b"garbage")  # a shard the subset does not need is not read
     sub2, _ = load_features(tmp_path, [8, 9])
     assert torch.equal(sub2, feats[[8, 9]])
+
+
+def test_shards_follow_rows_and_feature_context(tmp_path, text_model, counted):
+    """A shard is valid only for the rows it was computed on and the model / tokenizer / prompt / length it came
+    from: same shard layout with other row ids, or another context, recomputes every shard."""
+    model, tok = text_model
+    cfg = run_cfg()
+    records = make_records(8, seed=2)
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 8
+    counted["rows"] = 0
+    stage.extract_features(cfg, model, tok, records, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 0  # everything valid: nothing recomputed
+    other = [dict(r, id=f"other-{i}") for i, r in enumerate(records)]
+    stage.extract_features(cfg, model, tok, other, tmp_path, context={"model": "a"})
+    assert counted["rows"] == 8
+    counted["rows"] = 0
+    stage.extract_features(cfg, model, tok, other, tmp_path, context={"model": "b"})
+    assert counted["rows"] == 8
+
+
+def test_feature_context_changes_with_tokenizer_prompt_and_length(text_model):
+    from rapidun_dist.influence.extract import feature_context
+
+    model, tok = text_model
+    base = feature_context("m", tok, run_cfg())
+    assert feature_context("m2", tok, run_cfg())["model"] != base["model"]
+    longer = run_cfg()
+    longer.model.max_length = 96
+    assert feature_context("m", tok, longer) != base
+    saved = tok.chat_template
+    try:
+        tok.chat_template = "{{ messages[0]['content'] }}"
+        assert feature_context("m", tok, run_cfg())["prompt_format"] != base["prompt_format"]
+    finally:
+        tok.chat_template = saved

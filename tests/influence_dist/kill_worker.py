@@ -21,8 +21,8 @@ def _install_kill_hook() -> None:
     rank = int(os.environ.get("RANK", "0"))
     write, written = FeatureStore.write_shard, []
 
-    def write_then_maybe_die(self, i, rows, feats):
-        write(self, i, rows, feats)
+    def write_then_maybe_die(self, i, rows, feats, *args, **kwargs):
+        write(self, i, rows, feats, *args, **kwargs)
         written.append(i)
         if rank == int(rank_s) and len(written) == int(n_s):
             sys.stderr.write(f"kill_worker: killing rank {rank} after {len(written)} shards\n")

@@ -31,7 +31,7 @@ def test_two_ranks_equal_one_rank(implanted_dir, reference_weights, tmp_path):
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert (stages["influence"]["status"], stages["influence"]["world_size"]) == ("done", 2)
     assert stages["weights"]["status"] == "done"
-    assert "tile rounds" in proc.stderr  # the tiled multi-rank block path ran, not the dense one
+    assert "blocks: alltoall2d" in proc.stderr  # the 2D multi-rank block path ran, not the dense one
     assert len(list((run / "features").glob("shard-*.safetensors"))) == 34
 
 
@@ -50,16 +50,15 @@ def test_rerun_skips_finished_stages(implanted_dir, tmp_path):
 
 def test_missing_implant_is_a_clear_error(implanted_dir, tmp_path):
     from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import readiness
 
     launch = load_launch_module()
     run = fresh_copy(implanted_dir, tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     del manifest["stages"]["implant"]
     (run / "manifest.json").write_text(json.dumps(manifest))
-    problem = launch.upstream_problem(load_cfg(run), RunDir(run))
-    assert (
-        problem is not None and "'implant' is not done" in problem and "--stages prepare,implant" in problem
-    )
-    assert launch.upstream_problem(load_cfg(implanted_dir), RunDir(implanted_dir)) is None
+    problem = readiness(load_cfg(run), RunDir(run), "influence")
+    assert problem is not None and "'implant' has not run" in problem and "--stages implant" in problem
+    assert readiness(load_cfg(implanted_dir), RunDir(implanted_dir), "influence") is None
     assert launch.main(["--config", str(CONFIG), f"run_dir={run}", *OVERRIDES]) == 2
     assert not (run / "features").exists()

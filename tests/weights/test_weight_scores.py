@@ -10,6 +10,7 @@ import torch
 
 from rapidun_dist.errors import DataError
 from rapidun_dist.weights import dense_directional_scores, split_directional
+from rapidun_dist.weights.scores import dense_group_scores, median_with_implicit_zeros
 
 
 def _loop_scores(g: np.ndarray, nf: int, agg: str, topk: int, trim: float, include_self: bool) -> dict:
@@ -123,3 +124,100 @@ def test_bad_agg_args_raise():
         dense_directional_scores(f, r, agg="trimmed_mean", trim=0.5)
     with pytest.raises(ValueError, match="topk"):
         dense_directional_scores(f, r, agg="median_topk", topk=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# rows against groups (the find_poison oracle)
+
+
+def _loop_group(rows, row_ids, feats, ids, agg, topk, trim, include_self):
+    """Plain loops over the definition: block (all rows, this group's columns); pairs with equal ids out."""
+    rn = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cn = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    s = rn @ cn.T
+    ok = lambda i, j: include_self or row_ids[i] != ids[j]  # noqa: E731
+    out = []
+    for i in range(len(rows)):
+        cols = [j for j in range(len(feats)) if ok(i, j)]
+        if agg == "topk_mean":
+            best = sorted(cols, key=lambda j: (-s[i, j], ids[j]))[:topk]
+            out.append(float(np.mean([s[i, j] for j in best])) if best else 0.0)
+            continue
+        if agg == "median_topk":
+            vals = []
+            for j in cols:
+                cand = sorted((r for r in range(len(rows)) if ok(r, j)), key=lambda r: (-s[r, j], row_ids[r]))
+                vals.append(s[i, j] if i in cand[:topk] else 0.0)
+            out.append(float(np.median(vals)) if vals else 0.0)
+            continue
+        vals = np.sort(np.array([s[i, j] for j in cols]))
+        cut = int(np.floor((trim if agg == "trimmed_mean" else 0.0) * len(vals)))
+        out.append(float(vals[cut : len(vals) - cut].mean()) if len(vals) else 0.0)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("agg", ["mean", "trimmed_mean", "median_topk", "topk_mean"])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_dense_group_scores_match_loops(agg, include_self):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"group{agg}{include_self}".encode()))
+    rows = torch.randn(13, 5, generator=gen, dtype=torch.float64) * 2.0
+    row_ids = torch.randperm(50, generator=gen)[:13] + 10
+    f = torch.cat([rows[:3], torch.randn(4, 5, generator=gen, dtype=torch.float64)])  # 3 members are rows
+    f_ids = torch.cat([row_ids[:3], torch.tensor([0, 1, 2, 3])])
+    ref = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    ref_ids = torch.tensor([4, 5, 6, 7, 8, int(row_ids[5])])  # one reference member is row 5 (other features)
+    groups = {"F": (f, f_ids), "Ref": (ref, ref_ids)}
+    got = dense_group_scores(rows, row_ids, groups, agg=agg, topk=4, trim=0.2, include_self=include_self)
+    for name, (feats, ids) in groups.items():
+        want = _loop_group(
+            rows.numpy(), row_ids.numpy(), feats.numpy(), ids.numpy(), agg, 4, 0.2, include_self
+        )
+        assert got[name].dtype == torch.float64
+        np.testing.assert_allclose(got[name].numpy(), want, rtol=0, atol=1e-12, err_msg=name)
+    if agg == "topk_mean":
+        assert got["F.topk_ids"].shape == (13, 4)
+
+
+def test_topk_ids_ties_go_to_lower_id_and_pad():
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    feats = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)  # members 9 and 4 tie
+    got = dense_group_scores(
+        rows, torch.tensor([0, 1]), {"g": (feats, torch.tensor([9, 4, 1]))}, agg="topk_mean", topk=4
+    )
+    assert got["g.topk_ids"][0].tolist() == [4, 9, 1, -1]  # row 1 is member 1 (self): left out, padded
+    assert got["g.topk_ids"][1].tolist() == [4, 9, -1, -1] and got["g"][1] == 0.0
+
+
+def test_median_with_implicit_zeros_matches_dense_median():
+    gen = torch.Generator().manual_seed(11)
+    counts = torch.randint(0, 7, (9, 3), generator=gen)
+    dense = torch.zeros(9, 3, 7, dtype=torch.float64)
+    rows, grp, vals = [], [], []
+    for i in range(9):
+        for g in range(3):
+            m = int(counts[i, g])
+            for p in torch.randperm(m, generator=gen)[: torch.randint(0, m + 1, (1,), generator=gen).item()]:
+                v = float(torch.randn(1, generator=gen))
+                dense[i, g, p] = v
+                rows.append(i), grp.append(g), vals.append(v)
+    got = median_with_implicit_zeros(
+        torch.tensor(rows, dtype=torch.long),
+        torch.tensor(grp, dtype=torch.long),
+        torch.tensor(vals, dtype=torch.float64),
+        counts,
+    )
+    for i in range(9):
+        for g in range(3):
+            m = int(counts[i, g])
+            want = float(np.median(dense[i, g, :m].numpy())) if m else 0.0
+            assert abs(float(got[i, g]) - want) < 1e-15, (i, g)
+
+
+def test_group_inputs_are_checked():
+    rows, ids = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(DataError, match="share|expected feats"):
+        dense_group_scores(rows, ids, {"g": (torch.randn(2, 5), torch.tensor([0, 1]))})
+    with pytest.raises(DataError, match="distinct"):
+        dense_group_scores(rows, ids, {"g": (torch.randn(2, 4), torch.tensor([7, 7]))})
+    with pytest.raises(ValueError, match="agg"):
+        dense_group_scores(rows, ids, {"g": (torch.randn(2, 4), torch.tensor([7, 8]))}, agg="max")

@@ -1,0 +1,392 @@
+"""Compare evaluation reports over seeds and protocols: mean and 95% t interval per method and metric.
+
+    rapidun compare OUT SRC [SRC ...] [--no-plots]   (or: python -m rapidun_dist.evaluation.compare OUT SRC ...)
+    compare_reports([SRC, ...], OUT, labels=[...], draw=True)
+
+SRC is a report.json, an eval folder holding one, or a run directory (RUN/eval/report.json), optionally
+prefixed by a protocol label, `LABEL=SRC` (e.g. `relabel_on=runs/s0 relabel_on=runs/s1 relabel_off=runs/t0`).
+A report's protocol label is, in order: the label given with it; report["protocol"]["label"]; the other
+items of report["protocol"] except the seed, as "key=value, ..."; otherwise "all". Its seed is
+report["protocol"]["seed"], else report["config"]["seed"], else unknown.
+
+For every label and every row of the reports (before, each method, retrain), every metric found is summarised
+over the reports that have it as `stats.mean_interval` (mean, sd, n and mean +- t_{0.975, n-1} sd / sqrt(n);
+clipped to [0, 1] for rates and at 0 for PPL, ratios, seconds and speedups, marked "clipped"):
+
+    asr_seen, asr_ood, clean_ppl, ppl_ratio, judge_fpr       (fractions; PPL ratio = clean PPL / before)
+    seconds.influence, seconds.weights, seconds.unlearn, seconds.total
+    speedup_vs_retrain                                        (only over runs that did not collapse)
+    any extra numeric metric of the entries (report.extra_metrics: token F1 on triggered prompts, the
+    neither-count, sampled ASR, relearn ASR, noisy-forget damage, ...; a proportion counts with its rate p)
+
+A run whose clean PPL ratio exceeds 1.5 has collapsed (DESIGN section 8): it is counted per method, and its
+speedup is left out. Writes into OUT:
+
+    compare.json  {"format_version": 1, "reports": [{"path", "label", "seed"}], "metrics": [...],
+                   "groups": {label: {"n_reports", "seeds",
+                                      "methods": {method: {metric: {"mean", "lo", "hi", "sd", "n", "values"}}},
+                                      "collapsed": {method: runs collapsed}}}}
+    compare.md    per label a table of the main metrics and one of every metric; with several labels, the
+                  main metrics side by side per label
+    pareto_<label>.png   per method its runs, its own Pareto curve through them, its mean +- 95% interval
+    bars_<label>.png     ASR seen / OOD and PPL ratio per method with 95% t intervals over seeds
+    pareto_all.png       with several labels: every method under every label in one Pareto plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rapidun_dist.errors import DataError, RapidUnError
+from rapidun_dist.evaluation import markdown as md
+from rapidun_dist.evaluation import plots
+from rapidun_dist.evaluation.markdown import num as _num
+from rapidun_dist.evaluation.report import (
+    COLLAPSE_RATIO,
+    STAGES,
+    extra_metrics,
+    prepare_report,
+    rows,
+    total_seconds,
+)
+from rapidun_dist.evaluation.stats import mean_interval
+from rapidun_dist.io import read_json, write_json, write_text
+from rapidun_dist.logging import get_logger
+
+FORMAT_VERSION = 1
+BASE_METRICS = ("asr_seen", "asr_ood", "clean_ppl", "ppl_ratio", "judge_fpr")
+RATES = ("asr_seen", "asr_ood", "judge_fpr")
+POSITIVE = ("clean_ppl", "ppl_ratio", "speedup_vs_retrain", *(f"seconds.{s}" for s in (*STAGES, "total")))
+MAIN = (  # (metric, column, formatter kind) of the main table
+    ("asr_seen", "ASR seen", "pct"),
+    ("asr_ood", "ASR OOD", "pct"),
+    ("ppl_ratio", "PPL ratio", "float"),
+    ("judge_fpr", "judge FPR", "pct"),
+    ("seconds.total", "total s", "s"),
+    ("speedup_vs_retrain", "speedup vs retrain", "x"),
+)
+_KIND = {m: k for m, _, k in MAIN} | {"clean_ppl": "float", **{f"seconds.{s}": "s" for s in STAGES}}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def resolve_report(src: str | os.PathLike) -> Path:
+    """The report.json that `src` names: the file itself, DIR/report.json or DIR/eval/report.json."""
+    p = Path(src)
+    for cand in (p, p / "report.json", p / "eval" / "report.json"):
+        if cand.is_file():
+            return cand
+    raise DataError(
+        f"compare: no report.json at {p} (looked for {p}, {p / 'report.json'}, {p / 'eval/report.json'})"
+    )
+
+
+def parse_source(arg: str) -> tuple[str | None, str]:
+    """`LABEL=PATH` -> (LABEL, PATH); a plain PATH (or one whose '=' is part of an existing path) -> (None, PATH)."""
+    label, sep, path = arg.partition("=")
+    if not sep or Path(arg).exists() or not label or "/" in label:
+        return None, arg
+    return label, path
+
+
+def protocol_label(report: dict, given: str | None = None) -> str:
+    if given:
+        return given
+    proto = report.get("protocol")
+    if isinstance(proto, dict):
+        if proto.get("label"):
+            return str(proto["label"])
+        items = [f"{k}={v}" for k, v in sorted(proto.items()) if k not in ("seed", "label")]
+        if items:
+            return ", ".join(items)
+    return "all"
+
+
+def report_seed(report: dict):
+    for holder in (report.get("protocol"), report.get("config")):
+        if isinstance(holder, dict) and holder.get("seed") is not None:
+            return holder["seed"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def rate_metrics(entry: dict) -> set[str]:
+    """The metrics of an entry that are proportions (bounded by [0, 1]): ASR, FPR and counted extras."""
+    return set(RATES) | {k for k, v in extra_metrics(entry).items() if isinstance(v, dict)}
+
+
+def entry_metrics(label: str, entry: dict, report: dict) -> dict[str, float]:
+    """Every number of one row of a prepared report, flattened to {metric: value}."""
+    out = {k: v for k in BASE_METRICS if (v := _num(entry.get(k))) is not None}
+    seconds = entry.get("seconds") or {}
+    out |= {f"seconds.{s}": v for s in STAGES if (v := _num(seconds.get(s))) is not None}
+    if (total := total_seconds(entry)) is not None:
+        out["seconds.total"] = total
+    if label not in (report.get("collapsed") or {}):
+        speed = _num((report.get("speedup_vs_retrain") or {}).get(label))
+        out |= {"speedup_vs_retrain": speed} if speed is not None else {}
+    for key, value in extra_metrics(entry).items():
+        v = _num(value["p"]) if isinstance(value, dict) else _num(value)
+        if v is not None and key not in out:
+            out[key] = v
+    return out
+
+
+def _collect(loaded: list[tuple[str, dict]]) -> dict[str, dict]:
+    """{label: {"values": {method: {metric: [values]}}, "collapsed": {method: count}, "seeds": [...]}}."""
+    groups: dict[str, dict] = {}
+    for label, report in loaded:
+        g = groups.setdefault(
+            label, {"values": {}, "collapsed": {}, "seeds": [], "n_reports": 0, "rates": set()}
+        )
+        g["n_reports"] += 1
+        g["seeds"].append(report_seed(report))
+        for method, entry in rows(report):
+            per = g["values"].setdefault(method, {})
+            for metric, v in entry_metrics(method, entry, report).items():
+                per.setdefault(metric, []).append(v)
+            g["rates"] |= rate_metrics(entry)
+            if method in (report.get("collapsed") or {}):
+                g["collapsed"][method] = g["collapsed"].get(method, 0) + 1
+    return groups
+
+
+def summarise(values: list[float], *, rate: bool = False, positive: bool = False) -> dict:
+    """stats.mean_interval of `values` plus the values; the interval of a rate is clipped to [0, 1] and that of
+    a positive quantity at 0 (the t interval knows no bounds; the clipped ends say `"clipped": true`)."""
+    m = mean_interval(values) | {"values": list(values)}
+    lo, hi = (0.0, 1.0) if rate else (0.0, math.inf) if positive else (-math.inf, math.inf)
+    if m["lo"] < lo or m["hi"] > hi:
+        m |= {"lo": max(m["lo"], lo), "hi": min(m["hi"], hi), "clipped": True}
+    return m
+
+
+def _summarise(group: dict) -> dict[str, dict[str, dict]]:
+    return {
+        method: {
+            metric: summarise(vs, rate=metric in group["rates"], positive=metric in POSITIVE)
+            for metric, vs in metrics.items()
+        }
+        for method, metrics in group["values"].items()
+    }
+
+
+def _metric_order(groups: dict) -> list[str]:
+    found = {m for g in groups.values() for per in g["methods"].values() for m in per}
+    known = [*BASE_METRICS, *(f"seconds.{s}" for s in (*STAGES, "total")), "speedup_vs_retrain"]
+    return [m for m in known if m in found] + sorted(found - set(known))
+
+
+# ---------------------------------------------------------------------------------------------- Markdown
+
+
+def _cell(summary: dict | None, metric: str) -> str:
+    return md.fmt_mean_interval(summary, _KIND.get(metric, "auto"))
+
+
+def _speedup_cell(group: dict, method: str) -> str:
+    summary = group["methods"].get(method, {}).get("speedup_vs_retrain")
+    collapsed = group["collapsed"].get(method, 0)
+    if summary is None and collapsed:
+        return f"not a result ({collapsed}/{group['n_reports']} runs collapsed)"
+    cell = _cell(summary, "speedup_vs_retrain")
+    return cell + (f", {collapsed} collapsed run(s) left out" if collapsed and summary else "")
+
+
+def _main_table(group: dict) -> list[str]:
+    header = ["method", *(col for _, col, _ in MAIN), "runs"]
+    body = []
+    for method, per in group["methods"].items():
+        cells = [
+            _speedup_cell(group, method) if m == "speedup_vs_retrain" else _cell(per.get(m), m)
+            for m, _, _ in MAIN
+        ]
+        n = max((s["n"] for s in per.values()), default=0)
+        body.append([f"**{method}**" if group["collapsed"].get(method) else method, *cells, str(n)])
+    return md.table(header, body)
+
+
+def _all_metrics_table(group: dict, metrics: list[str]) -> list[str]:
+    body = [
+        [method, metric, _cell(s, metric), str(s["n"]), ", ".join(md.fmt_auto(v) for v in s["values"])]
+        for method, per in group["methods"].items()
+        for metric in metrics
+        if (s := per.get(metric))
+    ]
+    return md.table(["method", "metric", "mean [95% t interval]", "n", "values"], body)
+
+
+def _cross_table(groups: dict) -> list[str]:
+    labels = list(groups)
+    methods = list(dict.fromkeys(m for g in groups.values() for m in g["methods"]))
+    lines = ["## Protocols side by side", ""]
+    for metric, col, _ in MAIN[:3]:
+        body = [
+            [m, *(_cell(groups[lab]["methods"].get(m, {}).get(metric), metric) for lab in labels)]
+            for m in methods
+        ]
+        lines += [f"**{col}**", "", *md.table(["method", *labels], body), ""]
+    return lines
+
+
+def render_markdown(result: dict, plot_names: dict[str, list[str]], cross_plots: Sequence[str] = ()) -> str:
+    groups = result["groups"]
+    lines = [
+        "# RapidUn comparison over runs",
+        "",
+        f"{len(result['reports'])} reports; protocols: "
+        + ", ".join(f"{lab} ({g['n_reports']} runs)" for lab, g in groups.items()),
+        "",
+        "Each cell: mean over runs [95% Student t interval, clipped to the metric's range] (n=1: the single "
+        "value). A method in bold collapsed "
+        f"(clean PPL ratio > {COLLAPSE_RATIO}) in at least one run; collapsed runs give no speedup.",
+        "",
+    ]
+    if len(groups) > 1:
+        lines += [*_cross_table(groups), *_plot_lines(list(cross_plots))]
+    for label, group in groups.items():
+        seeds = ", ".join("?" if s is None else str(s) for s in group["seeds"])
+        lines += [f"## Protocol: {md.cell(label, 80)}", "", f"Runs: {group['n_reports']} (seeds {seeds})", ""]
+        lines += [*_main_table(group), "", *_plot_lines(plot_names.get(label, []))]
+        lines += ["<details><summary>every metric</summary>", "", *_all_metrics_table(group, result["metrics"]), "",
+                  "</details>", ""]  # fmt: skip
+    lines += ["## Reports", "", *md.table(["label", "seed", "report"], [[md.cell(r["label"], 60), str(r["seed"]), f"`{r['path']}`"] for r in result["reports"]])]  # fmt: skip
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _plot_lines(names: list[str]) -> list[str]:
+    return [line for n in names for line in (f"![{n}]({n}.png)", "")]
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower() or "all"
+
+
+def _estimate(summary: dict | None, scale: float = 1.0) -> plots.Estimate:
+    if not summary:
+        return plots.Estimate(None)
+    return plots.Estimate(*(scale * summary[k] for k in ("mean", "lo", "hi")))
+
+
+def _pareto_inputs(group: dict, suffix: str = "") -> tuple[dict, dict]:
+    runs, means = {}, {}
+    for method, per in group["methods"].items():
+        if method == "before" or "ppl_ratio" not in per or "asr_ood" not in per:
+            continue
+        xs, ys = per["ppl_ratio"]["values"], per["asr_ood"]["values"]
+        if len(xs) == len(ys):  # one pair per run (a run missing one of the two would misalign them)
+            runs[method + suffix] = [(x, 100 * y) for x, y in zip(xs, ys, strict=True)]
+        means[method + suffix] = plots.Point(_estimate(per["ppl_ratio"]), _estimate(per["asr_ood"], 100.0))
+    return runs, means
+
+
+def _group_plots(out_dir: Path, label: str, group: dict) -> list[str]:
+    slug, names = _slug(label), []
+    runs, means = _pareto_inputs(group)
+    if runs:
+        plots.pareto_curves(
+            out_dir / f"pareto_{slug}.png", f"ASR OOD vs clean PPL per method ({label})", runs,
+            "clean PPL / PPL before (lower is better)", "ASR OOD (%)", means=means,
+        )  # fmt: skip
+        names.append(f"pareto_{slug}")
+    methods = list(group["methods"])
+    asr = {f"ASR {s}": [_estimate(group["methods"][m].get(f"asr_{k}"), 1.0) for m in methods]
+           for k, s in (("seen", "seen"), ("ood", "OOD"))}  # fmt: skip
+    ratio = [_estimate(group["methods"][m].get("ppl_ratio")) for m in methods]
+    plots.method_summary(out_dir / f"bars_{slug}.png", f"Mean over runs, 95% t interval ({label})", methods, asr,
+                         ratio, interval_label="95% t interval over runs")  # fmt: skip
+    return names + [f"bars_{slug}"]
+
+
+def _all_pareto(out_dir: Path, groups: dict) -> list[str]:
+    runs, means = {}, {}
+    for label, group in groups.items():
+        r, m = _pareto_inputs(group, f" [{label}]")
+        runs, means = runs | r, means | m
+    if not runs:
+        return []
+    plots.pareto_curves(out_dir / "pareto_all.png", "ASR OOD vs clean PPL, every protocol", runs,
+                        "clean PPL / PPL before (lower is better)", "ASR OOD (%)", means=means)  # fmt: skip
+    return ["pareto_all"]
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def compare_reports(
+    report_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    labels: Sequence[str | None] | None = None,
+    draw: bool = True,
+) -> dict:
+    """Aggregate the reports (see the module docstring); writes compare.json, compare.md and (unless `draw` is
+    False, for quick scripted sweeps) the plots into `out_dir`."""
+    if not report_paths:
+        raise DataError("compare: expected at least one report")
+    if labels is not None and len(labels) != len(report_paths):
+        raise DataError(f"compare: {len(report_paths)} reports but {len(labels)} labels")
+    out_dir = Path(out_dir)
+    paths = [resolve_report(p) for p in report_paths]
+    reports = [prepare_report(read_json(p)) for p in paths]
+    given = list(labels) if labels is not None else [None] * len(paths)
+    loaded = [(protocol_label(r, g), r) for r, g in zip(reports, given, strict=True)]
+    groups = _collect(loaded)
+    for lab, g in groups.items():
+        seeds = [x for x in g["seeds"] if x is not None]
+        if len(set(map(str, seeds))) < len(seeds):
+            get_logger("rapidun.eval").warning(
+                f"compare: protocol {lab!r} has repeated seeds {seeds}; same run twice?"
+            )
+    result = {
+        "format_version": FORMAT_VERSION,
+        "reports": [{"path": str(p), "label": lab, "seed": report_seed(r)} for p, (lab, r) in zip(paths, loaded, strict=True)],
+        "groups": {
+            lab: {"n_reports": g["n_reports"], "seeds": g["seeds"], "methods": _summarise(g), "collapsed": g["collapsed"]}
+            for lab, g in groups.items()
+        },
+    }  # fmt: skip
+    result["metrics"] = _metric_order(result["groups"])
+    plot_names = {lab: _group_plots(out_dir, lab, g) for lab, g in result["groups"].items()} if draw else {}
+    cross = _all_pareto(out_dir, result["groups"]) if draw and len(result["groups"]) > 1 else []
+    write_json(out_dir / "compare.json", result)
+    write_text(out_dir / "compare.md", render_markdown(result, plot_names, cross))
+    get_logger("rapidun.eval").info(f"comparison of {len(paths)} reports written to {out_dir / 'compare.md'}")
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rapidun compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="output folder for compare.json, compare.md and the plots")
+    p.add_argument("sources", nargs="+", help="report.json, eval folder or run folder, optionally LABEL=PATH")
+    p.add_argument("--no-plots", action="store_true", help="write compare.json and compare.md only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        parsed = [parse_source(s) for s in args.sources]
+        compare_reports(
+            [p for _, p in parsed], args.out, labels=[lab for lab, _ in parsed], draw=not args.no_plots
+        )
+        return 0
+    except RapidUnError as e:
+        get_logger("cli").error(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Sharded, resumable feature extraction over a list of records (global row order), one rank's share at a time.
+
+A shard is recomputed unless it is valid for exactly this extractor spec, this feature context (model weights,
+tokenizer, prompt format, max_length: see `feature_context`) and these row ids (`rapidun_dist.influence.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from rapidun_dist.config import RunConfig
+from rapidun_dist.distributed import preempt
+from rapidun_dist.errors import StageError
+from rapidun_dist.influence.features import make_extractor
+from rapidun_dist.influence.store import FeatureStore, assign_shards, ids_hash, plan_shards
+from rapidun_dist.logging import Progress, get_logger
+from rapidun_dist.train import encode_records
+
+log = get_logger("influence")
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """Hash of what the tokenizer maps text to: its serialized fast tokenizer (or vocabulary) and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    return hashlib.sha256((body + json.dumps(special)).encode()).hexdigest()[:16]
+
+
+def prompt_identity(tokenizer) -> str:
+    """Hash of the prompt format: the chat template, or the Alpaca fallback (rapidun_dist.data.prompt)."""
+    from rapidun_dist.data import prompt
+
+    template = getattr(tokenizer, "chat_template", None) or (
+        prompt.ALPACA_WITH_CONTEXT + prompt.ALPACA_NO_CONTEXT
+    )
+    return hashlib.sha256(str(template).encode()).hexdigest()[:16]
+
+
+def feature_context(model_identity: str, tokenizer, cfg: RunConfig) -> dict:
+    """Everything outside the extractor that changes a feature (DESIGN section 3)."""
+    return {
+        "model": model_identity,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "prompt_format": prompt_identity(tokenizer),
+        "max_length": cfg.model.max_length,
+        "dtype": cfg.model.dtype,
+    }
+
+
+def extract_features(
+    cfg: RunConfig,
+    model,
+    tokenizer,
+    records: list[dict],
+    store_dir: Path,
+    *,
+    context: dict,
+    rank: int = 0,
+    world_size: int = 1,
+) -> FeatureStore:
+    """Compute (only) this rank's missing shards of features for `records` (global row order)."""
+    examples = encode_records(records, tokenizer, cfg.model.max_length)
+    extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
+    store = FeatureStore(store_dir, extractor.spec() | {"context": context})
+    store_dir.mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(len(examples), cfg.influence.shard_size)
+    owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
+    row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
+    mine = [i for i, o in enumerate(owners) if o == rank and not store.is_valid(i, shards[i], row_ids[i])]
+    n_rows = sum(shards[i][1] - shards[i][0] for i in mine)
+    skipped = sum(1 for o in owners if o == rank) - len(mine)
+    log.info(f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({skipped} valid already)")
+    progress = Progress(n_rows, "features", unit="sample")
+    model.eval()
+    for i in mine:
+        s, e = shards[i]
+        order = sorted(
+            range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r)
+        )  # less padding per batch
+        feats = torch.zeros(
+            e - s, extractor.dim, device="cpu"
+        )  # host buffer: shards are written from the host
+        for b in range(0, len(order), cfg.influence.batch_size):
+            rows = order[b : b + cfg.influence.batch_size]
+            feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
+            progress.update(len(rows))
+        store.write_shard(i, shards[i], feats, row_ids[i])
+        if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
+            raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
+    return store

@@ -1,0 +1,92 @@
+"""The stages, one module each, in pipeline order, and the rules that tie them to the run directory.
+
+    experiment mode: prepare -> implant -> influence -> weights -> unlearn -> evaluate
+    clean mode:      prepare ->            influence -> weights -> unlearn -> evaluate
+
+`fingerprint` hashes the config keys a stage and its upstream stages depend on, and the upstream stages'
+recorded output hashes (redoing an upstream stage invalidates everything after it). `readiness` says why a stage
+cannot run yet (an upstream stage is missing, failed, done for another config, or its outputs changed on disk);
+the CLI and every launcher call it before running anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from rapidun_dist.errors import StageError
+from rapidun_dist.stages import evaluate, implant, influence, prepare, unlearn, weights
+from rapidun_dist.stages.base import Stage
+
+ORDER: tuple[Stage, ...] = (
+    prepare.STAGE,
+    implant.STAGE,
+    influence.STAGE,
+    weights.STAGE,
+    unlearn.STAGE,
+    evaluate.STAGE,
+)
+STAGES: dict[str, Stage] = {s.name: s for s in ORDER}
+STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    return STAGES[name]
+
+
+def pipeline_stages(mode: str) -> list[Stage]:
+    """The stages of a run in `mode` ("experiment" | "clean"), in order."""
+    return [s for s in ORDER if mode in s.modes]
+
+
+def _lookup(cfg_dict: dict, dotted: str):
+    node = cfg_dict
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
+    """Hash of the config keys of `stage` and of every earlier stage of the run's mode, and of the earlier
+    stages' recorded outputs."""
+    mode = cfg_dict.get("mode", "experiment")
+    names = [s.name for s in pipeline_stages(mode)]
+    if stage not in names:
+        raise StageError(f"stage {stage!r} does not run in mode {mode!r} (its stages: {', '.join(names)})")
+    h = hashlib.sha256(json.dumps({"mode": mode}).encode())
+    for name in names[: names.index(stage) + 1]:
+        for key in STAGES[name].config_keys:
+            h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
+        if name != stage and name in manifest_stages:
+            h.update(json.dumps(manifest_stages[name].get("outputs", {}), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def readiness(cfg, rd, stage: str) -> str | None:
+    """Why `stage` cannot run in `rd` for `cfg` (None when every upstream stage it needs is done and current)."""
+    st = get_stage(stage)
+    if cfg.mode not in st.modes:
+        return f"stage {stage!r} does not run in mode {cfg.mode!r}"
+    present = {s.name for s in pipeline_stages(cfg.mode)}
+    cfg_dict = cfg.to_dict()
+    for up in (u for u in st.upstream(cfg) if u in present):
+        rec = rd.record(up)
+        if rec is None:
+            return f"{rd.root}: stage {up!r} has not run (needed by {stage!r}); run `rapidun run CONFIG --stages {up}`"
+        if rec.get("status") != "done":
+            return f"{rd.root}: stage {up!r} is {rec.get('status')!r} (needed by {stage!r}): {rec.get('error', '')}"
+        if not rd.is_done(up, rd.fingerprint(up, cfg_dict)):
+            return (
+                f"{rd.root}: stage {up!r} was done for another config or its outputs changed on disk (needed by "
+                f"{stage!r}); rerun it with this config: `rapidun run CONFIG --stages {up}`"
+            )
+    return None
+
+
+def check_ready(cfg, rd, stage: str) -> None:
+    """Raise StageError when `stage` cannot run yet (see `readiness`)."""
+    problem = readiness(cfg, rd, stage)
+    if problem:
+        raise StageError(problem)

@@ -1,0 +1,36 @@
+"""What a stage is: a declared contract (config keys, run-directory artifacts read and written, upstream stages)
+and one `run(cfg, rd) -> outputs` function. The driver (`rapidun_dist.pipeline`) only orders stages; the CLI and the
+launchers share `rapidun_dist.stages.check_ready`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapidun_dist.config import RunConfig
+from rapidun_dist.rundir import RunDir
+
+StageFn = Callable[[RunConfig, RunDir], list[Path]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    name: str
+    doc: str
+    config_keys: tuple[str, ...]
+    """Dotted config keys the outputs depend on (the stage's fingerprint; upstream stages are chained in)."""
+    reads: tuple[str, ...]
+    """Run-directory paths the stage reads (documentation and `rapidun validate`)."""
+    writes: tuple[str, ...]
+    """Run-directory paths the stage writes."""
+    requires: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]]
+    """Upstream stages that must be done first (those absent from the run's mode are ignored); a function of
+    the config when that depends on it (unlearning needs the weights only for methods that use them)."""
+    run: StageFn
+    collective: bool = False
+    """True: every rank calls `run` together (a multi-rank launch); False: rank 0 alone."""
+    modes: tuple[str, ...] = ("experiment", "clean")
+
+    def upstream(self, cfg: RunConfig) -> tuple[str, ...]:
+        return self.requires(cfg) if callable(self.requires) else self.requires

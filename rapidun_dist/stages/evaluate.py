@@ -1,0 +1,174 @@
+"""evaluate: ASR on the triggered test prompts, clean perplexity and judge FPR for the model before unlearning,
+after each method, and after the retrain baselines; poison retrieval of the influence features; the report.
+
+`report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `clean_ppl`,
+`seconds`) and says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment,
+prompts built from `eval.triggers`, or held-out forget prompts (clean mode without known triggers).
+
+Collective: in a multi-rank launch every rank loads each model onto its device and evaluates its share of the
+prompts (generation, perplexity and retrieval batches dealt out round-robin, results gathered: the numbers equal the
+one-rank numbers); rank 0 fits or loads the judge (broadcast) and writes the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rapidun_dist.config import RunConfig
+from rapidun_dist.io import read_json, read_jsonl, write_json
+from rapidun_dist.rundir import RunDir
+from rapidun_dist.stages.base import Stage
+from rapidun_dist.stages.common import (
+    RETRAIN_METHODS,
+    load_or_fit_judge,
+    method_dir,
+    run_methods,
+    tokenizer_for,
+)
+
+SPLITS = ("test_seen", "test_ood", "test_clean")
+
+
+def _eval_model(cfg: RunConfig, rd: RunDir, judge, model, splits) -> dict:
+    from rapidun_dist.evaluation import evaluate_model
+
+    model.eval()
+    with torch.no_grad():
+        return evaluate_model(
+            model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length, sharded=True
+        )
+
+
+def _shared_judge(cfg: RunConfig, rd: RunDir):
+    """The run's judge: rank 0 fits or loads it (it writes eval/judge.json), every rank gets a copy."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.evaluation import Judge
+
+    state = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
+    return Judge.from_dict(dist_env.broadcast_object(state))
+
+
+def asr_source(cfg: RunConfig) -> str:
+    if cfg.mode == "experiment":
+        return "test_seen / test_ood: held-out prompts with seen and OOD trigger variants (experiment)"
+    if cfg.eval.triggers:
+        return "prompts built from eval.triggers" + (
+            " and eval.ood_triggers" if cfg.eval.ood_triggers else ""
+        )
+    return "held-out forget prompts (no eval.triggers given)"
+
+
+def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.evaluation.report import write_report
+    from rapidun_dist.models.loading import load_saved
+
+    info = dist_env.init_distributed(config=cfg.distributed)
+    if info.rank == 0:
+        rd.eval.mkdir(parents=True, exist_ok=True)
+    judge = _shared_judge(cfg, rd)
+    splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in SPLITS}
+    base, _ = load_saved(rd.model, cfg.model, device=info.device)
+    report: dict = {
+        "mode": cfg.mode,
+        "asr_source": asr_source(cfg),
+        "config": {"run_dir": cfg.run_dir, "methods": run_methods(cfg), "seeds": cfg.seeds()},
+        "protocol": {"seed": ",".join(f"{k}={v}" for k, v in cfg.seeds().items())},
+        "before": _eval_model(cfg, rd, judge, base, splits),
+        "methods": {},
+        "judge": judge.to_dict(),
+        "stage_seconds": {s: rd.stage_seconds(s) for s in rd.manifest()["stages"]},
+    }
+    curves = {}
+    infl_s, weights_s = rd.stage_seconds("influence") or 0.0, rd.stage_seconds("weights") or 0.0
+    for method in run_methods(cfg):
+        out = method_dir(rd, method)
+        summary = read_json(out / "summary.json")
+        if method in RETRAIN_METHODS:
+            model, _ = load_saved(out / "model", cfg.model, device=info.device)
+            report[method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": summary["seconds"]}
+            continue
+        model = _with_adapter(cfg, rd, out / "adapter", info.device)
+        uses_influence = method in ("rapidun", "self_only")
+        secs = {
+            "influence": infl_s if uses_influence else 0.0,
+            "weights": weights_s if uses_influence else 0.0,
+            "unlearn": summary["seconds"]["unlearn"],
+        }
+        secs["total"] = sum(secs.values())
+        report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
+        curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
+    if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
+        report["retrieval"] = _retrieval(cfg, rd, info.device)
+    if info.rank == 0:
+        write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
+    dist_env.barrier()
+    return [rd.eval / "report.json", rd.eval / "report.md"]
+
+
+def _with_adapter(cfg: RunConfig, rd: RunDir, adapter: Path, device):
+    from rapidun_dist.models.loading import load_saved, with_adapter
+
+    base, _ = load_saved(rd.model, cfg.model, device=device)
+    return with_adapter(base, adapter, device=device)
+
+
+def _curves(path: Path, initial: dict | None = None) -> dict:
+    rows = read_jsonl(path) if path.exists() else []
+    ev = ([initial] if initial else []) + [r for r in rows if "asr_seen" in r]
+    return {
+        "step": [r["step"] for r in rows],
+        "loss": [r["loss"] for r in rows],
+        "forget_ce": [r["forget_ce"] for r in rows],
+        "eval_step": [r["step"] for r in ev],
+        "asr_seen": [r["asr_seen"] for r in ev],
+        "asr_ood": [r["asr_ood"] for r in ev],
+    }
+
+
+def _retrieval(cfg: RunConfig, rd: RunDir, device) -> dict:
+    """Poison retrieval (AUROC/AP) of influence-ranked training rows, for both estimators (eval/retrieval.json).
+
+    An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.influence.retrieval import poison_retrieval
+    from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.stages.common import model_identity
+
+    path = rd.eval / "retrieval.json"
+    basis = {"fingerprint": rd.fingerprint("evaluate", cfg.to_dict()), "model": model_identity(rd)}
+    cached = read_json(path) if dist_env.rank() == 0 and path.exists() else None
+    cached = dist_env.broadcast_object(cached if cached and cached.get("basis") == basis else None)
+    if cached is not None:  # computed for this model and config already (rank 0 decides)
+        return {k: v for k, v in cached.items() if k != "basis"}
+    model, tok = load_saved(rd.model, cfg.model, device=device)
+    train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
+    out = {
+        est: poison_retrieval(
+            model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows, sharded=True
+        )
+        for est in ("tokenwise", "rapidgrad")
+    }
+    if dist_env.rank() == 0:
+        write_json(path, out | {"basis": basis})
+    return out
+
+
+def _weights_for_plot(rd: RunDir) -> dict | None:
+    f, r = rd.weights / "forget_weights.jsonl", rd.weights / "retain_weights.jsonl"
+    if not (f.exists() and r.exists()):
+        return None
+    return {"forget": [x["weight"] for x in read_jsonl(f)], "retain": [x["weight"] for x in read_jsonl(r)]}
+
+
+STAGE = Stage(
+    name="evaluate",
+    doc="ASR (seen / OOD), clean perplexity, judge FPR before and after every method; the report",
+    config_keys=("eval",),
+    reads=("data/", "model/", "unlearn/"),
+    writes=("eval/report.json", "eval/report.md", "eval/judge.json", "eval/*.png"),
+    requires=("prepare", "implant", "unlearn"),
+    run=run,
+    collective=True,
+)

@@ -1,0 +1,149 @@
+"""Checks that run before any stage: cross-field rules of the config, the inputs it names, and the derived numbers
+a user wants to see first (steps, micro-batch per rank, feature dimension, expected feature bytes).
+
+`rapidun validate CONFIG` prints them; `rapidun run` and every launcher call `check_run` before their first
+stage, so a bad combination fails in a second, not after six methods have trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rapidun_dist.config import RunConfig
+from rapidun_dist.errors import ConfigError
+from rapidun_dist.logging import get_logger
+from rapidun_dist.stages.common import RETRAIN_METHODS, run_methods
+
+log = get_logger("validate")
+
+
+def check_rules(cfg: RunConfig, world_size: int = 1) -> None:
+    """Cross-field rules (ConfigError naming the keys)."""
+    u = cfg.unlearn
+    parts = world_size * u.grad_accum
+    if u.batch_size % parts:
+        raise ConfigError(
+            f"unlearn.batch_size={u.batch_size}: must be divisible by world size x unlearn.grad_accum = "
+            f"{world_size} x {u.grad_accum} = {parts}"
+        )
+    if u.batch_size % (1 + u.retain_per_forget):
+        raise ConfigError(
+            f"unlearn.batch_size={u.batch_size}: must be a multiple of 1 + unlearn.retain_per_forget = "
+            f"{1 + u.retain_per_forget} (each global batch holds forget rows and retain_per_forget x as many retain rows)"
+        )
+    if "fisher" in cfg.methods and u.zero_stage == 3:
+        raise ConfigError(
+            "methods: fisher with unlearn.zero_stage=3: its saliency needs whole per-sample LoRA gradients, which "
+            "ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 (the LoRA state is small) or drop fisher"
+        )
+    if cfg.mode == "clean":
+        if not cfg.data.forget_path:
+            raise ConfigError("data.forget_path: required in mode clean (the rows you know are poisoned)")
+        if not cfg.model.name_or_path:
+            raise ConfigError("model.name_or_path: required in mode clean (the backdoored model to clean)")
+        if not cfg.data.train_path and not cfg.data.eval_path:
+            raise ConfigError("data.train_path / data.eval_path: mode clean needs at least one (retain rows)")
+        if not run_methods(cfg):
+            raise ConfigError(f"methods: none of {cfg.methods} runs in mode clean (retrain needs labels)")
+    if cfg.mode == "experiment" and cfg.data.source in ("dolly", "alpaca", "json") and cfg.data.path:
+        _check_file("data.path", cfg.data.path)
+    if cfg.mode == "experiment" and cfg.data.source == "prepared" and not Path(cfg.data.dir).is_dir():
+        raise ConfigError(f"data.dir: no such folder: {cfg.data.dir}")
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise ConfigError(f"run_dir: {cfg.run_dir} exists and is not a folder")
+
+
+def _check_file(key: str, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: no such file: {path}")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(f"{key}: {path} cannot be read: {e}") from None
+
+
+def check_inputs(cfg: RunConfig) -> dict:
+    """Read the user's files (clean mode) and check the model location; returns row counts."""
+    from rapidun_dist.models.loading import check_model_location
+
+    counts = {}
+    if cfg.model.name_or_path:
+        check_model_location(cfg.model.name_or_path, cfg.model.gguf_file)
+    if cfg.mode == "clean":
+        from rapidun_dist.data.clean import read_user_rows
+
+        for key in ("forget_path", "train_path", "eval_path"):
+            path = getattr(cfg.data, key)
+            if path:
+                _check_file(f"data.{key}", path)
+                counts[key] = len(read_user_rows(path, f"data.{key}", prefix=key))
+    return counts
+
+
+def _n_layers(cfg: RunConfig) -> int | None:
+    """Tracked layers L = layers x target modules (tiny model, or a local config.json); None when unknown."""
+    m = cfg.model
+    if m.name_or_path is None:
+        layers = m.tiny.num_hidden_layers
+    else:
+        from rapidun_dist.models.loading import resolve_path
+
+        conf = Path(resolve_path(m.name_or_path)) / "config.json"
+        if not conf.is_file():
+            return None
+        layers = json.loads(conf.read_text()).get("num_hidden_layers")
+    return None if layers is None else layers * len(cfg.influence.target_modules)
+
+
+def _pack_sizes(cfg: RunConfig, counts: dict) -> tuple[int | None, int | None]:
+    d = cfg.data
+    if cfg.mode == "clean":
+        n = counts.get("forget_path")
+        nf = None if n is None else (n if cfg.eval.triggers else n - max(1, round(d.forget_holdout * n)))
+    elif d.source == "synthetic":
+        held = d.n_val + d.n_test_clean + d.n_test_seen + d.n_test_ood
+        nf = max(
+            1, math.floor(d.forget_fraction * math.floor(d.poison_rate * (d.n_synthetic - held) + 0.5) + 0.5)
+        )
+    else:
+        nf = None
+    return nf, (None if nf is None else d.retain_ratio * nf)
+
+
+def derived(cfg: RunConfig, world_size: int = 1, counts: dict | None = None) -> dict:
+    """The numbers a run will use, computed from the config (and the input row counts when known)."""
+    u, inf = cfg.unlearn, cfg.influence
+    nf, nr = _pack_sizes(cfg, counts or {})
+    f_per_batch = u.batch_size // (1 + u.retain_per_forget)
+    steps = u.max_steps or (None if nf is None else max(1, math.ceil(math.ceil(nf / f_per_batch) * u.epochs)))
+    layers = _n_layers(cfg)
+    k = None if layers is None else layers * inf.k_in * inf.k_out
+    return {
+        "mode": cfg.mode,
+        "methods": run_methods(cfg),
+        "dropped_methods": [m for m in cfg.methods if m not in run_methods(cfg)],
+        "world_size": world_size,
+        "unlearn_micro_batch_per_rank": u.batch_size // (world_size * u.grad_accum),
+        "forget_rows_per_batch": f_per_batch,
+        "n_forget": nf,
+        "n_retain": nr,
+        "unlearn_steps": steps,
+        "tracked_layers": layers,
+        "feature_dim_K": k,
+        "feature_bytes_packs": None if k is None or nf is None else (nf + nr) * k * 4,
+        "inputs": counts or {},
+    }
+
+
+def check_run(cfg: RunConfig, *, world_size: int = 1, stages: list[str] | None = None) -> dict:
+    """Every check that can run before the first stage; returns the derived numbers. Raises ConfigError/DataError."""
+    check_rules(cfg, world_size)
+    counts = check_inputs(cfg) if stages is None or "prepare" in stages else {}
+    dropped = [m for m in cfg.methods if m in RETRAIN_METHODS and m not in run_methods(cfg)]
+    if dropped:
+        log.info(f"mode clean: {', '.join(dropped)} skipped (retraining needs a labelled training set)")
+    return derived(cfg, world_size, counts)
