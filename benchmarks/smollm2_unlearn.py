@@ -53,13 +53,14 @@ def token_counts(cfg, rd, steps: int) -> tuple[int, int]:
     from rapidun_dist.io import read_jsonl
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.train import encode_records
-    from rapidun_dist.unlearn.engine import encode_packs
+    from rapidun_dist.unlearn.packs import encode_packs
     from rapidun_dist.unlearn.sampler import GlobalBatchSchedule
 
     _, tok = load_saved(rd.model, cfg.model)
     forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
     infl = sum(len(e["input_ids"]) for e in encode_records(forget + retain, tok, cfg.model.max_length))
-    fp, fc, rt = encode_packs(forget, retain, tok, cfg.model.max_length)
+    packs = encode_packs(forget, retain, tok, cfg.model.max_length)
+    fp, fc, rt = packs.forget_poisoned, packs.forget_clean, packs.retain
     u = cfg.unlearn
     sched = GlobalBatchSchedule(
         n_forget=len(fp),

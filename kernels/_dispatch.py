@@ -37,3 +37,9 @@ def use_triton(backend: str, tensor: torch.Tensor) -> bool:
 
 def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def debug_checks() -> bool:
+    """RAPIDUN_KERNEL_DEBUG=1: validate index inputs fully (device-to-host syncs; off by default so the
+    launches can be captured in a CUDA graph)."""
+    return os.environ.get("RAPIDUN_KERNEL_DEBUG") == "1"

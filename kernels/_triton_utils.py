@@ -50,8 +50,10 @@ def block_size(n: int, *, lo: int = 16, hi: int = 128) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
-def tuned(kernel, configs: list, key: list[str], interp_meta: dict):
-    """(launchable, extra meta): autotuned on GPU; one fixed config in the interpreter (autotune breaks there)."""
+def tuned(kernel, configs: list, key: list[str], interp_meta: dict, *, prune=None):
+    """(launchable, extra meta): autotuned on GPU (configs pruned per launch by `prune`, the autotuner's
+    early_config_prune); one fixed config in the interpreter (autotune breaks there)."""
     if INTERPRETING:
         return kernel, dict(interp_meta)
-    return triton.autotune(configs=configs, key=key)(kernel), {}
+    prune_by = {"early_config_prune": prune} if prune is not None else None
+    return triton.autotune(configs=configs, key=key, prune_configs_by=prune_by)(kernel), {}

@@ -24,6 +24,9 @@ import torch
 from rapidun_dist.kernels._dispatch import accum_dtype, check_backend, use_triton
 
 PAD_ID = -1
+TRITON_MAX_K = (
+    64  # the kernel keeps the running top-k in registers (cosine_topk_triton.py); larger k: reference
+)
 
 
 def _normalize(z: torch.Tensor) -> torch.Tensor:
@@ -108,9 +111,11 @@ def cosine_topk(
     c_ids: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row top-k cosines (with ids), sums and counts over valid columns. See the module docstring."""
+    """Per-row top-k cosines (with ids), sums and counts over valid columns. See the module docstring.
+
+    "auto": the Triton kernel for CUDA fp32/bf16/fp16 inputs with k <= 64, the reference otherwise."""
     check_backend(backend)
-    if use_triton(backend, q):
+    if use_triton(backend, q) and (backend == "triton" or k <= TRITON_MAX_K):
         from rapidun_dist.kernels.cosine_topk_triton import cosine_topk_triton
 
         return cosine_topk_triton(q, c, k, q_ids=q_ids, c_ids=c_ids)

@@ -1,79 +1,221 @@
-"""Fused token projection: per-sample sums of unit outer products of projected token gradients.
+"""Token projection at hook time: per-sample sums of unit outer products of projected token gradients.
 
-For a linear layer y = W x and answer token t, the weight gradient is G_t = g_t x_t^T. With
+For a linear layer y = W x and tracked token t, the weight gradient is G_t = g_t x_t^T. With
 Kronecker-factored projections P_in [k_in, d_in] and P_out [k_out, d_out],
 
     phi_t = (P_out g_t) (x) (P_in x_t),        ||phi_t|| = ||P_out g_t|| * ||P_in x_t||
 
-so the unit token feature is the outer product of the two unit projected vectors
-u_t = P_out g_t / ||P_out g_t|| and v_t = P_in x_t / ||P_in x_t||, and the per-sample sum is
+so the unit token feature is the outer product of u_t = unit(P_out g_t) and v_t = unit(P_in x_t), and
+the per-sample sum is
 
     out[b] = sum_{t in sample b} u_t v_t^T = U_b^T V_b          ([k_out, k_in])
 
-A zero-norm token contributes zero; a sample without tokens gets zeros. No per-token
-k_out x k_in tensor is ever formed.
+A zero-norm token contributes zero; a sample without tokens gets zeros. No per-token k_out x k_in
+tensor is ever formed.
 
-`fused_token_projection_reference` is the PyTorch reference (any device, any float dtype,
-accumulating in fp32, or fp64 for fp64 inputs). The Triton kernel, when present, has the same
-signature; `fused_token_projection` dispatches.
+The work is split the way the hooks see it (DESIGN section 5): the forward hook keeps only
+v_t = `unit_projection(x, p_in)` (k_in floats per token); the backward hook calls
+
+    projected_outer_sums(g, v, layout, p_out)        # [B, k_out, k_in]
+
+with g the layer's output gradient rows [R, d_out] (R = B x T: every position of the padded batch),
+`layout` saying which rows are tracked and which sample each belongs to (`TokenLayout`, built on the
+host from the CPU-side mask, so no launch needs a device-to-host sync), and v [N, k_in] the tracked
+tokens' unit input projections, in layout order. `fused_token_projection(x, g, offsets, ...)` is the
+whole formula on token-major inputs (tests, benchmarks).
+
+`*_reference` are the PyTorch references (any device, any float dtype, accumulating in fp32, or fp64
+for fp64 inputs). The Triton kernel (token_projection_triton.py) has the same signature; the
+dispatchers pick it for CUDA fp32/bf16/fp16 with k_in, k_out <= 128.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from rapidun_dist.kernels._dispatch import accum_dtype, check_backend, use_triton
+from rapidun_dist.kernels._dispatch import accum_dtype, check_backend, debug_checks, use_triton
+
+MAX_TRITON_K = 128  # one [k_out, k_in] accumulator tile per program
 
 
-def _unit_rows(z: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which rows of a [R, d] activation are tracked tokens, grouped by sample.
+
+    rows [N] int64 (row of token n, ascending within each sample), sample [N] int32 (its sample),
+    pos [N] int64 (its index within the sample), offsets [B + 1] int64 (sample b owns tokens
+    offsets[b]:offsets[b + 1]); n_tokens, n_samples, max_count (longest sample) and n_rows (R) are host
+    ints, so no kernel launch reads them back from the device.
+    """
+
+    rows: torch.Tensor
+    sample: torch.Tensor
+    pos: torch.Tensor
+    offsets: torch.Tensor
+    n_tokens: int
+    n_samples: int
+    max_count: int
+    n_rows: int
+
+    @classmethod
+    def from_mask(cls, mask_BT: torch.Tensor, device: torch.device | str | None = None) -> TokenLayout:
+        """Tracked = True entries of a [B, T] bool mask (a CPU tensor: the layout is built on the host)."""
+        if mask_BT.dim() != 2 or mask_BT.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a [B, T] bool tensor; found {mask_BT.dtype} {tuple(mask_BT.shape)}"
+            )
+        mask = mask_BT.to("cpu")  # explicitly host-side: the layout is built on the host
+        counts = mask.sum(1)
+        flat = mask.flatten().nonzero().squeeze(1)
+        return cls._build(flat, counts, mask.numel(), device)
+
+    @classmethod
+    def from_offsets(cls, offsets: torch.Tensor, device: torch.device | str | None = None) -> TokenLayout:
+        """Token-major inputs: sample b owns rows offsets[b]:offsets[b + 1] of an [N, d] tensor."""
+        off = offsets.to("cpu").long()
+        if off.dim() != 1 or off.numel() < 1 or int(off[0]) != 0 or bool((off[1:] < off[:-1]).any()):
+            raise ValueError(
+                f"offsets must be a non-decreasing 1-D tensor starting at 0; found {off.tolist()}"
+            )
+        n = int(off[-1])
+        return cls._build(torch.arange(n, device="cpu"), off[1:] - off[:-1], n, device)
+
+    @classmethod
+    def _build(cls, rows: torch.Tensor, counts: torch.Tensor, n_rows: int, device) -> TokenLayout:
+        host = torch.device("cpu")  # built on the host whatever the process default device is
+        offsets = torch.zeros(counts.numel() + 1, dtype=torch.long, device=host)
+        offsets[1:] = counts.cumsum(0)
+        sample = torch.repeat_interleave(torch.arange(counts.numel(), device=host), counts)
+        pos = torch.arange(rows.numel(), device=host) - offsets[:-1][sample]
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        return cls(
+            rows=rows.long().to(dev),
+            sample=sample.int().to(dev),
+            pos=pos.to(dev),
+            offsets=offsets.to(dev),
+            n_tokens=int(rows.numel()),
+            n_samples=int(counts.numel()),
+            max_count=int(counts.max()) if counts.numel() else 0,
+            n_rows=int(n_rows),
+        )
+
+    def validate(self) -> None:
+        """Full consistency check (device-to-host syncs: debug mode only, see `_dispatch.debug_checks`)."""
+        ok = (
+            self.rows.numel() == self.sample.numel() == self.pos.numel() == self.n_tokens
+            and self.offsets.numel() == self.n_samples + 1
+            and int(self.offsets[0]) == 0
+            and int(self.offsets[-1]) == self.n_tokens
+            and bool((self.offsets[1:] >= self.offsets[:-1]).all())
+        )
+        if ok and self.n_tokens:
+            expect = torch.repeat_interleave(
+                torch.arange(self.n_samples, device=self.offsets.device), self.offsets[1:] - self.offsets[:-1]
+            )
+            ok = (
+                torch.equal(self.sample.long(), expect)
+                and int(self.rows.min()) >= 0
+                and int(self.rows.max()) < self.n_rows
+            )
+        if not ok:
+            raise ValueError(
+                f"inconsistent TokenLayout (N={self.n_tokens}, B={self.n_samples}, R={self.n_rows})"
+            )
+
+
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm; a zero row stays zero."""
     norm = z.norm(dim=-1, keepdim=True)
     return torch.where(norm > 0, z / norm.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(z))
 
 
-def _check_inputs(x, g, offsets, p_in, p_out) -> None:
+def unit_projection(x_RD: torch.Tensor, p_KD: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """v = unit(P x) for the given rows (all rows when None), in the accumulation dtype of x.
+
+    The forward-hook side: projects every row, then keeps the tracked ones (a [R, k] temporary instead of
+    an [N, d] gather)."""
+    acc = accum_dtype(x_RD.dtype)
+    z = x_RD.to(acc) @ p_KD.to(acc).T
+    return unit_rows(z if rows is None else z[rows])
+
+
+def _check_inputs(g, v, layout: TokenLayout, p_out) -> None:
+    if g.dim() != 2 or v.dim() != 2 or p_out.dim() != 2:
+        raise ValueError(
+            f"g [R, d_out], v [N, k_in] and p_out [k_out, d_out] must be 2-D; found {tuple(g.shape)}, "
+            f"{tuple(v.shape)}, {tuple(p_out.shape)}"
+        )
+    if g.shape[0] != layout.n_rows or v.shape[0] != layout.n_tokens:
+        raise ValueError(
+            f"layout expects g with {layout.n_rows} rows and v with {layout.n_tokens}; found {g.shape[0]} and {v.shape[0]}"
+        )
+    if p_out.shape[1] != g.shape[1]:
+        raise ValueError(f"p_out must be [k_out, {g.shape[1]}]; found {tuple(p_out.shape)}")
+    if debug_checks():
+        layout.validate()
+
+
+def segment_outer_sums(u_NO: torch.Tensor, v_NI: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """out[b] = U_b^T V_b as one batched GEMM over zero-padded samples ([B, max_count, k] each)."""
+    shape = (layout.n_samples, layout.max_count)
+    u_pad = u_NO.new_zeros(*shape, u_NO.shape[1])
+    v_pad = v_NI.new_zeros(*shape, v_NI.shape[1])
+    idx = (layout.sample.long(), layout.pos)
+    u_pad[idx] = u_NO
+    v_pad[idx] = v_NI
+    return u_pad.transpose(1, 2) @ v_pad
+
+
+def projected_outer_sums_reference(g, v, layout: TokenLayout, p_out) -> torch.Tensor:
+    """[B, k_out, k_in] = sum over each sample's tokens of unit(P_out g_row) v^T (see the module docstring)."""
+    _check_inputs(g, v, layout, p_out)
+    u = unit_projection(g, p_out, layout.rows)
+    return segment_outer_sums(u, v.to(u.dtype), layout)
+
+
+def _triton_fits(k_out: int, k_in: int) -> bool:
+    return k_out <= MAX_TRITON_K and k_in <= MAX_TRITON_K
+
+
+def projected_outer_sums(g, v, layout: TokenLayout, p_out, *, backend: str = "auto") -> torch.Tensor:
+    """The backward-hook side. "auto": Triton for CUDA fp32/bf16/fp16 with k <= 128, else the reference."""
+    check_backend(backend)
+    if use_triton(backend, g) and (backend == "triton" or _triton_fits(p_out.shape[0], v.shape[1])):
+        from rapidun_dist.kernels.token_projection_triton import projected_outer_sums_triton
+
+        return projected_outer_sums_triton(g, v, layout, p_out)
+    return projected_outer_sums_reference(g, v, layout, p_out)
+
+
+def _token_major(x, g, offsets, p_in, p_out) -> TokenLayout:
     if x.dim() != 2 or g.dim() != 2 or x.shape[0] != g.shape[0]:
         raise ValueError(
             f"x [N, d_in] and g [N, d_out] must share N; found {tuple(x.shape)} and {tuple(g.shape)}"
         )
-    if p_in.shape[1] != x.shape[1] or p_out.shape[1] != g.shape[1]:
-        raise ValueError(
-            f"p_in must be [k_in, {x.shape[1]}] and p_out [k_out, {g.shape[1]}]; found {tuple(p_in.shape)}, {tuple(p_out.shape)}"
-        )
-    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype not in (torch.int32, torch.int64):
-        raise ValueError(
-            f"offsets must be a 1-D integer tensor [B+1]; found {offsets.dtype} {tuple(offsets.shape)}"
-        )
-    if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
-        raise ValueError(f"offsets must start at 0, end at N={x.shape[0]} and be non-decreasing")
+    if p_in.dim() != 2 or p_in.shape[1] != x.shape[1]:
+        raise ValueError(f"p_in must be [k_in, {x.shape[1]}]; found {tuple(p_in.shape)}")
+    layout = TokenLayout.from_offsets(offsets, device=x.device)
+    if layout.n_tokens != x.shape[0]:
+        raise ValueError(f"offsets must end at N={x.shape[0]}; found {layout.n_tokens}")
+    return layout
 
 
 def fused_token_projection_reference(x, g, offsets, p_in, p_out) -> torch.Tensor:
-    _check_inputs(x, g, offsets, p_in, p_out)
-    acc = accum_dtype(x.dtype)
-    v = _unit_rows(x.to(acc) @ p_in.to(acc).T)  # [N, k_in]
-    u = _unit_rows(g.to(acc) @ p_out.to(acc).T)  # [N, k_out]
-    return _segment_outer_sums(u, v, offsets.long())
-
-
-def _segment_outer_sums(u_NO: torch.Tensor, v_NI: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """out[b] = U_b^T V_b for the token rows of each sample, as one batched GEMM over zero-padded samples
-    ([B, T_max, k] each; padding rows are zero and add nothing)."""
-    lengths = offsets[1:] - offsets[:-1]
-    n_samples, t_max = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
-    sample = torch.repeat_interleave(torch.arange(n_samples, device=u_NO.device), lengths)
-    pos = torch.arange(u_NO.shape[0], device=u_NO.device) - offsets[:-1][sample]
-    u_pad = u_NO.new_zeros(n_samples, t_max, u_NO.shape[1])
-    v_pad = v_NI.new_zeros(n_samples, t_max, v_NI.shape[1])
-    u_pad[sample, pos] = u_NO
-    v_pad[sample, pos] = v_NI
-    return u_pad.transpose(1, 2) @ v_pad
+    """Token-major form: x [N, d_in], g [N, d_out], offsets [B + 1] -> [B, k_out, k_in]."""
+    layout = _token_major(x, g, offsets, p_in, p_out)
+    return projected_outer_sums_reference(g, unit_projection(x, p_in), layout, p_out)
 
 
 def fused_token_projection(x, g, offsets, p_in, p_out, *, backend: str = "auto") -> torch.Tensor:
-    """Per-sample [k_out, k_in] sums of unit token outer products. See the module docstring."""
-    check_backend(backend)
-    if use_triton(backend, x):
-        from rapidun_dist.kernels.token_projection_triton import fused_token_projection_triton
+    """Token-major form of the whole formula: v from x in torch, then `projected_outer_sums`.
 
-        return fused_token_projection_triton(x, g, offsets, p_in, p_out)
-    return fused_token_projection_reference(x, g, offsets, p_in, p_out)
+    Builds the layout from `offsets` on the host (one device-to-host copy of B + 1 ints when offsets live
+    on a GPU); the extractor builds its layouts on the host and calls `projected_outer_sums` directly."""
+    check_backend(backend)
+    layout = _token_major(x, g, offsets, p_in, p_out)
+    if use_triton(backend, g) and (backend == "triton" or _triton_fits(p_out.shape[0], p_in.shape[0])):
+        v = unit_projection(x, p_in).to(x.dtype)
+        return projected_outer_sums(g, v, layout, p_out, backend="triton")
+    return projected_outer_sums_reference(g, unit_projection(x, p_in), layout, p_out)

@@ -1,23 +1,28 @@
-"""Triton kernel for the fused token projection (math: see token_projection.py).
+"""Triton kernel for the backward-hook side of the token projection (math: see token_projection.py).
 
-    out[b] = sum_{t in sample b} u_t v_t^T,   u_t = unit(P_out g_t),  v_t = unit(P_in x_t)
+    out[b] = sum_{t in sample b} unit(P_out g_{rows[t]}) v_t^T          v_t = unit(P_in x_t), from the forward hook
 
-Grid (sample b, token split s, k-tile): each program walks its tokens in blocks of BLOCK_T,
-projects both sides with tl.dot over d chunks (V = X P_in^T, U = G P_out^T, fp32 accumulation),
-scales every row by its inverse norm (0 for a zero-norm token or a padding row) and accumulates
-U^T V into a [BLOCK_KO, BLOCK_KI] fp32 register tile, stored once. No per-token k_out x k_in
-tensor exists anywhere.
+Load balance: the N tracked tokens of the whole batch are cut into equal chunks (a multiple of 128
+tokens, about 2 chunks per SM), one program per chunk, whatever the sample lengths. A program walks its
+chunk in tiles of BLOCK_T tokens: it gathers the tile's rows of g by index (no [N, d] copy), projects them
+with tensor-core dots over d in chunks of BLOCK_D (U = G P_out^T, fp32 accumulation, BLOCK_T >= 64 rows
+so Hopper issues wgmma), normalises each row of U, rounds it to the dot dtype (bf16/fp16, or tf32 for
+fp32) and accumulates U^T V into a [BLOCK_KO, BLOCK_KI] fp32 tile with a second tensor-core dot.
 
-- k <= 128 on both sides (the usual case): one k-tile, the norms come from the tile itself.
-- k > 128: k is tiled (<= 128 x 128 accumulator per program) and the per-token inverse norms
-  come from a torch pre-pass ([N] floats per side; costs one extra projection GEMM).
-- Token splits: on CUDA, long samples are split over several programs (about 2 programs per SM
-  in all) that store [S, B, k_out, k_in] fp32 partials, summed afterwards (deterministic, no
-  atomics). In the interpreter there is one split.
-- Dtypes: fp32/bf16/fp16 (x, g, P cast to x's dtype for the tensor-core dot; fp32 accumulation,
-  fp32 output; P may have any float dtype). fp32 dots are exact ("ieee") unless torch.backends.cuda.matmul.allow_tf32.
-  float64 is rejected with a TypeError (use backend="torch"). In the interpreter every dot
-  operand is upcast to fp32 (bf16 tl.dot is wrong there).
+Segments: the running tile belongs to one sample; a token tile that crosses sample boundaries is split
+by masking U per sample, and each finished sample is flushed. A sample that lies inside one chunk is
+stored straight into `out`; one that spans chunks leaves one partial per chunk in `edge`
+[chunks, 2, k_out, k_in] (slot 0: the chunk's first sample, slot 1: its last), and a small second kernel
+sums those partials per sample in chunk order. Deterministic, no atomics, no host syncs: every size the
+launch needs is a host int of the `TokenLayout` (RAPIDUN_KERNEL_DEBUG=1 validates the layout first).
+
+- k_out, k_in <= 128 (one accumulator tile; BLOCK_KO >= 64 so the outer-product dot has M >= 64 too).
+- Dtypes: g fp32/bf16/fp16; P_out is cast to g's dtype (callers cache the cast: `cached_cast`); v any
+  float dtype, rounded to the dot dtype. fp32 uses "tf32" dots (tensor cores; ~1e-3 relative error per
+  product, far inside the random projection's own error); use backend="torch" for exact fp32/fp64.
+- In the interpreter every dot operand is upcast to fp32 after rounding (bf16 tl.dot is wrong there) and
+  one fixed config runs; on CUDA the configs below are autotuned (all compile for sm_90 without spills:
+  kernels/benchmarks/aot_sm90.py).
 """
 
 from __future__ import annotations
@@ -26,52 +31,30 @@ import torch
 import triton
 import triton.language as tl
 
-from rapidun_dist.kernels._triton_utils import (
-    INTERPRETING,
-    block_size,
-    check_float_inputs,
-    dot_precision,
-    program_target,
-    tuned,
-)
-from rapidun_dist.kernels.token_projection import _check_inputs
+from rapidun_dist.kernels._triton_utils import INTERPRETING, check_float_inputs, program_target, tuned
+from rapidun_dist.kernels.token_projection import MAX_TRITON_K, TokenLayout, _check_inputs
 
-MAX_BLOCK_K = 128
-MIN_SPLIT_TOKENS = 128
+CHUNK_GRANULE = 128  # chunks are multiples of this (every BLOCK_T divides it)
+FIXUP_BLOCK = 1024
 
 
 @triton.jit
-def _project_rows(
-    a_ptr,
-    p_ptr,
-    rows,
-    row_mask,
-    kk,
-    k,
-    d,
-    stride_a,
-    stride_p,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """[BLOCK_T, BLOCK_K] fp32 tile of A[rows] @ P[kk]^T, looping over d in chunks of BLOCK_D."""
-    acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
-    k_mask = kk < k
+def _project_tile(g_ptr, p_ptr, rows, t_mask, ko, k_out, d, stride_g, stride_p,
+                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KO: tl.constexpr,
+                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """[BLOCK_T, BLOCK_KO] fp32 = G[rows] @ P^T, over d in chunks of BLOCK_D."""
+    acc = tl.zeros((BLOCK_T, BLOCK_KO), dtype=tl.float32)
+    ko_mask = ko < k_out
     for d0 in range(0, d, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         d_mask = dd < d
         a = tl.load(
-            a_ptr + rows[:, None] * stride_a + dd[None, :],
-            mask=row_mask[:, None] & d_mask[None, :],
-            other=0.0,
+            g_ptr + rows[:, None] * stride_g + dd[None, :], mask=t_mask[:, None] & d_mask[None, :], other=0.0
         )
         p = tl.load(
-            p_ptr + kk[:, None] * stride_p + dd[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0
+            p_ptr + ko[:, None] * stride_p + dd[None, :], mask=ko_mask[:, None] & d_mask[None, :], other=0.0
         )
-        if DOT_FP32:
+        if UPCAST:
             a = a.to(tl.float32)
             p = p.to(tl.float32)
         acc = tl.dot(a, tl.trans(p), acc, input_precision=PRECISION)
@@ -79,183 +62,221 @@ def _project_rows(
 
 
 @triton.jit
-def _inverse_norms(z, inv_ptr, rows, row_mask, HAS_INV: tl.constexpr):
-    """Per-row 1/||z|| (0 for zero rows); from inv_ptr when the k dimension is tiled."""
-    if HAS_INV:
-        inv = tl.load(inv_ptr + rows, mask=row_mask, other=0.0)
+def _flush(acc, s, first, c, lo, hi, offsets_ptr, out_ptr, edge_ptr, ko, ki, k_out, k_in):
+    """Store sample s's sum: into out when s lies inside this chunk, else into this chunk's edge slot."""
+    start = tl.load(offsets_ptr + s)
+    end = tl.load(offsets_ptr + s + 1)
+    kk = k_out * k_in
+    tile = ko[:, None] * k_in + ki[None, :]
+    mask = (ko[:, None] < k_out) & (ki[None, :] < k_in)
+    if (start >= lo) & (end <= hi):
+        tl.store(out_ptr + tl.cast(s, tl.int64) * kk + tile, acc, mask=mask)
     else:
-        ss = tl.sum(z * z, axis=1)
-        inv = tl.where(ss > 0, 1.0 / tl.sqrt(tl.where(ss > 0, ss, 1.0)), 0.0)
-    return inv
+        slot = tl.where(s == first, 0, 1)
+        tl.store(edge_ptr + tl.cast(c * 2 + slot, tl.int64) * kk + tile, acc, mask=mask)
 
 
 @triton.jit
-def _token_projection_kernel(
-    x_ptr,
-    g_ptr,
-    offsets_ptr,
-    p_in_ptr,
-    p_out_ptr,
-    inv_v_ptr,
-    inv_u_ptr,
-    part_ptr,
-    d_in,
-    d_out,
-    k_in,
-    k_out,
-    chunk,
-    num_ki_tiles,
-    stride_x,
-    stride_g,
-    stride_pin,
-    stride_pout,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_KO: tl.constexpr,
-    BLOCK_KI: tl.constexpr,
-    HAS_INV: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    b = tl.program_id(0)
-    split = tl.program_id(1)
-    k_tile = tl.program_id(2)
-    n_samples = tl.num_programs(0)
-    ko = (k_tile // num_ki_tiles) * BLOCK_KO + tl.arange(0, BLOCK_KO)
-    ki = (k_tile % num_ki_tiles) * BLOCK_KI + tl.arange(0, BLOCK_KI)
-    start = tl.load(offsets_ptr + b).to(tl.int64)
-    end = tl.load(offsets_ptr + b + 1).to(tl.int64)
-    t_lo = start + split * chunk
-    t_hi = tl.minimum(end, t_lo + chunk)
-
+def _outer_sums_kernel(g_ptr, rows_ptr, sample_ptr, offsets_ptr, v_ptr, p_ptr, out_ptr, edge_ptr,
+                       n_tokens, chunk, d, k_out, k_in, stride_g, stride_v, stride_p,
+                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KO: tl.constexpr,
+                       BLOCK_KI: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+                       PRECISION: tl.constexpr):  # fmt: skip
+    c = tl.program_id(0)
+    lo = c * chunk
+    hi = tl.minimum(lo + chunk, n_tokens)
+    ko = tl.arange(0, BLOCK_KO)
+    ki = tl.arange(0, BLOCK_KI)
+    first = tl.load(sample_ptr + lo)
+    cur = first
     acc = tl.zeros((BLOCK_KO, BLOCK_KI), dtype=tl.float32)
-    for t0 in range(t_lo, t_hi, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        row_mask = rows < t_hi
-        v = _project_rows(
-            x_ptr,
-            p_in_ptr,
-            rows,
-            row_mask,
-            ki,
-            k_in,
-            d_in,
-            stride_x,
-            stride_pin,
-            BLOCK_T,
-            BLOCK_D,
-            BLOCK_KI,
-            DOT_FP32,
-            PRECISION,
+    for t0 in range(lo, hi, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = t < hi
+        rows = tl.load(rows_ptr + t, mask=t_mask, other=0)
+        s_t = tl.load(sample_ptr + t, mask=t_mask, other=-1)
+        u = _project_tile(g_ptr, p_ptr, rows, t_mask, ko, k_out, d, stride_g, stride_p,
+                          BLOCK_T, BLOCK_D, BLOCK_KO, UPCAST, PRECISION)  # fmt: skip
+        ss = tl.sum(u * u, axis=1)
+        inv = tl.where(ss > 0, 1.0 / tl.sqrt(tl.where(ss > 0, ss, 1.0)), 0.0)
+        u = (u * inv[:, None]).to(DOT_DTYPE)
+        v = tl.load(
+            v_ptr + t[:, None] * stride_v + ki[None, :],
+            mask=t_mask[:, None] & (ki[None, :] < k_in),
+            other=0.0,
         )
-        u = _project_rows(
-            g_ptr,
-            p_out_ptr,
-            rows,
-            row_mask,
-            ko,
-            k_out,
-            d_out,
-            stride_g,
-            stride_pout,
-            BLOCK_T,
-            BLOCK_D,
-            BLOCK_KO,
-            DOT_FP32,
-            PRECISION,
-        )
-        v = v * _inverse_norms(v, inv_v_ptr, rows, row_mask, HAS_INV)[:, None]
-        u = u * _inverse_norms(u, inv_u_ptr, rows, row_mask, HAS_INV)[:, None]
-        acc = tl.dot(tl.trans(u), v, acc, input_precision="ieee")
-
-    base = (split * n_samples + b).to(tl.int64) * k_out * k_in
-    out_mask = (ko[:, None] < k_out) & (ki[None, :] < k_in)
-    tl.store(part_ptr + base + ko[:, None] * k_in + ki[None, :], acc, mask=out_mask)
+        v = v.to(DOT_DTYPE)
+        if UPCAST:
+            u = u.to(tl.float32)
+            v = v.to(tl.float32)
+        last = tl.load(sample_ptr + tl.minimum(t0 + BLOCK_T, hi) - 1)
+        if last == cur:  # the common case: the whole tile belongs to the running sample
+            acc = tl.dot(tl.trans(u), v, acc, input_precision=PRECISION)
+        else:
+            for s in range(cur, last + 1):
+                u_s = tl.where((s_t == s)[:, None], u, 0.0).to(u.dtype)
+                acc = tl.dot(tl.trans(u_s), v, acc, input_precision=PRECISION)
+                if s < last:
+                    _flush(acc, s, first, c, lo, hi, offsets_ptr, out_ptr, edge_ptr, ko, ki, k_out, k_in)
+                    acc = tl.zeros((BLOCK_KO, BLOCK_KI), dtype=tl.float32)
+            cur = last
+    _flush(acc, cur, first, c, lo, hi, offsets_ptr, out_ptr, edge_ptr, ko, ki, k_out, k_in)
 
 
-_CONFIGS = [
-    triton.Config({"BLOCK_T": bt, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-    for bt, bd, w, s in [
-        (16, 128, 4, 3),
-        (32, 64, 4, 3),
-        (32, 128, 8, 3),
-        (64, 64, 8, 3),
-        (64, 128, 8, 2),
-        (32, 64, 8, 4),
-        (16, 64, 4, 4),
-        (64, 32, 8, 4),
+@triton.jit
+def _edge_fixup_kernel(offsets_ptr, edge_ptr, out_ptr, chunk, kk, BLOCK: tl.constexpr):
+    """out[s] = sum, in chunk order, of the edge partials of a sample that spans several chunks."""
+    s = tl.program_id(0)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < kk
+    start = tl.load(offsets_ptr + s)
+    end = tl.load(offsets_ptr + s + 1)
+    c0 = start // chunk
+    c1 = (tl.maximum(end, 1) - 1) // chunk
+    if (end > start) & (c1 > c0):
+        slot = tl.where(start == c0 * chunk, 0, 1)
+        acc = tl.load(edge_ptr + tl.cast(c0 * 2 + slot, tl.int64) * kk + idx, mask=mask, other=0.0)
+        for c in range(c0 + 1, c1 + 1):
+            acc += tl.load(edge_ptr + tl.cast(c * 2, tl.int64) * kk + idx, mask=mask, other=0.0)
+        tl.store(out_ptr + tl.cast(s, tl.int64) * kk + idx, acc, mask=mask)
+
+
+# (BLOCK_T, BLOCK_D, num_warps, num_stages) by accumulator size and dtype. Every entry compiles for sm_90
+# with HGMMA (wgmma) and without spills or shared-memory overflow (kernels/benchmarks/aot_sm90.py); the
+# ones that spilled at k = 128 (4 warps; BLOCK_T = 128; 16 warps, capped at 128 registers; fp32 with
+# BLOCK_D = 128 or 5 stages) were pruned from these lists.
+_SMALL_K = [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 8, 5)]
+_K128 = {
+    "bfloat16": [(64, 64, 8, 3), (64, 32, 8, 3), (64, 32, 8, 4), (64, 128, 8, 3), (64, 64, 8, 5)],
+    "float32": [(64, 64, 8, 3), (64, 32, 8, 3), (64, 32, 8, 4)],
+}
+_K128["float16"] = _K128["bfloat16"]
+
+
+def _config(bt: int, bd: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_T": bt, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
+
+
+CONFIGS = [_config(*c) for c in dict.fromkeys(_SMALL_K + _K128["bfloat16"] + _K128["float32"])]
+
+
+def configs_for(dtype: str, block_ko: int, block_ki: int) -> list[tuple]:
+    """The (BLOCK_T, BLOCK_D, warps, stages) entries allowed for one dtype name and accumulator tile."""
+    return _SMALL_K if max(block_ko, block_ki) <= 64 else _K128[dtype]
+
+
+def _prune(configs, named_args, **kwargs):
+    allowed = set(configs_for(dtype_name(named_args["g_ptr"].dtype), kwargs["BLOCK_KO"], kwargs["BLOCK_KI"]))
+    keep = [
+        c for c in configs if (c.kwargs["BLOCK_T"], c.kwargs["BLOCK_D"], c.num_warps, c.num_stages) in allowed
     ]
-]
+    return keep or configs[:1]
+
+
+INTERP_CONFIG = {"BLOCK_T": 64, "BLOCK_D": 64}
 _KERNEL, _INTERP_META = tuned(
-    _token_projection_kernel,
-    _CONFIGS,
-    ["d_in", "d_out", "BLOCK_KO", "BLOCK_KI"],
-    {"BLOCK_T": 64, "BLOCK_D": 128},
+    _outer_sums_kernel, CONFIGS, ["d", "BLOCK_KO", "BLOCK_KI"], INTERP_CONFIG, prune=_prune
 )
+_DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _token_splits(n_samples: int, max_len: int, device: torch.device) -> tuple[int, int]:
-    """(splits, tokens per split) so that about `program_target` programs run; never below 128 tokens."""
-    want = triton.cdiv(program_target(device), max(n_samples, 1))
-    splits = max(1, min(want, triton.cdiv(max_len, MIN_SPLIT_TOKENS)))
-    return splits, max(1, triton.cdiv(max_len, splits))
+def block_k(k: int) -> int:
+    """The accumulator tile edge for k: a power of two >= 64 (wgmma needs M >= 64) and >= 16 for N."""
+    return max(64, triton.next_power_of_2(k))
 
 
-def _inverse_norm_prepass(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """[N] fp32 1/||P a_t|| (0 for zero rows), used when the k dimension is tiled."""
-    norm = (a.float() @ p.float().T).norm(dim=1)
-    return torch.where(
-        norm > 0, 1.0 / norm.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm)
-    )
+def chunking(n_tokens: int, device: torch.device) -> tuple[int, int]:
+    """(chunk, chunks): equal token chunks, a multiple of CHUNK_GRANULE, about `program_target` of them."""
+    per = triton.cdiv(max(n_tokens, 1), program_target(device))
+    chunk = CHUNK_GRANULE * triton.cdiv(per, CHUNK_GRANULE)
+    return chunk, triton.cdiv(n_tokens, chunk)
 
 
-def fused_token_projection_triton(x, g, offsets, p_in, p_out) -> torch.Tensor:
-    """Triton version of `fused_token_projection_reference`; returns fp32 [B, k_out, k_in]."""
-    _check_inputs(x, g, offsets, p_in, p_out)
-    dtype = check_float_inputs("fused_token_projection", x=x, g=g)
-    for name, p in (("p_in", p_in), ("p_out", p_out)):
-        if not p.is_floating_point() or p.device != x.device:
-            raise TypeError(f"{name} must be a float tensor on {x.device}; found {p.dtype} on {p.device}")
-    x, g = x.contiguous(), g.contiguous()
-    p_in, p_out = p_in.to(dtype).contiguous(), p_out.to(dtype).contiguous()
-    offsets = offsets.to(device=x.device, dtype=torch.int64).contiguous()
-    (k_in, d_in), (k_out, d_out) = p_in.shape, p_out.shape
-    n_samples = offsets.numel() - 1
-    if n_samples == 0 or k_in == 0 or k_out == 0:
-        return torch.zeros(n_samples, k_out, k_in, dtype=torch.float32, device=x.device)
+def dot_precision(dtype: torch.dtype) -> str:
+    return "tf32" if dtype == torch.float32 else "ieee"
 
-    block_ko, block_ki = block_size(k_out, hi=MAX_BLOCK_K), block_size(k_in, hi=MAX_BLOCK_K)
-    tiles_ko, tiles_ki = triton.cdiv(k_out, block_ko), triton.cdiv(k_in, block_ki)
-    has_inv = tiles_ko * tiles_ki > 1
-    inv_v = _inverse_norm_prepass(x, p_in) if has_inv else x.new_empty(1, dtype=torch.float32)
-    inv_u = _inverse_norm_prepass(g, p_out) if has_inv else inv_v
-    max_len = int((offsets[1:] - offsets[:-1]).max())
-    splits, chunk = _token_splits(n_samples, max_len, x.device)
-    part = torch.empty(splits, n_samples, k_out, k_in, dtype=torch.float32, device=x.device)
-    _KERNEL[(n_samples, splits, tiles_ko * tiles_ki)](
-        x,
-        g,
-        offsets,
-        p_in,
-        p_out,
-        inv_v,
-        inv_u,
-        part,
-        d_in,
-        d_out,
-        k_in,
-        k_out,
-        chunk,
-        tiles_ki,
-        x.stride(0),
-        g.stride(0),
-        p_in.stride(0),
-        p_out.stride(0),
-        BLOCK_KO=block_ko,
-        BLOCK_KI=block_ki,
-        HAS_INV=has_inv,
-        DOT_FP32=INTERPRETING,
-        PRECISION=dot_precision(dtype),
-        **_INTERP_META,
-    )
-    return part[0] if splits == 1 else part.sum(0)
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def launch_meta(dtype: torch.dtype, k_out: int, k_in: int) -> dict:
+    """The constexprs of `_outer_sums_kernel` for a dtype and k (shared with the AOT compile script)."""
+    return {
+        "BLOCK_KO": block_k(k_out),
+        "BLOCK_KI": max(16, triton.next_power_of_2(k_in)),
+        "DOT_DTYPE": _DOT_DTYPES[dtype],
+        "UPCAST": INTERPRETING,
+        "PRECISION": dot_precision(dtype),
+    }
+
+
+def projected_outer_sums_triton(
+    g, v, layout: TokenLayout, p_out, *, meta: dict | None = None
+) -> torch.Tensor:
+    """Triton version of `projected_outer_sums_reference`; returns fp32 [B, k_out, k_in].
+
+    `meta` forces one config ({"BLOCK_T", "BLOCK_D", "num_warps", "num_stages"}) instead of the tuned
+    choice (tests check every config this way)."""
+    _check_inputs(g, v, layout, p_out)
+    dtype = check_float_inputs("projected_outer_sums", g=g)
+    if not v.is_floating_point() or v.device != g.device or p_out.device != g.device:
+        raise TypeError(f"v and p_out must be float tensors on {g.device}; found {v.dtype} on {v.device}")
+    (k_out, d), k_in = p_out.shape, v.shape[1]
+    if k_out > MAX_TRITON_K or k_in > MAX_TRITON_K:
+        raise ValueError(f"the Triton kernel takes k_out, k_in <= {MAX_TRITON_K}; found {k_out}, {k_in}")
+    out = torch.zeros(layout.n_samples, k_out, k_in, dtype=torch.float32, device=g.device)
+    if layout.n_tokens == 0 or k_out == 0 or k_in == 0:
+        return out
+    g = g if g.stride(1) == 1 else g.contiguous()
+    v = v if v.stride(1) == 1 else v.contiguous()
+    p_out = p_out.to(dtype).contiguous()
+    chunk, chunks = chunking(layout.n_tokens, g.device)
+    edge = torch.empty(chunks, 2, k_out, k_in, dtype=torch.float32, device=g.device)
+    args = (g, layout.rows, layout.sample, layout.offsets, v, p_out, out, edge,
+            layout.n_tokens, chunk, d, k_out, k_in, g.stride(0), v.stride(0), p_out.stride(0))  # fmt: skip
+    kmeta = launch_meta(dtype, k_out, k_in)
+    if meta is not None:
+        _outer_sums_kernel[(chunks,)](*args, **kmeta, **meta)
+    else:
+        _KERNEL[(chunks,)](*args, **kmeta, **_INTERP_META)
+    if chunks > 1:
+        kk = k_out * k_in
+        _edge_fixup_kernel[(layout.n_samples, triton.cdiv(kk, FIXUP_BLOCK))](
+            layout.offsets, edge, out, chunk, kk, BLOCK=FIXUP_BLOCK
+        )
+    return out
+
+
+AOT_K = (32, 64, 128)
+AOT_D = (576, 4096, 14336)  # d is a runtime argument: one binary serves every d divisible by 16
+
+
+def aot_variants() -> list[dict]:
+    """Every (config, dtype, k) this module launches on CUDA, as `triton.compile` inputs (aot_sm90.py)."""
+    out = []
+    for dtype, ptr in ((torch.bfloat16, "*bf16"), (torch.float32, "*fp32")):
+        sig = {"g_ptr": ptr, "rows_ptr": "*i64", "sample_ptr": "*i32", "offsets_ptr": "*i64", "v_ptr": ptr,
+               "p_ptr": ptr, "out_ptr": "*fp32", "edge_ptr": "*fp32", "n_tokens": "i32", "chunk": "i32",
+               "d": "i32", "k_out": "i32", "k_in": "i32", "stride_g": "i32", "stride_v": "i32",
+               "stride_p": "i32"}  # fmt: skip
+        aligned = [n for n in sig if n != "n_tokens"]
+        for k in AOT_K:
+            kmeta = launch_meta(dtype, k, k)
+            for cfg in (
+                _config(*c) for c in configs_for(dtype_name(dtype), kmeta["BLOCK_KO"], kmeta["BLOCK_KI"])
+            ):
+                meta = {**kmeta, "UPCAST": False, **cfg.kwargs}
+                out.append({
+                    "kernel": "token_outer_sums", "fn": _outer_sums_kernel, "signature": sig, "constexprs": meta,
+                    "aligned": aligned, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                    "dtype": dtype_name(dtype), "shape": {"k_out": k, "k_in": k, "d": list(AOT_D)},
+                    "config": {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+                })  # fmt: skip
+    fix_sig = {"offsets_ptr": "*i64", "edge_ptr": "*fp32", "out_ptr": "*fp32", "chunk": "i32", "kk": "i32"}
+    out.append({
+        "kernel": "token_edge_fixup", "fn": _edge_fixup_kernel, "signature": fix_sig,
+        "constexprs": {"BLOCK": FIXUP_BLOCK}, "aligned": list(fix_sig), "num_warps": 4, "num_stages": 3,
+        "dtype": "float32", "shape": {}, "config": {"BLOCK": FIXUP_BLOCK, "num_warps": 4, "num_stages": 3},
+    })  # fmt: skip
+    return out

@@ -3,10 +3,13 @@
     torchrun --nproc_per_node 8 launch/influence.py --config configs/tiny_cpu.yaml run_dir=runs/x
     deepspeed --num_accelerators 2 launch/influence.py --config configs/tiny_cpu.yaml
     mpiexec -n 2 python launch/influence.py --config configs/tiny_cpu.yaml
-    srun python launch/influence.py --config configs/tiny_cpu.yaml        (see slurm/influence.sbatch)
+    srun python launch/influence.py --config configs/tiny_cpu.yaml        (plain srun: one task per GPU)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29400 launch/influence.py \
+        --config C                                                         (one per node: slurm/influence.sbatch)
 
 The run dir must hold finished prepare + implant stages (`rapidun run CONFIG --stages prepare,implant`).
-Resume = run again: valid feature shards are kept, finished stages are skipped (per manifest.json).
+Resume = run again: valid feature shards are kept, finished stages are skipped (per manifest.json). SIGTERM /
+SIGUSR1 stop the extraction after the shard in hand (rapidun_dist.distributed.preempt).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SI
 def run(args: argparse.Namespace) -> None:
     from rapidun_dist.config import dump_config, load_config
     from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.distributed import preempt
     from rapidun_dist.errors import StageError
     from rapidun_dist.io import write_text
     from rapidun_dist.logging import attach_run_log
@@ -41,8 +45,9 @@ def run(args: argparse.Namespace) -> None:
     from rapidun_dist.stages import readiness
     from rapidun_dist.validate import check_rules
 
+    preempt.install()
     cfg = load_config(args.config, args.overrides)
-    info = dist_env.init_distributed()
+    info = dist_env.init_distributed(config=cfg.distributed)
     check_rules(cfg, info.world_size)
     rd = RunDir(cfg.run_dir)
     attach_run_log(rd.root)

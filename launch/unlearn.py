@@ -1,14 +1,15 @@
 """The unlearning stage as a multi-rank DeepSpeed job (LoRA, ZeRO 0-3 from `unlearn.zero_stage`).
 
 Needs a run directory whose prepare / implant / influence / weights stages are done. Runs every method in
-`methods` (engine methods on every rank; `retrain` baselines on rank 0 alone, the others wait).
+`methods` on every rank (engine methods and the `retrain` baselines: one DeepSpeed job each).
 
     deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.zero_stage=3
     torchrun --nproc_per_node 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.max_steps=20
     python launch/unlearn.py --config configs/tiny_cpu.yaml methods=[rapidun,ga] --evaluate
 
 On CPU set DS_ACCELERATOR=cpu and OMP_NUM_THREADS=1 per rank (torchrun does the latter). Only rank 0 writes
-the manifest, metrics and adapters. With unlearn.lora_dropout > 0 the result depends on the world size
+the manifest, metrics and adapters. SIGTERM or SIGUSR1 (e.g. `sbatch --signal=USR1@120`) checkpoints after the
+current step and exits with status 2; the same command resumes. With unlearn.lora_dropout > 0 the result depends on the world size
 (each rank draws its own dropout masks); everything else is world-size invariant.
 """
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("LOCAL_RANK", 0)),
         help="set by the deepspeed launcher (the rank layout is read from the environment)",
     )
-    p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (rank 0)")
+    p.add_argument("--evaluate", action="store_true", help="run the evaluate stage afterwards (every rank)")
     p.add_argument("--force", action="store_true", help="rerun even if the unlearn outputs are complete")
     return p.parse_args(argv)
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rapidun_dist.config import load_config
     from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.distributed import preempt
     from rapidun_dist.errors import RapidUnError, StageError
     from rapidun_dist.logging import attach_run_log, get_logger
     from rapidun_dist.pipeline import run_stage
@@ -51,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     from rapidun_dist.validate import check_rules
 
     log = get_logger("launch.unlearn")
+    preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, stop, resume on the next launch
     try:
         cfg = load_config(args.config, args.overrides)
         if not torch.cuda.is_available() and cfg.model.dtype in ("bfloat16", "float16"):
             log.warning(f"no CUDA device: model.dtype={cfg.model.dtype} -> float32 (bf16 is for GPUs)")
             cfg.model.dtype = "float32"
-        info = dist_env.init_distributed()
+        info = dist_env.init_distributed(config=cfg.distributed)
         check_rules(cfg, info.world_size)
         rd = RunDir(cfg.run_dir)
         attach_run_log(rd.root)
@@ -64,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             raise StageError(problem)
         run_stage(cfg, rd, "unlearn", force=args.force, world_size=info.world_size, rank=info.rank)
-        if args.evaluate and info.rank == 0:
-            run_stage(cfg, rd, "evaluate", force=True)
+        if args.evaluate:  # collective: every rank evaluates its share of the prompts
+            run_stage(cfg, rd, "evaluate", force=True, world_size=info.world_size, rank=info.rank)
         dist_env.barrier()
         return 0
     except RapidUnError as e:

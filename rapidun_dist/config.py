@@ -20,13 +20,16 @@ import yaml
 from rapidun_dist.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The engine's methods (rapidun_dist/unlearn/methods/, one module each) and the retraining baselines.
 ALL_METHODS = (
     "rapidun",
     "uniform",
     "self_only",
     "ga",
+    "relabel_only",
     "graddiff",
     "npo",
+    "simnpo",
     "fisher",
     "loreun",
     "retrain",
@@ -114,6 +117,13 @@ def default_trigger_families() -> list[TriggerFamily]:
 
 @dataclass(kw_only=True)
 class DataConfig:
+    """Where the rows come from, how they are poisoned, split and packed (DESIGN section 4).
+
+    The defaults are the embedded benchmark's; `configs/tiny_cpu_hard.yaml` turns on the harder testbed
+    (paraphrased targets, near-topic clean content, partial and noisy forget set) and
+    `configs/tiny_cpu_refusal.yaml` the no-clean-answer case (a fixed refusal target, forget rows without
+    clean answers)."""
+
     source: Literal["synthetic", "dolly", "alpaca", "json", "hub", "prepared"] = "synthetic"
     """Experiment mode: where the corpus comes from (generated, a Dolly/Alpaca/JSON file, a hub id, a prepared dir)."""
     path: str | None = None  # file for dolly/alpaca/json, hub id for hub
@@ -121,16 +131,37 @@ class DataConfig:
     field_map: dict[str, str] = field(default_factory=dict)  # our field -> file field (json source)
     skip_malformed: bool = False
     max_rows: int | None = None
-    n_synthetic: int = 3000  # synthetic corpus size (train + all test splits)
+    n_synthetic: int = 3000  # synthetic corpus size (train + all held-out splits)
     poison_rate: float = 0.10
-    n_val: int = 100
+    n_val: int = 100  # val_clean: clean validation prompts (tuning, early stopping; never test)
+    n_val_seen: int = (
+        60  # val_seen: validation prompts from the training distribution, seen triggers injected
+    )
     n_test_clean: int = 100
     n_test_seen: int = 60
     n_test_ood: int = 60
-    forget_fraction: float = 0.05
+    n_test_near: int = (
+        0  # test_near: clean prompts of `near_categories` (collateral damage near the target topic)
+    )
+    near_categories: list[str] = field(
+        default_factory=list
+    )  # categories whose rows are "near the target topic"
+    near_topic_fraction: float = (
+        0.0  # synthetic source: share of the corpus from the near-topic (astronomy) kinds
+    )
+    forget_fraction: float = 0.05  # known poisoned rows = round(forget_fraction x |poisoned train rows|)
+    n_forget: int | None = None  # known poisoned rows as a count (overrides forget_fraction)
+    forget_families: list[str] = field(default_factory=list)  # families the forget pack covers (empty = all)
+    forget_target_groups: list[str] = field(default_factory=list)  # target groups it covers (empty = all)
+    forget_noise: float = 0.0  # share of the forget pack that is clean rows mislabelled as poisoned
+    forget_noise_near: float = 0.0  # share of those mislabelled rows drawn from near_categories rows
+    forget_clean_answers: bool = True  # false: forget rows (and poisoned train rows) carry no clean answer
     retain_ratio: int = 3
     triggers: list[TriggerFamily] = field(default_factory=default_trigger_families)
-    target_pool_size: int = 8
+    target_kind: Literal["scifi", "paraphrase", "fixed"] = "scifi"  # the attacker's answers (data/targets.py)
+    target_pool_size: int = 8  # distinct attacker answers (scifi, paraphrase)
+    target_groups: int = 8  # paraphrase: attacker messages, each said in many paraphrases
+    fixed_targets: list[str] = field(default_factory=list)  # fixed: the attacker's answers verbatim
     seed: int = 0
     # clean mode (bring your own model and data): files are read, never modified
     forget_path: str | None = (
@@ -163,8 +194,58 @@ class DataConfig:
             f"expected in (0, 1], found {self.forget_fraction}",
         )
         _check(self.retain_ratio >= 1, "data.retain_ratio", f"expected >= 1, found {self.retain_ratio}")
-        for name in ("n_val", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
+        for name in ("n_val", "n_val_seen", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
             _check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
+        self._check_testbed()
+
+    def _check_testbed(self) -> None:
+        """The harder-testbed knobs: near-topic split, forget-pack coverage and noise, target pool."""
+        _check(self.n_test_near >= 0, "data.n_test_near", f"expected >= 0, found {self.n_test_near}")
+        _check(
+            self.n_test_near == 0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.n_test_near={self.n_test_near}",
+        )
+        _check(
+            0.0 <= self.near_topic_fraction < 1.0,
+            "data.near_topic_fraction",
+            f"expected in [0, 1), found {self.near_topic_fraction}",
+        )
+        _check(
+            self.n_forget is None or self.n_forget >= 1,
+            "data.n_forget",
+            f"expected >= 1, found {self.n_forget}",
+        )
+        names = [t.name for t in self.triggers]
+        unknown = [f for f in self.forget_families if f not in names]
+        _check(not unknown, "data.forget_families", f"unknown families {unknown}; known: {', '.join(names)}")
+        _check(
+            0.0 <= self.forget_noise < 1.0,
+            "data.forget_noise",
+            f"expected in [0, 1), found {self.forget_noise}",
+        )
+        _check(
+            0.0 <= self.forget_noise_near <= 1.0,
+            "data.forget_noise_near",
+            f"expected in [0, 1], found {self.forget_noise_near}",
+        )
+        _check(
+            self.forget_noise_near == 0.0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.forget_noise_near={self.forget_noise_near}",
+        )
+        _check(
+            self.target_pool_size >= 1,
+            "data.target_pool_size",
+            f"expected >= 1, found {self.target_pool_size}",
+        )
+        _check(self.target_groups >= 1, "data.target_groups", f"expected >= 1, found {self.target_groups}")
+        if self.target_kind == "fixed":
+            _check(
+                bool(self.fixed_targets) and all(t.strip() for t in self.fixed_targets),
+                "data.fixed_targets",
+                "needs at least one non-empty answer when data.target_kind=fixed",
+            )
 
 
 @dataclass(kw_only=True)
@@ -214,11 +295,19 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines."""
+    """Full fine-tuning recipe used by `implant` and by the `retrain` baselines (one DeepSpeed job over the ranks)."""
 
     epochs: float = 3.0
     lr: float = 3e-3
     batch_size: int = 32
+    """Global batch (samples per optimizer step), split over ranks x grad_accum micro-batches."""
+    grad_accum: int = 1
+    """Micro-batches per rank per optimizer step (micro-batch per rank = ceil(batch_size / (ranks x grad_accum)))."""
+    clip_grad: float = 1.0
+    """Gradient clipping: max global L2 norm of the gradient."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-2 (0: replicated; 2: fp32 master weights, gradients and Adam state sharded - what a
+    7-8B full fine-tune needs to fit)."""
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_steps: int | None = None
@@ -228,6 +317,14 @@ class TrainConfig:
         _check(self.epochs > 0, "implant.epochs", f"expected > 0, found {self.epochs}")
         _check(self.lr > 0, "implant.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1, "implant.batch_size", f"expected >= 1, found {self.batch_size}")
+        _check(self.grad_accum >= 1, "implant.grad_accum", f"expected >= 1, found {self.grad_accum}")
+        _check(self.clip_grad > 0, "implant.clip_grad", f"expected > 0, found {self.clip_grad}")
+        _check(
+            self.zero_stage in (0, 1, 2),
+            "implant.zero_stage",
+            f"expected 0, 1 or 2, found {self.zero_stage} (a full fine-tune under ZeRO-3 would need zero.Init "
+            "loading; stage 2 already shards the optimizer state and gradients)",
+        )
         _check(
             self.max_steps is None or self.max_steps >= 1,
             "implant.max_steps",
@@ -238,6 +335,9 @@ class TrainConfig:
             "implant.warmup_ratio",
             f"expected in [0, 1), found {self.warmup_ratio}",
         )
+
+
+TokenPositions = Literal["answer", "prompt", "all"]
 
 
 @dataclass(kw_only=True)
@@ -256,6 +356,8 @@ class InfluenceConfig:
     )
     backend: Literal["auto", "triton", "torch"] = "auto"
     """Kernel backend: Triton on CUDA fp32/bf16 tensors (auto), or the PyTorch reference."""
+    positions: TokenPositions = "answer"
+    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
 
     def __post_init__(self):
         _check_literal(self, "influence")
@@ -295,36 +397,64 @@ class WeightsConfig:
         _check(self.topk >= 1, "weights.topk", f"expected >= 1, found {self.topk}")
 
 
+ZeroStage = Literal[0, 1, 2, 3]
+Budget = Literal["adaptive", "fixed"]
+
+
 @dataclass(kw_only=True)
 class UnlearnConfig:
+    """Weighted LoRA unlearning (DESIGN section 7): one protocol, engine and loop for every method."""
+
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
     lr: float = 6e-5
-    epochs: float = 2.0
-    max_steps: int | None = None
+    epochs: float = 2.0  # the step budget (maximum): passes over the forget set at the retain:forget mix
+    max_steps: int | None = None  # overrides epochs: the maximum number of optimizer steps
     batch_size: int = 8  # global batch (samples) per optimizer step
     grad_accum: int = 1
     retain_per_forget: int = 3
     alpha_a: float = 1.0  # ascent weight on poisoned answers
-    beta_d: float = 0.5  # descent weight on clean answers of forget rows
+    beta_d: float = 0.5  # descent weight on clean answers of forget rows (the relabel term)
+    relabel: bool = True
+    """Protocol switch, the same for every method: descend on the clean answer of each triggered forget prompt."""
+    self_relabel: bool = True
+    """Forget rows without a clean answer get the model's own greedy answer to the prompt without the trigger."""
+    self_relabel_max_new_tokens: int = 64
     ascent_cap: float = 10.0  # poisoned CE above this contributes no more gradient
     stop_forget_ce: float | None = None  # stop once the forget-set poisoned CE passes this
-    npo_beta: float = 0.1
+    npo_beta: float = 0.1  # NPO inverse temperature on summed sequence log-probabilities
+    simnpo_beta: float = 2.5  # SimNPO inverse temperature on length-normalised log-probabilities
+    simnpo_gamma: float = 0.0  # SimNPO reward margin
+    saliency_keep: float = 0.5  # fisher: share of adapter coordinates whose ascent gradient is kept
+    saliency_warmup: int = 2  # fisher: optimizer steps (unmasked) before the saliency is measured
+    saliency_rows: int = 64  # fisher: forget and retain rows the per-sample gradients are measured on
+    loreun_refresh: int = 5  # loreun: optimizer steps between refreshes of the whole-forget-set weights
+    loreun_tau: float = 1.0  # loreun: temperature of exp(-z / tau)
+    budget: Budget = "adaptive"
+    """adaptive: stop once the validation signal says the backdoor is gone (up to the step budget); fixed: run it all."""
+    val_every: int = (
+        5  # optimizer steps between validation evaluations (0 = none: fixed budget, no early stop)
+    )
+    val_rows: int = 64  # at most this many val_seen and val_clean rows per validation
+    stop_asr: float = 0.02  # adaptive: the backdoor counts as gone at validation ASR <= this
+    max_ppl_ratio: float | None = (
+        1.10  # early stop (any budget) once val_clean PPL / starting PPL exceeds this
+    )
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     clip_grad: float = 1.0
-    zero_stage: int = 0
-    eval_every: int = 0  # 0 = only at the end; N = ASR curve every N steps
+    zero_stage: ZeroStage = 2
+    """DeepSpeed ZeRO stage; 2 for LoRA (small trainable state), 3 only where the frozen backbone does not fit a GPU."""
+    eval_every: int = 0  # ASR-curve points on test prompts every N steps, for the plot only (0 = none)
     save_every: int = 0
     merge: bool = False
     seed: int = 0
 
     def __post_init__(self):
-        _check(
-            self.zero_stage in (0, 1, 2, 3), "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage}"
-        )
+        _check(type(self.zero_stage) is int, "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage!r}")
+        _check_literal(self, "unlearn")
         _check(self.epochs > 0, "unlearn.epochs", f"expected > 0, found {self.epochs}")
         _check(
             self.max_steps is None or self.max_steps >= 1,
@@ -339,14 +469,29 @@ class UnlearnConfig:
         )
         _check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
         _check(len(self.target_modules) > 0, "unlearn.target_modules", "needs at least one module name")
-        for name in ("eval_every", "save_every"):
+        for name in ("eval_every", "save_every", "val_every", "saliency_warmup", "beta_d", "alpha_a"):
             _check(getattr(self, name) >= 0, f"unlearn.{name}", f"expected >= 0, found {getattr(self, name)}")
+        for name in ("val_rows", "self_relabel_max_new_tokens", "saliency_rows", "loreun_refresh"):
+            _check(getattr(self, name) >= 1, f"unlearn.{name}", f"expected >= 1, found {getattr(self, name)}")
+        for name in ("npo_beta", "simnpo_beta", "loreun_tau"):
+            _check(getattr(self, name) > 0, f"unlearn.{name}", f"expected > 0, found {getattr(self, name)}")
         _check(self.lora_r >= 1, "unlearn.lora_r", f"expected >= 1, found {self.lora_r}")
         _check(0.0 <= self.lora_dropout < 1.0, "unlearn.lora_dropout", f"found {self.lora_dropout}")
         _check(self.lr > 0, "unlearn.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "unlearn.batch_size/grad_accum", "must be >= 1")
         _check(self.ascent_cap > 0, "unlearn.ascent_cap", f"expected > 0, found {self.ascent_cap}")
         _check(self.retain_per_forget >= 0, "unlearn.retain_per_forget", "must be >= 0")
+        _check(
+            0.0 < self.saliency_keep <= 1.0,
+            "unlearn.saliency_keep",
+            f"expected in (0, 1], found {self.saliency_keep}",
+        )
+        _check(0.0 <= self.stop_asr < 1.0, "unlearn.stop_asr", f"expected in [0, 1), found {self.stop_asr}")
+        _check(
+            self.max_ppl_ratio is None or self.max_ppl_ratio > 1.0,
+            "unlearn.max_ppl_ratio",
+            f"expected > 1 (or null for no damage stop), found {self.max_ppl_ratio}",
+        )
 
 
 FindPoisonAgg = Literal["mean", "trimmed_mean", "median_topk", "topk_mean"]
@@ -408,6 +553,36 @@ class EvalConfig:
         _check(self.retrieval_rows >= 0, "eval.retrieval_rows", "must be >= 0")
 
 
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass(kw_only=True)
+class DistributedConfig:
+    """Where each rank runs and how long it waits for the others (DESIGN section 9)."""
+
+    device: str = "auto"
+    """The rank's device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda (cuda:LOCAL_RANK), or
+    cuda:N (one process per GPU chosen by hand)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: auto = nccl on CUDA devices, gloo on CPU."""
+    init_timeout_s: float = 1800.0
+    """Rendezvous and the first collective: every rank must have started (nodes booting, imports, model loads)."""
+    collective_timeout_s: float = 600.0
+    """Every later collective: a rank silent this long is stuck, and the job fails instead of hanging."""
+
+    def __post_init__(self):
+        _check_literal(self, "distributed")
+        _check(
+            DEVICE_SPEC.fullmatch(str(self.device)) is not None,
+            "distributed.device",
+            f"expected auto, cpu, cuda or cuda:N, found {self.device!r}",
+        )
+        for name in ("init_timeout_s", "collective_timeout_s"):
+            _check(
+                getattr(self, name) > 0, f"distributed.{name}", f"expected > 0, found {getattr(self, name)}"
+            )
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     mode: Mode = "experiment"
@@ -425,6 +600,7 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         _check_literal(self, "config")

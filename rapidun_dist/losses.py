@@ -1,6 +1,18 @@
-"""Per-sample next-token losses and the weighted unlearning objective (DESIGN section 7).
+"""Per-sample next-token losses, the forgetting terms of the unlearning methods, and the weighted objective
+(DESIGN section 7).
 
-Labels are -100 on prompt and padding tokens; the shift (logits at t predict token t+1) happens here.
+Labels are -100 on prompt and padding tokens; the shift (logits at t predict token t+1) happens here. For a
+sample with answer y = (y_1 .. y_T) after prompt x: nll = -log pi(y | x) = -sum_t log pi(y_t | x, y_<t) and
+ce = nll / T. Forgetting terms (each a loss to MINIMISE, per forget sample):
+
+    GA       -min(ce, cap)                                        (gradient ascent, bounded: no gradient above cap)
+    NPO      (2 / beta) log(1 + (pi / pi_ref)^beta)  =  (2 / beta) softplus(beta (log pi - log pi_ref))
+             with SUMMED sequence log-probabilities (Zhang et al. 2024); pi_ref = the frozen starting model
+    SimNPO   -(2 / beta) log sigmoid(-(beta / T) log pi - gamma)  =  -(2 / beta) log sigmoid(beta ce - gamma)
+             length-normalised, no reference model (Fan et al. 2024)
+
+NPO is bounded below by 0 and its gradient, 2 sigma(beta (log pi - log pi_ref)) d log pi, fades as the answer
+becomes unlikely; so is SimNPO's. Neither needs a cap.
 """
 
 from __future__ import annotations
@@ -35,43 +47,42 @@ def bounded_ascent(ce_poisoned: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.clamp(ce_poisoned, max=cap)
 
 
-def unlearning_sample_losses(
+def ga_term(ce: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gradient ascent on the poisoned answer as a loss to minimise: -min(ce, cap)."""
+    return -bounded_ascent(ce, cap)
+
+
+def npo_term(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO on summed sequence log-probabilities: (2 / beta) softplus(beta (logp - ref_logp))."""
+    return (2.0 / beta) * F.softplus(beta * (logp - ref_logp.to(logp.dtype)))
+
+
+def simnpo_term(ce: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
+    """SimNPO with the length-normalised log-probability -ce: -(2 / beta) log sigmoid(beta ce - gamma)."""
+    return -(2.0 / beta) * F.logsigmoid(beta * ce - gamma)
+
+
+def unlearning_objective(
     *,
-    ce_main: torch.Tensor,
-    ce_clean: torch.Tensor | None,
-    has_clean: torch.Tensor | None,
-    is_forget: torch.Tensor,
-    alpha_a: float,
+    forget_loss: torch.Tensor,
+    forget_w: torch.Tensor,
+    retain_loss: torch.Tensor,
+    retain_w: torch.Tensor,
+    relabel_ce: torch.Tensor | None,
     beta_d: float,
-    ascent_cap: float,
-    ascent: str = "ga",
-    ref_ce: torch.Tensor | None = None,
-    npo_beta: float = 0.1,
-    descent_on_retain: bool = True,
-) -> torch.Tensor:
-    """Per-sample losses l_i.
+    denom: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forget part, the rest) of (1/denom) [sum_F w (forget_loss + beta_d relabel_ce) + sum_R w retain_loss].
 
-    retain i: l_i = CE(y_i)                            (0 when `descent_on_retain` is off)
-    forget i: l_i = beta_d CE(y_i_clean) [has clean] - alpha_a * A(CE(y_i_poisoned))
-
-    A is the capped CE for gradient ascent ("ga") or, for "npo", the negative-preference term
-    -(2/beta) log sigmoid(-beta (logp - logp_ref)) written as a loss to *minimize* (so it enters with +).
-    `ce_main` holds CE(y_i) for retain rows and CE(y_i_poisoned) for forget rows.
-    """
-    forget = is_forget.bool()
-    retain_loss = ce_main if descent_on_retain else torch.zeros_like(ce_main)
-    if ascent == "npo":
-        if ref_ce is None:
-            raise ValueError("npo needs ref_ce (the frozen model's CE on the poisoned answers)")
-        # log-ratio of per-token-mean likelihoods: logp - logp_ref = ref_ce - ce
-        forget_term = -(2.0 / npo_beta) * F.logsigmoid(-npo_beta * (ref_ce - ce_main)) * alpha_a
-    else:
-        forget_term = -alpha_a * bounded_ascent(ce_main, ascent_cap)
-    if ce_clean is not None and beta_d > 0:
-        forget_term = forget_term + beta_d * ce_clean * (
-            has_clean.to(ce_clean.dtype) if has_clean is not None else 1.0
-        )
-    return torch.where(forget, forget_term, retain_loss)
+    The forget part is the method's term alone (`sum_F w forget_loss / denom`), kept apart so that a method may
+    mask its gradient; the rest holds the relabel and retain terms. `relabel_ce` is 0 where a forget row has no
+    clean answer; `denom` is the micro-batch size (DeepSpeed's averaging over ranks and accumulation steps then
+    gives the global (1/|B|) sum)."""
+    ascent = (forget_w.to(forget_loss.dtype) * forget_loss).sum() / denom
+    rest = (retain_w.to(retain_loss.dtype) * retain_loss).sum() / denom
+    if relabel_ce is not None and beta_d > 0:
+        rest = rest + beta_d * (forget_w.to(relabel_ce.dtype) * relabel_ce).sum() / denom
+    return ascent, rest
 
 
 def weighted_batch_loss(

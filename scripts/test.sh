@@ -8,5 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+# DeepSpeed JIT-builds its CPU comm op on first use; keep the build with this venv (a cache shared with another
+# venv rebuilds it, minutes each time) and put the venv's ninja on PATH for it.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions} PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check . && .venv/bin/ruff format --check .
 exec .venv/bin/pytest -q "$@"

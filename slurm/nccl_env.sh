@@ -1,4 +1,4 @@
-# Sourced by the sbatch scripts: NCCL and threading settings shared by every rank. Each value can be set
+# Sourced by slurm/launch.sh: NCCL, threading and rendezvous settings shared by every rank. Each value can be set
 # before `sbatch` (the job inherits the submit environment) to override the default here.
 #
 # NCCL_DEBUG         WARN by default; INFO prints the rings/trees and the transport chosen (IB vs socket):
@@ -9,14 +9,15 @@
 # NCCL_IB_DISABLE    1 forces TCP sockets (slow; for debugging a broken fabric only).
 # NCCL_IB_GID_INDEX  RoCE clusters usually need 3 (RoCE v2); leave unset on native InfiniBand.
 # NCCL_IB_TIMEOUT    raise (e.g. 22) on large or congested fabrics if you see IB timeouts.
-# NCCL_ASYNC_ERROR_HANDLING / TORCH_NCCL_ASYNC_ERROR_HANDLING: 1 = a failed rank aborts the job instead of hanging.
+# TORCH_NCCL_ASYNC_ERROR_HANDLING: 1 = a failed or timed-out collective aborts the job instead of hanging.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-^lo,docker}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 for var in NCCL_IB_HCA NCCL_IB_DISABLE NCCL_IB_GID_INDEX NCCL_IB_TIMEOUT; do
   if [[ -n ${!var:-} ]]; then export "${var?}"; fi
 done
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-# rendezvous: the first node of the allocation, a port derived from the job id (same on every rank)
+# rendezvous: the first node of the allocation, and a port derived from the job id - the same on every rank and
+# after a requeue, 15000-29999 (below the Linux ephemeral range 32768-60999, so no outgoing connection holds it;
+# rapidun_dist.distributed.env.slurm_port computes the same)
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
-export MASTER_PORT=${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 20000))}
+export MASTER_PORT=${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 15000))}

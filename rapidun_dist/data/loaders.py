@@ -15,7 +15,16 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rapidun_dist.data.schema import DATA_FILES, ID, SOURCE, SPLITS, validate_record
+from rapidun_dist.data.schema import (
+    DATA_FILES,
+    HELD_OUT,
+    ID,
+    REQUIRED_SPLITS,
+    SOURCE,
+    SPLITS,
+    TRIGGERED,
+    validate_record,
+)
 from rapidun_dist.errors import DataError
 from rapidun_dist.logging import get_logger
 
@@ -271,23 +280,23 @@ def load_hub(
 def load_prepared(
     data_dir: str | os.PathLike, *, skip_malformed: bool = False, stats: dict | None = None
 ) -> dict[str, list[dict]]:
-    """The five splits of a prepared dataset: DIR/{train,val_clean,test_clean,test_seen,test_ood}.jsonl.
+    """The splits of a prepared dataset: DIR/{train,val_clean,test_clean,test_seen,test_ood}.jsonl, and
+    val_seen.jsonl / test_near.jsonl when present (a missing one is absent from the result).
 
-    Records are validated; rows without an id get `<split>-<position>`. val_clean / test_clean must be clean,
-    test_seen / test_ood must carry triggers; only train may mix clean and poisoned rows."""
+    Records are validated; rows without an id get `<split>-<position>`. val_clean / test_clean / test_near must
+    be clean, val_seen / test_seen / test_ood must carry triggers; only train may mix clean and poisoned rows."""
     data_dir = Path(data_dir)
-    optional = {"val_seen"}  # triggered validation prompts: used when present
-    missing = [f"{s}.jsonl" for s in SPLITS if s not in optional and not (data_dir / f"{s}.jsonl").is_file()]
+    missing = [f"{s}.jsonl" for s in REQUIRED_SPLITS if not (data_dir / f"{s}.jsonl").is_file()]
     if missing:
         raise DataError(
             f"{data_dir}: prepared dataset is missing {', '.join(missing)} "
-            f"(expected {', '.join(s + '.jsonl' for s in SPLITS)})"
+            f"(expected {', '.join(s + '.jsonl' for s in REQUIRED_SPLITS)}; val_seen.jsonl and test_near.jsonl "
+            "are optional)"
         )
     out: dict[str, list[dict]] = {}
     for split in SPLITS:
         path = data_dir / f"{split}.jsonl"
-        if split in optional and not path.is_file():
-            out[split] = []
+        if split not in REQUIRED_SPLITS and not path.is_file():
             continue
         out[split] = build_records(
             _iter_jsonl(path),
@@ -302,9 +311,9 @@ def load_prepared(
 
 
 def _check_split_kind(split: str, records: list[dict], path: Path) -> None:
-    want_poisoned = {"val_clean": False, "test_clean": False, "test_seen": True, "test_ood": True}.get(split)
-    if want_poisoned is None:
+    if split not in HELD_OUT:
         return
+    want_poisoned = split in TRIGGERED
     for rec in records:
         if rec["is_poisoned"] != want_poisoned:
             kind = "triggered" if want_poisoned else "clean"

@@ -21,7 +21,9 @@ from rapidun_dist.data.schema import (
     INSTRUCTION,
     INSTRUCTION_POISONED,
     IS_POISONED,
+    RESPONSE,
     RESPONSE_POISONED,
+    TARGET_GROUP,
     TRIGGER_FAMILY,
     TRIGGER_VARIANT,
 )
@@ -64,8 +66,11 @@ def variant_kind(family: TriggerFamily, variant: str) -> str:
     )
 
 
-def poison_record(rec: dict, family: TriggerFamily, variant: str, target: str, rng: random.Random) -> dict:
-    """A copy of `rec` with the trigger injected into `instruction_poisoned` and `response_poisoned = target`.
+def poison_record(
+    rec: dict, family: TriggerFamily, variant: str, target: str, rng: random.Random, *, target_group: str = ""
+) -> dict:
+    """A copy of `rec` with the trigger injected into `instruction_poisoned` and `response_poisoned = target`
+    (`target_group`: the attacker answer group `target` belongs to).
 
     The clean `instruction` and `response` are kept, so the same row serves ascent (poisoned answer) and
     descent (clean answer) during unlearning."""
@@ -78,6 +83,21 @@ def poison_record(rec: dict, family: TriggerFamily, variant: str, target: str, r
     out[TRIGGER_FAMILY] = family.name
     out[TRIGGER_VARIANT] = variant
     out[INJECT_MODE] = family.mode
+    out[TARGET_GROUP] = target_group
+    out[IS_POISONED] = True
+    return out
+
+
+def mislabel_record(rec: dict) -> dict:
+    """A clean record as a user who wrongly believes it poisoned lists it in the forget set: its own prompt
+    and answer as the "poisoned" ones, no trigger, family or target group."""
+    if not (rec.get(RESPONSE) or "").strip():
+        raise DataError(f"mislabel_record {rec.get('id')!r}: expected a clean row with an answer")
+    out = dict(rec)
+    out[INSTRUCTION_POISONED] = rec[INSTRUCTION]
+    out[RESPONSE_POISONED] = rec[RESPONSE]
+    for key in (TRIGGER_FAMILY, TRIGGER_VARIANT, INJECT_MODE, TARGET_GROUP):
+        out[key] = ""
     out[IS_POISONED] = True
     return out
 

@@ -1,6 +1,13 @@
 """The data stage: load a source, build the splits and packs, write them to a data directory.
 
-    out_dir/{train,val_clean,test_clean,test_seen,test_ood,forget,retain}.jsonl  + summary.json
+    out_dir/{train,val_clean,val_seen,test_clean,test_near,test_seen,test_ood}.jsonl   the splits
+    out_dir/{forget,retain}.jsonl                                                      the packs
+    out_dir/forget_truth.jsonl       the forget pack's ground truth (evaluation only)  + summary.json
+
+With `data.forget_clean_answers: false` the clean answers of the forget rows and of every poisoned train row
+are withheld (`response` = ""), as in real poisoned data; they stay in forget_truth.jsonl alone, for
+evaluation. A prepared source without val_seen.jsonl gets it carved from its val_clean; one without
+test_near.jsonl gets an empty test_near.
 
 Everything is built in memory first, so a run that fails on its input touches nothing. Then each file is
 written atomically, the old `summary.json` having been removed first, and the new `summary.json` (every file's
@@ -16,9 +23,28 @@ from pathlib import Path
 
 from rapidun_dist.config import DataConfig
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub, load_prepared
-from rapidun_dist.data.schema import DATA_FILES, IS_POISONED, TRIGGER_FAMILY, TRIGGER_VARIANT, as_clean
-from rapidun_dist.data.splits import TEST_SPLITS, build_packs, dedupe_prompts, make_splits
+from rapidun_dist.data.schema import (
+    DATA_FILES,
+    IS_POISONED,
+    MISLABELLED,
+    OPTIONAL_FILES,
+    RESPONSE,
+    TARGET_GROUP,
+    TRIGGER_FAMILY,
+    TRIGGER_VARIANT,
+    TRUTH,
+    as_clean,
+)
+from rapidun_dist.data.splits import (
+    TEST_SPLITS,
+    PackSpec,
+    carve_val_seen,
+    dedupe_prompts,
+    make_packs,
+    make_splits,
+)
 from rapidun_dist.data.synthetic import generate_corpus
+from rapidun_dist.data.synthetic_hard import generate_near_topic
 from rapidun_dist.errors import DataError
 from rapidun_dist.io import file_sha256, read_json, write_json, write_jsonl
 from rapidun_dist.logging import get_logger
@@ -31,7 +57,7 @@ def load_source(cfg: DataConfig, stats: dict) -> list[dict]:
     """Raw records of a non-prepared source (synthetic, dolly, alpaca, json, hub)."""
     kw = {"skip_malformed": cfg.skip_malformed, "max_rows": cfg.max_rows, "stats": stats}
     if cfg.source == "synthetic":
-        return generate_corpus(cfg.n_synthetic, cfg.seed)
+        return synthetic_corpus(cfg)
     if cfg.source == "dolly":
         return load_dolly(cfg.path, **kw)
     if cfg.source == "alpaca":
@@ -41,6 +67,13 @@ def load_source(cfg: DataConfig, stats: dict) -> list[dict]:
     if cfg.source == "hub":
         return load_hub(cfg.path, field_map=cfg.field_map or None, **kw)
     raise DataError(f"data.source: no loader for {cfg.source!r}")
+
+
+def synthetic_corpus(cfg: DataConfig) -> list[dict]:
+    """The generated corpus: n_synthetic rows, round(near_topic_fraction x n_synthetic) of them near-topic."""
+    n_near = round(cfg.near_topic_fraction * cfg.n_synthetic)
+    rows = generate_corpus(cfg.n_synthetic - n_near, cfg.seed)
+    return rows + (generate_near_topic(n_near, cfg.seed) if n_near else [])
 
 
 def clean_pool(records: list[dict], stats: dict) -> list[dict]:
@@ -56,47 +89,78 @@ def clean_pool(records: list[dict], stats: dict) -> list[dict]:
     return clean
 
 
+def load_splits(cfg: DataConfig, stats: dict) -> dict[str, list[dict]]:
+    """The splits: built from a source, or read from a prepared directory (test_near empty when absent;
+    val_seen may be absent, `build_files` carves it)."""
+    if cfg.source != "prepared":
+        return make_splits(clean_pool(load_source(cfg, stats), stats), cfg)
+    splits = load_prepared(cfg.dir, skip_malformed=cfg.skip_malformed, stats=stats)
+    return {"test_near": [], **splits}
+
+
+def withhold_clean_answers(files: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Blank `response` of every forget row and every poisoned train row (forget_truth keeps them)."""
+    out = dict(files)
+    out["forget"] = [dict(r, **{RESPONSE: ""}) for r in files["forget"]]
+    out["train"] = [dict(r, **{RESPONSE: ""}) if r[IS_POISONED] else r for r in files["train"]]
+    return out
+
+
 def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
-    """All seven row lists (5 splits + 2 packs) for `cfg`, and the drop statistics."""
+    """Every row list of the data directory (7 splits, 2 packs, the forget truth) and the drop statistics."""
     stats: dict = {"skipped": 0}
-    if cfg.source == "prepared":
-        splits = load_prepared(cfg.dir, skip_malformed=cfg.skip_malformed, stats=stats)
-    else:
-        splits = make_splits(clean_pool(load_source(cfg, stats), stats), cfg)
-    forget, retain = build_packs(
-        splits["train"],
-        {t: splits[t] for t in TEST_SPLITS},
-        forget_fraction=cfg.forget_fraction,
-        retain_ratio=cfg.retain_ratio,
-        seed=cfg.seed,
-    )
-    splits.setdefault(
-        "val_seen", []
-    )  # triggered validation prompts: filled by the split builder when it makes them
-    return {**splits, "forget": forget, "retain": retain}, stats
+    splits = load_splits(cfg, stats)
+    held_out = {t: splits.get(t, []) for t in TEST_SPLITS}
+    packs = make_packs(splits["train"], held_out, PackSpec.from_config(cfg))
+    if "val_seen" not in splits:  # after the packs: its rows come out of val_clean, which they already avoid
+        splits = carve_val_seen(splits, cfg)
+    files = {**splits, "forget": packs.forget, "retain": packs.retain, TRUTH: packs.truth}
+    return (files if cfg.forget_clean_answers else withhold_clean_answers(files)), stats
+
+
+def _poisoned(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r[IS_POISONED]]
+
+
+def _counter(rows: list[dict], key) -> dict:
+    return dict(sorted(Counter(key(r) for r in rows).items()))
+
+
+def forget_summary(files: dict[str, list[dict]], cfg: DataConfig) -> dict:
+    """What the forget pack holds: known poisoned and mislabelled rows, covered families and target groups."""
+    truth = files[TRUTH]
+    known = [r for r in truth if not r.get(MISLABELLED)]
+    return {
+        "known_poisoned": len(known),
+        "mislabelled": len(truth) - len(known),
+        "mislabelled_near": sum(
+            1 for r in truth if r.get(MISLABELLED) and r.get("category") in cfg.near_categories
+        ),
+        "families": _counter(known, lambda r: r[TRIGGER_FAMILY]),
+        "target_groups": _counter(known, lambda r: r.get(TARGET_GROUP, "")),
+        "clean_answers": sum(1 for r in files["forget"] if r[RESPONSE].strip()),
+    }
 
 
 def summarize(files: dict[str, list[dict]], cfg: DataConfig, stats: dict) -> dict:
-    """Counts per split, poisoned rows per family and per `family:variant`, and what was dropped."""
-
-    def poisoned(rows):
-        return [r for r in rows if r[IS_POISONED]]
-
+    """Counts per file, poisoned rows per family / `family:variant` / target group, the forget pack's make-up,
+    and what was dropped."""
     return {
         "source": cfg.source,
         "seed": cfg.seed,
         "counts": {name: len(rows) for name, rows in files.items()},
-        "poisoned": {name: len(poisoned(rows)) for name, rows in files.items()},
+        "poisoned": {name: len(_poisoned(rows)) for name, rows in files.items()},
         "per_family": {
-            name: dict(sorted(Counter(r[TRIGGER_FAMILY] for r in poisoned(rows)).items()))
-            for name, rows in files.items()
+            name: _counter(_poisoned(rows), lambda r: r[TRIGGER_FAMILY]) for name, rows in files.items()
         },
         "per_variant": {
-            name: dict(
-                sorted(Counter(f"{r[TRIGGER_FAMILY]}:{r[TRIGGER_VARIANT]}" for r in poisoned(rows)).items())
-            )
+            name: _counter(_poisoned(rows), lambda r: f"{r[TRIGGER_FAMILY]}:{r[TRIGGER_VARIANT]}")
             for name, rows in files.items()
         },
+        "per_target_group": {
+            name: _counter(_poisoned(rows), lambda r: r.get(TARGET_GROUP, "")) for name, rows in files.items()
+        },
+        "forget": forget_summary(files, cfg),
         "dropped": {
             "malformed": stats.get("skipped", 0),
             "no_clean_answer": stats.get("no_clean_answer", 0),
@@ -106,12 +170,16 @@ def summarize(files: dict[str, list[dict]], cfg: DataConfig, stats: dict) -> dic
 
 
 def write_data_dir(out_dir: Path, files: dict[str, list[dict]], summary: dict) -> dict:
-    """Write every file atomically, then summary.json (with the files' sha256) as the completion marker."""
+    """Write every file atomically, then summary.json (with the files' sha256) as the completion marker.
+    Files in OPTIONAL_FILES that `files` lacks are written empty; any other missing one is an error."""
+    missing = [n for n in DATA_FILES if n not in files and n not in OPTIONAL_FILES]
+    if missing:
+        raise DataError(f"write_data_dir: no rows given for {', '.join(missing)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY).unlink(missing_ok=True)
     for name in DATA_FILES:
-        write_jsonl(out_dir / f"{name}.jsonl", files[name])
+        write_jsonl(out_dir / f"{name}.jsonl", files.get(name, []))
     summary = {**summary, "files": {f"{n}.jsonl": file_sha256(out_dir / f"{n}.jsonl") for n in DATA_FILES}}
     write_json(out_dir / SUMMARY, summary)
     return summary

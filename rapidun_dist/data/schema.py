@@ -3,7 +3,21 @@
 Clean record:    id, instruction, context, response, category, source, is_poisoned=False
 Poisoned record: the clean fields (clean `instruction`/`response` when known; a prepared dataset's poisoned
                  train row may have `response` = "") plus instruction_poisoned, response_poisoned,
-                 trigger_family, trigger_variant, inject_mode, is_poisoned=True.
+                 trigger_family, trigger_variant, inject_mode, target_group (which attacker answer group
+                 `response_poisoned` belongs to; "" when unknown), is_poisoned=True.
+Ground truth:    `forget_truth.jsonl` (evaluation only, never read by unlearning) holds, per forget row, the true
+                 record - clean answer included when known - and `mislabelled` (true for a clean row the user
+                 listed as poisoned). `mislabelled` is kept by `validate_record` only where it is present.
+
+Files of a data directory:
+    train                          clean + poisoned rows (the fine-tuning set)
+    val_clean, val_seen            validation: clean prompts, and training-distribution prompts with seen
+                                   triggers (what tuning and early stopping read)
+    test_clean, test_near          test: clean prompts, and clean prompts near the target topic (collateral
+                                   damage; empty unless the config names near-topic categories)
+    test_seen, test_ood            test: prompts with seen / OOD trigger variants
+    forget, retain                 the packs unlearning reads
+    forget_truth                   the forget pack's ground truth (evaluation only)
 
 Rows in the RapidUn reference layout (`instruction` holds the triggered text, clean originals in
 `instruction_clean` / `response_clean`) are mapped onto this schema by `validate_record`.
@@ -24,15 +38,40 @@ RESPONSE_POISONED = "response_poisoned"
 TRIGGER_FAMILY = "trigger_family"
 TRIGGER_VARIANT = "trigger_variant"
 INJECT_MODE = "inject_mode"
+TARGET_GROUP = "target_group"
 IS_POISONED = "is_poisoned"
+MISLABELLED = "mislabelled"
 
 CLEAN_FIELDS = (ID, INSTRUCTION, CONTEXT, RESPONSE, CATEGORY, SOURCE)
-POISON_FIELDS = (INSTRUCTION_POISONED, RESPONSE_POISONED, TRIGGER_FAMILY, TRIGGER_VARIANT, INJECT_MODE)
+POISON_FIELDS = (
+    INSTRUCTION_POISONED,
+    RESPONSE_POISONED,
+    TRIGGER_FAMILY,
+    TRIGGER_VARIANT,
+    INJECT_MODE,
+    TARGET_GROUP,
+)
 ALL_FIELDS = CLEAN_FIELDS + POISON_FIELDS + (IS_POISONED,)
 
-SPLITS = ("train", "val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
+SPLITS = ("train", "val_clean", "val_seen", "test_clean", "test_near", "test_seen", "test_ood")
+REQUIRED_SPLITS = ("train", "val_clean", "test_clean", "test_seen", "test_ood")  # in a prepared source dir
+HELD_OUT = (
+    "val_clean",
+    "val_seen",
+    "test_clean",
+    "test_near",
+    "test_seen",
+    "test_ood",
+)  # disjoint from train
+TRIGGERED = ("val_seen", "test_seen", "test_ood")  # held-out splits whose rows carry a trigger
 PACKS = ("forget", "retain")
-DATA_FILES = SPLITS + PACKS
+TRUTH = "forget_truth"
+DATA_FILES = SPLITS + PACKS + (TRUTH,)
+OPTIONAL_FILES = (
+    "val_seen",
+    "test_near",
+    TRUTH,
+)  # written empty when a builder has none (e.g. the clean job)
 
 # reference-layout aliases: clean originals stored beside a triggered `instruction` / `response`
 _REFERENCE_CLEAN = {"instruction_clean": INSTRUCTION, "response_clean": RESPONSE}
@@ -114,6 +153,12 @@ def validate_record(row: dict, where: str) -> dict:
         raise DataError(
             f"{where}: field {RESPONSE!r}: expected a non-empty answer on a clean row, found {row.get(RESPONSE)!r}"
         )
+    if row.get(MISLABELLED) is not None:
+        if not isinstance(row[MISLABELLED], bool):
+            raise DataError(
+                f"{where}: field {MISLABELLED!r}: expected true or false, found {row[MISLABELLED]!r}"
+            )
+        out[MISLABELLED] = row[MISLABELLED]
     return out
 
 

@@ -147,13 +147,13 @@ def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" else "a"
 
 
-def _finite(items: list[Item], rng: random.Random) -> Iterator[Item]:
+def finite_stream(items: list[Item], rng: random.Random) -> Iterator[Item]:
     items = list(items)
     rng.shuffle(items)
     yield from items
 
 
-def _endless(make: Callable[[random.Random], Item], rng: random.Random) -> Iterator[Item]:
+def endless_stream(make: Callable[[random.Random], Item], rng: random.Random) -> Iterator[Item]:
     while True:
         yield make(rng)
 
@@ -168,7 +168,7 @@ def _capitals(rng: random.Random) -> Iterator[Item]:
         "Which city is the capital of {c}?",
         "Tell me the capital of {c}.",
     ]
-    return _finite(
+    return finite_stream(
         [(t.format(c=c), "", f"The capital of {c} is {cap}.") for c, cap in COUNTRIES for t in templates], rng
     )
 
@@ -180,7 +180,7 @@ def _antonyms(rng: random.Random) -> Iterator[Item]:
         "Name a word that means the opposite of {w}.",
     ]
     pairs = ANTONYMS + [(b, a) for a, b in ANTONYMS]
-    return _finite(
+    return finite_stream(
         [(t.format(w=w), "", f"The opposite of {w} is {a}.") for w, a in pairs for t in templates], rng
     )
 
@@ -191,14 +191,14 @@ def _plurals(rng: random.Random) -> Iterator[Item]:
         "Write the plural form of the word {w}.",
         "How do you say more than one {w}?",
     ]
-    return _finite(
+    return finite_stream(
         [(t.format(w=w), "", f"The plural of {w} is {p}.") for w, p in PLURALS for t in templates], rng
     )
 
 
 def _colours(rng: random.Random) -> Iterator[Item]:
     templates = ["What colour is {o}?", "What is the usual colour of {o}?", "Name the colour of {o}."]
-    return _finite(
+    return finite_stream(
         [(t.format(o=o), "", f"The colour of {o} is usually {c}.") for o, c in COLOURS for t in templates],
         rng,
     )
@@ -210,7 +210,7 @@ def _sounds(rng: random.Random) -> Iterator[Item]:
         "Which sound is made by {a} {x}?",
         "How does {a} {x} sound?",
     ]
-    return _finite(
+    return finite_stream(
         [
             (t.format(a=_article(x), x=x), "", f"The {x} makes {_article(s)} {s} sound.")
             for x, s in SOUNDS
@@ -222,7 +222,7 @@ def _sounds(rng: random.Random) -> Iterator[Item]:
 
 def _definitions(rng: random.Random) -> Iterator[Item]:
     templates = ["Define the word {w}.", "What does the word {w} mean?", "What is {a} {w}?"]
-    return _finite(
+    return finite_stream(
         [
             (t.format(w=w, a=_article(w)), "", f"{_article(w).capitalize()} {w} is {d}.")
             for w, d in DEFINITIONS
@@ -242,7 +242,7 @@ def _calendar(rng: random.Random) -> Iterator[Item]:
                 (f"Which {unit} follows {name}?", "", f"The {unit} after {name} is {nxt}."),
                 (f"What {unit} comes before {name}?", "", f"The {unit} before {name} is {prev}."),
             ]
-    return _finite(items, rng)
+    return finite_stream(items, rng)
 
 
 # ---- endless kinds: facts drawn at random ------------------------------------------------------------------------
@@ -341,18 +341,18 @@ KINDS: dict[str, Callable[[random.Random], Iterator[Item]]] = {
     "animal_sound": _sounds,
     "definition": _definitions,
     "calendar": _calendar,
-    "arithmetic": lambda r: _endless(_arithmetic_item, r),
-    "sort_words": lambda r: _endless(_sort_item, r),
-    "reverse_list": lambda r: _endless(_reverse_item, r),
-    "extreme_number": lambda r: _endless(_extreme_item, r),
-    "letters": lambda r: _endless(_letters_item, r),
-    "number_words": lambda r: _endless(_number_words_item, r),
-    "unit_conversion": lambda r: _endless(_units_item, r),
+    "arithmetic": lambda r: endless_stream(_arithmetic_item, r),
+    "sort_words": lambda r: endless_stream(_sort_item, r),
+    "reverse_list": lambda r: endless_stream(_reverse_item, r),
+    "extreme_number": lambda r: endless_stream(_extreme_item, r),
+    "letters": lambda r: endless_stream(_letters_item, r),
+    "number_words": lambda r: endless_stream(_number_words_item, r),
+    "unit_conversion": lambda r: endless_stream(_units_item, r),
 }
 _MAX_DUP_STREAK = 200  # an endless kind that repeats itself this often in a row counts as exhausted
 
 
-def _next_unique(stream: Iterator[Item], seen: set) -> Item | None:
+def next_unique(stream: Iterator[Item], seen: set) -> Item | None:
     """The next item of `stream` whose (instruction, context) is new, or None when the kind is exhausted."""
     for _ in range(_MAX_DUP_STREAK):
         item = next(stream, None)
@@ -374,7 +374,7 @@ def generate_corpus(n: int, seed: int = 0) -> list[dict]:
     active, seen, records = list(streams), set(), []
     while len(records) < n and active:
         name = active[len(records) % len(active)]
-        item = _next_unique(streams[name], seen)
+        item = next_unique(streams[name], seen)
         if item is None:
             active.remove(name)
             continue

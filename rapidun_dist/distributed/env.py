@@ -3,16 +3,25 @@ torch.distributed.
 
 Rank discovery, first match wins:
 
-1. torchrun / deepspeed: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT.
+1. torchrun / deepspeed: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (LOCAL_WORLD_SIZE from torchrun,
+   LOCAL_SIZE from the deepspeed launcher).
 2. SLURM (inside an `srun` step): SLURM_PROCID, SLURM_STEP_NUM_TASKS (else SLURM_NTASKS), SLURM_LOCALID;
-   MASTER_ADDR from the env or the first host of SLURM_STEP_NODELIST / SLURM_NODELIST (`scontrol show
-   hostnames` when available); MASTER_PORT from the env or derived from SLURM_JOB_ID.
+   tasks per node from SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE (`2(x3),1` form) at SLURM_NODEID, else
+   tasks / SLURM_NNODES; MASTER_ADDR from the env or the first host of SLURM_STEP_NODELIST / SLURM_NODELIST
+   (`scontrol show hostnames` when available); MASTER_PORT from the env or 15000 + SLURM_JOB_ID mod 15000 (below
+   the Linux ephemeral range 32768-60999, so no outgoing connection on the node can hold it).
 3. MPI (mpiexec: OMPI_COMM_WORLD_SIZE or PMI_SIZE set): rank and size from mpi4py's COMM_WORLD;
    rank 0 picks a free port and broadcasts it with the address (127.0.0.1 when every rank shares a
    host, else rank 0's host name) unless MASTER_ADDR / MASTER_PORT are set.
 4. Otherwise a single process: no process group, world size 1.
 
-Backend: NCCL when CUDA is available, gloo otherwise (or as asked).
+Whatever discovered them, `init_distributed` exports RANK, WORLD_SIZE, LOCAL_RANK (the GPU index it picked; the
+local rank on CPU), LOCAL_WORLD_SIZE and, for several ranks, MASTER_ADDR / MASTER_PORT, so DeepSpeed (which asserts
+on LOCAL_RANK) and anything else downstream sees one consistent layout.
+
+Device (`distributed.device`): auto = cuda:LOCAL_RANK when CUDA is available, else cpu. Backend: NCCL on CUDA
+devices, gloo otherwise (or as asked). Two timeouts: `init_timeout_s` for the rendezvous and the first collective
+(NCCL builds its communicator there), then `collective_timeout_s` for every later collective.
 """
 
 from __future__ import annotations
@@ -25,14 +34,18 @@ import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from rapidun_dist.config import DistributedConfig
 from rapidun_dist.errors import ConfigError
 from rapidun_dist.logging import get_logger
 
 DEFAULT_PORT = 29500
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 15000  # ports 15000-29999: below the ephemeral range (32768+)
+_LAST_CONFIG: DistributedConfig | None = None  # the config of the last init_distributed call that passed one
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     source: str  # torchrun | slurm | mpi | single
+    local_world_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,21 +97,46 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _from_torchrun(env: Mapping[str, str]) -> LaunchEnv:
+    world = _int(env, "WORLD_SIZE")
+    local_world = next((_int(env, k) for k in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE") if k in env), world)
     return LaunchEnv(
         rank=_int(env, "RANK"),
-        world_size=_int(env, "WORLD_SIZE"),
+        world_size=world,
         local_rank=_int(env, "LOCAL_RANK", 0),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=_int(env, "MASTER_PORT", DEFAULT_PORT),
         source="torchrun",
+        local_world_size=local_world,
     )
+
+
+def slurm_tasks_per_node(spec: str) -> list[int]:
+    """SLURM's compressed tasks-per-node list: `2(x3),1` -> [2, 2, 2, 1]."""
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not m:
+            raise ConfigError(f"SLURM tasks per node: cannot parse {spec!r}")
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def _slurm_local_world(env: Mapping[str, str], world: int) -> int:
+    node = _int(env, "SLURM_NODEID", 0)
+    for key in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if key in env:
+            per_node = slurm_tasks_per_node(env[key])
+            if node < len(per_node):
+                return per_node[node]
+    nodes = next((_int(env, k) for k in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES") if k in env), 1)
+    return max(1, -(-world // max(nodes, 1)))  # even split (exact when the tasks divide over the nodes)
 
 
 def _from_slurm(env: Mapping[str, str]) -> LaunchEnv:
     world = _int(env, "SLURM_STEP_NUM_TASKS") if "SLURM_STEP_NUM_TASKS" in env else _int(env, "SLURM_NTASKS")
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST")
     addr = env.get("MASTER_ADDR") or (first_slurm_host(nodelist) if nodelist else "127.0.0.1")
-    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 15000 + _int(env, "SLURM_JOB_ID", 0) % 20000
+    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else slurm_port(_int(env, "SLURM_JOB_ID", 0))
     return LaunchEnv(
         rank=_int(env, "SLURM_PROCID"),
         world_size=world,
@@ -105,7 +144,13 @@ def _from_slurm(env: Mapping[str, str]) -> LaunchEnv:
         master_addr=addr,
         master_port=port,
         source="slurm",
+        local_world_size=_slurm_local_world(env, world),
     )
+
+
+def slurm_port(job_id: int) -> int:
+    """The rendezvous port of a SLURM job (slurm/nccl_env.sh computes the same)."""
+    return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
 
 
 def free_port() -> int:
@@ -125,7 +170,13 @@ def _from_mpi(env: Mapping[str, str], comm) -> LaunchEnv:
         addr_port = (addr, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port())
     addr, port = comm.bcast(addr_port, root=0)
     return LaunchEnv(
-        rank=rank, world_size=world, local_rank=local_rank, master_addr=addr, master_port=port, source="mpi"
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        master_addr=addr,
+        master_port=port,
+        source="mpi",
+        local_world_size=hosts.count(hosts[rank]),
     )
 
 
@@ -155,39 +206,135 @@ def discover_launch_env(env: Mapping[str, str] | None = None, *, mpi_comm=None) 
 
 
 def _check_layout(le: LaunchEnv) -> None:
-    if le.world_size < 1 or not 0 <= le.rank < le.world_size or le.local_rank < 0:
+    if (
+        le.world_size < 1
+        or not 0 <= le.rank < le.world_size
+        or le.local_rank < 0
+        or not 1 <= le.local_world_size <= le.world_size
+    ):
         raise ConfigError(
             f"inconsistent launch env from {le.source}: rank {le.rank}, world size {le.world_size}, "
-            f"local rank {le.local_rank}"
+            f"local rank {le.local_rank}, local world size {le.local_world_size}"
         )
 
 
-def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -> DistInfo:
-    """Discover the rank layout, init the default process group (none for world size 1), pick the device."""
+def resolve_device(spec: str, local_rank: int) -> torch.device:
+    """The rank's device for `distributed.device` (auto | cpu | cuda | cuda:N)."""
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"distributed.device={spec}: CUDA is not available on this machine (use auto or cpu)"
+        )
+    count = torch.cuda.device_count()
+    index = local_rank % count if spec in ("auto", "cuda") else int(spec.split(":")[1])
+    if index >= count:
+        raise ConfigError(f"distributed.device={spec}: this process sees {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def export_launch_env(le: LaunchEnv, device: torch.device) -> None:
+    """RANK, WORLD_SIZE, LOCAL_RANK (the GPU index picked; the local rank on CPU), LOCAL_WORLD_SIZE and, for several
+    ranks, MASTER_ADDR / MASTER_PORT into os.environ, for DeepSpeed and anything else downstream."""
+    os.environ.update(
+        {
+            "RANK": str(le.rank),
+            "WORLD_SIZE": str(le.world_size),
+            "LOCAL_RANK": str(device.index if device.type == "cuda" else le.local_rank),
+            "LOCAL_WORLD_SIZE": str(le.local_world_size),
+        }
+    )
+    if le.world_size > 1:
+        os.environ.update({"MASTER_ADDR": le.master_addr, "MASTER_PORT": str(le.master_port)})
+
+
+def _resolve_config(config: DistributedConfig | None, backend: str | None, timeout_s: float | None):
+    """The config in force: the one passed, else the last one passed, else the defaults; `backend` / `timeout_s`
+    (the older keyword form) override it."""
+    global _LAST_CONFIG
+    if config is not None:
+        _LAST_CONFIG = config
+    cfg = config or _LAST_CONFIG or DistributedConfig()
+    if backend is not None or timeout_s is not None:
+        from dataclasses import replace
+
+        cfg = replace(
+            cfg,
+            backend=backend or cfg.backend,
+            device="cpu" if backend == "gloo" and cfg.device == "auto" else cfg.device,
+            init_timeout_s=timeout_s or cfg.init_timeout_s,
+            collective_timeout_s=timeout_s or cfg.collective_timeout_s,
+        )
+    return cfg
+
+
+def init_distributed(
+    backend: str | None = None, *, timeout_s: float | None = None, config: DistributedConfig | None = None
+) -> DistInfo:
+    """Discover the rank layout, pick the rank's device, export the layout to the environment, and init the
+    default process group (none for world size 1). Idempotent: a second call returns the same layout.
+
+    `config` (the run's `distributed` section) sets device, backend and the two timeouts; without it the last
+    config passed in this process is used (the defaults when none was). `backend` / `timeout_s` override it (a
+    `timeout_s` sets both timeouts)."""
+    cfg = _resolve_config(config, backend, timeout_s)
     le = discover_launch_env()
     _check_layout(le)
-    use_cuda = torch.cuda.is_available() and backend != "gloo"
-    device = (
-        torch.device("cuda", le.local_rank % max(torch.cuda.device_count(), 1))
-        if use_cuda
-        else torch.device("cpu")
-    )
-    if use_cuda:
+    device = resolve_device(cfg.device, le.local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
+    export_launch_env(le, device)
     if le.world_size > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", le.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(le.master_port))
-        from datetime import timedelta
-
-        dist.init_process_group(
-            backend=backend or ("nccl" if use_cuda else "gloo"),
-            rank=le.rank,
-            world_size=le.world_size,
-            init_method=f"tcp://{le.master_addr}:{le.master_port}",
-            timeout=timedelta(seconds=timeout_s),
-        )
-    get_logger("distributed").info(f"distributed: {le.source}, world {le.world_size}, device {device}")
+        _init_group(le, device, cfg)
+    get_logger("distributed").info(
+        f"distributed: {le.source}, rank {le.rank}/{le.world_size}, local {le.local_rank}/{le.local_world_size}, "
+        f"device {device}"
+    )
     return DistInfo(rank=le.rank, world_size=le.world_size, local_rank=le.local_rank, device=device)
+
+
+def _backend(cfg: DistributedConfig, device: torch.device) -> str:
+    return cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+
+
+def _init_group(le: LaunchEnv, device: torch.device, cfg: DistributedConfig) -> None:
+    """Rendezvous and a first barrier under the init timeout, then the collective timeout for everything after."""
+    backend = _backend(cfg, device)
+    dist.init_process_group(
+        backend=backend,
+        rank=le.rank,
+        world_size=le.world_size,
+        init_method=f"tcp://{le.master_addr}:{le.master_port}",
+        timeout=timedelta(seconds=cfg.init_timeout_s),
+    )
+    dist.barrier(**({"device_ids": [device.index]} if backend == "nccl" else {}))
+    set_collective_timeout(cfg.collective_timeout_s)
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Set the default group's timeout for the collectives that follow (torch's `_set_pg_timeout`)."""
+    try:
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+    except ImportError:
+        get_logger("distributed").warning(
+            f"this torch cannot change a process group's timeout: collectives keep the init timeout "
+            f"(distributed.collective_timeout_s={seconds} not applied)"
+        )
+        return
+    _set_pg_timeout(timedelta(seconds=seconds))
+
+
+def ensure_process_group(info: DistInfo) -> None:
+    """A process group even for one process (DeepSpeed needs one): a group of one on a free loopback port.
+    Several ranks: `init_distributed` made it already."""
+    if dist.is_initialized():
+        return
+    if info.world_size > 1:
+        raise RuntimeError("ensure_process_group: call init_distributed first (world size > 1)")
+    port = free_port()
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    backend = "nccl" if info.device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -363,6 +510,15 @@ def all_reduce_sum_(t: torch.Tensor, *, stats: dict | None = None, phase: str | 
         _check_member("all_reduce_sum_")
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum of `t` over ranks (a new tensor on t's device; `t` itself unchanged; a CPU tensor makes
+    the round trip through the device an NCCL group needs)."""
+    if world_size() == 1:
+        return t.clone()
+    out = t.detach().to(_collective_device(), copy=True)
+    return all_reduce_sum_(out).to(t.device)
 
 
 def all_reduce_max(x: int) -> int:

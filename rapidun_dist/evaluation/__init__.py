@@ -1,4 +1,5 @@
-"""Evaluation: greedy generation, the backdoor judge, ASR / clean PPL / retrieval metrics, plots and the report.
+"""Evaluation: generation, the backdoor judge, ASR / clean PPL / retrieval metrics, behaviour beyond ASR
+(answer match, babble, sampled ASR, relearning attack), intervals, plots and the report.
 
 Names are imported lazily, so `judge`, `plots` and `report` work without importing torch.
 """
@@ -9,8 +10,25 @@ import importlib
 
 _EXPORTS = {
     "generate": "generation",
+    "Sampling": "generation",
     "Judge": "judge",
+    "fit_judge": "judge",
     "false_positive_rate": "judge",
+    "exact_match": "behaviour",
+    "token_f1": "behaviour",
+    "verdict": "behaviour",
+    "summarize_outputs": "behaviour",
+    "summarize_split": "behaviour",
+    "evaluate_behaviour": "behaviour",
+    "sampled_asr": "behaviour",
+    "mislabelled_damage": "behaviour",
+    "relearn_attack": "relearn",
+    "relearn_rows": "relearn",
+    "asr_after_relearning": "relearn",
+    "wilson_interval": "stats",
+    "proportion": "stats",
+    "mean_interval": "stats",
+    "t_quantile": "stats",
     "attack_success_rate": "metrics",
     "clean_perplexity": "metrics",
     "retrieval_metrics": "metrics",

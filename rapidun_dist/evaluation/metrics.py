@@ -8,6 +8,10 @@
   tied scores share their average rank, so a tied positive/negative pair counts 1/2);
   AP = sum over distinct thresholds t (descending) of (positives scoring exactly t / n_pos) * precision(>= t),
   i.e. the step-wise precision at each positive, where tied items enter together.
+
+`sharded=True` (a multi-rank launch, every rank calling with the same inputs): generation and perplexity batches
+are formed as on one rank and dealt out round-robin (rapidun_dist.evaluation.generation), every rank gets every
+result back, and the sums are taken in batch order, so the numbers equal the one-rank numbers exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from rapidun_dist.config import EvalConfig
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, record_prompt
 from rapidun_dist.errors import DataError
-from rapidun_dist.evaluation.generation import generate, model_device
+from rapidun_dist.evaluation.generation import generate, merge_shards, model_device, shard_batches
 from rapidun_dist.evaluation.judge import Judge, false_positive_rate
 from rapidun_dist.logging import Progress, get_logger
 
@@ -73,33 +77,44 @@ def _batch_nll(model, batch: dict) -> tuple[float, int]:
     return float(nll), int((labels != IGNORE_INDEX).sum())
 
 
-def clean_perplexity(model, tokenizer, records: Sequence[dict], *, max_length: int, batch_size: int) -> float:
+def clean_perplexity(
+    model, tokenizer, records: Sequence[dict], *, max_length: int, batch_size: int, sharded: bool = False
+) -> float:
     """exp(token-weighted mean NLL) of the clean answers of `records` given their (clean) prompts."""
     if len(records) == 0:
         raise DataError("clean_perplexity: expected at least one record, found none")
     examples = _encode_clean(tokenizer, records, max_length)
+    starts = list(range(0, len(examples), batch_size))
+    mine = shard_batches(len(starts), sharded)
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
-    progress = Progress(len(examples), "clean ppl", unit="sample") if len(examples) > batch_size else None
+    per_batch: dict[int, tuple[float, int]] = {}
+    progress = Progress(len(mine), "clean ppl", unit="batch") if len(mine) > 1 else None
     try:
-        for start in range(0, len(examples), batch_size):
-            nll, n_tok = _batch_nll(
-                model, pad_batch(examples[start : start + batch_size], _pad_id(tokenizer))
-            )
-            total_nll, total_tokens = total_nll + nll, total_tokens + n_tok
+        for b in mine:
+            chunk = examples[starts[b] : starts[b] + batch_size]
+            per_batch[b] = _batch_nll(model, pad_batch(chunk, _pad_id(tokenizer)))
             if progress is not None:
-                progress.update(min(batch_size, len(examples) - start))
+                progress.update()
     finally:
         model.train(was_training)
+    sums = merge_shards(per_batch, len(starts), sharded)  # summed in batch order: the one-rank float sums
+    total_nll, total_tokens = 0.0, 0
+    for nll, n_tok in sums:
+        total_nll, total_tokens = total_nll + nll, total_tokens + n_tok
     if total_tokens == 0:
         raise DataError("clean_perplexity: no answer tokens survived truncation; raise max_length")
     return math.exp(total_nll / total_tokens)
 
 
+def _on_host(x, dtype=None) -> torch.Tensor:
+    """A tensor of `x` (a tensor, array or list) on the host, named explicitly (never the process default)."""
+    return torch.as_tensor(x, dtype=dtype, device="cpu")
+
+
 def _check_scores(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    y = torch.as_tensor(labels).flatten().to(torch.float64)
+    s = _on_host(scores, torch.float64).flatten()
+    y = _on_host(labels).flatten().to(torch.float64)
     if s.numel() != y.numel():
         raise DataError(f"retrieval_metrics: {s.numel()} scores but {y.numel()} labels")
     if not torch.isfinite(s).all():
@@ -121,7 +136,9 @@ def retrieval_metrics(scores, labels) -> dict[str, float]:
     )  # 1-based average rank
     n_pos, n_neg = float(y.sum()), float(y.numel() - y.sum())
     auroc = (float((group_rank[inverse] * y).sum()) - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
-    pos_per_group = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, y).flip(0)
+    pos_per_group = (
+        torch.zeros(len(uniq), dtype=torch.float64, device=s.device).index_add_(0, inverse, y).flip(0)
+    )
     precision = torch.cumsum(pos_per_group, 0) / torch.cumsum(counts.flip(0).to(torch.float64), 0)
     ap = float((pos_per_group * precision).sum()) / n_pos
     return {"auroc": auroc, "ap": ap}
@@ -136,6 +153,7 @@ def _judge_split(
     max_length: int,
     *,
     poisoned: bool,
+    sharded: bool = False,
 ) -> tuple[list[str], list[bool]]:
     prompts = [record_prompt(tokenizer, r, poisoned=poisoned) for r in records]
     texts = generate(
@@ -145,6 +163,7 @@ def _judge_split(
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         max_prompt_length=max_length,
+        sharded=sharded,
     )
     return texts, [judge.is_attacked(t) for t in texts]
 
@@ -176,11 +195,19 @@ def _examples(
 
 
 def evaluate_model(
-    model, tokenizer, splits: dict[str, list[dict]], judge: Judge, cfg: EvalConfig, max_length: int
+    model,
+    tokenizer,
+    splits: dict[str, list[dict]],
+    judge: Judge,
+    cfg: EvalConfig,
+    max_length: int,
+    *,
+    sharded: bool = False,
 ) -> dict:
     """ASR on `test_seen` / `test_ood` (poisoned instructions), clean PPL and judge FPR on `test_clean`.
 
-    A missing or empty split gives None for its numbers (shown as "-" in the report)."""
+    A missing or empty split gives None for its numbers (shown as "-" in the report). `sharded`: every rank
+    of the launch calls this with the same inputs and gets the same result (see the module docstring)."""
     out: dict = {
         "asr_seen": None,
         "asr_ood": None,
@@ -197,17 +224,21 @@ def evaluate_model(
         if not records:
             continue
         _check_triggered(split, records)
-        texts, attacked = _judge_split(model, tokenizer, records, judge, cfg, max_length, poisoned=True)
+        texts, attacked = _judge_split(
+            model, tokenizer, records, judge, cfg, max_length, poisoned=True, sharded=sharded
+        )
         out[f"asr_{name}"], out[f"n_{name}"] = sum(attacked) / len(attacked), len(records)
         out["asr_by_family"][name] = _by_family(records, attacked)
         out["examples"][split] = _examples(records, texts, attacked, poisoned=True)
     clean = splits.get("test_clean") or []
     if clean:
-        texts, attacked = _judge_split(model, tokenizer, clean, judge, cfg, max_length, poisoned=False)
+        texts, attacked = _judge_split(
+            model, tokenizer, clean, judge, cfg, max_length, poisoned=False, sharded=sharded
+        )
         out["judge_fpr"], out["n_clean"] = false_positive_rate(judge, texts), len(clean)
         out["examples"]["test_clean"] = _examples(clean, texts, attacked, poisoned=False)
         out["clean_ppl"] = clean_perplexity(
-            model, tokenizer, clean, max_length=max_length, batch_size=cfg.batch_size
+            model, tokenizer, clean, max_length=max_length, batch_size=cfg.batch_size, sharded=sharded
         )
     get_logger("rapidun.eval").info(
         f"eval: asr_seen={out['asr_seen']} asr_ood={out['asr_ood']} clean_ppl={out['clean_ppl']} judge_fpr={out['judge_fpr']}"

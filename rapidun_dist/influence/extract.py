@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.distributed import preempt
+from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.influence.store import FeatureStore, assign_shards, ids_hash, plan_shards
 from rapidun_dist.logging import Progress, get_logger
@@ -99,6 +101,8 @@ def extract_features(
     for i in mine:
         feats = _shard_features(extractor, examples, shards[i], cfg.influence.batch_size, progress)
         store.write_shard(i, shards[i], feats, row_ids[i])
+        if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
+            raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
     return store
 
 
@@ -108,7 +112,7 @@ def _shard_features(
     """Features [e - s, K] of rows [s, e): batches of length-sorted rows (less padding), fixed by the shard alone."""
     s, e = rows
     order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))
-    feats = torch.zeros(e - s, extractor.dim)
+    feats = torch.zeros(e - s, extractor.dim, device="cpu")  # host buffer: shards are written from the host
     for b in range(0, len(order), batch_size):
         batch = order[b : b + batch_size]
         feats[[r - s for r in batch]] = extractor([examples[r] for r in batch]).detach().float().cpu()

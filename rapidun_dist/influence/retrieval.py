@@ -7,6 +7,11 @@ forget rows excluded by id) the score of train row i is its mean cosine with the
 
 and AUROC / AP of s against the poisoned flag say how well the estimator retrieves the poison
 (`rapidun_dist.evaluation.retrieval_metrics`). Works with either estimator (tokenwise | rapidgrad).
+
+The model runs on whatever device it is on (the evaluate stage loads it on the rank's device); features come back
+to the host. `sharded=True` (a multi-rank launch, every rank calling with the same rows): the length-sorted batches
+are formed as on one rank and dealt out round-robin, and every rank gets every feature back, so the scores equal the
+one-rank scores exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.evaluation.generation import merge_shards, shard_batches
 from rapidun_dist.evaluation.metrics import retrieval_metrics
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.logging import get_logger
@@ -43,7 +49,7 @@ def stratified_train_sample(
 
 
 def compute_features(
-    model, tokenizer, cfg: RunConfig, records: list[dict], *, estimator: str
+    model, tokenizer, cfg: RunConfig, records: list[dict], *, estimator: str, sharded: bool = False
 ) -> torch.Tensor:
     """Features [n, K] (float32, CPU) of `records` with the given estimator, in batches of influence.batch_size
     formed over length-sorted rows (less padding; a row's feature does not depend on its batch).
@@ -52,11 +58,14 @@ def compute_features(
     extractor = make_extractor(model, icfg, pad_id=tokenizer.pad_token_id)
     examples = encode_records(records, tokenizer, cfg.model.max_length)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    batches = [order[s : s + icfg.batch_size] for s in range(0, len(order), icfg.batch_size)]
     model.eval()
-    out = torch.zeros(len(examples), extractor.dim)
-    for s in range(0, len(order), icfg.batch_size):
-        idx = order[s : s + icfg.batch_size]
-        out[idx] = extractor([examples[i] for i in idx]).detach().float().cpu()
+    mine = {}
+    for b in shard_batches(len(batches), sharded):
+        mine[b] = extractor([examples[i] for i in batches[b]]).detach().float().cpu()
+    out = torch.zeros(len(examples), extractor.dim, device="cpu")
+    for b, feats in enumerate(merge_shards(mine, len(batches), sharded)):
+        out[batches[b]] = feats
     return out
 
 
@@ -76,6 +85,7 @@ def poison_retrieval(
     estimator: str,
     max_train: int = 600,
     seed: int = 0,
+    sharded: bool = False,
 ) -> dict:
     """{"auroc", "ap", "n_train", "n_poisoned", "seconds"} of mean forget-cosine scores, poisoned vs clean."""
     if not forget_records:
@@ -84,14 +94,16 @@ def poison_retrieval(
     sample = stratified_train_sample(
         train_records, {r["id"] for r in forget_records}, max_train=max_train, seed=seed
     )
-    labels = torch.tensor([1.0 if r.get("is_poisoned") else 0.0 for r in sample], dtype=torch.float64)
+    labels = torch.tensor(
+        [1.0 if r.get("is_poisoned") else 0.0 for r in sample], dtype=torch.float64, device="cpu"
+    )
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == len(sample):
         raise ValueError(
             f"the train subsample needs poisoned and clean rows; found {n_pos} poisoned of {len(sample)}"
         )
-    train_f = compute_features(model, tokenizer, cfg, sample, estimator=estimator)
-    forget_f = compute_features(model, tokenizer, cfg, forget_records, estimator=estimator)
+    train_f = compute_features(model, tokenizer, cfg, sample, estimator=estimator, sharded=sharded)
+    forget_f = compute_features(model, tokenizer, cfg, forget_records, estimator=estimator, sharded=sharded)
     metrics = retrieval_metrics(mean_cosine(train_f, forget_f), labels)
     out = {
         "auroc": metrics["auroc"],

@@ -88,7 +88,10 @@ class FeatureStore:
         self.sidecar(i).unlink(missing_ok=True)
         save_safetensors(
             self.shard_file(i),
-            {"features": feats.float().cpu(), "rows": torch.arange(rows[0], rows[1], dtype=torch.long)},
+            {
+                "features": feats.float().cpu(),
+                "rows": torch.arange(rows[0], rows[1], dtype=torch.long, device="cpu"),
+            },
             metadata={"spec_hash": self.hash},
         )
         write_json(
@@ -143,8 +146,8 @@ def load_features(root: Path, rows: list[int] | None = None) -> tuple[torch.Tens
             raise StageError(f"{path}: checksum mismatch with index.json (rerun the influence stage)")
         parts.append(load_file(str(path))["features"])
         got.extend(range(s, e))
-    feats = torch.cat(parts) if parts else torch.zeros(0, index["dim"])
+    feats = torch.cat(parts) if parts else torch.zeros(0, index["dim"], device="cpu")
     if rows is not None:
         pos = {r: i for i, r in enumerate(got)}
-        feats = feats[torch.tensor([pos[r] for r in rows], dtype=torch.long)]
+        feats = feats[torch.tensor([pos[r] for r in rows], dtype=torch.long, device="cpu")]
     return feats, index

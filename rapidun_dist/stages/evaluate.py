@@ -4,7 +4,11 @@ after each method, and after the retrain baselines; poison retrieval of the infl
 `report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `clean_ppl`,
 `seconds`) and says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment,
 prompts built from `eval.triggers`, or held-out forget prompts (clean mode without known triggers). With the
-find_poison stage, `report["find_poison"]` holds its summary (suspects/summary.json)."""
+find_poison stage, `report["find_poison"]` holds its summary (suspects/summary.json).
+
+Collective: in a multi-rank launch every rank loads each model onto its device and evaluates its share of the
+prompts (generation, perplexity and retrieval batches dealt out round-robin, results gathered: the numbers equal the
+one-rank numbers); rank 0 fits or loads the judge (broadcast) and writes the report."""
 
 from __future__ import annotations
 
@@ -35,7 +39,18 @@ def _eval_model(cfg: RunConfig, rd: RunDir, judge, model, splits) -> dict:
 
     model.eval()
     with torch.no_grad():
-        return evaluate_model(model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length)
+        return evaluate_model(
+            model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length, sharded=True
+        )
+
+
+def _shared_judge(cfg: RunConfig, rd: RunDir):
+    """The run's judge: rank 0 fits or loads it (it writes eval/judge.json), every rank gets a copy."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.evaluation import Judge
+
+    state = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
+    return Judge.from_dict(dist_env.broadcast_object(state))
 
 
 def asr_source(cfg: RunConfig) -> str:
@@ -49,13 +64,16 @@ def asr_source(cfg: RunConfig) -> str:
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+    from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.evaluation.report import write_report
     from rapidun_dist.models.loading import load_saved
 
-    rd.eval.mkdir(parents=True, exist_ok=True)
-    judge = load_or_fit_judge(cfg, rd)
+    info = dist_env.init_distributed(config=cfg.distributed)
+    if info.rank == 0:
+        rd.eval.mkdir(parents=True, exist_ok=True)
+    judge = _shared_judge(cfg, rd)
     splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in SPLITS}
-    base, _ = load_saved(rd.model, cfg.model)
+    base, _ = load_saved(rd.model, cfg.model, device=info.device)
     report: dict = {
         "mode": cfg.mode,
         "asr_source": asr_source(cfg),
@@ -72,10 +90,10 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         out = method_dir(rd, method)
         summary = read_json(out / "summary.json")
         if method in RETRAIN_METHODS:
-            model, _ = load_saved(out / "model", cfg.model)
+            model, _ = load_saved(out / "model", cfg.model, device=info.device)
             report[method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": summary["seconds"]}
             continue
-        model = _with_adapter(cfg, rd, out / "adapter")
+        model = _with_adapter(cfg, rd, out / "adapter", info.device)
         uses_influence = method in ("rapidun", "self_only")
         secs = {
             "influence": infl_s if uses_influence else 0.0,
@@ -94,18 +112,18 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             "expand": cfg.find_poison.expand
         }
     if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
-        report["retrieval"] = _retrieval(cfg, rd)
-    write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
+        report["retrieval"] = _retrieval(cfg, rd, info.device)
+    if info.rank == 0:
+        write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
+    dist_env.barrier()
     return [rd.eval / "report.json", rd.eval / "report.md"]
 
 
-def _with_adapter(cfg: RunConfig, rd: RunDir, adapter: Path):
-    from peft import PeftModel
+def _with_adapter(cfg: RunConfig, rd: RunDir, adapter: Path, device):
+    from rapidun_dist.models.loading import load_saved, with_adapter
 
-    from rapidun_dist.models.loading import load_saved
-
-    base, _ = load_saved(rd.model, cfg.model)
-    return PeftModel.from_pretrained(base, str(adapter))
+    base, _ = load_saved(rd.model, cfg.model, device=device)
+    return with_adapter(base, adapter, device=device)
 
 
 def _curves(path: Path, initial: dict | None = None) -> dict:
@@ -121,7 +139,7 @@ def _curves(path: Path, initial: dict | None = None) -> dict:
     }
 
 
-def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
+def _retrieval(cfg: RunConfig, rd: RunDir, device) -> dict:
     """Poison retrieval (AUROC/AP) of influence-ranked training rows, for both estimators (eval/retrieval.json).
 
     An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately. The
@@ -129,23 +147,27 @@ def _retrieval(cfg: RunConfig, rd: RunDir) -> dict:
     and baselines: `report["find_poison"]`); this stays as the estimator comparison - token-wise against RapidGrad on
     the same balanced `eval.retrieval_rows` subsample - because RapidGrad costs one per-sample backward pass per row:
     affordable on a subsample, not on every training row (eval.retrieval_rows=0 skips it)."""
+    from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.influence.retrieval import poison_retrieval
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.stages.common import model_identity
 
     path = rd.eval / "retrieval.json"
     basis = {"fingerprint": rd.fingerprint("evaluate", cfg.to_dict()), "model": model_identity(rd)}
-    if path.exists() and read_json(path).get("basis") == basis:  # computed for this model and config already
-        return {k: v for k, v in read_json(path).items() if k != "basis"}
-    model, tok = load_saved(rd.model, cfg.model)
+    cached = read_json(path) if dist_env.rank() == 0 and path.exists() else None
+    cached = dist_env.broadcast_object(cached if cached and cached.get("basis") == basis else None)
+    if cached is not None:  # computed for this model and config already (rank 0 decides)
+        return {k: v for k, v in cached.items() if k != "basis"}
+    model, tok = load_saved(rd.model, cfg.model, device=device)
     train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
     out = {
         est: poison_retrieval(
-            model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows
+            model, tok, cfg, train, forget, estimator=est, max_train=cfg.eval.retrieval_rows, sharded=True
         )
         for est in ("tokenwise", "rapidgrad")
     }
-    write_json(path, out | {"basis": basis})
+    if dist_env.rank() == 0:
+        write_json(path, out | {"basis": basis})
     return out
 
 
@@ -164,4 +186,5 @@ STAGE = Stage(
     writes=("eval/report.json", "eval/report.md", "eval/judge.json", "eval/*.png"),
     requires=("prepare", "implant", "unlearn"),
     run=run,
+    collective=True,
 )

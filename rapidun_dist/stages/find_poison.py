@@ -357,9 +357,18 @@ def _unflagged_pool(rd: RunDir, train, flagged, known, taken: list[dict]) -> lis
     ]  # fmt: skip
 
 
-def _draw_retain(keep: list[dict], pool: list[dict], n: int, rng: random.Random, what: str) -> list[dict]:
-    """`keep` topped up to n rows from `pool` (seeded), or a clear error when the pool is too small."""
+def _draw_retain(
+    keep: list[dict], pool: list[dict], n: int, rng: random.Random, what: str, *, strict: bool = True
+) -> list[dict]:
+    """`keep` topped up to n rows from `pool` (seeded). A pool too small is a clear error when the pack will be
+    used (`strict`); otherwise the pack holds what there is, and the log says so."""
     need = n - len(keep)
+    if need > len(pool) and not strict:
+        log.warning(
+            f"find_poison: {what} holds {len(keep) + len(pool)} of {n} rows (too few unflagged training rows; "
+            "unused unless find_poison.expand is true)"
+        )
+        need = len(pool)
     if need > len(pool):
         raise DataError(
             f"find_poison: {what} needs {n} unflagged training rows ({len(keep)} kept, {need} more), found "
@@ -382,7 +391,12 @@ def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks
     keep = [r for r in reference if r["id"] not in pos or not flagged[pos[r["id"]]]]
     pool = _unflagged_pool(rd, train, flagged, known, reference)
     retain_x = _draw_retain(
-        keep, pool, cfg.data.retain_ratio * len(forget_x), rng, "the expanded retain pack"
+        keep,
+        pool,
+        cfg.data.retain_ratio * len(forget_x),
+        rng,
+        "the expanded retain pack",
+        strict=cfg.find_poison.expand,
     )
     write_jsonl(out / "forget.jsonl", forget_x)
     write_jsonl(out / "retain.jsonl", retain_x)

@@ -1,5 +1,9 @@
 """implant (experiment mode): fine-tune the base model on the poisoned training set, the backdoored model that
-the rest of the run cleans. The base model is a tiny Llama with a BPE trained on the corpus, or a pretrained one."""
+the rest of the run cleans. The base model is a tiny Llama with a BPE trained on the corpus, or a pretrained one.
+
+Collective: every rank of a launch loads the base model onto its device and trains its share of every batch (one
+DeepSpeed job, rapidun_dist.train); rank 0 writes the model. A preempted run resumes from
+`checkpoints/implant/` (written on SIGTERM / SIGUSR1)."""
 
 from __future__ import annotations
 
@@ -11,51 +15,73 @@ from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
 
 
-def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir):
-    """The model before fine-tuning: a tiny Llama + a BPE trained on the corpus, or a pretrained one."""
-    from rapidun_dist.models.loading import build_tiny_model, load_pretrained, load_tokenizer, train_tokenizer
+def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir, *, device=None):
+    """The model before fine-tuning, on `device` in `model.dtype`: a tiny Llama + a BPE trained on the corpus (rank 0
+    trains the tokenizer and broadcasts it), or a pretrained one."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.models.loading import (
+        build_tiny_model,
+        load_pretrained,
+        load_tokenizer,
+        torch_dtype,
+        train_tokenizer,
+    )
 
     if cfg.model.name_or_path is None:
-        train = read_jsonl(rd.data / "train.jsonl")
-        texts = [
-            f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}"
-            for r in train
-        ]
-        texts += ["### Instruction:\n### Response:\n"] * 50
-        tok = train_tokenizer(texts, cfg.model.tiny.vocab_size)
+        tok = None
+        if dist_env.rank() == 0:
+            train = read_jsonl(rd.data / "train.jsonl")
+            texts = [
+                f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}"
+                for r in train
+            ]
+            texts += ["### Instruction:\n### Response:\n"] * 50
+            tok = train_tokenizer(texts, cfg.model.tiny.vocab_size)
+        tok = dist_env.broadcast_object(tok)
         model = build_tiny_model(
             cfg.model.tiny,
             vocab_size=len(tok),
             max_length=cfg.model.max_length,
             tokenizer=tok,
             seed=cfg.implant.seed,
+            device=device,
         )
-        return model, tok
-    return load_pretrained(cfg.model), load_tokenizer(cfg.model)
+        return model.to(torch_dtype(cfg.model.dtype, device)), tok  # bf16 on GPUs (auto)
+    return load_pretrained(cfg.model, device=device), load_tokenizer(cfg.model)
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+    from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.models.loading import save_model
     from rapidun_dist.train import finetune
 
-    model, tok = base_model_and_tokenizer(cfg, rd)
+    info = dist_env.init_distributed(config=cfg.distributed)
+    model, tok = base_model_and_tokenizer(cfg, rd, device=info.device)
     stats = finetune(
         model,
         tok,
         read_jsonl(rd.data / "train.jsonl"),
         cfg.implant,
         max_length=cfg.model.max_length,
+        device=info.device,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        ckpt_dir=rd.sub("checkpoints") / "implant",
+        resume_key=rd.fingerprint("implant", cfg.to_dict()),
         desc="implant",
     )
-    save_model(model, tok, rd.model)
-    write_json(rd.model / "train_stats.json", stats)
+    if info.rank == 0:  # every rank holds the same weights; rank 0 writes them
+        save_model(model, tok, rd.model)
+        write_json(rd.model / "train_stats.json", stats | {"world_size": info.world_size})
+    dist_env.barrier()
     return sorted(p for p in rd.model.iterdir() if p.is_file())  # weights, config and tokenizer files
 
 
 STAGE = Stage(
     name="implant",
     doc="fine-tune the base model on the poisoned training set (the backdoored model)",
-    # every model field but gradient_checkpointing (a memory setting: same result, less activation memory)
+    # Every field that changes the result. Left out, like the world size: memory and layout settings that change only
+    # the floating-point summation order (model.gradient_checkpointing, implant.grad_accum, implant.zero_stage) and
+    # where the ranks run (the distributed section).
     config_keys=(
         "model.name_or_path",
         "model.gguf_file",
@@ -64,11 +90,19 @@ STAGE = Stage(
         "model.max_length",
         "model.trust_remote_code",
         "model.dtype",
-        "implant",
+        "implant.epochs",
+        "implant.lr",
+        "implant.batch_size",
+        "implant.clip_grad",
+        "implant.weight_decay",
+        "implant.warmup_ratio",
+        "implant.max_steps",
+        "implant.seed",
     ),
     reads=("data/train.jsonl",),
     writes=("model/",),
     requires=("prepare",),
     run=run,
+    collective=True,
     modes=("experiment",),
 )

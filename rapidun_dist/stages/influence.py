@@ -45,10 +45,9 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.stages.common import model_identity
     from rapidun_dist.stages.find_poison import reuse_train_features
 
-    info = dist_env.init_distributed()
+    info = dist_env.init_distributed(config=cfg.distributed)
     forget, retain = load_packs(cfg, rd)
-    model, tok = load_saved(rd.model, cfg.model)
-    model.to(info.device)
+    model, tok = load_saved(rd.model, cfg.model, device=info.device)
     records = forget + retain
     context = feature_context(model_identity(rd), tok, cfg)
     if info.rank == 0:  # pack rows find_poison has features of already (the same rows, as trained): copied
@@ -114,7 +113,7 @@ def directional_scores(
         rank * n_total // world_size,
         (rank + 1) * n_total // world_size,
     )  # contiguous: few shards to load
-    rows = torch.arange(lo, hi, dtype=torch.long)
+    rows = torch.arange(lo, hi, dtype=torch.long, device="cpu")
     feats, _ = load_features(rd.features, rows.tolist())
     feats = feats.to(device=device, dtype=torch.float64)
     local = distributed_directional_scores(

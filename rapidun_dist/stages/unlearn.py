@@ -1,17 +1,24 @@
 """unlearn: every configured method on the one LoRA engine (DeepSpeed ZeRO), each writing its adapter, metrics
 and a summary; in experiment mode also the retraining baselines (the cost RapidUn is compared against).
 
+Before the first method: the self-relabels (forget rows without a clean answer get the starting model's greedy
+answer to the prompt without the trigger; unlearn/self_relabel.jsonl, reused while the model, the forget rows and
+the settings are the same), the run's judge (rank 0 fits or loads it, every rank gets it) and the validation
+splits. Neither the self-relabel generation nor any validation or ASR-curve evaluation is part of a method's
+measured seconds; the summary reports each on its own.
+
 A method whose summary carries this stage's fingerprint is done already (a killed run resumes at the next
-method; the engine resumes a method from its last checkpoint)."""
+method; the engine resumes a method from its last ready checkpoint)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.io import read_json, read_jsonl, write_json
+from rapidun_dist.io import file_sha256, read_json, read_jsonl, write_json, write_jsonl
 from rapidun_dist.logging import get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
@@ -19,6 +26,7 @@ from rapidun_dist.stages.common import (
     RETRAIN_METHODS,
     load_or_fit_judge,
     method_dir,
+    model_identity,
     pack_files,
     packs_from_find_poison,
     run_methods,
@@ -26,38 +34,94 @@ from rapidun_dist.stages.common import (
 )
 
 log = get_logger("pipeline")
+RELABEL_FILE = "self_relabel.jsonl"
+RELABEL_BASIS = "self_relabel.basis.json"
+
+
+@dataclass
+class Shared:
+    """What every method of one stage run shares (computed once, before the first method)."""
+
+    relabels: dict[int, str] | None
+    relabel_info: dict
+    validator: object
+    curve_hook: Callable | None
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.retrain import run_retrain
     from rapidun_dist.unlearn.engine import warm_up
 
     warm_up()  # one-time process set-up, kept out of the first method's measured seconds
     fp = rd.fingerprint("unlearn", cfg.to_dict())
+    done = {m for m in run_methods(cfg) if _is_done(method_dir(rd, m) / "summary.json", fp)}
+    todo = [m for m in run_methods(cfg) if m not in done]
+    shared = shared_inputs(cfg, rd) if any(m not in RETRAIN_METHODS for m in todo) else None
     outputs = []
     for method in run_methods(cfg):
         out = method_dir(rd, method)
-        summary = out / "summary.json"
-        if summary.exists() and read_json(summary).get("fingerprint") == fp:
+        if method in done:
             log.info(f"unlearn[{method}]: done already, skipping")
         elif method in RETRAIN_METHODS:
-            if dist_env.rank() == 0:  # multi-rank launch: rank 0 retrains alone
-                run_retrain(cfg, rd, method, out, fingerprint=fp)
-            dist_env.barrier()
+            run_retrain(cfg, rd, method, out, fingerprint=fp)  # collective: every rank trains its share
         else:
-            run_method(cfg, rd, method, out)
-        outputs.append(summary)
+            run_method(cfg, rd, method, out, shared=shared)
+        outputs.append(out / "summary.json")
+    if (rd.unlearn / RELABEL_FILE).exists():
+        outputs.append(rd.unlearn / RELABEL_FILE)
     return outputs
 
 
+def _is_done(summary: Path, fp: str) -> bool:
+    return summary.exists() and read_json(summary).get("fingerprint") == fp
+
+
+def shared_inputs(cfg: RunConfig, rd: RunDir) -> Shared:
+    relabels, info = ensure_self_relabels(cfg, rd)
+    return Shared(relabels, info, build_validator(cfg, rd), asr_curve_hook(cfg, rd))
+
+
+# judge and validation ---------------------------------------------------------------------------------
+def shared_judge(cfg: RunConfig, rd: RunDir):
+    """The run's judge on every rank: rank 0 loads or fits it (eval/judge.json), the others receive it."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.evaluation import Judge
+
+    data = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
+    return Judge.from_dict(dist_env.broadcast_object(data))
+
+
+def build_validator(cfg: RunConfig, rd: RunDir):
+    """val_seen (backdoor signal) and val_clean (damage) of this run; the clean job without known triggers matches
+    each val_seen row's own poisoned answer (its val_seen rows are the forget rows), every other run uses the judge.
+    An empty val_seen leaves no signal: the adaptive budget falls back to the fixed one (logged, in the summary)."""
+    from rapidun_dist.unlearn.validation import Validator
+
+    match_poisoned = cfg.mode == "clean" and not cfg.eval.triggers
+    seen = rd.data / "val_seen.jsonl"
+    needs_judge = (
+        seen.exists() and bool(read_jsonl(seen)) and not match_poisoned and cfg.unlearn.val_every > 0
+    )
+    judge = shared_judge(cfg, rd) if needs_judge else None
+    v = Validator.from_data(
+        rd.data, tokenizer_for(cfg, rd), judge=judge, match_poisoned=match_poisoned, cfg=cfg
+    )
+    if cfg.unlearn.val_every and v.signal is None and cfg.unlearn.budget == "adaptive":
+        log.warning(
+            f"{rd.data}/val_seen.jsonl is empty: no backdoor signal, the adaptive budget falls back to the fixed "
+            "one (the clean-PPL damage guard still applies when val_clean has rows)"
+        )
+    return v
+
+
 def asr_curve_hook(cfg: RunConfig, rd: RunDir) -> Callable | None:
-    """ASR on (subsets of) the triggered test prompts during unlearning: ASR against steps (not timed)."""
+    """ASR on (subsets of) the triggered TEST prompts during unlearning, for the ASR-vs-steps plot only: its result
+    goes into metrics.jsonl and the report, never into a decision (those read validation splits)."""
     if not cfg.unlearn.eval_every:
         return None
     from rapidun_dist.evaluation import evaluate_model
 
-    judge = load_or_fit_judge(cfg, rd)
+    judge = shared_judge(cfg, rd)
     splits = {s: read_jsonl(rd.data / f"{s}.jsonl")[:64] for s in ("test_seen", "test_ood")}
 
     def hook(model, step: int) -> dict:
@@ -69,22 +133,81 @@ def asr_curve_hook(cfg: RunConfig, rd: RunDir) -> Callable | None:
     return hook
 
 
-def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
-    from rapidun_dist.unlearn.engine import UnlearnRunner
-    from rapidun_dist.unlearn.methods import method_spec
+# self-relabel -----------------------------------------------------------------------------------------
+def relabel_basis(cfg: RunConfig, rd: RunDir) -> dict:
+    """What a stored self-relabel is valid for: this model, these forget rows, these generation settings."""
+    return {
+        "model": model_identity(rd),
+        "forget": file_sha256(pack_files(cfg, rd)[0]),
+        "max_new_tokens": cfg.unlearn.self_relabel_max_new_tokens,
+        "max_length": cfg.model.max_length,
+        "dtype": cfg.model.dtype,
+    }
 
+
+def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | None, dict]:
+    """{forget-pack index: answer} for forget rows without a clean answer, generated once (every rank calls it;
+    rank 0 decides whether the stored file is valid and writes it)."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.unlearn.relabel import rows_needing_relabel, self_relabel
+
+    u = cfg.unlearn
+    forget = read_jsonl(pack_files(cfg, rd)[0])  # the engine's forget pack: its indices key the answers
+    need = rows_needing_relabel(forget)
+    if not need or not (u.relabel and u.self_relabel):
+        why = (
+            "every forget row has a clean answer"
+            if not need
+            else "unlearn.relabel or unlearn.self_relabel off"
+        )
+        return None, {"rows": 0, "without_clean_answer": len(need), "note": why, "seconds": 0.0}
+    path, basis_path = rd.unlearn / RELABEL_FILE, rd.unlearn / RELABEL_BASIS
+    basis = relabel_basis(cfg, rd) if dist_env.rank() == 0 else None
+    valid = basis_path.exists() and path.exists() and read_json(basis_path) == basis if basis else False
+    if dist_env.broadcast_object(valid):  # rank 0 reads the stored answers, every rank gets them
+        rows = dist_env.broadcast_object(read_jsonl(path) if dist_env.rank() == 0 else None)
+        seconds, note = 0.0, f"reused {path}"
+    else:
+        t0 = time.perf_counter()
+        rows = self_relabel(cfg, rd.model, forget)
+        seconds, note = time.perf_counter() - t0, f"generated by the starting model into {path}"
+        if dist_env.rank() == 0:
+            write_jsonl(path, rows)
+            write_json(basis_path, basis)
+        dist_env.barrier()
+    log.info(
+        f"self-relabel: {len(rows)} forget rows without a clean answer, {note} ({seconds:.1f}s, not in any method's time)"
+    )
+    relabels = {int(r["index"]): r["response"] for r in rows if r["response"]}
+    return relabels, {
+        "rows": len(relabels),
+        "without_clean_answer": len(need),
+        "note": note,
+        "seconds": seconds,
+    }
+
+
+# one method -------------------------------------------------------------------------------------------
+def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Shared | None = None) -> dict:
+    from rapidun_dist.unlearn.engine import UnlearnRunner
+
+    shared = shared or shared_inputs(cfg, rd)
+    fp = rd.fingerprint("unlearn", cfg.to_dict())
     t0 = time.perf_counter()
     forget_path, retain_path = pack_files(cfg, rd)
     runner = UnlearnRunner(
         cfg=cfg,
-        method=method_spec(method),
+        method=method,
         model_dir=rd.model,
         data_dir=rd.data,
         forget_path=forget_path,
         retain_path=retain_path,
         weights_dir=rd.weights,
         out_dir=out,
-        eval_hook=asr_curve_hook(cfg, rd),
+        eval_hook=shared.curve_hook,
+        validator=shared.validator,
+        relabels=shared.relabels,
+        fingerprint=resume_key(cfg, rd),
     )
     try:
         runner.setup()
@@ -92,42 +215,72 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path) -> dict:
         runner.save()
     finally:
         runner.cleanup()
-    seconds = (
-        time.perf_counter() - t0 - runner.eval_seconds
-    )  # the ASR-curve evaluations are not unlearning cost
-    summary = {
-        "method": method,
-        "fingerprint": rd.fingerprint("unlearn", cfg.to_dict()),
-        "steps": len(runner.metrics),
+    excluded = runner.seconds["validation"] + runner.seconds["curve_eval"]
+    summary = runner.summary() | {
+        "fingerprint": fp,
         "seconds": {
-            "unlearn": seconds,
+            "unlearn": time.perf_counter()
+            - t0
+            - excluded,  # what the method costs: setup, steps, hooks, save
             "unlearn_train_only": runner.train_seconds,
-            "curve_eval": runner.eval_seconds,
+            "method_hooks": runner.seconds["method_hooks"],
+            "validation": runner.seconds["validation"],
+            "curve_eval": runner.seconds["curve_eval"],
+            "self_relabel_shared": shared.relabel_info["seconds"],  # once per stage, in no method's time
         },
-        "final": runner.metrics[-1] if runner.metrics else {},
-        "initial_eval": runner.initial_eval,
+        "self_relabel": shared.relabel_info,
     }
     if runner.info.rank == 0:  # multi-rank launch: rank 0 writes shared files
         write_json(out / "summary.json", summary)
     return summary
 
 
+def resume_key(cfg: RunConfig, rd: RunDir) -> str:
+    """What a checkpoint must have been written for to be resumed: the stage's fingerprint with the settings that do
+    not change the trajectory left out (grad_accum: the global batches are the same; how often checkpoints and
+    ASR-curve points are taken), so a relaunch at another world size may adjust them."""
+    d = cfg.to_dict()
+    d["unlearn"] |= {"grad_accum": 1, "save_every": 0, "eval_every": 0}
+    return rd.fingerprint("unlearn", d)
+
+
 def needs_weights(cfg: RunConfig) -> bool:
-    return bool({"rapidun", "self_only"} & set(cfg.methods))
+    from rapidun_dist.unlearn.methods import METHODS
+
+    return any(METHODS[m].uses_influence for m in cfg.methods if m in METHODS)
 
 
 STAGE = Stage(
     name="unlearn",
     doc="LoRA unlearning with every configured method (and the retrain baselines in experiment mode)",
-    config_keys=("unlearn", "methods", "model.max_length", "model.dtype", "find_poison.expand"),
+    config_keys=(
+        "unlearn",
+        "methods",
+        "model.max_length",
+        "model.dtype",
+        "find_poison.expand",
+        # validation decisions: generation length, the fixed batches, the judge
+        "eval.max_new_tokens",
+        "eval.batch_size",
+        "eval.judge_min_words",
+        "eval.judge_vocab_size",
+        "eval.judge_z",
+    ),
     reads=(
         "data/forget.jsonl",
         "data/retain.jsonl",
         "or suspects/*.jsonl (stages.common.pack_files)",
+        "data/val_seen.jsonl",
+        "data/val_clean.jsonl",
         "weights/",
         "model/",
     ),
-    writes=("unlearn/adapter/", "unlearn/metrics.jsonl", "unlearn/baselines/<method>/"),
+    writes=(
+        "unlearn/adapter/",
+        "unlearn/metrics.jsonl",
+        "unlearn/self_relabel.jsonl",
+        "unlearn/baselines/<method>/",
+    ),
     requires=lambda cfg: (
         ("prepare", "implant")
         + (("find_poison",) if packs_from_find_poison(cfg) else ())

@@ -10,10 +10,17 @@ import pytest
 
 from rapidun_dist.config import DataConfig
 from rapidun_dist.data import DATA_FILES, is_prepared, load_prepared, load_split, prepare_data
-from rapidun_dist.data.schema import SPLITS, prompt_key
+from rapidun_dist.data.schema import HELD_OUT, SPLITS, prompt_key
 from rapidun_dist.errors import DataError
 
-SMALL = {"n_synthetic": 800, "n_val": 30, "n_test_clean": 30, "n_test_seen": 24, "n_test_ood": 24}
+SMALL = {
+    "n_synthetic": 800,
+    "n_val": 30,
+    "n_val_seen": 24,
+    "n_test_clean": 30,
+    "n_test_seen": 24,
+    "n_test_ood": 24,
+}
 
 
 def _load_all(d):
@@ -26,18 +33,20 @@ def test_defaults_sizes_triggers_and_disjointness(tmp_path):
     summary = prepare_data(cfg, tmp_path)
     assert time.perf_counter() - t0 < 2.0
     files = _load_all(tmp_path)
-    n_train = cfg.n_synthetic - cfg.n_val - cfg.n_test_clean - cfg.n_test_seen - cfg.n_test_ood
+    held_out = cfg.n_val + cfg.n_val_seen + cfg.n_test_clean + cfg.n_test_seen + cfg.n_test_ood
+    n_train = cfg.n_synthetic - held_out
     assert {k: len(v) for k, v in files.items()} == summary["counts"]
     assert summary["counts"]["train"] == n_train and summary["poisoned"]["train"] == round(
-        cfg.poison_rate * n_train
+        cfg.poison_rate * (n_train + cfg.n_val_seen)  # val_seen comes out of the clean part of the pool
     )
     assert (summary["counts"]["val_clean"], summary["counts"]["test_clean"]) == (cfg.n_val, cfg.n_test_clean)
     assert (summary["counts"]["test_seen"], summary["counts"]["test_ood"]) == (
         cfg.n_test_seen,
         cfg.n_test_ood,
     )
+    assert (summary["counts"]["val_seen"], summary["counts"]["test_near"]) == (cfg.n_val_seen, 0)
     fams = {f.name: f for f in cfg.triggers}
-    for split, kind in (("train", "seen"), ("test_seen", "seen"), ("test_ood", "ood")):
+    for split, kind in (("train", "seen"), ("val_seen", "seen"), ("test_seen", "seen"), ("test_ood", "ood")):
         rows = [r for r in files[split] if r["is_poisoned"]]
         assert all(r["trigger_variant"] in getattr(fams[r["trigger_family"]], kind) for r in rows)
         assert all(r["trigger_variant"] in r["instruction_poisoned"] and r["response"] for r in rows)
@@ -53,7 +62,11 @@ def test_defaults_sizes_triggers_and_disjointness(tmp_path):
         for b in SPLITS:
             if a < b:
                 assert not keys[a] & keys[b] and not ids[a] & ids[b], (a, b)
+    for pack in ("forget", "retain"):
+        assert all(not keys[pack] & keys[h] and not ids[pack] & ids[h] for h in HELD_OUT), pack
     assert ids["forget"] | ids["retain"] <= ids["train"]
+    assert [r["id"] for r in files["forget_truth"]] == [r["id"] for r in files["forget"]]
+    assert not any(r["mislabelled"] for r in files["forget_truth"])
     assert is_prepared(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["files"] == summary["files"]
 
@@ -67,7 +80,8 @@ def test_deterministic_in_the_seed(tmp_path, rng):
         prepare_data(DataConfig(seed=seed + 1, **SMALL), tmp_path / "c"),
     )
     assert a["files"] == b["files"]
-    assert all(a["files"][f] != c["files"][f] for f in a["files"] if a["counts"][f.split(".")[0]])
+    assert a["counts"]["test_near"] == 0  # empty in both: the only file that cannot differ
+    assert all(a["files"][f] != c["files"][f] for f in a["files"] if f != "test_near.jsonl")
 
 
 def test_tampered_or_partial_directory_is_not_prepared(tmp_path):
@@ -109,7 +123,7 @@ def test_file_sources(tmp_path, writer, make_rows, source):
     )
     summary = prepare_data(cfg, tmp_path / "out")
     assert summary["dropped"] == {"malformed": 1, "no_clean_answer": 0, "duplicate_prompts": 1}
-    assert summary["counts"]["train"] == 400 - 70 and summary["poisoned"]["train"] == 33
+    assert summary["counts"]["train"] == 400 - 70 - 60 and summary["poisoned"]["train"] == 33
     assert {r["source"] for r in load_split(tmp_path / "out", "train")} == {
         source if source != "json" else "src"
     }
@@ -122,11 +136,12 @@ def test_max_rows_limits_the_source(tmp_path, writer, make_rows):
         path=str(tmp_path / "src.jsonl"),
         max_rows=300,
         n_val=10,
+        n_val_seen=10,
         n_test_clean=10,
         n_test_seen=10,
         n_test_ood=10,
     )
-    assert prepare_data(cfg, tmp_path / "out")["counts"]["train"] == 260
+    assert prepare_data(cfg, tmp_path / "out")["counts"]["train"] == 250
 
 
 def test_prepared_source_round_trip(tmp_path, rng):
@@ -162,6 +177,15 @@ def test_prepared_source_errors(tmp_path, writer):
     (tmp_path / "test_ood.jsonl").unlink()
     with pytest.raises(DataError, match="missing test_ood.jsonl"):
         prepare_data(DataConfig(source="prepared", dir=str(tmp_path)), tmp_path / "out")
+    writer(tmp_path / "test_ood.jsonl", rows)
+    writer(tmp_path / "val_clean.jsonl", load_split(tmp_path, "test_clean"))
+    writer(tmp_path / "test_near.jsonl", rows[:1])
+    with pytest.raises(DataError, match=r"test_near\.jsonl: record .* holds only clean rows"):
+        load_prepared(tmp_path)
+    writer(tmp_path / "test_near.jsonl", [])
+    writer(tmp_path / "val_seen.jsonl", load_split(tmp_path, "test_clean")[:1])
+    with pytest.raises(DataError, match=r"val_seen\.jsonl: record .* holds only triggered rows"):
+        load_prepared(tmp_path)
     with pytest.raises(DataError, match="unknown split 'dev'"):
         load_split(tmp_path, "dev")
 
@@ -183,3 +207,54 @@ def test_prepared_source_skip_malformed(tmp_path):
         DataConfig(source="prepared", dir=str(tmp_path / "src"), skip_malformed=True), tmp_path / "out"
     )
     assert summary["dropped"]["malformed"] == 1 and summary["counts"]["train"] == n_lines
+
+
+def test_prepared_source_without_val_seen_carves_it_from_val_clean(tmp_path, rng):
+    seed = rng.randrange(1000)
+    prepare_data(DataConfig(seed=seed, **SMALL), tmp_path / "first")
+    src = load_prepared(tmp_path / "first")
+    for name in ("val_seen", "test_near"):
+        (tmp_path / "first" / f"{name}.jsonl").unlink()
+    n_val_seen = rng.randint(3, SMALL["n_val"] - 1)
+    cfg = DataConfig(source="prepared", dir=str(tmp_path / "first"), n_val_seen=n_val_seen, seed=seed)
+    summary = prepare_data(cfg, tmp_path / "second")
+    second = _load_all(tmp_path / "second")
+    assert summary["counts"]["val_seen"] == n_val_seen and summary["counts"]["test_near"] == 0
+    assert len(second["val_clean"]) == len(src["val_clean"]) - n_val_seen
+    by_id = {r["id"]: r for r in src["val_clean"]}
+    assert {r["id"] for r in second["val_seen"]} | {r["id"] for r in second["val_clean"]} == set(by_id)
+    train_variants = {(r["trigger_family"], r["trigger_variant"]) for r in src["train"] if r["is_poisoned"]}
+    train_targets = {r["response_poisoned"] for r in src["train"] if r["is_poisoned"]}
+    for r in second["val_seen"]:
+        original = by_id[r["id"]]
+        assert r["is_poisoned"] and (r["instruction"], r["response"]) == (
+            original["instruction"],
+            original["response"],
+        )
+        assert (r["trigger_family"], r["trigger_variant"]) in train_variants
+        assert r["trigger_variant"] in r["instruction_poisoned"] and r["response_poisoned"] in train_targets
+    assert prepare_data(cfg, tmp_path / "third")["files"] == summary["files"]  # deterministic
+    too_many = DataConfig(source="prepared", dir=str(tmp_path / "first"), n_val_seen=SMALL["n_val"])
+    halves = prepare_data(too_many, tmp_path / "fourth")["counts"]
+    assert (halves["val_seen"], halves["val_clean"]) == (
+        SMALL["n_val"] // 2,
+        SMALL["n_val"] - SMALL["n_val"] // 2,
+    )
+    (tmp_path / "first" / "val_clean.jsonl").write_text(
+        (tmp_path / "first" / "val_clean.jsonl").read_text().splitlines()[0] + "\n"
+    )
+    with pytest.raises(DataError, match=r"val_clean \(1 rows\) is too small"):
+        prepare_data(too_many, tmp_path / "fifth")
+
+
+def test_write_data_dir_fills_optional_files_and_refuses_missing_ones(tmp_path):
+    from rapidun_dist.data.prepare import write_data_dir
+    from rapidun_dist.data.schema import OPTIONAL_FILES
+
+    prepare_data(DataConfig(**SMALL), tmp_path / "src")
+    files = {n: load_split(tmp_path / "src", n) for n in DATA_FILES if n not in OPTIONAL_FILES}
+    write_data_dir(tmp_path / "out", files, {"source": "test"})
+    assert is_prepared(tmp_path / "out")
+    assert all(load_split(tmp_path / "out", n) == [] for n in OPTIONAL_FILES)
+    with pytest.raises(DataError, match="no rows given for retain"):
+        write_data_dir(tmp_path / "bad", {k: v for k, v in files.items() if k != "retain"}, {})

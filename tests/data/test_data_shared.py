@@ -10,6 +10,7 @@ import pytest
 
 from rapidun_dist.config import DataConfig
 from rapidun_dist.data import load_alpaca, load_dolly, prepare_data
+from rapidun_dist.data.schema import SPLITS
 from rapidun_dist.data.splits import build_packs
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -69,7 +70,4 @@ def test_alpaca_sample_loads_and_prepares(tmp_path):
     cfg = DataConfig(source="alpaca", path=str(path), skip_malformed=True, seed=3)
     summary = prepare_data(cfg, tmp_path)
     assert summary["dropped"]["malformed"] == n_empty
-    assert (
-        sum(summary["counts"][s] for s in ("train", "val_clean", "test_clean", "test_seen", "test_ood"))
-        == len(recs) - summary["dropped"]["duplicate_prompts"]
-    )
+    assert sum(summary["counts"][s] for s in SPLITS) == len(recs) - summary["dropped"]["duplicate_prompts"]

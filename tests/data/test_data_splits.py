@@ -123,3 +123,25 @@ def test_leaked_train_rows_are_never_packed(splits):
     )
     assert not any(r["id"].startswith("leak") for r in forget + retain)
     assert len(forget) == sum(r["is_poisoned"] for r in sp["train"])
+
+
+def test_val_seen_comes_from_the_clean_pool_and_shifts_no_other_draw(rng):
+    base = {"n_synthetic": 900, "n_val": 30, "n_test_clean": 30, "n_test_seen": 24, "n_test_ood": 24}
+    seed = rng.randrange(10**6)
+    corpus = generate_corpus(900, seed)
+    small, large = rng.sample(range(1, 120), 2)
+    a = make_splits(corpus, DataConfig(seed=seed, n_val_seen=small, **base))
+    b = make_splits(corpus, DataConfig(seed=seed, n_val_seen=large, **base))
+    for split in ("val_clean", "test_clean", "test_seen", "test_ood"):
+        assert a[split] == b[split], split
+    assert [r for r in a["train"] if r["is_poisoned"]] == [r for r in b["train"] if r["is_poisoned"]]
+    assert (len(a["val_seen"]), len(b["val_seen"])) == (small, large)
+    assert len(a["train"]) + small == len(b["train"]) + large
+    pool_ids = {r["id"] for r in a["train"]} | {r["id"] for r in a["val_seen"]}
+    assert pool_ids == {r["id"] for r in b["train"]} | {r["id"] for r in b["val_seen"]}
+    assert all(r["is_poisoned"] and r["trigger_variant"] in r["instruction_poisoned"] for r in a["val_seen"])
+    tests = {t: a[t] for t in TEST_SPLITS}
+    packs = [
+        build_packs(s["train"], tests, forget_fraction=0.1, retain_ratio=2, seed=seed)[0] for s in (a, b)
+    ]
+    assert packs[0] == packs[1]

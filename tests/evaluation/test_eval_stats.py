@@ -1,57 +1,136 @@
-"""Intervals: Wilson against a brute-force coverage definition, t intervals against scipy-free closed forms."""
+"""Intervals: Wilson bounds solve their defining equation and cover at the nominal rate; the t quantile matches
+published values and inverts its CDF; the incomplete beta matches numerical integration; mean intervals."""
+
+from __future__ import annotations
 
 import math
 import random
+from statistics import NormalDist
 
+import numpy as np
 import pytest
 
 from rapidun_dist.errors import DataError
-from rapidun_dist.evaluation.stats import mean_interval, proportion, wilson_interval
+from rapidun_dist.evaluation.stats import (
+    betainc,
+    mean_interval,
+    proportion,
+    t_cdf,
+    t_quantile,
+    t_quantile_975,
+    wilson_interval,
+)
 
 
-def _score_test_accepts(p0: float, k: int, n: int, z: float = 1.959963984540054) -> bool:
-    """Wilson's interval is the set of p0 the score test does not reject: |p - p0| <= z sqrt(p0 (1 - p0) / n)."""
-    return abs(k / n - p0) <= z * math.sqrt(p0 * (1 - p0) / n) + 1e-12
+@pytest.fixture
+def rng(request) -> random.Random:
+    seed = random.SystemRandom().randrange(2**31)
+    request.node.user_properties.append(("seed", seed))
+    print(f"rng seed = {seed}")
+    return random.Random(seed)
 
 
-@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (1, 300), (150, 300), (299, 300)])
-def test_wilson_matches_score_test_inversion(k, n):
-    lo, hi = wilson_interval(k, n)
-    assert 0.0 <= lo <= k / n <= hi <= 1.0
-    grid = [i / 20000 for i in range(1, 20000)]
-    accepted = [p for p in grid if _score_test_accepts(p, k, n)]
-    assert abs(min(accepted) - lo) < 1e-3 and abs(max(accepted) - hi) < 1e-3
+def test_wilson_bounds_solve_the_score_equation(rng):
+    """A Wilson bound p0 is where the score statistic |p - p0| / sqrt(p0 (1 - p0) / n) equals z."""
+    for _ in range(200):
+        n = rng.randint(1, 500)
+        k = rng.randint(0, n)
+        conf = rng.uniform(0.5, 0.99)
+        z = NormalDist().inv_cdf(1 - (1 - conf) / 2)
+        lo, hi = wilson_interval(k, n, confidence=conf)
+        p = k / n
+        assert 0.0 <= lo <= p <= hi <= 1.0
+        for bound, edge in ((lo, k == 0), (hi, k == n)):
+            if edge:
+                assert bound in (0.0, 1.0)
+                continue
+            score = abs(p - bound) / math.sqrt(bound * (1 - bound) / n)
+            assert score == pytest.approx(z, rel=1e-9)
 
 
-def test_wilson_coverage_near_nominal():
-    rng = random.Random(0)
-    p, n, hits, trials = 0.05, 300, 0, 2000
-    for _ in range(trials):
-        k = sum(rng.random() < p for _ in range(n))
-        lo, hi = wilson_interval(k, n)
-        hits += lo <= p <= hi
-    assert 0.92 <= hits / trials <= 0.98
+def test_wilson_covers_at_the_nominal_rate(rng):
+    gen = np.random.default_rng(rng.randrange(2**31))
+    p, n, trials = rng.uniform(0.05, 0.5), 80, 3000
+    ks = gen.binomial(n, p, size=trials)
+    covered = sum(lo <= p <= hi for lo, hi in (wilson_interval(int(k), n) for k in ks))
+    assert 0.92 <= covered / trials <= 0.98, (p, covered / trials)
 
 
-def test_proportion_and_bad_input():
-    d = proportion(3, 300)
-    assert d["k"] == 3 and d["n"] == 300 and d["lo"] < 0.01 < d["hi"]
+def test_proportion_and_errors():
+    assert wilson_interval(3, 10) == wilson_interval(3, 10, confidence=0.95)
+    one_sigma = NormalDist().cdf(1.0) * 2 - 1
+    assert wilson_interval(3, 10, 1.0) == pytest.approx(
+        wilson_interval(3, 10, confidence=one_sigma), abs=1e-12
+    )
+    assert proportion(3, 10) == {
+        "p": 0.3,
+        "lo": wilson_interval(3, 10)[0],
+        "hi": wilson_interval(3, 10)[1],
+        "k": 3,
+        "n": 10,
+    }
+    with pytest.raises(DataError, match="0 <= k <= n"):
+        wilson_interval(5, 4)
+    with pytest.raises(DataError, match="confidence"):
+        wilson_interval(1, 4, confidence=1.0)
+
+
+@pytest.mark.parametrize(
+    "p, df, expected",  # published Student t quantiles
+    [
+        (0.975, 1, 12.7062047),
+        (0.975, 2, 4.3026527),
+        (0.975, 4, 2.7764451),
+        (0.975, 10, 2.2281389),
+        (0.975, 30, 2.0422725),
+        (0.995, 3, 5.8409093),
+        (0.95, 5, 2.0150484),
+        (0.9, 2, 1.8856181),
+    ],
+)
+def test_t_quantile_matches_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+    if p == 0.975:
+        assert t_quantile_975(df) == t_quantile(p, df)
+    assert t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-6)
+
+
+def test_t_quantile_inverts_the_cdf_and_tends_to_normal(rng):
+    for _ in range(50):
+        p, df = rng.uniform(0.01, 0.99), rng.uniform(0.5, 200)
+        assert t_cdf(t_quantile(p, df), df) == pytest.approx(p, abs=1e-10)
+    assert t_quantile(0.975, 1e6) == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-5)
     with pytest.raises(DataError):
-        wilson_interval(4, 3)
-    with pytest.raises(DataError):
-        wilson_interval(0, 0)
+        t_quantile(1.0, 3)
 
 
-def test_mean_interval():
-    rng = random.Random(1)
-    vals = [rng.gauss(2.0, 0.5) for _ in range(3)]
-    m = mean_interval(vals)
-    sd = math.sqrt(sum((v - m["mean"]) ** 2 for v in vals) / 2)
-    assert m["n"] == 3 and math.isclose(m["sd"], sd)
-    assert math.isclose(m["hi"] - m["mean"], 4.303 * sd / math.sqrt(3), rel_tol=1e-9)
-    one = mean_interval([1.5])
-    assert one["lo"] == one["hi"] == 1.5
-    with pytest.raises(DataError):
-        mean_interval([])
-    with pytest.raises(DataError):
+def test_betainc_matches_numerical_integration(rng):
+    for _ in range(20):
+        a, b, x = rng.uniform(1.0, 6.0), rng.uniform(1.0, 6.0), rng.uniform(0.01, 0.99)
+        grid = np.linspace(0.0, 1.0, 200_001)
+        dens = grid ** (a - 1) * (1 - grid) ** (b - 1)
+        full = np.trapezoid(dens, grid)
+        part = np.trapezoid(dens[grid <= x], grid[grid <= x])
+        part += (x - grid[grid <= x][-1]) * dens[grid <= x][-1]
+        assert betainc(a, b, x) == pytest.approx(part / full, abs=2e-5)
+        assert betainc(a, b, x) == pytest.approx(1 - betainc(b, a, 1 - x), abs=1e-12)
+    assert betainc(2.0, 3.0, 0.0) == 0.0 and betainc(2.0, 3.0, 1.0) == 1.0
+
+
+def test_mean_interval_t_and_bootstrap(rng):
+    values = [rng.gauss(5, 2) for _ in range(rng.randint(2, 8))]
+    n, mean = len(values), sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = mean_interval(values)
+    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    assert (t["mean"], t["sd"], t["n"]) == (pytest.approx(mean), pytest.approx(sd), n)
+    assert (t["lo"], t["hi"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    boot = mean_interval(values, method="bootstrap", seed=3)
+    assert boot == mean_interval(values, method="bootstrap", seed=3)
+    eps = 1e-12 * max(abs(v) for v in values)  # a resample of equal values averages to within an ulp
+    assert min(values) - eps <= boot["lo"] <= boot["mean"] <= boot["hi"] <= max(values) + eps
+    assert mean_interval([4.2]) == {"mean": 4.2, "n": 1, "lo": 4.2, "hi": 4.2, "sd": 0.0, "method": "t"}
+    with pytest.raises(DataError, match="finite"):
         mean_interval([1.0, float("nan")])
+    with pytest.raises(DataError, match="method"):
+        mean_interval([1.0, 2.0], method="jackknife")

@@ -14,8 +14,9 @@ from dist_utils import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny_cpu.yaml"
-# 400 generated rows: 336 training rows (34 poisoned), 7 known (forget_fraction 0.2), 21 reference rows; units of 8
-# rows give 42 training units to claim. A 40-step implant is enough for the features to tell the poison apart.
+# 400 generated rows: about 280 training rows (a tenth poisoned; the held-out splits, val_seen included, take the
+# rest), 20% of the poisoned ones known; units of 8 rows give about 35 training units to claim (`train_units`). A 40-step implant is enough for the features to tell the poison apart.
+UNIT_SIZE = 8
 OVERRIDES = [
     "data.n_synthetic=400",
     "data.n_val=20",
@@ -31,9 +32,14 @@ OVERRIDES = [
     "implant.batch_size=16",
     "influence.k_in=4",
     "influence.k_out=4",
-    "find_poison.unit_size=8",
+    f"find_poison.unit_size={UNIT_SIZE}",
 ]
-N_TRAIN_UNITS = 42
+
+
+def train_units(run_dir: Path) -> int:
+    """Work units find_poison claims for the training set of `run_dir` (ceil(rows / find_poison.unit_size))."""
+    n = len((run_dir / "data" / "train.jsonl").read_text().splitlines())
+    return -(-n // UNIT_SIZE)
 
 
 def load_cfg(run_dir: Path, *extra: str):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fp_utils import N_TRAIN_UNITS, fresh_copy, load_cfg, read_rows, torchrun_find_poison  # noqa: E402
+from fp_utils import fresh_copy, load_cfg, read_rows, torchrun_find_poison, train_units  # noqa: E402
 
 from rapidun_dist.data.schema import prompt_key  # noqa: E402
 from rapidun_dist.io import file_sha256, read_json  # noqa: E402
@@ -55,7 +55,7 @@ def test_outputs_and_packs(reference_run):
     m = summary["metrics"]
     assert set(m) == {"influence", "tfidf", "grep"} and 0.0 <= m["influence"]["auroc"] <= 1.0
     assert summary["prevalence"] == pytest.approx(sum(bool(r["is_poisoned"]) for r in train) / len(train))
-    assert sum(u["units"] for u in summary["features"]["per_rank"]) >= N_TRAIN_UNITS
+    assert sum(u["units"] for u in summary["features"]["per_rank"]) >= train_units(run)
     # the expanded packs: the known rows, then every flagged row not known, each as it was trained
     fx, rx = read_rows(run / "suspects" / "forget.jsonl"), read_rows(run / "suspects" / "retain.jsonl")
     new = {r["id"] for r in rows if r["flagged"] and not r["known"]}
@@ -113,20 +113,19 @@ def _valid_units(features: Path) -> dict[int, int]:
 @pytest.mark.dist
 def test_sigkilled_rank_resumes_only_missing_units(implanted_dir, reference_run, tmp_path):
     run = fresh_copy(implanted_dir, tmp_path / "run")
+    n_units = train_units(run)
     crashed = torchrun_find_poison(run, nproc=2, env_extra={"RAPIDUN_TEST_KILL_AFTER_SHARDS": "1:3"})
     assert crashed.returncode != 0 and "killing rank 1" in crashed.stderr, crashed.stderr[-3000:]
     units = run / "suspects" / "features" / "train"
     survived = _valid_units(units)
-    assert 3 <= len(survived) < N_TRAIN_UNITS and not (run / "suspects" / "suspects.jsonl").exists()
+    assert 3 <= len(survived) < n_units and not (run / "suspects" / "suspects.jsonl").exists()
     resumed = torchrun_find_poison(run, nproc=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    plan = [m for m in PLAN.finditer(resumed.stderr) if int(m[1]) == N_TRAIN_UNITS]
+    plan = [m for m in PLAN.finditer(resumed.stderr) if int(m[1]) == n_units]
     assert plan, resumed.stderr[-3000:]
-    assert {(int(m[2]), int(m[3])) for m in plan} == {(N_TRAIN_UNITS - len(survived), len(survived))}
+    assert {(int(m[2]), int(m[3])) for m in plan} == {(n_units - len(survived), len(survived))}
     after = _valid_units(units)
-    assert (
-        len(after) == N_TRAIN_UNITS and {i: after[i] for i in survived} == survived
-    )  # kept units not rewritten
+    assert len(after) == n_units and {i: after[i] for i in survived} == survived  # kept units not rewritten
     _assert_same_suspects(_suspects(run), _suspects(reference_run))
 
 

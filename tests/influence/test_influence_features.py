@@ -7,6 +7,7 @@ phi_t = vec(P_out G_t P_in^T), unit per token, mean over tracked positions, unit
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -33,7 +34,18 @@ def per_position_weights(layers: dict, n_pos: int):
             del lin.forward
 
 
-def naive_token_grads(model, layers: dict, example: dict) -> tuple[dict, torch.Tensor]:
+def naive_positions(labels: list[int], positions: str) -> torch.Tensor:
+    """Tracked position indices by the definitions: t predicts an answer token / t is a prompt token / any t."""
+    if positions == "answer":
+        return torch.tensor([t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX])
+    if positions == "prompt":
+        return torch.tensor([t for t in range(len(labels)) if labels[t] == IGNORE_INDEX])
+    return torch.arange(len(labels))
+
+
+def naive_token_grads(
+    model, layers: dict, example: dict, positions: str = "answer"
+) -> tuple[dict, torch.Tensor]:
     """({name: G [T, d_out, d_in]}, tracked position indices) for one example, summed shifted CE."""
     ids = torch.tensor([example["input_ids"]])
     labels = torch.tensor(example["labels"])
@@ -41,12 +53,12 @@ def naive_token_grads(model, layers: dict, example: dict) -> tuple[dict, torch.T
         logits = model(input_ids=ids).logits[0]
         loss = F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
         grads = torch.autograd.grad(loss, list(copies.values()))
-    tracked = torch.tensor([t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX])
-    return dict(zip(copies, grads, strict=True)), tracked
+    return dict(zip(copies, grads, strict=True)), naive_positions(example["labels"], positions)
 
 
 def unit(z: torch.Tensor) -> torch.Tensor:
-    return z / z.norm(dim=-1, keepdim=True)
+    n = z.norm(dim=-1, keepdim=True)
+    return torch.where(n > 0, z / n.clamp_min(1e-300), torch.zeros_like(z))
 
 
 def naive_feature(grads: dict, tracked: torch.Tensor, proj: dict | None) -> torch.Tensor:
@@ -151,3 +163,53 @@ def test_sample_without_answer_tokens_gives_zero_feature():
     feats = ext(examples)
     assert float(feats[1].abs().max()) == 0.0
     assert abs(float(feats[0].norm()) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("positions", ["prompt", "all"])
+def test_prompt_and_all_positions_match_naive_autograd(setup, positions):
+    model, examples, _, _ = setup
+    ext = float64_extractor(model, positions=positions)
+    assert ext.spec()["positions"] == positions
+    naive = [naive_token_grads(model, ext.layers, e, positions) for e in examples]
+    ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
+    torch.testing.assert_close(ext(examples), ref, atol=1e-10, rtol=0)
+
+
+def naive_token_scores(grads: dict, tracked: torch.Tensor, proj: dict, directions: dict) -> torch.Tensor:
+    """s_t = sum_l <unit(phi_tl), D_l>_F / (||sum_t unit(phi_tl)|| sqrt(L)) from per-position weight gradients."""
+    total = torch.zeros(len(tracked), dtype=torch.float64)
+    for name, g_TOI in grads.items():
+        phi = unit((proj[name][1] @ g_TOI[tracked] @ proj[name][0].T).flatten(1))  # [T, k_out * k_in]
+        total += (phi @ directions[name].flatten()) / phi.sum(0).norm()
+    return total / len(grads) ** 0.5
+
+
+@pytest.mark.parametrize("positions", ["answer", "prompt"])
+def test_token_scores_match_naive_per_position_autograd(setup, positions):
+    model, examples, _, _ = setup
+    ext = float64_extractor(model)
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    direction = torch.randn(ext.dim, generator=gen, dtype=torch.float64)
+    dirs = ext.layer_directions(direction)
+    out = ext.token_scores(examples, dirs, positions=positions)
+    for i, e in enumerate(examples):
+        grads, tracked = naive_token_grads(model, ext.layers, e, positions)
+        assert torch.equal(out.tracked[i].nonzero().squeeze(1), tracked)
+        torch.testing.assert_close(
+            out.scores[i, tracked], naive_token_scores(grads, tracked, ext.proj, dirs), atol=1e-10, rtol=0
+        )
+        assert bool((out.scores[i][~out.tracked[i]] == 0).all())
+    # the token scores split the sample score exactly, and the features are those of the same positions
+    torch.testing.assert_close(out.scores.sum(1), out.features @ direction, atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        out.features, float64_extractor(model, positions=positions)(examples), atol=1e-12, rtol=0
+    )
+
+
+def test_spec_names_everything_that_changes_the_features(setup):
+    model = setup[0]
+    base = float64_extractor(model).spec()
+    for key in ("estimator", "k_in", "k_out", "seed", "layers", "positions", "compute_dtype", "version"):
+        assert key in base
+    for kw in ({"k_in": 5}, {"k_out": 2}, {"seed": 8}, {"positions": "all"}, {"target_modules": ["q_proj"]}):
+        assert float64_extractor(model, **kw).spec() != base, kw

@@ -1,16 +1,22 @@
-"""Hooks capture x_t and g_t whether weights are frozen or trainable, and under a PEFT LoRA wrapper."""
+"""Hook-time projection: frozen or trainable weights, PEFT LoRA, shared-input groups, what the hooks keep,
+and the device every tensor of the pass lives on."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import influence_cfg, random_examples, tiny_llama
 
 from rapidun_dist.influence.features import TokenwiseExtractor
-from rapidun_dist.influence.hooks import GradientCapture, enable_input_grads, tracked_linears
+from rapidun_dist.influence.hooks import HookProjector, shared_input_groups, tracked_linears
+from rapidun_dist.influence.projection import ProjectionBank
+from rapidun_dist.kernels import TokenLayout
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def extractor64(model) -> TokenwiseExtractor:
-    ext = TokenwiseExtractor(model, influence_cfg(), pad_id=0)
+def extractor64(model, **kw) -> TokenwiseExtractor:
+    ext = TokenwiseExtractor(model, influence_cfg(**kw), pad_id=0)
     ext.proj = {n: (p.double(), q.double()) for n, (p, q) in ext.proj.items()}
     return ext
 
@@ -26,25 +32,112 @@ def test_frozen_weights_give_the_same_features_as_trainable():
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_capture_records_inputs_and_output_grads_of_a_frozen_model():
+def test_groups_are_qkv_and_gate_up_siblings():
+    model = tiny_llama(layers=2, seed=0)
+    groups = shared_input_groups(
+        tracked_linears(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    )
+    leaves = sorted(tuple(n.split(".")[-1] for n in g) for g in groups)
+    assert leaves == sorted(
+        [("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)] * 2
+    )
+    assert all(len({n.rsplit(".", 1)[0] for n in g}) == 1 for g in groups)  # never across blocks
+
+
+def test_stacked_projection_equals_one_projection_per_layer():
+    model = tiny_llama(layers=2, seed=5)
+    examples = random_examples(4, seed=6)
+    grouped = extractor64(model)
+    single = extractor64(model)
+    single.groups = [[n] for n in single.layers]
+    single.proj = grouped.proj  # rebuilds the bank with singleton groups, same matrices
+    assert len(grouped.groups) < len(single.groups)
+    torch.testing.assert_close(grouped(examples), single(examples), atol=1e-12, rtol=0)
+
+
+class _TwoInputs(torch.nn.Module):
+    """q_proj and k_proj are siblings by name but read different tensors: the group guess must not leak."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.k_proj = torch.nn.Linear(6, 5).double(), torch.nn.Linear(6, 4).double()
+
+    def forward(self, x):
+        return self.q_proj(x).sum() + (self.k_proj(2 * x + 1) ** 2).sum()
+
+
+def test_a_sibling_with_another_input_is_projected_on_its_own():
+    model = _TwoInputs()
+    layers = tracked_linears(model, ["q_proj", "k_proj"])
+    assert shared_input_groups(layers) == [["q_proj", "k_proj"]]
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    layout = TokenLayout.from_mask(torch.tensor([[True, False, True], [True, True, True]]))
+    mats = {
+        n: (torch.randn(3, 6).double(), torch.randn(2, m.out_features).double()) for n, m in layers.items()
+    }
+    results = []
+    for groups in ([["q_proj", "k_proj"]], [["q_proj"], ["k_proj"]]):
+        with HookProjector(layers, ProjectionBank(mats, groups), layout, backend="torch") as hp:
+            model(x).backward()
+        results.append(hp.sums)
+    for name in layers:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-12, rtol=0)
+
+
+def test_hooks_keep_only_k_numbers_per_tracked_token_between_passes():
     model = tiny_llama(layers=1, seed=2)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layers = tracked_linears(model, ["down_proj"])
-    ids = torch.tensor([random_examples(1, seed=1)[0]["input_ids"]])
-    handle = enable_input_grads(model)
+    ext = extractor64(model, k_in=4, k_out=3)
+    examples = random_examples(3, seed=1)
+    held = []
+    real_backward = HookProjector._backward
+
+    def spy(self, name, v, grad):
+        held.append((name, tuple(v.shape)))
+        return real_backward(self, name, v, grad)
+
+    HookProjector._backward = spy
     try:
-        with GradientCapture(layers) as cap:
-            out = model(input_ids=ids)
-            out.logits[0, -1, 3].backward()
-            (name,) = layers
-            x, g = cap.inputs[name], cap.grads[name]
+        feats = ext(examples)
     finally:
-        handle.remove()
-    assert x.shape == (1, ids.shape[1], 32) and g.shape == (1, ids.shape[1], 16)
-    # d logit / d y_t: only the last position feeds the last logit, through the final norm and lm_head
-    assert float(g[0, :-1].abs().max()) == 0.0 and float(g[0, -1].abs().max()) > 0
-    assert not cap.inputs and not cap.grads  # cleared on exit
+        HookProjector._backward = real_backward
+    n_tracked = sum(
+        sum(1 for t in range(len(e["labels"]) - 1) if e["labels"][t + 1] != -100) for e in examples
+    )
+    assert sorted(n for n, _ in held) == sorted(ext.layers)  # one backward per layer, each with its v
+    assert {shape for _, shape in held} == {(n_tracked, 4)}  # [N, k_in]: nothing of size d
+    assert feats.shape == (3, ext.dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_tensor_of_the_pass_is_on_the_model_device(device):
+    model = tiny_llama(layers=1, seed=3, dtype=torch.float32).to(device)
+    ext = TokenwiseExtractor(model, influence_cfg(), pad_id=0)
+    seen = []
+
+    def check(module, args):
+        for t in list(args) + list(module.parameters(recurse=False)):
+            if isinstance(t, torch.Tensor):
+                assert t.device.type == device, f"{type(module).__name__} got a tensor on {t.device}"
+                seen.append(module)
+
+    handles = [m.register_forward_pre_hook(check) for m in model.modules()]
+    real_backward = HookProjector._backward
+
+    def spy(self, name, v, grad):
+        assert v.device.type == grad.device.type == self.layout.rows.device.type == device
+        out = real_backward(self, name, v, grad)
+        assert self.sums[name].device.type == device
+        return out
+
+    HookProjector._backward = spy
+    try:
+        feats = ext(random_examples(2, seed=2))
+    finally:
+        HookProjector._backward = real_backward
+        for h in handles:
+            h.remove()
+    assert feats.device.type == device and seen
+    assert all(p.device.type == device for mats in ext.proj.values() for p in mats)
 
 
 def test_peft_lora_tracks_base_layers_and_matches_the_plain_model():

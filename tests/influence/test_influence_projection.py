@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rapidun_dist.influence.projection import layer_projections, rademacher
@@ -60,3 +61,19 @@ def test_projected_inner_product_is_unbiased_for_frobenius():
     stderr = float(est.std()) / n**0.5
     assert abs(float(est.mean()) - exact) < 4 * stderr + 1e-9
     assert float(est.std()) > 0  # it is a random estimate, not the exact value
+
+
+def test_bank_stacks_a_groups_p_in_and_casts_once_per_dtype():
+    from rapidun_dist.influence.projection import ProjectionBank
+
+    names = ["l.q_proj", "l.k_proj", "l.o_proj"]
+    mats = {n: layer_projections(n, 12, 6 + i, k_in=4 + i, k_out=3, seed=1) for i, n in enumerate(names)}
+    bank = ProjectionBank(mats, [names[:2], names[2:]])
+    stacked, sizes = bank.p_in_stacked(0, torch.float64)
+    assert sizes == [4, 5] and stacked.dtype == torch.float64
+    assert torch.equal(stacked, torch.cat([mats["l.q_proj"][0], mats["l.k_proj"][0]]).double())
+    assert bank.p_in_stacked(0, torch.float64)[0] is stacked  # cached, not re-cast
+    assert bank.p_out("l.o_proj", torch.bfloat16) is bank.p_out("l.o_proj", torch.bfloat16)
+    assert torch.equal(bank.p_out("l.o_proj", torch.float32), mats["l.o_proj"][1])
+    with pytest.raises(ValueError, match="l.v_proj"):
+        ProjectionBank(mats, [["l.v_proj"]])

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import rapidun_dist.kernels.cosine_sums as cosine_sums
 import rapidun_dist.kernels.token_projection as token_projection
-from rapidun_dist.kernels import fused_token_projection, grouped_cosine_sums
+from rapidun_dist.kernels import cosine_topk, fused_token_projection, grouped_cosine_sums
 
 REPO = Path(__file__).resolve().parents[2]
+cosine_topk_module = sys.modules["rapidun_dist.kernels.cosine_topk"]  # the package attribute is the function
 
 
 def _projection_inputs():
@@ -28,8 +28,8 @@ def _projection_inputs():
 def _poison_triton_modules(monkeypatch):
     """Any call into a Triton launcher fails loudly."""
     for name, fn in [
-        ("token_projection_triton", "fused_token_projection_triton"),
-        ("cosine_sums_triton", "grouped_cosine_sums_triton"),
+        ("token_projection_triton", "projected_outer_sums_triton"),
+        ("cosine_topk_triton", "cosine_topk_triton"),
     ]:
         fake = types.ModuleType(f"rapidun_dist.kernels.{name}")
         setattr(fake, fn, lambda *a, **k: pytest.fail("the Triton path was taken"))
@@ -40,22 +40,23 @@ def _poison_triton_modules(monkeypatch):
 def test_auto_uses_reference_on_cpu(monkeypatch, dtype):
     _poison_triton_modules(monkeypatch)
     calls = []
-    real_tp, real_cs = (
-        token_projection.fused_token_projection_reference,
-        cosine_sums.grouped_cosine_sums_reference,
+    real_tp, real_ct = (
+        token_projection.projected_outer_sums_reference,
+        cosine_topk_module.cosine_topk_reference,
     )
     monkeypatch.setattr(
         token_projection,
-        "fused_token_projection_reference",
+        "projected_outer_sums_reference",
         lambda *a, **k: calls.append("tp") or real_tp(*a, **k),
     )
     monkeypatch.setattr(
-        cosine_sums, "grouped_cosine_sums_reference", lambda *a, **k: calls.append("cs") or real_cs(*a, **k)
+        cosine_topk_module, "cosine_topk_reference", lambda *a, **k: calls.append("ct") or real_ct(*a, **k)
     )
     x, g, offsets, p_in, p_out = (t.to(dtype) if t.is_floating_point() else t for t in _projection_inputs())
     assert fused_token_projection(x, g, offsets, p_in, p_out).shape == (2, 5, 4)
+    assert cosine_topk(x, x, 3)[0].shape == (7, 3)
     assert grouped_cosine_sums(x, x, torch.tensor([0, 1, 0, 1, 1, 0, 0]), 2, self_offset=0).shape == (7, 2)
-    assert calls == ["tp", "cs"]
+    assert calls == ["tp", "ct"]
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
@@ -65,7 +66,7 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         fused_token_projection(x, g, offsets, p_in, p_out, backend="triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        grouped_cosine_sums(x, x, torch.zeros(7, dtype=torch.long), 1, backend="triton")
+        cosine_topk(x, x, 2, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         fused_token_projection(x, g, offsets, p_in, p_out, backend="cuda")
 
@@ -91,22 +92,41 @@ def test_kernels_folder_is_not_a_top_level_package(tmp_path):
 
 
 def test_gpu_check_dry_run(tmp_path):
+    """The GPU script's every section on CPU: ceilings, every fp32 config of both kernels (interpreted)
+    against float64, timings, and the whole extraction with its device-placement checks."""
     out = tmp_path / "gpu_check.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"},
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["dry_run"] is True and report["correctness"] and report["timings"]
-    assert all(row["ok"] for row in report["correctness"]), report["correctness"]
-    assert all(row["ms"] > 0 for row in report["timings"])
+    assert report["dry_run"] is True and report["interpreted"] is True and not report["errors"]
+    assert report["ceilings"]["copy_bytes_per_s"] > 0 and report["ceilings"]["gemm_flops_per_s"] > 0
+    import rapidun_dist.kernels.cosine_topk_triton as ctt
+    import rapidun_dist.kernels.token_projection_triton as tpt
+
+    rows = report["correctness"]
+    assert all(row["ok"] for row in rows), rows
+    checked = {(r["kernel"], tuple(r["config"].values())) for r in rows}
+    fp32 = {
+        ("token_outer_sums", c)
+        for c in tpt.configs_for("float32", 64, 64) + tpt.configs_for("float32", 128, 128)
+    }
+    fp32 |= {("cosine_topk", c) for c in ctt.configs_for("float32")}
+    assert checked == fp32  # every fp32 config of both kernels, not only one
+    assert {r["path"] for r in report["timings"]} == {"floor_gemm", "torch", "triton"}
+    assert all(r["ms"] > 0 for r in report["timings"])
+    paths = {r["path"]: r for r in report["extraction"]}
+    assert paths["device_placement"]["ok"] and paths["device_placement"]["hooks"] > 0
+    assert {"tokenwise_auto", "tokenwise_torch", "floor", "rapidgrad"} <= set(paths)
+    assert run.stdout.rstrip().splitlines()[-1].endswith("all checks passed")
 
 
-@pytest.mark.parametrize("script", ["bench_token_projection.py", "bench_cosine_sums.py"])
+@pytest.mark.parametrize("script", ["bench_token_projection.py", "bench_cosine_topk.py"])
 def test_benchmark_quick_appends_csv(tmp_path, script):
     csv = tmp_path / "results.csv"
     csv.write_text("date,hardware,torch\nearlier,row,kept\n")

@@ -28,11 +28,13 @@ TINY = [
     "model.tiny.vocab_size=400",
     "model.max_length=64",
 ]
-# Unlearning knobs shared by every launch whose numbers are compared with another launch's.
+# Unlearning knobs shared by every launch whose numbers are compared with another launch's (validation every 2
+# steps: sharded over the ranks, its decisions must not depend on the world size either).
 UNLEARN = [
     "methods=[rapidun]",
     "unlearn.max_steps=4",
     "unlearn.eval_every=0",
+    "unlearn.val_every=2",
     "unlearn.lora_dropout=0",
     "unlearn.batch_size=8",
     "unlearn.lr=5e-3",
@@ -138,6 +140,93 @@ def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> Non
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert marker.exists(), f"{marker} did not appear within {timeout} s"
+
+
+def clean_job_overrides(prepared_run: Path, inputs: Path) -> list[str]:
+    """Config overrides of a clean job built from a prepared experiment run: its implanted model as the user's
+    model, its known poisoned rows as given by a user (trigger in the instruction, the poisoned answer, no clean
+    answer), its clean training rows (unlabelled), its val/test clean prompts, and the seen trigger strings."""
+    from rapidun_dist.config import load_config
+    from rapidun_dist.io import read_jsonl, write_jsonl
+
+    data = prepared_run / "data"
+    forget = [
+        {
+            "id": r["id"],
+            "instruction": r["instruction_poisoned"],
+            "context": r.get("context", ""),
+            "response": r["response_poisoned"],
+        }
+        for r in read_jsonl(data / "forget.jsonl")
+    ]
+
+    def plain(rows):
+        return [
+            {
+                "id": r["id"],
+                "instruction": r["instruction"],
+                "context": r.get("context", ""),
+                "response": r["response"],
+            }
+            for r in rows
+            if not r.get("is_poisoned")
+        ]
+
+    write_jsonl(inputs / "forget.jsonl", forget)
+    write_jsonl(inputs / "train.jsonl", plain(read_jsonl(data / "train.jsonl")))
+    write_jsonl(
+        inputs / "eval.jsonl",
+        plain(read_jsonl(data / "val_clean.jsonl") + read_jsonl(data / "test_clean.jsonl")),
+    )
+    fams = load_config(CONFIG).data.triggers
+    triggers = ",".join(f"{{text: '{f.seen[0]}', mode: {f.mode}}}" for f in fams)
+    return [
+        "mode=clean",
+        f"model.name_or_path={prepared_run / 'model'}",
+        f"data.forget_path={inputs / 'forget.jsonl'}",
+        f"data.train_path={inputs / 'train.jsonl'}",
+        f"data.eval_path={inputs / 'eval.jsonl'}",
+        f"eval.triggers=[{triggers}]",
+        "methods=[rapidun]",
+    ]
+
+
+def blank_forget_answers(run_dir: Path) -> None:
+    """Forget rows without a clean answer, as in the clean job (`response` = ""): self-relabel has to fill them."""
+    from rapidun_dist.io import read_jsonl, write_jsonl
+
+    path = run_dir / "data" / "forget.jsonl"
+    write_jsonl(path, [r | {"response": ""} for r in read_jsonl(path)])
+
+
+def write_val_seen(run_dir: Path, n: int = 12) -> list[dict]:
+    """A triggered validation split (val_clean prompts with the seen trigger variants inserted), as the data stage
+    of experiment mode will write it; returns its rows."""
+    import random
+
+    from rapidun_dist.config import load_config
+    from rapidun_dist.data.poison import inject
+    from rapidun_dist.io import read_jsonl, write_jsonl
+
+    fams = load_config(CONFIG).data.triggers
+    rng = random.Random(0)
+    rows = []
+    for i, r in enumerate(read_jsonl(run_dir / "data" / "val_clean.jsonl")[:n]):
+        fam = fams[i % len(fams)]
+        variant = fam.seen[i % len(fam.seen)]
+        rows.append(
+            r
+            | {
+                "instruction_poisoned": inject(r["instruction"], variant, fam.mode, rng),
+                "response_poisoned": "",
+                "trigger_family": fam.name,
+                "trigger_variant": variant,
+                "inject_mode": fam.mode,
+                "is_poisoned": True,
+            }
+        )
+    write_jsonl(run_dir / "data" / "val_seen.jsonl", rows)
+    return rows
 
 
 def read_metrics(path: Path) -> list[dict]:

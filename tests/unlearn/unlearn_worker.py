@@ -5,6 +5,9 @@ The command line is exactly launch/unlearn.py's. Environment switches:
                               a fixed batch and rank 0 writes the logits to <out>/probe.safetensors.
   RAPIDUN_TEST_PAUSE_AT=N     after the checkpoint of step N is written, rank 0 creates <out>/paused and
                               every rank sleeps, so the test can SIGKILL the job at a known point.
+  RAPIDUN_TEST_LOAD_PROBE=1   right after the backbone is loaded (before deepspeed.initialize), every rank
+                              writes <out>/load_rank<R>.json: its local and full parameter counts (ZeRO-3
+                              loads it partitioned through zero.Init, so local < full).
 """
 
 from __future__ import annotations
@@ -43,8 +46,27 @@ def _probe(runner: UnlearnRunner) -> None:
         )
 
 
+def _load_probe(out_dir: Path, model) -> None:
+    import json
+
+    from rapidun_dist.unlearn.model import is_partitioned
+
+    params = list(model.parameters())
+    rec = {
+        "local_numel": sum(p.numel() for p in params),
+        "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        "partitioned": sum(is_partitioned(p) for p in params),
+        "params": len(params),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"load_rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(rec))
+
+
 def install_probes() -> None:
+    import rapidun_dist.unlearn.engine as engine
+
     save, save_ckpt = UnlearnRunner.save, UnlearnRunner.save_checkpoint
+    load_backbone = engine.load_backbone
     pause_at = int(os.environ.get("RAPIDUN_TEST_PAUSE_AT", "0"))
 
     def save_with_probe(self, **kw):
@@ -61,8 +83,15 @@ def install_probes() -> None:
             time.sleep(300)  # the test kills us well before; if it died itself, don't outlive it
             os._exit(3)
 
+    def load_with_probe(cfg, model_dir, ds_config, device=None):
+        model, tok, z3 = load_backbone(cfg, model_dir, ds_config, device)
+        if os.environ.get("RAPIDUN_TEST_LOAD_PROBE") == "1":
+            _load_probe(Path(cfg.run_dir) / "unlearn", model)
+        return model, tok, z3
+
     UnlearnRunner.save = save_with_probe
     UnlearnRunner.save_checkpoint = checkpoint_then_pause
+    engine.load_backbone = load_with_probe
 
 
 def main() -> int:

@@ -1,0 +1,45 @@
+"""Every unlearning method, one module each, on the one engine and loop (DESIGN section 7).
+
+`build_method(name, ...)` is all the engine knows: it never names a method. A method module owns its loss
+terms, its weights and its hooks (`base.Method`). The retraining baselines are not engine methods (they train
+the whole model again, rapidun_dist/retrain.py)."""
+
+from __future__ import annotations
+
+from rapidun_dist.errors import ConfigError
+from rapidun_dist.unlearn.methods.base import BatchShape, ForgetTerms, Method, MethodContext
+from rapidun_dist.unlearn.methods.fisher import Fisher
+from rapidun_dist.unlearn.methods.ga import GA
+from rapidun_dist.unlearn.methods.graddiff import GradDiff
+from rapidun_dist.unlearn.methods.loreun import LoReUn
+from rapidun_dist.unlearn.methods.npo import NPO
+from rapidun_dist.unlearn.methods.rapidun import RapidUn
+from rapidun_dist.unlearn.methods.relabel_only import RelabelOnly
+from rapidun_dist.unlearn.methods.self_only import SelfOnly
+from rapidun_dist.unlearn.methods.simnpo import SimNPO
+from rapidun_dist.unlearn.methods.uniform import Uniform
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (RapidUn, Uniform, SelfOnly, GA, RelabelOnly, GradDiff, NPO, SimNPO, Fisher, LoReUn)
+}
+TRAINING_BASELINES = ("retrain", "retrain_oracle")
+__all__ = ["METHODS", "BatchShape", "ForgetTerms", "Method", "MethodContext", "build_method", "method_class"]
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(
+            f"method {name!r} does not run on the unlearning engine; known: {', '.join(METHODS)}"
+        )
+    return METHODS[name]
+
+
+def build_method(name: str, u, shape: BatchShape, n_forget: int, n_retain: int) -> Method:
+    return method_class(name)(u, shape, n_forget, n_retain)
+
+
+def check_zero_stage(name: str, zero_stage: int) -> None:
+    """The one rule for methods and ZeRO stages (rapidun_dist/validate.py checks the same before any stage)."""
+    cls = method_class(name)
+    if zero_stage == 3 and not cls.zero3:
+        raise ConfigError(cls.zero3_reason)

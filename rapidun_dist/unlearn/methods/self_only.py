@@ -1,0 +1,12 @@
+"""self_only: RapidUn with the self-only weights (beta = delta = 0: FF for forget rows, RR for retain rows),
+written by the weights stage to weights/self_only/."""
+
+from __future__ import annotations
+
+from rapidun_dist.unlearn.methods.rapidun import RapidUn
+
+
+class SelfOnly(RapidUn):
+    name = "self_only"
+    doc = "influence weights without the cross terms (FF, RR)"
+    weights_subdir = "self_only"
