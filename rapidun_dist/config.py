@@ -439,6 +439,9 @@ class UnlearnConfig:
     )
     val_rows: int = 64  # at most this many val_seen and val_clean rows per validation
     stop_asr: float = 0.02  # adaptive: the backdoor counts as gone at validation ASR <= this
+    patience: int = (
+        0  # adaptive: stop after this many validations without a lower ASR (0 = run to the budget)
+    )
     max_ppl_ratio: float | None = (
         1.10  # early stop (any budget) once val_clean PPL / starting PPL exceeds this
     )
@@ -487,6 +490,7 @@ class UnlearnConfig:
             f"expected in (0, 1], found {self.saliency_keep}",
         )
         _check(0.0 <= self.stop_asr < 1.0, "unlearn.stop_asr", f"expected in [0, 1), found {self.stop_asr}")
+        _check(self.patience >= 0, "unlearn.patience", f"expected >= 0, found {self.patience}")
         _check(
             self.max_ppl_ratio is None or self.max_ppl_ratio > 1.0,
             "unlearn.max_ppl_ratio",

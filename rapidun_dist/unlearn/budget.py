@@ -9,6 +9,10 @@ deterministic function of it):
 - damage: ppl_ratio > unlearn.max_ppl_ratio (any budget) -> stop, and restore the adapter of the best earlier
   point within the limit (lowest ASR, then the later step; without a signal the latest such point), if any;
 - backdoor gone: budget adaptive and ASR <= unlearn.stop_asr -> stop;
+- plateau: budget adaptive, the ASR has come down since the first validation (unlearning has started to bite: a
+  memorised backdoor often sits flat for a while first), and none of the last unlearn.patience points is below the
+  best before them (0 = never) -> stop, restoring the best point's adapter when it is an earlier one. So the step
+  budget can be generous without a run that has stopped improving paying it all;
 - otherwise run on, up to the step budget (unlearn.max_steps or unlearn.epochs).
 
 No decision is taken at step 0 (the starting model). Without a signal (an empty val_seen) an adaptive budget
@@ -45,6 +49,7 @@ class StopRule:
     max_ppl_ratio: float | None
     has_signal: bool
     no_signal_reason: str = "no backdoor signal, val_seen is empty"
+    patience: int = 0  # adaptive: stop after this many points without a lower ASR than the best (0 = never)
     points: list[ValPoint] = field(default_factory=list)
     best: ValPoint | None = None
 
@@ -90,7 +95,31 @@ class StopRule:
                 detail=f"validation ASR {p.asr:.4f} <= unlearn.stop_asr={self.stop_asr} at step {p.step}",
                 new_best=new_best,
             )
+        if self._plateau():
+            restore = self.best.step if self.best is not None and self.best.step != p.step else None
+            return Decision(
+                stop=True,
+                reason="plateau",
+                detail=f"validation ASR has not gone below {self.best.asr:.4f} (step {self.best.step}) in the last "
+                f"{self.patience} validations (unlearn.patience) at step {p.step}",
+                restore_step=restore,
+                new_best=new_best,
+            )
         return Decision(stop=False, new_best=new_best)
+
+    def _plateau(self) -> bool:
+        """Adaptive with a signal, the ASR below its first value, and no point of the last `patience` below the best
+        point before them."""
+        scored = [q.asr for q in self.points if q.step > 0 and q.asr is not None]
+        if (
+            self.budget != "adaptive"
+            or not self.has_signal
+            or self.patience < 1
+            or len(scored) <= self.patience
+        ):
+            return False
+        before, last = scored[: -self.patience], scored[-self.patience :]
+        return min(before) < scored[0] and min(last) >= min(before)
 
     def state(self) -> dict:
         return {"points": [asdict(p) for p in self.points], "best": asdict(self.best) if self.best else None}

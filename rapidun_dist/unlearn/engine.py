@@ -178,6 +178,7 @@ class UnlearnRunner:
             budget=u.budget,
             stop_asr=u.stop_asr,
             max_ppl_ratio=u.max_ppl_ratio,
+            patience=u.patience,
             has_signal=bool(u.val_every and self.validator is not None and self.validator.signal),
             no_signal_reason="no backdoor signal, val_seen is empty"
             if u.val_every
@@ -442,7 +443,7 @@ class UnlearnRunner:
         point = dist_env.broadcast_object(point if self.info.rank == 0 else None)
         decision = self.rule.observe(point)
         row.update({"val_asr": point.asr, "val_ppl": point.ppl, "val_ppl_ratio": point.ppl_ratio})
-        if decision.new_best and self.rule.max_ppl_ratio is not None:
+        if decision.new_best and (self.rule.max_ppl_ratio is not None or self.rule.patience):
             self.best_adapter = self._adapter_state()
         return decision
 

@@ -23,6 +23,31 @@ def _rule(budget="adaptive", signal=True, max_ppl=1.10):
     return StopRule(budget=budget, stop_asr=0.05, max_ppl_ratio=max_ppl, has_signal=signal)
 
 
+def test_plateau_stops_only_after_the_asr_has_come_down_and_restores_the_best():
+    rule = StopRule(budget="adaptive", stop_asr=0.02, max_ppl_ratio=1.1, has_signal=True, patience=2)
+    flat = [0.9, 0.9, 0.9, 0.9]  # a memorised backdoor sits flat first: no plateau stop before it moves
+    for i, asr in enumerate(flat, start=1):
+        assert not rule.observe(ValPoint(4 * i, asr, 2.0, 1.0)).stop
+    assert not rule.observe(ValPoint(20, 0.5, 2.0, 1.01)).stop
+    assert not rule.observe(ValPoint(24, 0.2, 2.0, 1.02)).stop  # still improving
+    assert not rule.observe(ValPoint(28, 0.25, 2.0, 1.02)).stop  # one point without improvement
+    d = rule.observe(ValPoint(32, 0.2, 2.0, 1.03))  # two: the best before them (0.2, step 24) is not beaten
+    assert d.stop and d.reason == "plateau" and "below 0.2000" in d.detail and "at step 32" in d.detail
+    assert d.restore_step is None  # a tie counts as the later best: this adapter is kept
+    rule2 = StopRule(budget="adaptive", stop_asr=0.02, max_ppl_ratio=1.1, has_signal=True, patience=2)
+    for step, asr in ((4, 0.9), (8, 0.3), (12, 0.4), (16, 0.35)):
+        d = rule2.observe(ValPoint(step, asr, 2.0, 1.0))
+    assert d.stop and d.restore_step == 8
+    fixed = StopRule(budget="fixed", stop_asr=0.02, max_ppl_ratio=1.1, has_signal=True, patience=1)
+    assert not any(
+        fixed.observe(ValPoint(4 * i, a, 2.0, 1.0)).stop for i, a in enumerate([0.9, 0.3, 0.4, 0.5], 1)
+    )
+    off = _rule()  # patience 0: never a plateau stop
+    assert not any(
+        off.observe(ValPoint(4 * i, a, 2.0, 1.0)).stop for i, a in enumerate([0.9, 0.3, 0.4, 0.5], 1)
+    )
+
+
 def test_rule_stops_when_the_backdoor_is_gone_not_at_step_zero():
     r = _rule()
     assert not r.observe(ValPoint(0, 0.0, 2.0, 1.0)).stop  # no decision on the starting model
