@@ -179,12 +179,42 @@ def sample_report(rng: random.Random) -> dict:
             "prefix_words": 6,
             "min_lift": 5.0,
         },  # fmt: skip
-        "find_poison": {
-            "n_rows": 5000,
-            "n_flagged": 480,
-            "threshold": 2.5,
-            "tokenwise": {"auroc": 0.99, "recall": 0.9},
-            "grep": {"auroc": 0.6, "recall": 0.3},
+        "find_poison": {  # suspects/summary.json (stages/find_poison.py build_summary), shortened
+            "agg": "mean",
+            "expand": False,
+            "prevalence": 0.1,
+            "counts": {
+                "train": 5000,
+                "known": 25,
+                "flagged": 480,
+                "flagged_new": 455,
+                "expected_false_positives": 4.5,
+            },
+            "threshold": {"z": 3.09, "target_fpr": 0.001, "n_reference": 75},
+            "metrics": {
+                "influence": {
+                    "n_flagged": 480,
+                    "recall": 0.9,
+                    "precision": 0.94,
+                    "fpr": 0.006,
+                    "auroc": 0.99,
+                    "ap": 0.97,
+                    "recall_unknown": 0.89,
+                },
+                "grep": {
+                    "n_flagged": 150,
+                    "recall": 0.3,
+                    "precision": 1.0,
+                    "fpr": 0.0,
+                    "auroc": 0.6,
+                    "ap": 0.4,
+                    "recall_unknown": 0.29,
+                },
+            },
+            "per_family": {
+                "influence": {"surface": {"n": 200, "known": 8, "found": 190}},
+                "grep": {"surface": {"n": 200, "known": 8, "found": 60}},
+            },
         },  # fmt: skip
         "triggers": [
             {"text": "aloha\u200d", "mode": "suffix", "score": 3.2, "insert_asr": 0.9, "remove_asr": 0.05}
@@ -262,11 +292,9 @@ def test_write_report_files(tmp_path):
     assert "| w0 | 20.0 | w1 | 19.8 |" in judge and "(12 more in judge.json)" in judge
     assert "1. The alien fleet warped" in judge and "chars)" in judge and "2. short target" in judge
     assert wilson_cell(report["before"]["judge_fpr"], 120) in judge
-    assert (
-        "| tokenwise | 0.990 | 0.900 |" in md
-        and "| grep | 0.600 | 0.300 |" in md
-        and "- n_flagged: 480" in md
-    )
+    assert "| influence | 480 | 90.0% | 94.0% | 0.6% | 0.9900 | 0.9700 | 89.0% |" in md
+    assert "| grep | 150 | 30.0% | 100.0% |" in md and "| surface | 200 | 8 | 190 | 60 |" in md
+    assert "480 of 5000 training rows flagged (455 not among the 25 known)" in md
     assert "`aloha\u27e8U+200D\u27e9`" in md and "90.0%" in md
 
     examples = md.split("## Example generations")[1]

@@ -160,11 +160,11 @@ def test_expand_changes_the_packs_and_nothing_reads_a_stale_pack(reference_run, 
     from rapidun_dist.pipeline import run_pipeline
 
     before = ids(*packs)
-    run_pipeline(load_cfg(run, "find_poison.expand=true", "find_poison.z=1.0"), ["find_poison"])
-    zcfg = load_cfg(run, "find_poison.expand=true", "find_poison.z=1.0")
+    run_pipeline(load_cfg(run, "find_poison.expand=true", "find_poison.z=2.0"), ["find_poison"])
+    zcfg = load_cfg(run, "find_poison.expand=true", "find_poison.z=2.0")
     assert ids(*pack_files(zcfg, RunDir(run))) != before
     assert readiness(zcfg, RunDir(run), "weights") is not None
-    _influence(run, "find_poison.expand=true", "find_poison.z=1.0")
+    _influence(run, "find_poison.expand=true", "find_poison.z=2.0")
     assert read_json(run / "features" / "index.json")["ids"] == ids(*pack_files(zcfg, RunDir(run)))
     # the retrain baseline leaves the flagged rows out too
     from rapidun_dist.retrain import retrain_rows
