@@ -4,7 +4,9 @@ method at its chosen rate over several seeds, relabel on and off, aggregated by 
     python benchmarks/fair_compare.py --config configs/tiny_cpu_hard.yaml --out runs/fair_hard \\
         --seeds 0,1,2 --lrs 7.5e-4,1.5e-3,3e-3 --base 0=runs/tiny_cpu_hard [key=value ...]
     python benchmarks/fair_compare.py ... --phase tune          # only the validation grid (prints the choice)
-    python benchmarks/fair_compare.py ... --phase table         # reuse OUT/tuning.json, run the table
+    python benchmarks/fair_compare.py ... --phase table         # reuse OUT/fair_compare.json's choices, run the table
+    python benchmarks/fair_compare.py ... --phase table --seeds 1 --no-compare   # one seed (run seeds side by side)
+    python benchmarks/fair_compare.py ... --phase compare       # rapidun compare over every merged table report
 
 Any `key=value` after the options is a config override applied to every run (e.g. `weights.agg=mean
 influence.k_in=64`: the weights ablation runs the same harness with its variant as an override).
@@ -210,6 +212,18 @@ def table(args, bases: dict[int, Path], chosen: dict[str, dict[str, str]]) -> li
     return reports
 
 
+def merged_reports(out: Path) -> list[tuple[str, Path]]:
+    """Every merged table report under OUT (seeds run by separate `--phase table --seeds N --no-compare`)."""
+    found = sorted((out / "table").glob("relabel_*/s*/merged/eval/report.json"))
+    return [(p.parents[3].name, p) for p in found]
+
+
+def compare_all(out: Path, reports: list[tuple[str, Path]]) -> None:
+    from rapidun_dist.evaluation.compare import compare_reports
+
+    compare_reports([p for _, p in reports], out / "compare", labels=[lab for lab, _ in reports])
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu_hard.yaml"))
@@ -226,7 +240,8 @@ def parse_args(argv):
     ap.add_argument("--lrs", default="7.5e-4,1.5e-3,3e-3")
     ap.add_argument("--max-val-ppl", type=float, default=1.05)
     ap.add_argument("--base", action="append", default=[], help="SEED=RUN_DIR: an implanted run dir to copy")
-    ap.add_argument("--phase", choices=("all", "tune", "table"), default="all")
+    ap.add_argument("--phase", choices=("all", "tune", "table", "compare"), default="all")
+    ap.add_argument("--no-compare", action="store_true", help="table: skip rapidun compare (seeds run apart)")
     ap.add_argument("overrides", nargs="*")
     return ap.parse_args(argv)
 
@@ -257,11 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             chosen["off"] = {m: (tuning.get("off") or tuning["on"])[m]["chosen"] for m in off}
         bases = {s: base_dir(args, s, given) for s in seeds}
         reports = table(args, bases, chosen)
-        from rapidun_dist.evaluation.compare import compare_reports
-
-        compare_reports([p for _, p in reports], out / "compare", labels=[lab for lab, _ in reports])
+        if not args.no_compare:
+            compare_all(out, reports)
         record["chosen"], record["reports"] = chosen, [str(p) for _, p in reports]
         seconds["table"] = time.perf_counter() - t1
+    if args.phase == "compare":
+        compare_all(out, merged_reports(out))
     record["wall_seconds"] = record.get("wall_seconds", {}) | seconds
     write_json(record_path, record)
     log.info(f"fair comparison written to {out} ({time.perf_counter() - t0:.0f} s)")
