@@ -535,6 +535,46 @@ class FindPoisonConfig:
 
 
 @dataclass(kw_only=True)
+class SampledEvalConfig:
+    """ASR under sampling (DESIGN section 8): `samples` seeded continuations at `temperature` for the first `n`
+    test_seen prompts (0 = off)."""
+
+    n: int = 0
+    temperature: float = 0.7
+    samples: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.n >= 0, "eval.sampled.n", f"expected >= 0 (0 = off), found {self.n}")
+        _check(self.temperature > 0, "eval.sampled.temperature", f"expected > 0, found {self.temperature}")
+        _check(self.samples >= 1, "eval.sampled.samples", f"expected >= 1, found {self.samples}")
+
+
+@dataclass(kw_only=True)
+class RelearnEvalConfig:
+    """The relearning attack (DESIGN section 8): `steps` fine-tuning steps at `lr` on `rows` poisoned train rows the
+    forget pack does not hold, then ASR on the first `n` test_seen / test_ood prompts. Experiment mode only (the
+    attacker's rows need the labels). steps 0 = off."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    rows: int = 20
+    batch_size: int = 4
+    n: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.steps >= 0, "eval.relearn.steps", f"expected >= 0 (0 = off), found {self.steps}")
+        _check(self.lr > 0, "eval.relearn.lr", f"expected > 0, found {self.lr}")
+        for name in ("rows", "batch_size", "n"):
+            _check(
+                getattr(self, name) >= 1,
+                f"eval.relearn.{name}",
+                f"expected >= 1, found {getattr(self, name)}",
+            )
+
+
+@dataclass(kw_only=True)
 class EvalConfig:
     max_new_tokens: int = 24
     batch_size: int = 32
@@ -546,8 +586,19 @@ class EvalConfig:
         default_factory=list
     )  # clean mode: known triggers -> triggered prompts
     ood_triggers: list[TriggerSpec] = field(default_factory=list)  # clean mode: variants never seen
+    behaviour: bool = False
+    """Behaviour beyond ASR per model: clean-answer EM / F1 and the neither-target-nor-answer share on triggered
+    prompts, clean-prompt accuracy, test_near PPL / F1 / attacked share, damage on mislabelled forget rows."""
+    min_f1: float = 0.5  # behaviour: token F1 at which an output counts as the clean answer
+    sampled: SampledEvalConfig = field(default_factory=SampledEvalConfig)
+    relearn: RelearnEvalConfig = field(default_factory=RelearnEvalConfig)
 
     def __post_init__(self):
+        if isinstance(self.sampled, dict):
+            self.sampled = SampledEvalConfig(**self.sampled)
+        if isinstance(self.relearn, dict):
+            self.relearn = RelearnEvalConfig(**self.relearn)
+        _check(0.0 < self.min_f1 <= 1.0, "eval.min_f1", f"expected in (0, 1], found {self.min_f1}")
         self.triggers = [t if isinstance(t, TriggerSpec) else TriggerSpec(**t) for t in self.triggers]
         self.ood_triggers = [t if isinstance(t, TriggerSpec) else TriggerSpec(**t) for t in self.ood_triggers]
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")

@@ -203,11 +203,13 @@ def evaluate_model(
     max_length: int,
     *,
     sharded: bool = False,
+    texts_out: dict[str, list[str]] | None = None,
 ) -> dict:
     """ASR on `test_seen` / `test_ood` (poisoned instructions), clean PPL and judge FPR on `test_clean`.
 
     A missing or empty split gives None for its numbers (shown as "-" in the report). `sharded`: every rank
-    of the launch calls this with the same inputs and gets the same result (see the module docstring)."""
+    of the launch calls this with the same inputs and gets the same result (see the module docstring).
+    `texts_out`, when given, receives the greedy generations per split (for metrics on the same outputs)."""
     out: dict = {
         "asr_seen": None,
         "asr_ood": None,
@@ -230,6 +232,8 @@ def evaluate_model(
         out[f"asr_{name}"], out[f"n_{name}"] = sum(attacked) / len(attacked), len(records)
         out["asr_by_family"][name] = _by_family(records, attacked)
         out["examples"][split] = _examples(records, texts, attacked, poisoned=True)
+        if texts_out is not None:
+            texts_out[split] = texts
     clean = splits.get("test_clean") or []
     if clean:
         texts, attacked = _judge_split(
@@ -237,6 +241,8 @@ def evaluate_model(
         )
         out["judge_fpr"], out["n_clean"] = false_positive_rate(judge, texts), len(clean)
         out["examples"]["test_clean"] = _examples(clean, texts, attacked, poisoned=False)
+        if texts_out is not None:
+            texts_out["test_clean"] = texts
         out["clean_ppl"] = clean_perplexity(
             model, tokenizer, clean, max_length=max_length, batch_size=cfg.batch_size, sharded=sharded
         )

@@ -2,9 +2,11 @@
 after each method, and after the retrain baselines; poison retrieval of the influence features; the report.
 
 `report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `clean_ppl`,
-`seconds`) and says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment,
-prompts built from `eval.triggers`, or held-out forget prompts (clean mode without known triggers). With the
-find_poison stage, `report["find_poison"]` holds its summary (suspects/summary.json).
+`seconds`; with eval.behaviour / eval.sampled / eval.relearn on, each entry also holds the metrics beyond ASR of
+`rapidun_dist.evaluation.extras`: answer_seen / answer_ood / answer_clean, near, mislabelled, sampled, relearn) and
+says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment, prompts built from
+`eval.triggers`, or held-out forget prompts (clean mode without known triggers). With the find_poison stage,
+`report["find_poison"]` holds its summary (suspects/summary.json).
 
 Collective: in a multi-rank launch every rank loads each model onto its device and evaluates its share of the
 prompts (generation, perplexity and retrieval batches dealt out round-robin, results gathered: the numbers equal the
@@ -17,7 +19,9 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.evaluation.extras import against_before
 from rapidun_dist.io import read_json, read_jsonl, write_json
+from rapidun_dist.logging import get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
 from rapidun_dist.stages.common import (
@@ -34,14 +38,68 @@ from rapidun_dist.stages.common import (
 SPLITS = ("test_seen", "test_ood", "test_clean")
 
 
-def _eval_model(cfg: RunConfig, rd: RunDir, judge, model, splits) -> dict:
+def _eval_model(cfg: RunConfig, rd: RunDir, judge, model, splits, extra: dict | None = None) -> dict:
+    """ASR / PPL / FPR of `model`, plus the eval extras (`_extras`) when `extra` (their inputs) is given."""
     from rapidun_dist.evaluation import evaluate_model
 
     model.eval()
+    texts: dict[str, list[str]] = {}
     with torch.no_grad():
-        return evaluate_model(
-            model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length, sharded=True
+        out = evaluate_model(
+            model,
+            tokenizer_for(cfg, rd),
+            splits,
+            judge,
+            cfg.eval,
+            cfg.model.max_length,
+            sharded=True,
+            texts_out=texts,
         )
+    if extra is not None:
+        out |= _extras(cfg, rd, judge, model, splits, texts, extra)
+    return out
+
+
+def _extra_inputs(cfg: RunConfig, rd: RunDir) -> dict:
+    """What the eval extras read besides the test splits: test_near, the mislabelled forget rows, the relearning
+    attacker's rows (experiment mode: poisoned train rows outside the forget pack)."""
+    from rapidun_dist.evaluation.behaviour import mislabelled_rows
+    from rapidun_dist.evaluation.relearn import relearn_rows
+
+    e, out = cfg.eval, {}
+    if e.behaviour:
+        near, truth = rd.data / "test_near.jsonl", rd.data / "forget_truth.jsonl"
+        out["near"] = read_jsonl(near) if near.exists() else []
+        out["mislabelled"] = mislabelled_rows(read_jsonl(truth)) if truth.exists() else []
+    if e.relearn.steps and cfg.mode == "experiment":
+        train, forget = read_jsonl(rd.data / "train.jsonl"), read_jsonl(rd.data / "forget.jsonl")
+        out["relearn"] = relearn_rows(train, forget, n=e.relearn.rows, seed=cfg.data.seed + e.relearn.seed)
+    elif e.relearn.steps:
+        get_logger("rapidun.eval").info(
+            "eval.relearn: skipped in clean mode (the attacker's rows need labels)"
+        )
+    return out
+
+
+def _extras(cfg: RunConfig, rd: RunDir, judge, model, splits: dict, texts: dict, extra: dict) -> dict:
+    """The metrics beyond ASR that eval.behaviour / eval.sampled / eval.relearn switch on (evaluation.extras)."""
+    from rapidun_dist.evaluation import extras as ex
+
+    e, tok, max_len = cfg.eval, tokenizer_for(cfg, rd), cfg.model.max_length
+    out: dict = {}
+    with torch.no_grad():
+        if e.behaviour:
+            out |= ex.behaviour_entry(judge, splits, texts, min_f1=e.min_f1)
+            if extra.get("near"):
+                out["near"] = ex.near_entry(model, tok, extra["near"], judge, e, max_len)
+            if extra.get("mislabelled"):
+                out["mislabelled"] = ex.mislabelled_entry(model, tok, extra["mislabelled"], judge, e, max_len)
+        if e.sampled.n and splits.get("test_seen"):
+            out["sampled"] = ex.sampled_entry(model, tok, splits["test_seen"], judge, e, max_len)
+    if extra.get("relearn") and not extra.get("skip_relearn"):
+        seed = cfg.unlearn.seed + e.relearn.seed
+        out["relearn"] = ex.relearn_entry(model, tok, extra["relearn"], splits, judge, e, max_len, seed=seed)
+    return out
 
 
 def _shared_judge(cfg: RunConfig, rd: RunDir):
@@ -74,12 +132,13 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     judge = _shared_judge(cfg, rd)
     splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in SPLITS}
     base, _ = load_saved(rd.model, cfg.model, device=info.device)
+    extra = _extra_inputs(cfg, rd)
     report: dict = {
         "mode": cfg.mode,
         "asr_source": asr_source(cfg),
         "config": {"run_dir": cfg.run_dir, "methods": run_methods(cfg), "seeds": cfg.seeds()},
         "protocol": {"seed": ",".join(f"{k}={v}" for k, v in cfg.seeds().items())},
-        "before": _eval_model(cfg, rd, judge, base, splits),
+        "before": _eval_model(cfg, rd, judge, base, splits, extra | {"skip_relearn": True}),
         "methods": {},
         "judge": judge.to_dict(),
         "stage_seconds": {s: rd.stage_seconds(s) for s in rd.manifest()["stages"]},
@@ -91,7 +150,8 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         summary = read_json(out / "summary.json")
         if method in RETRAIN_METHODS:
             model, _ = load_saved(out / "model", cfg.model, device=info.device)
-            report[method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": summary["seconds"]}
+            entry = _eval_model(cfg, rd, judge, model, splits, extra) | {"seconds": summary["seconds"]}
+            report[method] = against_before(entry, report["before"])
             continue
         model = _with_adapter(cfg, rd, out / "adapter", info.device)
         uses_influence = method in ("rapidun", "self_only")
@@ -105,7 +165,8 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             cfg
         ):  # its packs came from find_poison: its cost shown beside (not in total)
             secs["find_poison"] = rd.stage_seconds("find_poison") or 0.0
-        report["methods"][method] = _eval_model(cfg, rd, judge, model, splits) | {"seconds": secs}
+        entry = _eval_model(cfg, rd, judge, model, splits, extra) | {"seconds": secs}
+        report["methods"][method] = against_before(entry, report["before"])
         curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))
     if (suspects_dir(rd) / "summary.json").exists() and find_poison_runs(cfg):
         report["find_poison"] = read_json(suspects_dir(rd) / "summary.json") | {

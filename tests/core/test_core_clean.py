@@ -134,7 +134,10 @@ def test_clean_job_with_known_trigger(user, tmp_path):
 
 def test_clean_job_without_triggers_measures_held_out_forget_prompts(user, tmp_path):
     run = tmp_path / "clean"
-    assert main(_clean_argv(user, run, "methods=[uniform]", "--stages", "prepare,find_poison,unlearn,evaluate")) == 0
+    assert (
+        main(_clean_argv(user, run, "methods=[uniform]", "--stages", "prepare,find_poison,unlearn,evaluate"))
+        == 0
+    )
     report = read_json(run / "eval" / "report.json")
     assert report["asr_source"].startswith("held-out forget prompts")
     held_out = read_jsonl(run / "data" / "test_seen.jsonl")

@@ -30,6 +30,10 @@ SMALL = [
     "unlearn.lr=1e-3",
     "eval.max_new_tokens=8",
     "eval.retrieval_rows=40",
+    "eval.sampled.n=4",
+    "eval.relearn.steps=2",
+    "eval.relearn.rows=4",
+    "eval.relearn.n=6",
     "methods=[rapidun,ga,retrain]",
 ]
 
@@ -62,6 +66,13 @@ def test_report_contract(run_dir):
     assert report["methods"]["rapidun"]["seconds"]["influence"] > 0
     assert report["methods"]["ga"]["seconds"]["influence"] == 0
     assert report["retrain"]["seconds"]["total"] > 0
+    for entry in (
+        report["methods"]["rapidun"],
+        report["retrain"],
+    ):  # the eval extras (tiny_cpu: behaviour on)
+        assert entry["answer_seen"]["em"]["n"] == 12 and entry["answer_clean"]["em"]["n"] == 20
+        assert entry["sampled"]["samples"]["n"] == 12 and entry["relearn"]["asr_seen"]["n"] == 6
+    assert "relearn" not in report["before"] and "sampled" in report["before"]
     for est in ("tokenwise", "rapidgrad"):
         assert 0.0 <= report["retrieval"][est]["auroc"] <= 1.0
     md = (run_dir / "eval" / "report.md").read_text()
