@@ -2,6 +2,7 @@
 
     experiment mode: prepare -> implant -> influence -> weights -> unlearn -> evaluate
     clean mode:      prepare ->            influence -> weights -> unlearn -> evaluate
+    optional:        attribute (after weights; by name, or by default in the clean job without eval.triggers)
 
 `fingerprint` hashes the config keys a stage and its upstream stages depend on, and the upstream stages'
 recorded output hashes (redoing an upstream stage invalidates everything after it). `readiness` says why a stage
@@ -15,7 +16,7 @@ import hashlib
 import json
 
 from rapidun_dist.errors import StageError
-from rapidun_dist.stages import evaluate, implant, influence, prepare, unlearn, weights
+from rapidun_dist.stages import attribute, evaluate, implant, influence, prepare, unlearn, weights
 from rapidun_dist.stages.base import Stage
 
 ORDER: tuple[Stage, ...] = (
@@ -23,6 +24,7 @@ ORDER: tuple[Stage, ...] = (
     implant.STAGE,
     influence.STAGE,
     weights.STAGE,
+    attribute.STAGE,
     unlearn.STAGE,
     evaluate.STAGE,
 )
@@ -39,6 +41,12 @@ def get_stage(name: str) -> Stage:
 def pipeline_stages(mode: str) -> list[Stage]:
     """The stages of a run in `mode` ("experiment" | "clean"), in order."""
     return [s for s in ORDER if mode in s.modes]
+
+
+def default_stages(cfg) -> list[Stage]:
+    """The stages `rapidun run` runs without --stages: the mode's, optional ones only when they apply."""
+    cfg_dict = cfg.to_dict()
+    return [s for s in pipeline_stages(cfg.mode) if s.when is None or s.when(cfg_dict)]
 
 
 def _lookup(cfg_dict: dict, dotted: str):
@@ -59,6 +67,8 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
     for name in names[: names.index(stage) + 1]:
         for key in STAGES[name].config_keys:
             h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
+        if name != stage and STAGES[name].when is not None and not STAGES[name].when(cfg_dict):
+            continue  # an optional stage later stages do not read in this config
         if name != stage and name in manifest_stages:
             h.update(json.dumps(manifest_stages[name].get("outputs", {}), sort_keys=True).encode())
     return h.hexdigest()[:16]

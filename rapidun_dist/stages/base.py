@@ -31,6 +31,9 @@ class Stage:
     collective: bool = False
     """True: every rank calls `run` together (a multi-rank launch); False: rank 0 alone."""
     modes: tuple[str, ...] = ("experiment", "clean")
+    when: Callable[[dict], bool] | None = None
+    """None: part of every run of its modes. Else (an optional stage, e.g. attribute) it joins a default run, and
+    later stages' fingerprints, only when `when(cfg_dict)` is true; it can always be run by name."""
 
     def upstream(self, cfg: RunConfig) -> tuple[str, ...]:
         return self.requires(cfg) if callable(self.requires) else self.requires
