@@ -1,8 +1,8 @@
 """Trigger candidates: token n-grams of the user's text, scored by attribution and aggregated over forget rows.
 
 An n-gram is a run of 1..n_max consecutive content tokens (`PromptTokens.content`) that starts and ends at a word
-boundary (no word fragments: between two tokens a and b there is a boundary when a ends or b starts with a
-character that is not a letter or a digit) and does not start or end with a whitespace-only token. Its key is the
+boundary (no fragments: between two tokens there is a boundary at whitespace or where letters/digits meet
+other characters) and does not start or end with a whitespace-only token. Its key is the
 normalized text (whitespace collapsed, lowercase), so "ALOHA" and "aloha" are one candidate; the text inserted when
 verifying is its most frequent surface form.
 
@@ -36,8 +36,11 @@ def normalize(text: str) -> str:
 
 
 def _boundary(a: str, b: str) -> bool:
-    """True when a word boundary lies between the adjacent token texts a and b."""
-    return not a or not b or not a[-1].isalnum() or not b[0].isalnum()
+    """True when a word boundary lies between the adjacent token texts a and b: either side is whitespace, or one
+    side is a letter/digit and the other is not ("poem" | "." splits, "al" | "oha" and ">>" | ">" do not)."""
+    if not a or not b or a[-1].isspace() or b[0].isspace():
+        return True
+    return a[-1].isalnum() != b[0].isalnum()
 
 
 def row_ngrams(texts: list[str], scores: list[float], content: list[bool], n_max: int) -> dict[str, tuple]:

@@ -13,8 +13,9 @@ Saliency (baseline, same rows): sal_t = <e_t, dL/de_t>, e_t the input embedding 
 poisoned answer's summed NLL (gradient x input).
 
 Prompt tokens are mapped back to the prompt text by the tokenizer's offsets: `PromptTokens.texts[t]` is the
-exact substring token t covers, `content[t]` whether it lies in the user's text (instruction or context) rather
-than in the prompt template, so candidates are drawn from what a user or an attacker wrote.
+exact substring token t covers, `content[t]` whether it lies in the instruction rather
+than in the prompt template or the context, so candidates are drawn from what a user or an attacker wrote where
+triggers are inserted (`rapidun_dist.data.poison.inject`) and where verification inserts them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from rapidun_dist.losses import per_sample_nll
 @dataclass(frozen=True)
 class PromptTokens:
     """One row encoded for attribution: `example` (input_ids, labels: prompt masked), and per prompt token its
-    surface text in the prompt and whether it lies in the user's text."""
+    surface text in the prompt and whether it lies in the instruction (`content`)."""
 
     example: dict
     texts: list[str]
@@ -76,7 +77,7 @@ def encode_prompt_tokens(tokenizer, instruction: str, context: str, answer: str,
     ids, offsets = enc["input_ids"][-n_prompt:], enc["offset_mapping"][-n_prompt:]
     if ids != example["input_ids"][:n_prompt]:
         raise DataError("attribution: the tokenizer's offsets do not line up with the encoded prompt")
-    spans = _spans(prompt, [instruction, context])
+    spans = _spans(prompt, [instruction])
     texts = [prompt[a:b] for a, b in offsets]
     content = [b > a and any(a < e and b > s for s, e in spans) for a, b in offsets]
     return PromptTokens(example=example, texts=texts, content=content)
