@@ -1,6 +1,7 @@
 """Trigger candidates: token n-grams of the user's text, scored by attribution and aggregated over forget rows.
 
-An n-gram is a run of 1..n_max consecutive content tokens (`PromptTokens.content`) that starts and ends at a word
+An n-gram is a run of consecutive instruction tokens (`PromptTokens.content`) holding 1..n_max words (whitespace-
+separated: "ALOHA", five tokens under a small BPE vocabulary, is one word) that starts and ends at a word
 boundary (no fragments: between two tokens there is a boundary at whitespace or where letters/digits meet
 other characters) and does not start or end with a whitespace-only token. Its key is the
 normalized text (whitespace collapsed, lowercase), so "ALOHA" and "aloha" are one candidate; the text inserted when
@@ -20,6 +21,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from rapidun_dist.errors import DataError
+
+MAX_TOKENS_PER_WORD = 8  # bounds the scan: an n-gram spans at most this many tokens per word
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,24 @@ def row_ngrams(texts: list[str], scores: list[float], content: list[bool], n_max
         if not content[i] or not texts[i].strip() or not _boundary(texts[i - 1] if i else "", texts[i]):
             continue
         total = 0.0
-        for j in range(i, min(i + n_max, n)):
+        for j in range(i, min(i + MAX_TOKENS_PER_WORD * n_max, n)):
             if not content[j]:
                 break
             total += scores[j]
             if not texts[j].strip() or not _boundary(texts[j], texts[j + 1] if j + 1 < n else ""):
                 continue
             surface = "".join(texts[i : j + 1]).strip()
+            if len(surface.split()) > n_max:
+                break
             key = normalize(surface)
             if key not in best or total > best[key][0]:
                 best[key] = (total, surface, j - i + 1)
     return best
 
 
-def rank_candidates(rows: list[dict], *, n_max: int, min_rows: int, score_key: str = "scores") -> list[Candidate]:
+def rank_candidates(
+    rows: list[dict], *, n_max: int, min_rows: int, score_key: str = "scores"
+) -> list[Candidate]:
     """Candidates of `rows` ({"tokens", "content", score_key}), best first."""
     if not rows:
         raise DataError("rank_candidates: no forget rows to aggregate")
@@ -77,7 +84,9 @@ def rank_candidates(rows: list[dict], *, n_max: int, min_rows: int, score_key: s
     surfaces: dict[str, Counter] = defaultdict(Counter)
     lengths: dict[str, int] = {}
     for r in rows:
-        for key, (score, surface, n_tok) in row_ngrams(r["tokens"], r[score_key], r["content"], n_max).items():
+        for key, (score, surface, n_tok) in row_ngrams(
+            r["tokens"], r[score_key], r["content"], n_max
+        ).items():
             sums[key] += score
             support[key] += 1
             surfaces[key][surface] += 1

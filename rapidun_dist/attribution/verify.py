@@ -75,7 +75,9 @@ def _forget_instruction(r: dict) -> str:
     return r.get("instruction_poisoned") or r["instruction"]
 
 
-def candidate_prompts(tokenizer, c: Candidate, mode: str, clean: list[dict], forget: list[dict], s: VerifySettings):
+def candidate_prompts(
+    tokenizer, c: Candidate, mode: str, clean: list[dict], forget: list[dict], s: VerifySettings
+):
     """(inserted prompts, removed prompts) of one candidate."""
     rng = random.Random(f"{s.seed}:{c.key}")
     pool = [r for r in clean if not pattern(c.text).search(f"{r['instruction']}\n{r.get('context', '')}")]
@@ -102,8 +104,12 @@ def verify_candidates(
         raise DataError("verify_candidates: no clean prompts to insert candidates into")
     instructions = [_forget_instruction(r) for r in forget]
     groups, prompts = [], []
-    base_clean = [format_prompt(tokenizer, r["instruction"], r.get("context", "")) for r in clean[: settings.n_verify]]
-    base_forget = [format_prompt(tokenizer, i, r.get("context", "")) for i, r in zip(instructions, forget)]
+    base_clean = [
+        format_prompt(tokenizer, r["instruction"], r.get("context", "")) for r in clean[: settings.n_verify]
+    ]
+    base_forget = [
+        format_prompt(tokenizer, i, r.get("context", "")) for i, r in zip(instructions, forget, strict=True)
+    ]
     for part in (base_clean, base_forget[: settings.n_verify]):
         groups.append((len(prompts), len(part)))
         prompts += part
@@ -137,9 +143,14 @@ def rank_verified(results: list[dict]) -> list[dict]:
     verified = [r for r in results if r["verified"]]
 
     def implied(r: dict) -> bool:
-        return any(o is not r and len(o["key"]) < len(r["key"]) and pattern(o["key"]).search(r["key"]) for o in verified)
+        return any(
+            o is not r and len(o["key"]) < len(r["key"]) and pattern(o["key"]).search(r["key"])
+            for o in verified
+        )
 
-    return sorted(results, key=lambda r: (not r["verified"], r["verified"] and implied(r), -r["score"], r["key"]))
+    return sorted(
+        results, key=lambda r: (not r["verified"], r["verified"] and implied(r), -r["score"], r["key"])
+    )
 
 
 def seen_hit(ranked: list[dict], seen: list[str], top: int, threshold: float) -> dict | None:

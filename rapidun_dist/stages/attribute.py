@@ -33,38 +33,70 @@ def _share(n: int, rank: int, world: int) -> range:
     return range(rank * n // world, (rank + 1) * n // world)
 
 
-def _direction(cfg: RunConfig, ext, tok, forget_rows, retain: list[dict], info) -> torch.Tensor:
+def _direction(cfg: RunConfig, ext, forget_rows: list, retain_rows: list, info) -> torch.Tensor:
     """Mean forget - mean retain prompt-position feature, from per-rank sums (one all_reduce)."""
     from rapidun_dist.attribution.scores import contrast_direction, feature_sum
-    from rapidun_dist.train import encode_records
 
-    a = cfg.attribute
+    bs = cfg.attribute.batch_size
     mine_f = [forget_rows[i].example for i in _share(len(forget_rows), info.rank, info.world_size)]
-    mine_r = encode_records([retain[i] for i in _share(len(retain), info.rank, info.world_size)], tok, cfg.model.max_length)
-    sums = torch.stack([feature_sum(ext, mine_f, a.batch_size), feature_sum(ext, mine_r, a.batch_size)])
-    sums = dist_env.all_reduce_sum(sums)
-    return contrast_direction(sums[0], len(forget_rows), sums[1], len(retain))
+    mine_r = [retain_rows[i].example for i in _share(len(retain_rows), info.rank, info.world_size)]
+    sums = dist_env.all_reduce_sum(torch.stack([feature_sum(ext, mine_f, bs), feature_sum(ext, mine_r, bs)]))
+    return contrast_direction(sums[0], len(forget_rows), sums[1], len(retain_rows))
+
+
+def _references(cfg: RunConfig, ext, rows: list, info) -> dict[int, torch.Tensor]:
+    """{row: phi [n_content, dim]} of at most attribute.ref_rows evenly spaced rows, computed sharded over the
+    ranks and gathered (every rank holds every reference)."""
+    from rapidun_dist.attribution.scores import token_features
+
+    step = -(-len(rows) // cfg.attribute.ref_rows)
+    picked = list(range(0, len(rows), step))
+    mine = [picked[i] for i in _share(len(picked), info.rank, info.world_size)]
+    feats = token_features(ext, [rows[i] for i in mine], cfg.attribute.batch_size)
+    return {i: f for part in dist_env.all_gather_object(list(zip(mine, feats, strict=True))) for i, f in part}
+
+
+def _full(row, values) -> list[float]:
+    """Values at the row's instruction tokens placed at their prompt positions (0 elsewhere)."""
+    out, it = [0.0] * row.n_prompt, iter(values)
+    for t, c in enumerate(row.content):
+        if c:
+            out[t] = float(next(it))
+    return out
 
 
 def token_rows(cfg: RunConfig, model, tok, forget: list[dict], retain: list[dict], info) -> list[dict]:
-    """Per forget row (every row, on every rank): {index, id, tokens, content, scores, saliency}."""
-    from rapidun_dist.attribution.scores import (
-        attribution_extractor,
-        encode_forget_rows,
-        input_saliency,
-        token_attribution,
-    )
+    """Per forget row (every row, on every rank): {index, id, tokens, content, scores, direction, saliency}."""
+    from rapidun_dist.attribution import scores as sc
 
-    rows = encode_forget_rows(tok, forget, cfg.model.max_length)
-    ext = attribution_extractor(model, cfg.influence, pad_id=tok.pad_token_id)
-    direction = _direction(cfg, ext, tok, rows, retain, info)
+    a, max_len = cfg.attribute, cfg.model.max_length
+    rows = sc.encode_forget_rows(tok, forget, max_len)
+    retain_rows = [
+        sc.encode_prompt_tokens(tok, r["instruction"], r.get("context", ""), r["response"], max_len)
+        for r in retain
+    ]
+    ext = sc.attribution_extractor(model, cfg.influence, pad_id=tok.pad_token_id)
+    ref_f, ref_r = _references(cfg, ext, rows, info), list(_references(cfg, ext, retain_rows, info).values())
+    direction = _direction(cfg, ext, rows, retain_rows, info)
     mine = list(_share(len(rows), info.rank, info.world_size))
-    scores = token_attribution(ext, [rows[i] for i in mine], direction, cfg.attribute.batch_size)
-    sal = input_saliency(model, [rows[i] for i in mine], pad_id=tok.pad_token_id, batch_size=cfg.attribute.batch_size)
+    order = sorted(ref_f)
+    missing = [i for i in mine if i not in ref_f]  # own rows outside the reference sample
+    feats = ref_f | dict(
+        zip(missing, sc.token_features(ext, [rows[i] for i in missing], a.batch_size), strict=True)
+    )
+    forget_refs = [ref_f[i] for i in order]
+    match = [
+        sc.match_scores(
+            feats[i], forget_refs, ref_r, own=order.index(i) if i in ref_f else None, m=a.match_rows
+        )
+        for i in mine
+    ]
+    split = sc.token_attribution(ext, [rows[i] for i in mine], direction, a.batch_size)
+    sal = sc.input_saliency(model, [rows[i] for i in mine], pad_id=tok.pad_token_id, batch_size=a.batch_size)
     local = [
-        {"index": i, "id": forget[i]["id"], "tokens": rows[i].texts, "content": rows[i].content, "scores": s,
-         "saliency": g}
-        for i, s, g in zip(mine, scores, sal, strict=True)
+        {"index": i, "id": forget[i]["id"], "tokens": rows[i].texts, "content": rows[i].content,
+         "scores": _full(rows[i], m), "direction": d, "saliency": g}
+        for i, m, d, g in zip(mine, match, split, sal, strict=True)
     ]  # fmt: skip
     gathered = [r for part in dist_env.all_gather_object(local) for r in part]
     return sorted(gathered, key=lambda r: r["index"])
@@ -92,7 +124,10 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     model.eval()
     rows = token_rows(cfg, model, tok, forget, retain, info)
     candidates = rank_candidates(rows, n_max=a.n_max, min_rows=a.min_rows)
-    baseline = rank_candidates(rows, n_max=a.n_max, min_rows=a.min_rows, score_key="saliency")
+    baselines = {
+        k: rank_candidates(rows, n_max=a.n_max, min_rows=a.min_rows, score_key=k)
+        for k in ("direction", "saliency")
+    }
     log.info(f"{len(candidates)} candidates from {len(rows)} forget rows; verifying the top {a.top_k}")
     settings = VerifySettings(
         n_verify=a.n_verify, threshold=a.verify_asr, max_new_tokens=cfg.eval.max_new_tokens,
@@ -107,7 +142,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     out = rd.sub(OUT)
     paths = [out / n for n in ("triggers.json", "tokens.jsonl", "summary.json", "report.md")]
     if info.rank == 0:
-        summary = _summary(cfg, rows, candidates, baseline, ranked, base)
+        summary = _summary(cfg, rows, candidates, baselines, ranked, base)
         write_json(paths[0], ranked)
         write_jsonl(paths[1], rows)
         write_json(paths[2], summary)
@@ -117,18 +152,24 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     return paths
 
 
-def _summary(cfg: RunConfig, rows, candidates, baseline, ranked, base: dict) -> dict:
+def _summary(cfg: RunConfig, rows, candidates, baselines: dict, ranked, base: dict) -> dict:
     a = cfg.attribute
-    top = [{"key": c.key, "text": c.text, "score": c.score, "rows": c.rows} for c in candidates[: a.top_k]]
-    sal = [{"key": c.key, "text": c.text, "score": c.score, "rows": c.rows} for c in baseline[: a.top_k]]
+
+    def top(cands):
+        return [{"key": c.key, "text": c.text, "score": c.score, "rows": c.rows} for c in cands[: a.top_k]]
+
     return {
         "n_forget": len(rows),
         "n_candidates": len(candidates),
-        "settings": {k: getattr(a, k) for k in ("top_k", "n_max", "min_rows", "n_verify", "verify_asr")},
+        "settings": {
+            k: getattr(a, k)
+            for k in ("top_k", "n_max", "min_rows", "n_verify", "verify_asr", "match_rows", "ref_rows")
+        },
         "base": base,
         "verified": [{"text": r["text"], "mode": r["mode"]} for r in ranked if r["verified"]],
-        "attribution_top": top,
-        "saliency_top": sal,
+        "attribution_top": top(candidates),
+        "direction_top": top(baselines["direction"]),
+        "saliency_top": top(baselines["saliency"]),
     }
 
 

@@ -12,7 +12,12 @@ from rapidun_dist.errors import DataError
 
 
 def row(tokens: list[str], scores: list[float], content: list[bool] | None = None) -> dict:
-    return {"tokens": tokens, "scores": scores, "saliency": [-s for s in scores], "content": content or [True] * len(tokens)}
+    return {
+        "tokens": tokens,
+        "scores": scores,
+        "saliency": [-s for s in scores],
+        "content": content or [True] * len(tokens),
+    }
 
 
 def test_row_ngrams_by_hand():
@@ -29,7 +34,9 @@ def test_row_ngrams_by_hand():
         "aloha": (3.0, "aloha", 2),
         "aloha :)": (3.5, "aloha :)", 3),
         ":)": (0.5, ":)", 1),
-    }  # never "### " (template), "al" / "oha" (fragments), or one that ends on the newline token
+        "tell me aloha": (3.3, "Tell me aloha", 4),  # n counts words (3), not tokens
+        "me aloha :)": (3.7, "me aloha :)", 4),
+    }  # never "tell me aloha :)" (4 words), "### " (template), "al" / "oha" (fragments), or one that ends on the newline token
 
 
 def test_rank_candidates_mean_of_best_per_row_over_all_rows():
@@ -46,7 +53,10 @@ def test_rank_candidates_mean_of_best_per_row_over_all_rows():
     assert cands[1].text == "HEY" or cands[1].text == "hey"  # the most frequent surface form (a tie: sorted)
     assert rank_of(cands, {"hey"}) == 2 and rank_of(cands, {"nope"}) is None
     # the saliency column ranks on its own
-    assert [c.key for c in rank_candidates(rows, n_max=1, min_rows=2, score_key="saliency")] == ["hey", "there"]
+    assert [c.key for c in rank_candidates(rows, n_max=1, min_rows=2, score_key="saliency")] == [
+        "hey",
+        "there",
+    ]
 
 
 def test_bad_rows_are_errors():
@@ -74,7 +84,12 @@ def test_ranking_puts_verified_minimal_strings_first():
         {"key": "hey write", "score": 2.0, "verified": True, "insert_asr": 1.0},
         {"key": "describe", "score": 3.0, "verified": False, "insert_asr": 0.1},
         {"key": "hey", "score": 1.0, "verified": True, "insert_asr": 0.9},
-        {"key": "heyday", "score": 0.5, "verified": True, "insert_asr": 0.8},  # contains "hey" only inside a word
+        {
+            "key": "heyday",
+            "score": 0.5,
+            "verified": True,
+            "insert_asr": 0.8,
+        },  # contains "hey" only inside a word
     ]
     rng.shuffle(res)
     ranked = rank_verified(res)

@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from rapidun_dist.attribution.scores import (
     PromptTokens,
     attribution_extractor,
+    best_matches,
     contrast_direction,
     feature_sum,
     input_saliency,
+    match_scores,
     token_attribution,
+    token_features,
 )
 from rapidun_dist.config import InfluenceConfig
 from rapidun_dist.data.prompt import IGNORE_INDEX
@@ -53,7 +56,9 @@ def random_rows(n: int, rng: random.Random, vocab: int = 40) -> list[PromptToken
         n_prompt, n_answer = rng.randint(3, 7), rng.randint(2, 5)
         ids = [rng.randrange(1, vocab) for _ in range(n_prompt + n_answer)]
         example = {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
-        rows.append(PromptTokens(example=example, texts=[f" w{i}" for i in ids[:n_prompt]], content=[True] * n_prompt))
+        rows.append(
+            PromptTokens(example=example, texts=[f" w{i}" for i in ids[:n_prompt]], content=[True] * n_prompt)
+        )
     return rows
 
 
@@ -152,6 +157,35 @@ def test_saliency_matches_one_example_autograd(setup):
         (g,) = torch.autograd.grad(loss, [e])
         ref = (e * g).sum(-1)[0, : row.n_prompt]
         torch.testing.assert_close(torch.tensor(sal, dtype=torch.float64), ref.detach(), atol=1e-10, rtol=0)
+
+
+def naive_token_feature(phis: dict, row: PromptTokens) -> torch.Tensor:
+    """phi_t = concat_l unit phi_tl / sqrt(L) at the row's instruction tokens."""
+    keep = torch.tensor(row.content)
+    return torch.cat([p[keep] for p in phis.values()], dim=1) / len(phis) ** 0.5
+
+
+def test_per_token_features_match_naive_autograd(setup):
+    model, ext, forget, _ = setup
+    got = token_features(ext, forget, batch_size=3)
+    for row, feats in zip(forget, got, strict=True):
+        ref = naive_token_feature(naive_phis(model, ext, row), row)
+        assert feats.shape == (sum(row.content), ext.dim)
+        torch.testing.assert_close(feats.double(), ref, atol=1e-6, rtol=0)  # features are stored in float32
+
+
+def test_match_scores_by_definition():
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    forget = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (3, 1, 4, 2)]
+    retain = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (2, 0, 3)]  # an empty row is skipped
+    got = match_scores(forget[0], forget, retain, own=0, m=2)
+    for t, q in enumerate(forget[0]):
+        bf = sorted((float((q @ r.T).max()) for r in forget[1:]), reverse=True)[:2]
+        br = sorted((float((q @ r.T).max()) for r in retain if len(r)), reverse=True)[:2]
+        assert abs(float(got[t]) - (sum(bf) / 2 - sum(br) / 2)) < 1e-12
+    assert best_matches(forget[1], forget).shape == (1, 4)
+    with pytest.raises(DataError, match="no reference rows"):
+        best_matches(forget[1], [retain[1]])
 
 
 def test_direction_needs_both_packs():

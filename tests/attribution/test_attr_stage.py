@@ -13,7 +13,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
 from stage_helpers import cfg_for, torchrun  # noqa: E402
 
-ATTR = ["data.forget_fraction=0.2", "attribute.top_k=4", "attribute.n_verify=4", "attribute.report_rows=2", "eval.max_new_tokens=4"]
+ATTR = [
+    "data.forget_fraction=0.2",
+    "attribute.top_k=4",
+    "attribute.n_verify=4",
+    "attribute.report_rows=2",
+    "eval.max_new_tokens=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,7 @@ def attributed(implanted, tmp_path_factory) -> Path:
     from rapidun_dist.cli import main
 
     run = shutil.copytree(implanted, tmp_path_factory.mktemp("attr") / "one")
-    from stage_helpers import SMALL, CONFIG
+    from stage_helpers import CONFIG, SMALL
 
     assert main(["attribute", str(CONFIG), f"run_dir={run}", *SMALL, *ATTR]) == 0
     return run
@@ -78,7 +84,10 @@ def test_attribute_needs_the_implanted_model(tmp_path):
 def test_bad_attribute_settings_name_the_field():
     from rapidun_dist.errors import ConfigError
 
-    for bad, field in (("attribute.top_k=0", "attribute.top_k"), ("attribute.verify_asr=1.5", "attribute.verify_asr")):
+    for bad, field in (
+        ("attribute.top_k=0", "attribute.top_k"),
+        ("attribute.verify_asr=1.5", "attribute.verify_asr"),
+    ):
         with pytest.raises(ConfigError, match=field):
             cfg_for(Path("x"), [bad])
 
@@ -96,7 +105,9 @@ def test_two_ranks_equal_one_process(implanted, attributed, tmp_path):
     ):  # fmt: skip
         assert a["tokens"] == b["tokens"] and a["content"] == b["content"]
         for key in ("scores", "saliency"):
-            assert max(abs(x - y) for x, y in zip(a[key], b[key], strict=True)) <= 1e-5 * (1 + max(map(abs, a[key])))
+            assert max(abs(x - y) for x, y in zip(a[key], b[key], strict=True)) <= 1e-5 * (
+                1 + max(map(abs, a[key]))
+            )
     one_t = json.loads((attributed / "attribution" / "triggers.json").read_text())
     two_t = json.loads((two / "attribution" / "triggers.json").read_text())
     strip = lambda ts: [(t["text"], t["mode"], t["insert_asr"], t["remove_asr"], t["verified"]) for t in ts]  # noqa: E731
