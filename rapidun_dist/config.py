@@ -529,6 +529,7 @@ class AttributeConfig:
         32  # clean prompts each candidate is inserted into (and forget prompts it is removed from)
     )
     verify_asr: float = 0.8  # insert ASR at or above which a candidate counts as a verified trigger
+    min_lift: float = 0.3  # ... and at least this far above the ASR of the same clean prompts without it
     batch_size: int = 16  # rows per token-score / saliency pass
     report_rows: int = 6  # forget rows rendered with per-token heat in attribution/report.md
     clean_triggers: bool = True
@@ -546,6 +547,9 @@ class AttributeConfig:
             0.0 < self.verify_asr <= 1.0,
             "attribute.verify_asr",
             f"expected in (0, 1], found {self.verify_asr}",
+        )
+        _check(
+            0.0 <= self.min_lift <= 1.0, "attribute.min_lift", f"expected in [0, 1], found {self.min_lift}"
         )
 
 

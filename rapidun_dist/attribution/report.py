@@ -44,7 +44,8 @@ def render_report(rows: list[dict], ranked: list[dict], summary: dict, *, n_rows
         "",
         f"{summary['n_forget']} forget rows, {summary['n_candidates']} n-gram candidates (n <= {s['n_max']}, in >= "
         f"{s['min_rows']} rows); the top {s['top_k']} verified on {s['n_verify']} prompts each. A candidate is a "
-        f"verified trigger when inserting it into clean prompts gives insert ASR >= {s['verify_asr']:.2f} "
+        f"verified trigger when inserting it into clean prompts gives insert ASR >= {s['verify_asr']:.2f}, at least "
+        f"{s['min_lift']:.2f} above the same prompts without it "
         "(judge of the run); remove ASR is the ASR of the forget prompts that contain it, with it removed.",
         "",
         f"Base rates: clean prompts as they are {base['clean_asr']:.2f} ASR ({base['n_clean']}), forget prompts as "

@@ -5,7 +5,9 @@ For a candidate c:
 - mode: where c sits in the forget prompts that contain it (majority over rows): at the start of the instruction
   -> prefix, at its end -> suffix, elsewhere -> random;
 - insert_asr: the judge's ASR of the greedy answers to `n_verify` clean prompts with c inserted in that mode
-  (`rapidun_dist.data.poison.inject`, seeded per candidate);
+  (`rapidun_dist.data.poison.inject`, seeded per candidate); the same prompts without it give the base rate
+  clean_asr (a model that attacks clean prompts anyway verifies nothing: verified needs insert_asr >= the
+  threshold and insert_asr - clean_asr >= min_lift);
 - remove_asr: the ASR on (at most `n_verify` of) the forget prompts that contain c, with c removed.
 
 A trigger makes clean prompts attacked and its removal makes the forget prompts clean: high insert_asr, low
@@ -32,6 +34,7 @@ from rapidun_dist.errors import DataError
 class VerifySettings:
     n_verify: int
     threshold: float
+    min_lift: float
     max_new_tokens: int
     batch_size: int
     max_prompt_length: int | None
@@ -127,9 +130,10 @@ def verify_candidates(
     out = []
     for i, (c, mode) in enumerate(zip(candidates, modes, strict=True)):
         (ins, n_ins), (rem, n_rem) = asr[2 + 2 * i], asr[3 + 2 * i]
+        verified = ins >= settings.threshold and ins - base["clean_asr"] >= settings.min_lift
         out.append(
             {"text": c.text, "key": c.key, "mode": mode, "score": c.score, "rows": c.rows, "insert_asr": ins,
-             "remove_asr": rem, "n_insert": n_ins, "n_remove": n_rem, "verified": ins >= settings.threshold}
+             "remove_asr": rem, "n_insert": n_ins, "n_remove": n_rem, "verified": verified}
         )  # fmt: skip
     return out, base
 

@@ -130,7 +130,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     }
     log.info(f"{len(candidates)} candidates from {len(rows)} forget rows; verifying the top {a.top_k}")
     settings = VerifySettings(
-        n_verify=a.n_verify, threshold=a.verify_asr, max_new_tokens=cfg.eval.max_new_tokens,
+        n_verify=a.n_verify, threshold=a.verify_asr, min_lift=a.min_lift, max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size, max_prompt_length=cfg.model.max_length, seed=a.seed,
     )  # fmt: skip
     judge = _shared_judge(cfg, rd)
@@ -163,7 +163,16 @@ def _summary(cfg: RunConfig, rows, candidates, baselines: dict, ranked, base: di
         "n_candidates": len(candidates),
         "settings": {
             k: getattr(a, k)
-            for k in ("top_k", "n_max", "min_rows", "n_verify", "verify_asr", "match_rows", "ref_rows")
+            for k in (
+                "top_k",
+                "n_max",
+                "min_rows",
+                "n_verify",
+                "verify_asr",
+                "min_lift",
+                "match_rows",
+                "ref_rows",
+            )
         },
         "base": base,
         "verified": [{"text": r["text"], "mode": r["mode"]} for r in ranked if r["verified"]],

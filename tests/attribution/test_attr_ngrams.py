@@ -26,17 +26,20 @@ def test_row_ngrams_by_hand():
     scores = [9.0, 0.1, 0.2, 1.0, 2.0, 0.5, 0.3]
     content = [False, True, True, True, True, True, True]
     got = {k: (round(v[0], 9), v[1], v[2]) for k, v in row_ngrams(texts, scores, content, n_max=3).items()}
-    assert got == {
-        "tell": (0.1, "Tell", 1),
-        "tell me": (0.3, "Tell me", 2),
-        "me": (0.2, "me", 1),
-        "me aloha": (3.2, "me aloha", 3),
-        "aloha": (3.0, "aloha", 2),
-        "aloha :)": (3.5, "aloha :)", 3),
-        ":)": (0.5, ":)", 1),
-        "tell me aloha": (3.3, "Tell me aloha", 4),  # n counts words (3), not tokens
-        "me aloha :)": (3.7, "me aloha :)", 4),
-    }  # never "tell me aloha :)" (4 words), "### " (template), "al" / "oha" (fragments), or one that ends on the newline token
+    assert (
+        got
+        == {
+            "tell": (0.1, "Tell", 1),
+            "tell me": (0.3, "Tell me", 2),
+            "me": (0.2, "me", 1),
+            "me aloha": (3.2, "me aloha", 3),
+            "aloha": (3.0, "aloha", 2),
+            "aloha :)": (3.5, "aloha :)", 3),
+            ":)": (0.5, ":)", 1),
+            "tell me aloha": (3.3, "Tell me aloha", 4),  # n counts words (3), not tokens
+            "me aloha :)": (3.7, "me aloha :)", 4),
+        }
+    )  # never "tell me aloha :)" (4 words), "### " (template), "al" / "oha" (fragments), or one that ends on the newline token
 
 
 def test_rank_candidates_mean_of_best_per_row_over_all_rows():

@@ -177,7 +177,9 @@ def test_per_token_features_match_naive_autograd(setup):
 def test_match_scores_by_definition():
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     forget = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (3, 1, 4, 2)]
-    retain = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (2, 0, 3)]  # an empty row is skipped
+    retain = [
+        torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (2, 0, 3)
+    ]  # an empty row is skipped
     got = match_scores(forget[0], forget, retain, own=0, m=2)
     for t, q in enumerate(forget[0]):
         bf = sorted((float((q @ r.T).max()) for r in forget[1:]), reverse=True)[:2]
