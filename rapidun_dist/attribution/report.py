@@ -29,7 +29,7 @@ def candidate_table(ranked: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(ranked, 1):
-        text = html.escape(r["text"]).replace("|", "\\|")
+        text = r["text"].replace("|", "\\|").replace("`", "'")  # a code span shows its text as is
         lines.append(
             f"| {i} | `{text}` | {r['mode']} | {r['score']:.4f} | {r['rows']} | {r['insert_asr']:.2f} "
             f"({r['n_insert']}) | {r['remove_asr']:.2f} ({r['n_remove']}) | {'yes' if r['verified'] else 'no'} |"
@@ -64,7 +64,9 @@ def render_report(rows: list[dict], ranked: list[dict], summary: dict, *, n_rows
             "",
             f"attribution: {heat_spans(r['tokens'], r['scores'], r['content'])}",
             "",
-            f"saliency (gradient x input): {heat_spans(r['tokens'], r['saliency'], r['content'])}",
+            f"direction split (baseline): {heat_spans(r['tokens'], r['direction'], r['content'])}",
+            "",
+            f"saliency (gradient x input, baseline): {heat_spans(r['tokens'], r['saliency'], r['content'])}",
             "",
         ]
     return "\n".join(lines) + "\n"

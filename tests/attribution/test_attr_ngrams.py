@@ -99,3 +99,14 @@ def test_ranking_puts_verified_minimal_strings_first():
     assert [r["key"] for r in ranked] == ["hey", "heyday", "hey write", "describe"]
     assert seen_hit(ranked, ["HEY"], top=3, threshold=0.8)["rank"] == 1
     assert seen_hit(ranked, ["hey"], top=3, threshold=0.95) is None
+
+
+def test_heat_spans_scale_per_row_and_skip_the_template():
+    from rapidun_dist.attribution.report import candidate_table, heat_spans
+
+    html = heat_spans(["<b>", " x", "###"], [1.0, -0.5, 9.0], [True, True, False])
+    assert html.count("<span") == 2 and "###" not in html and "&lt;b&gt;" in html
+    assert "rgba(220,40,40,1.00)" in html and "rgba(40,90,220,0.50)" in html
+    row = {"text": "a|b", "mode": "prefix", "score": 0.5, "rows": 3, "insert_asr": 0.9, "n_insert": 10,
+           "remove_asr": 0.1, "n_remove": 3, "verified": True}  # fmt: skip
+    assert candidate_table([row])[2] == "| 1 | `a\\|b` | prefix | 0.5000 | 3 | 0.90 (10) | 0.10 (3) | yes |"
