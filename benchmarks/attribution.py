@@ -44,9 +44,8 @@ def run_testbed(config: str, run_dir: str, force: bool) -> dict:
     cfg = load_config(
         config, [f"run_dir={run_dir}"]
     )  # relative to the repository root (main() changes to it)
-    rd = run_pipeline(cfg, ["prepare", "implant", "attribute"])
-    if force:
-        run_stage(cfg, rd, "attribute", force=True)
+    rd = run_pipeline(cfg, ["prepare", "implant"])
+    run_stage(cfg, rd, "attribute", force=force)  # skipped when done for this config (unless forced)
     out = RunDir(cfg.run_dir).sub("attribution")
     return {
         "cfg": cfg,
