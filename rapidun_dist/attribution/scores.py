@@ -118,7 +118,7 @@ def encode_forget_rows(tokenizer, rows: list[dict], max_length: int) -> list[Pro
 
 def feature_sum(extractor: TokenwiseExtractor, examples: list[dict], batch_size: int) -> torch.Tensor:
     """[dim] float64 sum of the (unit) prompt-position features of `examples` (zeros when empty)."""
-    total = torch.zeros(extractor.dim, dtype=torch.float64)
+    total = torch.zeros(extractor.dim, dtype=torch.float64, device="cpu")
     for s in range(0, len(examples), batch_size):
         total += extractor(examples[s : s + batch_size]).detach().double().sum(0).cpu()
     return total
@@ -192,9 +192,9 @@ def token_features(
     for s in range(0, len(rows), batch_size):
         chunk = rows[s : s + batch_size]
         batch_cpu = pad_batch([r.example for r in chunk], pad_id)
-        mask = torch.zeros_like(batch_cpu["attention_mask"], dtype=torch.bool)
+        mask = torch.zeros(tuple(batch_cpu["attention_mask"].shape), dtype=torch.bool, device="cpu")  # host
         for i, r in enumerate(chunk):
-            mask[i, : r.n_prompt] = torch.tensor(r.content, dtype=torch.bool)
+            mask[i, : r.n_prompt] = torch.tensor(r.content, dtype=torch.bool, device="cpu")
         layout = per_token_layout(mask, dev)
         hooks = HookProjector(extractor.layers, extractor.bank, layout, backend=extractor.cfg.backend)
         with hooks:
@@ -210,7 +210,9 @@ def token_features(
 def _layer_part(extractor: TokenwiseExtractor, sums: dict, name: str, n: int) -> torch.Tensor:
     k_in, k_out = extractor.proj[name][0].shape[0], extractor.proj[name][1].shape[0]
     part = sums.get(name)
-    return torch.zeros(n, k_out * k_in) if part is None else part.detach().flatten(1).float().cpu()
+    return (
+        torch.zeros(n, k_out * k_in, device="cpu") if part is None else part.detach().flatten(1).float().cpu()
+    )
 
 
 def best_matches(q_ND: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
@@ -219,8 +221,10 @@ def best_matches(q_ND: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
     if not refs or not sum(sizes):
         raise DataError("attribution: no reference rows with instruction tokens to match against")
     sims = q_ND.double() @ torch.cat(refs).double().T
-    row_of = torch.repeat_interleave(torch.arange(len(refs)), torch.tensor(sizes)).expand_as(sims)
-    out = torch.full((len(q_ND), len(refs)), float("-inf"), dtype=torch.float64)
+    row_of = torch.repeat_interleave(
+        torch.arange(len(refs), device="cpu"), torch.tensor(sizes, device="cpu")
+    ).expand_as(sims)
+    out = torch.full((len(q_ND), len(refs)), float("-inf"), dtype=torch.float64, device="cpu")
     return out.scatter_reduce(1, row_of, sims, reduce="amax")
 
 
@@ -237,7 +241,7 @@ def match_scores(
     f = [r for j, r in enumerate(forget_refs) if j != own and len(r)]
     r = [x for x in retain_refs if len(x)]
     if not len(q_ND):
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64, device="cpu")
     bf, br = best_matches(q_ND, f), best_matches(q_ND, r)
     return bf.topk(min(m, bf.shape[1]), dim=1).values.mean(1) - br.topk(
         min(m, br.shape[1]), dim=1

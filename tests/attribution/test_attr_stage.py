@@ -112,3 +112,22 @@ def test_two_ranks_equal_one_process(implanted, attributed, tmp_path):
     two_t = json.loads((two / "attribution" / "triggers.json").read_text())
     strip = lambda ts: [(t["text"], t["mode"], t["insert_asr"], t["remove_asr"], t["verified"]) for t in ts]  # noqa: E731
     assert strip(one_t) == strip(two_t)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else []))
+def test_attribute_places_its_tensors_on_the_device(implanted, tmp_path, monkeypatch, device):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from placement import placement_guard, watch_loaded_models
+
+    import rapidun_dist.unlearn.engine  # noqa: F401 - imported before the loaders are wrapped
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import attribute
+
+    run = shutil.copytree(implanted, tmp_path / "run")
+    cfg = cfg_for(run, [*ATTR, f"distributed.device={device}"])
+    with placement_guard(
+        device, monkeypatch, watch_models=lambda g: watch_loaded_models(g, monkeypatch)
+    ) as g:
+        attribute.run(cfg, RunDir(run))
+    assert g.violations == [] and g.calls > 0
+    assert (run / "attribution" / "triggers.json").is_file()
