@@ -608,6 +608,43 @@ class EvalConfig:
         _check(self.retrieval_rows >= 0, "eval.retrieval_rows", "must be >= 0")
 
 
+@dataclass(kw_only=True)
+class AttributeConfig:
+    """Token-level attribution and trigger finding (the `attribute` stage, rapidun_dist/attribution)."""
+
+    top_k: int = 12  # ranked n-gram candidates that are verified by generation
+    n_max: int = 4  # longest n-gram considered, in words
+    match_rows: int = 3  # attribution: the m best-matching forget (and retain) rows a token is compared with
+    ref_rows: int = 1024  # at most this many forget and retain rows (evenly spaced) are matched against
+    min_rows: int = 2  # a candidate must occur in at least this many forget rows
+    n_verify: int = (
+        32  # clean prompts each candidate is inserted into (and forget prompts it is removed from)
+    )
+    verify_asr: float = 0.8  # insert ASR at or above which a candidate counts as a verified trigger
+    min_lift: float = 0.3  # ... and at least this far above the ASR of the same clean prompts without it
+    batch_size: int = 16  # rows per token-score / saliency pass
+    report_rows: int = 6  # forget rows rendered with per-token heat in attribution/report.md
+    clean_triggers: bool = True
+    """Clean mode without eval.triggers: run attribute before unlearning and use its verified triggers for the
+    triggered evaluation prompts and self-relabel."""
+    seed: int = 0  # random insertion positions
+
+    def __post_init__(self):
+        for name in ("top_k", "n_max", "min_rows", "n_verify", "batch_size", "match_rows", "ref_rows"):
+            _check(
+                getattr(self, name) >= 1, f"attribute.{name}", f"expected >= 1, found {getattr(self, name)}"
+            )
+        _check(self.report_rows >= 0, "attribute.report_rows", f"expected >= 0, found {self.report_rows}")
+        _check(
+            0.0 < self.verify_asr <= 1.0,
+            "attribute.verify_asr",
+            f"expected in (0, 1], found {self.verify_asr}",
+        )
+        _check(
+            0.0 <= self.min_lift <= 1.0, "attribute.min_lift", f"expected in [0, 1], found {self.min_lift}"
+        )
+
+
 DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -655,6 +692,7 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    attribute: AttributeConfig = field(default_factory=AttributeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):

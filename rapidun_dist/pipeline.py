@@ -11,7 +11,7 @@ from rapidun_dist.errors import StageError
 from rapidun_dist.io import write_text
 from rapidun_dist.logging import attach_run_log, get_logger
 from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages import check_ready, get_stage, pipeline_stages
+from rapidun_dist.stages import check_ready, default_stages, get_stage, pipeline_stages
 
 log = get_logger("pipeline")
 
@@ -54,7 +54,7 @@ def select_stages(cfg: RunConfig, names: list[str] | None) -> list[str]:
     """The requested stages in pipeline order (all of the mode's stages when `names` is None)."""
     order = [s.name for s in pipeline_stages(cfg.mode, cfg.to_dict())]
     if names is None:
-        return order
+        return [s.name for s in default_stages(cfg)]
     for n in names:
         get_stage(n)  # unknown names: a clear error listing the stages
         if n not in order:

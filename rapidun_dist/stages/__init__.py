@@ -2,6 +2,7 @@
 
     experiment mode: prepare -> implant -> find_poison -> influence -> weights -> unlearn -> evaluate
     clean mode:      prepare ->            find_poison -> influence -> weights -> unlearn -> evaluate
+    optional:        attribute (after weights; by name, or by default in the clean job without eval.triggers)
 
 (find_poison where there is a training set to search and `find_poison.enabled`: always in experiment mode, with
 `data.train_path` in clean mode).
@@ -18,7 +19,16 @@ import hashlib
 import json
 
 from rapidun_dist.errors import StageError
-from rapidun_dist.stages import evaluate, find_poison, implant, influence, prepare, unlearn, weights
+from rapidun_dist.stages import (
+    attribute,
+    evaluate,
+    find_poison,
+    implant,
+    influence,
+    prepare,
+    unlearn,
+    weights,
+)
 from rapidun_dist.stages.base import Stage
 
 ORDER: tuple[Stage, ...] = (
@@ -27,6 +37,7 @@ ORDER: tuple[Stage, ...] = (
     find_poison.STAGE,
     influence.STAGE,
     weights.STAGE,
+    attribute.STAGE,
     unlearn.STAGE,
     evaluate.STAGE,
 )
@@ -48,6 +59,12 @@ def pipeline_stages(mode: str, cfg_dict: dict | None = None) -> list[Stage]:
     ]
 
 
+def default_stages(cfg) -> list[Stage]:
+    """The stages `rapidun run` runs without --stages: the mode's, optional ones only when they apply."""
+    cfg_dict = cfg.to_dict()
+    return [s for s in pipeline_stages(cfg.mode, cfg_dict) if s.when is None or s.when(cfg_dict)]
+
+
 def _lookup(cfg_dict: dict, dotted: str):
     node = cfg_dict
     for part in dotted.split("."):
@@ -66,6 +83,8 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
         )
     h = hashlib.sha256(json.dumps({"mode": mode}).encode())
     for name in names[: names.index(stage) + 1]:
+        if name != stage and STAGES[name].when is not None and not STAGES[name].when(cfg_dict):
+            continue  # an optional stage later stages do not read in this config: neither its keys nor outputs
         for key in STAGES[name].config_keys:
             h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
         if name != stage and name in manifest_stages:

@@ -34,6 +34,9 @@ class Stage:
     applies: Callable[[dict], bool] | None = None
     """Whether a run of the config (as a dict) has this stage at all (None: always, in its modes); e.g. find_poison
     only where there is a training set to search."""
+    when: Callable[[dict], bool] | None = None
+    """None: part of every run of its modes. Else (an optional stage, e.g. attribute) it joins a default run, and
+    later stages' fingerprints, only when `when(cfg_dict)` is true; it can always be run by name."""
 
     def upstream(self, cfg: RunConfig) -> tuple[str, ...]:
         return self.requires(cfg) if callable(self.requires) else self.requires

@@ -152,3 +152,21 @@ def _judge_basis(cfg: RunConfig, rd: RunDir) -> dict:
         "files": {n: file_sha256(rd.data / f"{n}.jsonl") for n in names},
         "settings": [e.judge_vocab_size, e.judge_z, e.judge_min_words],
     }
+
+
+VERIFIED_SOURCE = "triggers verified by the attribute stage (attribution/triggers.json)"
+
+
+def effective_triggers(cfg: RunConfig, rd: RunDir) -> tuple[list, str | None]:
+    """(triggers, where they come from) for triggered evaluation prompts and self-relabel: `eval.triggers` when
+    given; else, in the clean job with attribute.clean_triggers, the candidates the attribute stage verified
+    (insert ASR >= attribute.verify_asr); else ([], None). Nothing is rewritten: the readers build from these."""
+    from rapidun_dist.config import TriggerSpec
+
+    if cfg.eval.triggers:
+        return list(cfg.eval.triggers), "eval.triggers"
+    path = rd.sub("attribution") / "triggers.json"
+    if cfg.mode != "clean" or not cfg.attribute.clean_triggers or not path.exists():
+        return [], None
+    found = [t for t in read_json(path) if t.get("insert_asr", 0.0) >= cfg.attribute.verify_asr]
+    return [TriggerSpec(text=t["text"], mode=t["mode"]) for t in found], VERIFIED_SOURCE if found else None

@@ -26,6 +26,8 @@ from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
 from rapidun_dist.stages.common import (
     RETRAIN_METHODS,
+    VERIFIED_SOURCE,
+    effective_triggers,
     find_poison_runs,
     load_or_fit_judge,
     method_dir,
@@ -111,14 +113,41 @@ def _shared_judge(cfg: RunConfig, rd: RunDir):
     return Judge.from_dict(dist_env.broadcast_object(state))
 
 
-def asr_source(cfg: RunConfig) -> str:
+def asr_source(cfg: RunConfig, rd: RunDir | None = None) -> str:
     if cfg.mode == "experiment":
         return "test_seen / test_ood: held-out prompts with seen and OOD trigger variants (experiment)"
     if cfg.eval.triggers:
         return "prompts built from eval.triggers" + (
             " and eval.ood_triggers" if cfg.eval.ood_triggers else ""
         )
+    verified = _verified_triggers(cfg, rd) if rd is not None else []
+    if verified:
+        return f"test_clean prompts with the {VERIFIED_SOURCE}: " + ", ".join(
+            f"{t.text!r} ({t.mode})" for t in verified
+        )
     return "held-out forget prompts (no eval.triggers given)"
+
+
+def _verified_triggers(cfg: RunConfig, rd: RunDir) -> list:
+    triggers, source = effective_triggers(cfg, rd)
+    return triggers if source == VERIFIED_SOURCE else []
+
+
+def _splits(cfg: RunConfig, rd: RunDir) -> dict[str, list[dict]]:
+    """The test splits; in the clean job without eval.triggers but with verified triggers, test_seen is built from
+    the test_clean prompts with those inserted (as prepare does from eval.triggers; data/ is not rewritten)."""
+    import random
+
+    from rapidun_dist.data.clean import triggered
+
+    splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in SPLITS}
+    verified = _verified_triggers(cfg, rd)
+    if verified:
+        rng = random.Random(cfg.data.seed)
+        splits["test_seen"] = triggered(
+            splits["test_clean"][: cfg.data.n_test_seen], verified, "verified", rng
+        )
+    return splits
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
@@ -130,12 +159,12 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     if info.rank == 0:
         rd.eval.mkdir(parents=True, exist_ok=True)
     judge = _shared_judge(cfg, rd)
-    splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in SPLITS}
+    splits = _splits(cfg, rd)
     base, _ = load_saved(rd.model, cfg.model, device=info.device)
     extra = _extra_inputs(cfg, rd)
     report: dict = {
         "mode": cfg.mode,
-        "asr_source": asr_source(cfg),
+        "asr_source": asr_source(cfg, rd),
         "config": {"run_dir": cfg.run_dir, "methods": run_methods(cfg), "seeds": cfg.seeds()},
         "protocol": {"seed": ",".join(f"{k}={v}" for k, v in cfg.seeds().items())},
         "before": _eval_model(cfg, rd, judge, base, splits, extra | {"skip_relearn": True}),
@@ -174,6 +203,8 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         }
     if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
         report["retrieval"] = _retrieval(cfg, rd, info.device)
+    if rd.sub("attribution").joinpath("triggers.json").exists():  # the report's trigger-candidate section
+        report["triggers"] = read_json(rd.sub("attribution") / "triggers.json")
     if info.rank == 0:
         write_report(rd.eval, report, weights=_weights_for_plot(rd), curves=curves)
     dist_env.barrier()

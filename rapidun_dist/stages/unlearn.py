@@ -142,7 +142,37 @@ def relabel_basis(cfg: RunConfig, rd: RunDir) -> dict:
         "max_new_tokens": cfg.unlearn.self_relabel_max_new_tokens,
         "max_length": cfg.model.max_length,
         "dtype": cfg.model.dtype,
+        "triggers_removed": [t.text for t in _verified(cfg, rd)],
     }
+
+
+def _verified(cfg: RunConfig, rd: RunDir) -> list:
+    from rapidun_dist.stages.common import VERIFIED_SOURCE, effective_triggers
+
+    triggers, source = effective_triggers(cfg, rd)
+    return triggers if source == VERIFIED_SOURCE else []
+
+
+def _relabel_prompts(cfg: RunConfig, rd: RunDir, forget: list[dict]) -> list[dict]:
+    """The clean job without eval.triggers: the verified triggers (stages.common.effective_triggers) are removed
+    from the forget rows' clean prompts before the model answers them (with eval.triggers prepare removed them)."""
+    from rapidun_dist.data.clean import strip_triggers
+    from rapidun_dist.stages.common import VERIFIED_SOURCE
+
+    triggers = _verified(cfg, rd)
+    if not triggers:
+        return forget
+    log.info(
+        f"self-relabel: prompts without the {VERIFIED_SOURCE}: {', '.join(repr(t.text) for t in triggers)}"
+    )
+    return [
+        r
+        | {
+            "instruction": strip_triggers(r["instruction"], triggers),
+            "context": strip_triggers(r.get("context", ""), triggers),
+        }
+        for r in forget
+    ]
 
 
 def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | None, dict]:
@@ -152,7 +182,8 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
     from rapidun_dist.unlearn.relabel import rows_needing_relabel, self_relabel
 
     u = cfg.unlearn
-    forget = read_jsonl(pack_files(cfg, rd)[0])  # the engine's forget pack: its indices key the answers
+    forget = _relabel_prompts(cfg, rd, read_jsonl(pack_files(cfg, rd)[0]))  # the engine's forget pack: its
+    # indices key the answers
     need = rows_needing_relabel(forget)
     if not need or not (u.relabel and u.self_relabel):
         why = (
