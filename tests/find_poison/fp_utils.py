@@ -60,14 +60,18 @@ def read_rows(path: Path) -> list[dict]:
 def torchrun_find_poison(
     run: Path, *, nproc: int, extra: tuple[str, ...] = (), env_extra: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """launch/find_poison.py on `nproc` gloo ranks; through fp_kill_worker.py when env_extra sets
+    """launch/find_poison.py on `nproc` gloo ranks; through tests/kill_worker.py when env_extra sets
     RAPIDUN_TEST_KILL_AFTER_SHARDS ("RANK:N": that rank SIGKILLs itself after its N-th unit)."""
     kill = "RAPIDUN_TEST_KILL_AFTER_SHARDS" in (env_extra or {})
-    script = Path(__file__).parent / "fp_kill_worker.py" if kill else REPO / "launch" / "find_poison.py"
+    script = (
+        [str(REPO / "tests" / "kill_worker.py"), "find_poison"]
+        if kill
+        else [str(REPO / "launch" / "find_poison.py")]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPIDUN_LOG_ALL_RANKS": "1", **(env_extra or {})}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-        str(free_port()), "--monitor_interval", "0.2", str(script), "--config", str(CONFIG), f"run_dir={run}",
+        str(free_port()), "--monitor_interval", "0.2", *script, "--config", str(CONFIG), f"run_dir={run}",
         *OVERRIDES, *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

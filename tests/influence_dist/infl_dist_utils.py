@@ -69,11 +69,12 @@ def torchrun_influence(
     run: Path, *, nproc: int = 2, env_extra: dict | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     """launch/influence.py on `nproc` gloo ranks (python -m torch.distributed.run of this venv); through
-    kill_worker.py (the same launch with a crash hook) when env_extra sets RAPIDUN_TEST_KILL_AFTER_SHARDS."""
+    tests/kill_worker.py (the same launch with a crash hook) when env_extra sets RAPIDUN_TEST_KILL_AFTER_SHARDS."""
+    kill = "RAPIDUN_TEST_KILL_AFTER_SHARDS" in (env_extra or {})
     script = (
-        Path(__file__).parent / "kill_worker.py"
-        if "RAPIDUN_TEST_KILL_AFTER_SHARDS" in (env_extra or {})
-        else REPO / "launch" / "influence.py"
+        [str(REPO / "tests" / "kill_worker.py"), "influence"]
+        if kill
+        else [str(REPO / "launch" / "influence.py")]
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAPIDUN_LOG_ALL_RANKS": "1", **(env_extra or {})}
     cmd = [
@@ -86,7 +87,7 @@ def torchrun_influence(
         str(free_port()),
         "--monitor_interval",
         "0.2",
-        str(script),
+        *script,
         "--config",
         str(CONFIG),
         f"run_dir={run}",

@@ -1,7 +1,7 @@
 """Kill one rank of a 2-rank feature extraction hard (SIGKILL), rerun: only the missing shards are recomputed
 and the final weights equal an uninterrupted single-process run.
 
-The crash is injected by tests/influence_dist/kill_worker.py (RAPIDUN_TEST_KILL_AFTER_SHARDS="RANK:N"): rank
+The crash is injected by tests/kill_worker.py (RAPIDUN_TEST_KILL_AFTER_SHARDS="RANK:N"): rank
 RANK SIGKILLs itself right after writing its N-th feature shard;
 torchrun then tears down the other rank.
 """

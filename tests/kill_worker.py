@@ -1,6 +1,9 @@
-"""launch/influence.py with a crash injected, for the resume test (keeps test hooks out of library code).
+"""A feature launcher with a crash injected, for the resume tests (keeps test hooks out of library code).
 
-RAPIDUN_TEST_KILL_AFTER_SHARDS="R:N": rank R SIGKILLs itself right after writing its N-th feature shard.
+    python tests/kill_worker.py LAUNCHER ARGS...     LAUNCHER: influence | find_poison (launch/<LAUNCHER>.py)
+
+RAPIDUN_TEST_KILL_AFTER_SHARDS="R:N": rank R SIGKILLs itself right after writing its N-th feature shard (a shard of
+the influence stage, a work unit of find_poison: both go through FeatureStore.write_shard).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _install_kill_hook() -> None:
@@ -35,10 +38,11 @@ def _install_kill_hook() -> None:
 def main() -> int:
     if os.environ.get("RAPIDUN_TEST_KILL_AFTER_SHARDS"):
         _install_kill_hook()
-    spec = importlib.util.spec_from_file_location("launch_influence", ROOT / "launch" / "influence.py")
+    name, argv = sys.argv[1], sys.argv[2:]
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", ROOT / "launch" / f"{name}.py")
     launch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch)
-    return launch.main(sys.argv[1:])
+    return launch.main(argv)
 
 
 if __name__ == "__main__":
