@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.data.prompt import encode_example, record_prompt
 from rapidun_dist.distributed import preempt
 from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
@@ -52,6 +53,28 @@ def feature_context(model_identity: str, tokenizer, cfg: RunConfig) -> dict:
     }
 
 
+def contrast_counterparts(records: list[dict], tokenizer, max_length: int) -> list[dict | None]:
+    """Per record, the example its trigger-contrast feature subtracts: a poisoned row's clean prompt
+    (`instruction` / `context`: the trigger removed, by the data or by `eval.triggers` in the clean job) with
+    the same poisoned answer; None for clean rows (they keep their plain feature)."""
+    out: list[dict | None] = []
+    for r in records:
+        if r.get("is_poisoned") and r.get("instruction_poisoned"):
+            prompt = record_prompt(tokenizer, r, poisoned=False)
+            out.append(encode_example(tokenizer, prompt, r["response_poisoned"], max_length))
+        else:
+            out.append(None)
+    n_same = sum(
+        1 for r in records if r.get("is_poisoned") and r.get("instruction_poisoned") == r.get("instruction")
+    )
+    if n_same:
+        log.warning(
+            f"contrast: {n_same} poisoned rows have the same prompt with and without the trigger (none found or "
+            "a mislabelled clean row): their features are zero, so they carry no weight signal"
+        )
+    return out
+
+
 def extract_features(
     cfg: RunConfig,
     model,
@@ -66,6 +89,11 @@ def extract_features(
     """Compute (only) this rank's missing shards of features for `records` (global row order)."""
     examples = encode_records(records, tokenizer, cfg.model.max_length)
     extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
+    counterparts = (
+        contrast_counterparts(records, tokenizer, cfg.model.max_length)
+        if cfg.influence.contrast == "trigger"
+        else None
+    )
     store = FeatureStore(store_dir, extractor.spec() | {"context": context})
     store_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(examples), cfg.influence.shard_size)
@@ -87,7 +115,13 @@ def extract_features(
         )  # host buffer: shards are written from the host
         for b in range(0, len(order), cfg.influence.batch_size):
             rows = order[b : b + cfg.influence.batch_size]
-            feats[[r - s for r in rows]] = extractor([examples[r] for r in rows]).detach().float().cpu()
+            batch = [examples[r] for r in rows]
+            out = (
+                extractor(batch)
+                if counterparts is None
+                else extractor(batch, [counterparts[r] for r in rows])
+            )
+            feats[[r - s for r in rows]] = out.detach().float().cpu()
             progress.update(len(rows))
         store.write_shard(i, shards[i], feats, row_ids[i])
         if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
