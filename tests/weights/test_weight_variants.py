@@ -144,3 +144,92 @@ def test_rapidun_relabel_weights_apart_from_the_ascent(tmp_path):
     torch.testing.assert_close(ascent, want_ascent, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(rest, want_rest, rtol=1e-6, atol=1e-9)
     assert "relabel_weights" in m.describe()
+
+
+# the stages' side: split halves, scores.jsonl round trip, relabel weight files -----------------------------------
+
+
+def test_half_columns_split_layer_blocks():
+    from rapidun_dist.errors import DataError as DE
+    from rapidun_dist.stages.influence import half_columns
+
+    a, b = half_columns({"estimator": "tokenwise", "dim": 12, "layers": ["l0", "l1", "l2"]})
+    assert a.tolist() == [0, 1, 2, 3, 8, 9, 10, 11] and b.tolist() == [4, 5, 6, 7]
+    a, b = half_columns({"estimator": "rapidgrad", "dim": 6, "layers": ["l0"]})
+    assert a.tolist() == [0, 2, 4] and b.tolist() == [1, 3, 5]
+    with pytest.raises(DE, match="two tracked layers"):
+        half_columns({"estimator": "tokenwise", "dim": 4, "layers": ["l0"]})
+
+
+def test_mean_scores_of_halves_average_to_the_full_score():
+    """The identity the shrinkage rests on: for `mean`, S = (S_A + S_B) / 2 when every layer block has one norm."""
+    from rapidun_dist.stages.influence import half_columns
+
+    gen = _gen()
+    n_layers, width = 4, 5
+    raw = torch.randn(20, n_layers, width, generator=gen, dtype=torch.float64)
+    feats = (torch.nn.functional.normalize(raw, dim=2) / n_layers**0.5).flatten(1)
+    cols = half_columns({"estimator": "tokenwise", "dim": n_layers * width, "layers": list("abcd")})
+    full = dense_directional_scores(feats[:7], feats[7:])
+    halves = [dense_directional_scores(feats[:7, c], feats[7:, c]) for c in cols]
+    for k in ("ff", "fr", "rr", "rf"):
+        torch.testing.assert_close(full[k], (halves[0][k] + halves[1][k]) / 2, rtol=0, atol=1e-12)
+
+
+def _run_weights_stage(tmp_path, wcfg: WeightsConfig, with_halves: bool):
+    from rapidun_dist.config import RunConfig
+    from rapidun_dist.io import write_jsonl
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages import weights as stage
+    from rapidun_dist.stages.influence import score_rows
+
+    gen = _gen()
+    forget = [{"id": f"f{i}"} for i in range(8)]
+    retain = [{"id": f"r{i}"} for i in range(20)]
+    full = _scores(8, 20, gen)
+    halves = (_scores(8, 20, gen), _scores(8, 20, gen)) if with_halves else None
+    rd = RunDir(tmp_path)
+    rd.influence.mkdir(parents=True, exist_ok=True)
+    write_jsonl(rd.influence / "scores.jsonl", score_rows(forget, retain, full, halves))
+    stage.run(RunConfig(weights=wcfg), rd)
+    return rd, full, halves
+
+
+def test_weights_stage_shrinks_with_stored_halves_and_writes_relabel_weights(tmp_path):
+    from rapidun_dist.stages.weights import read_scores
+    from rapidun_dist.weights.rapidin import RELABEL_WEIGHTS
+
+    cfg = WeightsConfig(shrink=True, relabel_weights="self")
+    rd, full, halves = _run_weights_stage(tmp_path, cfg, with_halves=True)
+    scores, f_ids, r_ids, got_halves = read_scores(rd.influence / "scores.jsonl")
+    assert f_ids[0] == "f0" and len(r_ids) == 20
+    for k in ("ff", "fr", "rr", "rf"):
+        torch.testing.assert_close(scores[k], full[k]) and torch.testing.assert_close(
+            got_halves[1][k], halves[1][k]
+        )
+    fw, _, _ = fuse_and_weight(full, cfg, halves)
+    stored = torch.tensor(
+        [r["weight"] for r in read_jsonl_rows(rd.weights / "forget_weights.jsonl")], dtype=torch.float64
+    )
+    torch.testing.assert_close(stored, fw)
+    from dataclasses import replace
+
+    relabel = torch.tensor(
+        [r["weight"] for r in read_jsonl_rows(rd.weights / RELABEL_WEIGHTS)], dtype=torch.float64
+    )
+    torch.testing.assert_close(relabel, fuse_and_weight(full, replace(cfg, beta=0.0), halves)[0])
+    _run_weights_stage(
+        tmp_path, WeightsConfig(), with_halves=False
+    )  # "same": a stale relabel file is removed
+    assert not (rd.weights / RELABEL_WEIGHTS).exists()
+
+
+def test_weights_stage_shrink_without_halves_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="split-half"):
+        _run_weights_stage(tmp_path, WeightsConfig(shrink=True), with_halves=False)
+
+
+def read_jsonl_rows(path):
+    from rapidun_dist.io import read_jsonl
+
+    return read_jsonl(path)
