@@ -205,6 +205,8 @@ def run_stability(args) -> dict:
         "answer": replace(cfg.influence),
         "prompt": replace(cfg.influence, positions="prompt"),
         "contrast": replace(cfg.influence, contrast="trigger"),
+        "all": replace(cfg.influence, positions="all"),
+        "contrast_all": replace(cfg.influence, contrast="trigger", positions="all"),
     }
     feats_by = {
         name: features_for(model, tok, records, icfg, cfg.model.max_length) for name, icfg in kinds.items()
