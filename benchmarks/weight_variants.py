@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.io import read_jsonl  # noqa: E402
+from rapidun_dist.io import file_sha256, read_jsonl  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
@@ -52,6 +52,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
     "relabel_uniform": ("rapidun", ["weights.relabel_weights=uniform"]),
     "relabel_self": ("rapidun", ["weights.relabel_weights=self"]),
     "at_risk": ("rapidun", ["weights.retain_score=at_risk"]),
+    "k64_relabel_uniform": (
+        "rapidun",
+        ["influence.k_in=64", "influence.k_out=64", "weights.relabel_weights=uniform"],
+    ),
     "contrast_relabel_uniform": (
         "rapidun",
         ["influence.contrast=trigger", "weights.relabel_weights=uniform"],
@@ -384,7 +388,17 @@ def run_variant(seed: int, variant: str, split: str) -> dict:
         run_stage(cfg, rd, stage)
     seconds = time.perf_counter() - t0
     _, _, truth_rows = truth(root)
-    res = evaluate_variant(cfg, root, method, split, truth_rows)
+    cache = (
+        root / f"wv_eval_{split}.json"
+    )  # this run's evaluation, valid while the unlearn summary is the same
+    from rapidun_dist.stages.common import method_dir
+
+    basis = file_sha256(method_dir(rd, method) / "summary.json")
+    if cache.exists() and json.loads(cache.read_text()).get("basis") == basis:
+        res = json.loads(cache.read_text())["result"]
+    else:
+        res = evaluate_variant(cfg, root, method, split, truth_rows)
+        cache.write_text(json.dumps({"basis": basis, "result": res}, default=str))
     return res | {
         "seed": seed,
         "variant": variant,
