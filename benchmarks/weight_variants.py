@@ -239,7 +239,7 @@ def stability_section(res: dict, command: str) -> str:
     lines = [
         "## RapidUn weight variants: stability across projection seeds, and what the forget features track",
         "",
-        f"Command: `{command}`. Hard testbed (configs/tiny_cpu_hard.yaml, seed 0: {res['n_forget']} forget rows, "
+        f"Command: `{command}`. Hard testbed (configs/tiny_cpu_hard.yaml, run {res['run']}: {res['n_forget']} forget rows, "
         f"30 % of them mislabelled clean rows, {res['n_retain']} retain rows), the implanted model, the config's "
         "weight recipe (median_topk, self pairs out). Spearman of the weights between projection seeds (every pair "
         "of seeds; mean and range). Seconds are feature extraction of all rows, measured side by side in one "
@@ -494,7 +494,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     if args.cmd == "stability":
         res = run_stability(args)
-        save("stability", res, stability_section(res, command), not args.no_append)
+        save(f"stability_{Path(args.run).name}", res, stability_section(res, command), not args.no_append)
         return
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
