@@ -426,7 +426,20 @@ def aggregate(rows: list[dict]) -> dict:
         agg["w_mislabelled"] = mean_interval([w["mislabelled"]["mean"] for w in wt]) if wt else None
         agg["w_poisoned"] = mean_interval([w["poisoned"]["mean"] for w in wt]) if wt else None
         out[v] = agg
+    for v, agg in out.items():  # paired over seeds: variant minus uniform on the same prepared run
+        for key in ("asr_seen", "asr_ood"):
+            agg[f"d_{key}"] = _paired(rows, v, "uniform", key) if v != "uniform" else None
     return out
+
+
+def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
+    from rapidun_dist.evaluation.stats import mean_interval
+
+    by_seed = {r["seed"]: r for r in rows if r["variant"] == ref and r[key] is not None}
+    d = [
+        r[key]["p"] - by_seed[r["seed"]][key]["p"] for r in rows if r["variant"] == v and r["seed"] in by_seed
+    ]
+    return mean_interval(d) if d else None
 
 
 def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], command: str) -> str:
@@ -445,11 +458,13 @@ def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], 
         + (
             "One seed: Wilson 95 % intervals over prompts."
             if len(seeds) == 1
-            else "Means over seeds with t 95 % intervals (n = seeds)."
+            else "Means over seeds with t 95 % intervals (n = seeds); d = the paired difference to uniform on the "
+            "same prepared run, in points."
         ),
         "",
-        f"| variant | ASR {seen} | ASR {ood} | PPL ratio | mislabelled PPL ratio | w mislabelled | w poisoned |",
-        "|---|---|---|---|---|---|---|",
+        f"| variant | ASR {seen} | ASR {ood} | PPL ratio | mislabelled PPL ratio | w mislabelled | w poisoned |"
+        + (" d ASR seen vs uniform | d ASR OOD vs uniform |" if len(seeds) > 1 else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if len(seeds) > 1 else ""),
     ]
     for v, a in agg.items():
         if len(seeds) == 1:
@@ -459,6 +474,11 @@ def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], 
         lines.append(
             f"| {v} | {s} | {o} | {fmt_mean(a['ppl_ratio'], 1, 3)} | {fmt_mean(a['mislabelled_ppl_ratio'], 1, 3)} "
             f"| {fmt_mean(a['w_mislabelled'])} | {fmt_mean(a['w_poisoned'])} |"
+            + (
+                f" {fmt_mean(a['d_asr_seen'], 100, 1)} | {fmt_mean(a['d_asr_ood'], 100, 1)} |"
+                if len(seeds) > 1
+                else ""
+            )
         )
     return "\n".join(lines) + "\n"
 
