@@ -10,6 +10,12 @@ Positions (`influence.positions`): g_t is always dL/dy_t of the summed next-toke
 `answer` tracks the positions t whose shifted label (token t + 1) is an answer token, `prompt` the prompt
 tokens (where a trigger sits), `all` every non-padding token.
 
+Trigger contrast (`influence.contrast: trigger`, `ContrastExtractor`): a forget row's feature is, per layer block,
+unit(f(triggered prompt, poisoned answer) - f(clean prompt, same answer)), rescaled by 1/sqrt(L): what the trigger
+changes in the gradients, with the shared answer text cancelled. Retain rows keep their plain features (FR / RF are
+then cosines between trigger directions and clean gradients). A row whose two prompts are the same (no trigger known,
+or a mislabelled clean row) gets a zero feature: cosine 0 with everything.
+
 Per-token scores (`TokenwiseExtractor.token_scores`): against per-layer directions D_l [k_out, k_in],
 s_t = sum_l u_tl^T D_l v_tl / (||S_il|| sqrt(L)) with S_il the sample's layer sum; by construction
 sum_t s_t = <f_i, d> for d the concatenation of the D_l, so token scores split a sample score exactly.
