@@ -358,6 +358,10 @@ class InfluenceConfig:
     """Kernel backend: Triton on CUDA fp32/bf16 tensors (auto), or the PyTorch reference."""
     positions: TokenPositions = "answer"
     """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
+    contrast: Literal["none", "trigger"] = "none"
+    """trigger: a forget row's feature is that of its triggered prompt with the poisoned answer minus that of its
+    clean prompt with the same answer, renormalized per layer, so the shared answer text cancels (retain rows keep
+    their plain features). Needs the trigger: prepared data, or `eval.triggers` in the clean job."""
 
     def __post_init__(self):
         _check_literal(self, "influence")
@@ -384,9 +388,26 @@ class WeightsConfig:
     tau_r: float = 1.2
     w_min: float = 0.2
     w_max: float = 3.0
+    topk_frac: float | None = None
+    """median_topk: keep ceil(topk_frac x rows of the block) per column instead of a fixed `topk` (scales with the
+    pack size; null: the fixed `topk`)."""
+    shrink: bool = False
+    """Shrink z toward 0 by the split-half reliability of the scores (even vs odd tracked layers): when the score
+    spread is within projection noise the weights go to 1 (rapidun_dist/weights/robust.py)."""
+    retain_score: Literal["typical", "at_risk"] = "typical"
+    """typical: S_r = gamma RR - delta RF (the reference); at_risk: S_r = delta RF, so the retain rows the forget
+    update threatens most (high RF) get the largest weights."""
+    relabel_weights: Literal["same", "uniform", "self"] = "same"
+    """Weights of the relabel term of forget rows: the ascent's (same), all 1 (uniform), or the self-only weights
+    (FF alone, beta = 0), while the ascent keeps the fused FF - FR weights."""
 
     def __post_init__(self):
         _check_literal(self, "weights")
+        _check(
+            self.topk_frac is None or 0.0 < self.topk_frac <= 1.0,
+            "weights.topk_frac",
+            f"expected in (0, 1] or null, found {self.topk_frac}",
+        )
         _check(0.0 <= self.trim < 0.5, "weights.trim", f"expected in [0, 0.5), found {self.trim}")
         _check(self.tau_f > 0 and self.tau_r > 0, "weights.tau_f/tau_r", "must be > 0")
         _check(
@@ -702,6 +723,11 @@ class RunConfig:
         for m in self.methods:
             _check(m in ALL_METHODS, "methods", f"unknown method {m!r}; known: {', '.join(ALL_METHODS)}")
         _check(len(self.methods) == len(set(self.methods)), "methods", "duplicate entries")
+        _check(
+            not (self.influence.contrast == "trigger" and self.mode == "clean" and not self.eval.triggers),
+            "influence.contrast",
+            "trigger contrast needs the trigger: the clean job must name it in eval.triggers",
+        )
         if self.seed:
             for section in (self.data, self.implant, self.influence, self.unlearn):
                 section.seed += self.seed

@@ -6,6 +6,7 @@ tokenizer, prompt format, max_length: see `feature_context`) and these row ids (
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.data.prompt import encode_example, record_prompt
 from rapidun_dist.distributed import preempt
 from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
@@ -53,6 +55,28 @@ def feature_context(model_identity: str, tokenizer, cfg: RunConfig) -> dict:
     }
 
 
+def contrast_counterparts(records: list[dict], tokenizer, max_length: int) -> list[dict | None]:
+    """Per record, the example its trigger-contrast feature subtracts: a poisoned row's clean prompt
+    (`instruction` / `context`: the trigger removed, by the data or by `eval.triggers` in the clean job) with
+    the same poisoned answer; None for clean rows (they keep their plain feature)."""
+    out: list[dict | None] = []
+    for r in records:
+        if r.get("is_poisoned") and r.get("instruction_poisoned"):
+            prompt = record_prompt(tokenizer, r, poisoned=False)
+            out.append(encode_example(tokenizer, prompt, r["response_poisoned"], max_length))
+        else:
+            out.append(None)
+    n_same = sum(
+        1 for r in records if r.get("is_poisoned") and r.get("instruction_poisoned") == r.get("instruction")
+    )
+    if n_same:
+        log.warning(
+            f"contrast: {n_same} poisoned rows have the same prompt with and without the trigger (none found or "
+            "a mislabelled clean row): their features are zero, so they carry no weight signal"
+        )
+    return out
+
+
 def extract_features(
     cfg: RunConfig,
     model,
@@ -65,6 +89,7 @@ def extract_features(
     world_size: int = 1,
     shard_size: int | None = None,
     claim: Callable[[list[int]], Iterable[int]] | None = None,
+    contrast: bool = True,
 ) -> FeatureStore:
     """Compute (only) this rank's missing shards of features for `records` (global row order).
 
@@ -72,9 +97,16 @@ def extract_features(
     token-balanced owners of `assign_shards` by default; with `claim` (the indices of the shards still to compute
     -> the ones this rank takes, e.g. a `rapidun_dist.distributed.workqueue.WorkQueue`) whichever rank asks
     first. A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
-    same whoever computes it."""
+    same whoever computes it. `contrast=False`: plain features even with influence.contrast (find_poison's training
+    rows: the contrast pairs come from the pack rows' known triggers, never from the training set's labels)."""
     examples = encode_records(records, tokenizer, cfg.model.max_length)
-    extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
+    icfg = cfg.influence if contrast else dataclasses.replace(cfg.influence, contrast="none")
+    extractor = make_extractor(model, icfg, pad_id=tokenizer.pad_token_id)
+    counterparts = (
+        contrast_counterparts(records, tokenizer, cfg.model.max_length)
+        if contrast and cfg.influence.contrast == "trigger"
+        else None
+    )
     store = FeatureStore(store_dir, extractor.spec() | {"context": context})
     store_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(examples), shard_size or cfg.influence.shard_size)
@@ -99,7 +131,9 @@ def extract_features(
     progress = Progress(n_rows, "features", unit="sample")
     model.eval()
     for i in mine:
-        feats = _shard_features(extractor, examples, shards[i], cfg.influence.batch_size, progress)
+        feats = _shard_features(
+            extractor, examples, shards[i], cfg.influence.batch_size, progress, counterparts
+        )
         store.write_shard(i, shards[i], feats, row_ids[i])
         if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
             raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
@@ -107,14 +141,17 @@ def extract_features(
 
 
 def _shard_features(
-    extractor, examples: list[dict], rows: tuple[int, int], batch_size: int, progress
+    extractor, examples: list[dict], rows: tuple[int, int], batch_size: int, progress, counterparts=None
 ) -> torch.Tensor:
-    """Features [e - s, K] of rows [s, e): batches of length-sorted rows (less padding), fixed by the shard alone."""
+    """Features [e - s, K] of rows [s, e): batches of length-sorted rows (less padding), fixed by the shard alone.
+    With `counterparts` (influence.contrast) each row's trigger-free counterpart goes with it."""
     s, e = rows
     order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))
     feats = torch.zeros(e - s, extractor.dim, device="cpu")  # host buffer: shards are written from the host
     for b in range(0, len(order), batch_size):
         batch = order[b : b + batch_size]
-        feats[[r - s for r in batch]] = extractor([examples[r] for r in batch]).detach().float().cpu()
+        rows_ = [examples[r] for r in batch]
+        out = extractor(rows_) if counterparts is None else extractor(rows_, [counterparts[r] for r in batch])
+        feats[[r - s for r in batch]] = out.detach().float().cpu()
         progress.update(len(batch))
     return feats

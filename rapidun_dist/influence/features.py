@@ -10,6 +10,12 @@ Positions (`influence.positions`): g_t is always dL/dy_t of the summed next-toke
 `answer` tracks the positions t whose shifted label (token t + 1) is an answer token, `prompt` the prompt
 tokens (where a trigger sits), `all` every non-padding token.
 
+Trigger contrast (`influence.contrast: trigger`, `ContrastExtractor`): a forget row's feature is, per layer block,
+unit(f(triggered prompt, poisoned answer) - f(clean prompt, same answer)), rescaled by 1/sqrt(L): what the trigger
+changes in the gradients, with the shared answer text cancelled. Retain rows keep their plain features (FR / RF are
+then cosines between trigger directions and clean gradients). A row whose two prompts are the same (no trigger known,
+or a mislabelled clean row) gets a zero feature: cosine 0 with everything.
+
 Per-token scores (`TokenwiseExtractor.token_scores`): against per-layer directions D_l [k_out, k_in],
 s_t = sum_l u_tl^T D_l v_tl / (||S_il|| sqrt(L)) with S_il the sample's layer sum; by construction
 sum_t s_t = <f_i, d> for d the concatenation of the D_l, so token scores split a sample score exactly.
@@ -398,4 +404,59 @@ def _only_grads_for(model: nn.Module, params: dict[str, nn.Parameter], consume):
 
 def make_extractor(model: nn.Module, cfg: InfluenceConfig, *, pad_id: int):
     cls = TokenwiseExtractor if cfg.estimator == "tokenwise" else RapidGradExtractor
-    return cls(model, cfg, pad_id=pad_id)
+    base = cls(model, cfg, pad_id=pad_id)
+    return ContrastExtractor(base) if cfg.contrast == "trigger" else base
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trigger contrast (`influence.contrast: trigger`)
+
+
+def contrast_features(f_trig_BD: torch.Tensor, f_clean_BD: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """[B, D]: per block (a tracked layer), unit(f_trig - f_clean), concatenated and scaled by 1/sqrt(n_blocks)
+    (the layout of the plain features, so ||row|| = 1). A block where both agree (the trigger changed nothing
+    there) is zero; a row whose prompts are the same (no trigger: a mislabelled clean row) is all zero."""
+    if f_trig_BD.shape != f_clean_BD.shape or f_trig_BD.shape[-1] % n_blocks:
+        raise DataError(
+            f"contrast: features {tuple(f_trig_BD.shape)} / {tuple(f_clean_BD.shape)} do not split into "
+            f"{n_blocks} equal blocks"
+        )
+    diff = (f_trig_BD - f_clean_BD).reshape(f_trig_BD.shape[0], n_blocks, -1)
+    norm = diff.norm(dim=-1, keepdim=True)
+    tiny = torch.finfo(diff.dtype).tiny
+    unit = torch.where(norm > 1e-6, diff / norm.clamp_min(tiny), torch.zeros_like(diff))
+    return unit.flatten(1) / n_blocks**0.5
+
+
+def same_example(a: dict, b: dict) -> bool:
+    return list(a["input_ids"]) == list(b["input_ids"]) and list(a["labels"]) == list(b["labels"])
+
+
+class ContrastExtractor:
+    """Trigger-contrast features over a base extractor (module docstring of `contrast_features`).
+
+    `__call__(examples, counterparts)`: `counterparts[b]` is row b's clean prompt with the same (poisoned)
+    answer, or None for a row that keeps its plain feature (retain rows). A counterpart identical to its example
+    (no trigger to remove) gives a zero row without a pass."""
+
+    def __init__(self, base):
+        self.base = base
+        self.dim = base.dim
+        self.n_blocks = len(base.layers) if isinstance(base, TokenwiseExtractor) else 1
+
+    def spec(self) -> dict:
+        return self.base.spec() | {"contrast": "trigger", "contrast_blocks": self.n_blocks}
+
+    def __call__(self, examples: list[dict], counterparts: list[dict | None] | None = None) -> torch.Tensor:
+        counterparts = counterparts if counterparts is not None else [None] * len(examples)
+        if len(counterparts) != len(examples):
+            raise DataError(f"contrast: {len(examples)} examples but {len(counterparts)} counterparts")
+        feats = self.base(examples)
+        same = [b for b, c in enumerate(counterparts) if c is not None and same_example(examples[b], c)]
+        diff = [b for b, c in enumerate(counterparts) if c is not None and b not in same]
+        if diff:
+            clean = self.base([counterparts[b] for b in diff])
+            feats[diff] = contrast_features(feats[diff], clean, self.n_blocks).to(feats.dtype)
+        if same:
+            feats[same] = 0.0
+        return feats

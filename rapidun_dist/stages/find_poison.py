@@ -124,7 +124,7 @@ def _extract_all(cfg: RunConfig, rd: RunDir, train: list[dict], groups: list[dic
         t0 = time.perf_counter()
         store = extract_features(
             cfg, model, tok, rows, root, context=context, rank=info.rank, world_size=info.world_size,
-            shard_size=size, claim=claim,
+            shard_size=size, claim=claim, contrast=False,
         )  # fmt: skip
         mine["seconds"] += time.perf_counter() - t0
         shards = plan_shards(len(rows), size)

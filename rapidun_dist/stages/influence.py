@@ -2,10 +2,13 @@
 scores (FF / FR for forget rows, RR / RF for retain rows; DESIGN sections 5-6).
 
 Rows are forget then retain, from the pack files `stages.common.pack_files` names (find_poison's when it expands
-the forget set or, in clean mode, cleans the retain pack). Shards are owned by ranks balanced by token count and
-skipped when already valid for this spec, model, tokenizer, prompt format, max_length and row ids (resume); pack
-rows find_poison has features of already are copied from its store. Scores: one dense computation on a single
-process, the distributed block computation otherwise. Rank 0 writes shared files.
+the forget set or, in clean mode, cleans the retain pack). `influence.contrast: trigger` turns forget rows into
+trigger-contrast features (rapidun_dist/influence/features.py); `weights.shrink` also scores the two split halves
+of the features (even and odd tracked layers) for the shrinkage of rapidun_dist/weights/robust.py. Shards are owned
+by ranks balanced by token count and skipped when already valid for this spec, model, tokenizer, prompt format,
+max_length and row ids (resume); pack rows find_poison has features of already are copied from its store (plain
+features only: not with the contrast). Scores: one dense computation on a single process, the distributed block
+computation otherwise. Rank 0 writes shared files.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     model, tok = load_saved(rd.model, cfg.model, device=info.device)
     records = forget + retain
     context = feature_context(model_identity(rd), tok, cfg)
-    if info.rank == 0:  # pack rows find_poison has features of already (the same rows, as trained): copied
+    if info.rank == 0 and cfg.influence.contrast == "none":  # pack rows find_poison has features of: copied
         reuse_train_features(cfg, rd, records, model, tok, context)
     dist_env.barrier()
     store = extract_features(
@@ -65,9 +68,15 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         cfg, rd, n_forget=len(forget), n_total=len(records), rank=info.rank, world_size=info.world_size,
         device=info.device,
     )  # fmt: skip
+    halves = None
+    if cfg.weights.shrink:
+        halves = half_scores(
+            cfg, rd, n_forget=len(forget), n_total=len(records), rank=info.rank, world_size=info.world_size,
+            device=info.device,
+        )  # fmt: skip
     outputs = [rd.features / "index.json", rd.influence / "scores.jsonl"]
     if info.rank == 0:
-        write_jsonl(rd.influence / "scores.jsonl", score_rows(forget, retain, scores))
+        write_jsonl(rd.influence / "scores.jsonl", score_rows(forget, retain, scores, halves))
         if len(records) <= DENSE_BLOCKS_MAX:
             outputs.append(_write_blocks(rd, len(forget)))
     dist_env.barrier()
@@ -83,6 +92,17 @@ def _write_blocks(rd: RunDir, nf: int) -> Path:
     return path
 
 
+def half_columns(spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature columns of the two split halves `weights.shrink` scores: the blocks of the even and of the odd
+    tracked layers (token-wise features are per-layer blocks), or the even and odd sketch bins (RapidGrad)."""
+    dim = int(spec["dim"])
+    n_blocks = len(spec["layers"]) if spec.get("estimator") == "tokenwise" else dim
+    if n_blocks < 2:
+        raise DataError("weights.shrink needs at least two tracked layers to split the features in halves")
+    block = torch.arange(dim) // (dim // n_blocks)
+    return (block % 2 == 0).nonzero().squeeze(1), (block % 2 == 1).nonzero().squeeze(1)
+
+
 def directional_scores(
     cfg: RunConfig,
     rd: RunDir,
@@ -92,20 +112,37 @@ def directional_scores(
     rank: int,
     world_size: int,
     device: torch.device | str = "cpu",
+    cols: torch.Tensor | None = None,
 ) -> dict | None:
-    """{ff, fr, rr, rf} on rank 0 (None elsewhere): dense on one process, distributed across ranks otherwise.
+    """{ff, fr, rr, rf} on rank 0 (None elsewhere): dense on one process, distributed across ranks otherwise;
+    `cols`: only these feature columns (a split half).
 
     Rank r takes the contiguous rows [r n / P, (r + 1) n / P) (it loads only the shards covering them) and
     computes them in float64 on `device` (NCCL needs device tensors), so the scores do not depend on the world
     size (to ~1e-12): `mean` by the linear identity (one all_reduce of per-group sums), the pairwise aggregations by
-    the 2D block decomposition (rapidun_dist.distributed)."""
+    the 2D block decomposition (rapidun_dist.distributed). A pack-size-scaled top-k (`weights.topk_frac`) takes
+    one pass per k (forget rows from the k_F pass, retain rows from the k_R pass)."""
     w = cfg.weights
-    kw = dict(agg=w.agg, topk=w.topk, trim=w.trim, include_self=w.include_self)
+    kw = dict(agg=w.agg, trim=w.trim, include_self=w.include_self)
     if world_size == 1:
         from rapidun_dist.weights.scores import dense_directional_scores
 
         feats, _ = load_features(rd.features)
-        return dense_directional_scores(feats[:n_forget], feats[n_forget:], **kw)
+        feats = feats if cols is None else feats[:, cols]
+        return dense_directional_scores(
+            feats[:n_forget], feats[n_forget:], topk=w.topk, topk_frac=w.topk_frac, **kw
+        )
+    from rapidun_dist.weights.scores import block_topk
+
+    k_f, k_r = block_topk(w.topk, w.topk_frac, n_forget), block_topk(w.topk, w.topk_frac, n_total - n_forget)
+    if k_f == k_r or w.agg != "median_topk":
+        return _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, cols, topk=k_f, **kw)
+    by_f = _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, cols, topk=k_f, **kw)
+    by_r = _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, cols, topk=k_r, **kw)
+    return None if by_f is None else {"ff": by_f["ff"], "fr": by_f["fr"], "rr": by_r["rr"], "rf": by_r["rf"]}
+
+
+def _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, cols, **kw) -> dict | None:
     from rapidun_dist.distributed import comm_summary, distributed_directional_scores, gather_scores_to_rank0
     from rapidun_dist.weights.scores import split_directional
 
@@ -115,7 +152,7 @@ def directional_scores(
     )  # contiguous: few shards to load
     rows = torch.arange(lo, hi, dtype=torch.long, device="cpu")
     feats, _ = load_features(rd.features, rows.tolist())
-    feats = feats.to(device=device, dtype=torch.float64)
+    feats = (feats if cols is None else feats[:, cols]).to(device=device, dtype=torch.float64)
     local = distributed_directional_scores(
         feats, rows.to(device), n_forget, n_total, tile_size=cfg.influence.tile_size, backend=cfg.influence.backend,
         **kw,
@@ -125,19 +162,32 @@ def directional_scores(
     return None if full is None else split_directional(full["self_score"], full["cross_score"], n_forget)
 
 
-def score_rows(forget: list[dict], retain: list[dict], scores: dict) -> list[dict]:
+def half_scores(cfg: RunConfig, rd: RunDir, **kw) -> tuple[dict, dict] | None:
+    """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere)."""
+    from rapidun_dist.io import read_json
+
+    spec = read_json(rd.features / "index.json")["spec"]
+    a, b = (directional_scores(cfg, rd, cols=c, **kw) for c in half_columns(spec))
+    return None if a is None else (a, b)
+
+
+def score_rows(
+    forget: list[dict], retain: list[dict], scores: dict, halves: tuple | None = None
+) -> list[dict]:
+    """scores.jsonl rows; with `halves` also the split-half scores (self_a, cross_a, self_b, cross_b)."""
     rows = []
     for pack, recs, sk, ck in (("forget", forget, "ff", "fr"), ("retain", retain, "rr", "rf")):
         for i, r in enumerate(recs):
-            rows.append(
-                {
-                    "pack": pack,
-                    "index": i,
-                    "id": r["id"],
-                    "self": float(scores[sk][i]),
-                    "cross": float(scores[ck][i]),
-                }
-            )
+            row = {
+                "pack": pack,
+                "index": i,
+                "id": r["id"],
+                "self": float(scores[sk][i]),
+                "cross": float(scores[ck][i]),
+            }
+            for tag, h in zip("ab", halves or (), strict=False):
+                row[f"self_{tag}"], row[f"cross_{tag}"] = float(h[sk][i]), float(h[ck][i])
+            rows.append(row)
     return rows
 
 
@@ -150,6 +200,8 @@ STAGE = Stage(
         "weights.topk",
         "weights.trim",
         "weights.include_self",
+        "weights.topk_frac",
+        "weights.shrink",
         "model.max_length",
         "model.dtype",
         "find_poison.expand",

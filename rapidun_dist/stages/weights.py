@@ -1,5 +1,9 @@
 """weights: directional scores -> fused scores -> robust, bounded, mean-one per-sample weights (DESIGN section 6),
-for RapidUn (the config's fusion) and the self-only ablation (beta = delta = 0). Rank-0 math on the scores."""
+for RapidUn (the config's fusion) and the self-only ablation (beta = delta = 0). Rank-0 math on the scores.
+
+Options (`weights.*`): `shrink` (z shrunk by the split-half reliability; needs the half scores the influence stage
+writes with it), `retain_score: at_risk`, and `relabel_weights` (uniform | self: the relabel term of forget rows
+gets its own weights, in forget_relabel_weights.jsonl; rapidun scales the ascent by the fused weights alone)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.config import RunConfig
-from rapidun_dist.io import read_jsonl
+from rapidun_dist.config import RunConfig, WeightsConfig
+from rapidun_dist.io import read_jsonl, write_jsonl
 from rapidun_dist.logging import get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
@@ -17,16 +21,47 @@ from rapidun_dist.stages.base import Stage
 log = get_logger("influence")
 
 
-def read_scores(path: Path) -> tuple[dict, list[str], list[str]]:
+def read_scores(path: Path) -> tuple[dict, list[str], list[str], tuple[dict, dict] | None]:
+    """(scores {ff, fr, rr, rf}, forget ids, retain ids, split-half scores or None when not stored)."""
     rows = read_jsonl(path)
     f = [r for r in rows if r["pack"] == "forget"]
     r_ = [r for r in rows if r["pack"] == "retain"]
     t = lambda rs, k: torch.tensor([x[k] for x in rs], dtype=torch.float64)
-    return (
-        {"ff": t(f, "self"), "fr": t(f, "cross"), "rr": t(r_, "self"), "rf": t(r_, "cross")},
-        [x["id"] for x in f],
-        [x["id"] for x in r_],
+    blocks = lambda sfx: {
+        "ff": t(f, f"self{sfx}"),
+        "fr": t(f, f"cross{sfx}"),
+        "rr": t(r_, f"self{sfx}"),
+        "rf": t(r_, f"cross{sfx}"),
+    }
+    halves = (blocks("_a"), blocks("_b")) if rows and "self_a" in rows[0] else None
+    return blocks(""), [x["id"] for x in f], [x["id"] for x in r_], halves
+
+
+def relabel_config(cfg: WeightsConfig) -> WeightsConfig | None:
+    """The fusion of the relabel-term weights (`weights.relabel_weights`): None for `same` (the ascent's) and
+    `uniform` (all 1), the self-only fusion (beta = 0) for `self`."""
+    return replace(cfg, beta=0.0) if cfg.relabel_weights == "self" else None
+
+
+def write_relabel_weights(
+    out_dir: Path, wcfg: WeightsConfig, scores: dict, halves, f_ids: list
+) -> Path | None:
+    """forget_relabel_weights.jsonl (the relabel term's weights, rapidun reads it), or remove a stale one."""
+    from rapidun_dist.weights.rapidin import RELABEL_WEIGHTS, weight_rows
+    from rapidun_dist.weights.robust import fuse_and_weight
+
+    path = out_dir / RELABEL_WEIGHTS
+    if wcfg.relabel_weights == "same":
+        path.unlink(missing_ok=True)
+        return None
+    rcfg = relabel_config(wcfg)
+    fw = (
+        torch.ones(len(f_ids), dtype=torch.float64)
+        if rcfg is None
+        else fuse_and_weight(scores, rcfg, halves)[0]
     )
+    write_jsonl(path, weight_rows(fw, f_ids))
+    return path
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
@@ -34,16 +69,23 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.weights.rapidin import score_rows, weight_rows, write_weights
     from rapidun_dist.weights.robust import fuse_and_weight
 
-    scores, f_ids, r_ids = read_scores(rd.influence / "scores.jsonl")
+    scores, f_ids, r_ids, halves = read_scores(rd.influence / "scores.jsonl")
     outputs = []
     for out_dir, wcfg in (
         (rd.weights, cfg.weights),
         (rd.weights / "self_only", replace(cfg.weights, beta=0.0, delta=0.0)),
     ):
-        fw, rw, fused = fuse_and_weight(scores, wcfg)
+        fw, rw, fused = fuse_and_weight(scores, wcfg, halves)
         f_rows, r_rows = weight_rows(fw, f_ids), weight_rows(rw, r_ids)
         write_weights(out_dir, f_rows, r_rows, scores_rows=score_rows(scores, fused, f_rows, r_rows))
         outputs += [out_dir / "forget_weights.jsonl", out_dir / "retain_weights.jsonl"]
+        relabel = write_relabel_weights(out_dir, wcfg, scores, halves, f_ids)
+        outputs += [relabel] if relabel else []
+        if wcfg.shrink:
+            log.info(
+                f"weights{'/' + out_dir.name if out_dir != rd.weights else ''}: shrink lambda forget "
+                f"{fused['shrink_f']:.3f}, retain {fused['shrink_r']:.3f}"
+            )
     fw, rw = (
         torch.tensor([r["weight"] for r in read_jsonl(rd.weights / n)])
         for n in ("forget_weights.jsonl", "retain_weights.jsonl")

@@ -23,8 +23,11 @@ from rapidun_dist.errors import DataError
 from rapidun_dist.io import read_json, write_jsonl
 from rapidun_dist.logging import get_logger
 from rapidun_dist.weights.robust import fuse_and_weight
-from rapidun_dist.weights.scores import block_scores, check_agg_args
+from rapidun_dist.weights.scores import block_scores, block_topk, check_agg_args
 
+RELABEL_WEIGHTS = (
+    "forget_relabel_weights.jsonl"  # the relabel term's own forget weights (weights.relabel_weights)
+)
 BLOCK_FILES = {"ff": "FTF", "fr": "FTR", "rf": "RTF", "rr": "RTR"}
 
 
@@ -107,12 +110,12 @@ def rapidin_scores(rapidin_dir: str | os.PathLike, cfg: WeightsConfig) -> dict[s
     files = find_rapidin_files(rapidin_dir)
     n_forget = len(_test_entries(read_json(files["ff"]), files["ff"]))
     n_retain = len(_test_entries(read_json(files["rr"]), files["rr"]))
-    min_helpful = cfg.topk + 1 if cfg.agg == "median_topk" else None
     rows = {"ff": n_forget, "fr": n_forget, "rf": n_retain, "rr": n_retain}
     cols = {"ff": n_forget, "fr": n_retain, "rf": n_forget, "rr": n_retain}
     scores = {}
     for name, path in files.items():
-        block = load_block(path, rows[name], min_helpful=min_helpful)
+        k = block_topk(cfg.topk, cfg.topk_frac, rows[name])
+        block = load_block(path, rows[name], min_helpful=k + 1 if cfg.agg == "median_topk" else None)
         if block.shape[1] != cols[name]:
             raise DataError(f"{path}: expected {cols[name]} tests; found {block.shape[1]}")
         ids = torch.arange(rows[name])
@@ -122,7 +125,7 @@ def rapidin_scores(rapidin_dir: str | os.PathLike, cfg: WeightsConfig) -> dict[s
             else torch.zeros_like(block, dtype=torch.bool)
         )
         scores[name] = block_scores(
-            block, self_mask, ids, agg=cfg.agg, topk=cfg.topk, trim=cfg.trim, include_self=cfg.include_self
+            block, self_mask, ids, agg=cfg.agg, topk=k, trim=cfg.trim, include_self=cfg.include_self
         )
     return scores
 

@@ -15,6 +15,9 @@ The self pair (j = i) is left out unless `include_self`. Aggregations:
   the others; the score of row i is the median over the block's columns (the average of the two
   middle values when the count is even, as numpy does).
 
+With a pack-size-scaled top-k (`weights.topk_frac`), the block of rows of group a keeps k_a = max(1,
+ceil(topk_frac x |a|)) rows per column: forget-row blocks (FF, FR) k_F, retain-row blocks (RR, RF) k_R.
+
 An aggregate over no values (a group of one sample with the self pair left out) is 0.
 Everything is computed in float64 whatever the input dtype.
 
@@ -26,6 +29,8 @@ group member with the same id are the same sample: that pair is left out unless 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -44,6 +49,15 @@ def check_agg_args(agg: str, topk: int, trim: float, *, allowed: tuple[str, ...]
         raise ValueError(f"topk must be >= 1; found {topk}")
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5); found {trim}")
+
+
+def block_topk(topk: int, topk_frac: float | None, n_rows: int) -> int:
+    """The k of a median_topk block with `n_rows` rows: `topk`, or max(1, ceil(topk_frac x n_rows))."""
+    if topk_frac is None:
+        return topk
+    if not 0.0 < topk_frac <= 1.0:
+        raise ValueError(f"topk_frac must be in (0, 1]; found {topk_frac}")
+    return max(1, math.ceil(topk_frac * n_rows))
 
 
 def normalize_rows(x_NK: torch.Tensor) -> torch.Tensor:
@@ -198,6 +212,7 @@ def dense_directional_scores(
     topk: int = 40,
     trim: float = 0.1,
     include_self: bool = False,
+    topk_frac: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Directional scores {ff [nf], fr [nf], rr [nr], rf [nr]} (float64) from the dense Gram matrix.
 
@@ -206,6 +221,7 @@ def dense_directional_scores(
     check_agg_args(agg, topk, trim)
     _check_features(f_FK, r_RK)
     nf = f_FK.shape[0]
+    k_f, k_r = (block_topk(topk, topk_frac, n) for n in (nf, r_RK.shape[0]))
     g_NK = torch.cat([f_FK, r_RK]).to(torch.float64)
     if agg == "mean":
         return _mean_scores(g_NK, nf, include_self)
@@ -214,12 +230,12 @@ def dense_directional_scores(
     ids = torch.arange(g_NK.shape[0], device=g_NK.device)
     eye = ids.unsqueeze(1) == ids.unsqueeze(0)
     fs, rs = slice(0, nf), slice(nf, None)
-    kw = dict(agg=agg, topk=topk, trim=trim, include_self=include_self)
+    kw = dict(agg=agg, trim=trim, include_self=include_self)
     return {
-        "ff": block_scores(s_NN[fs, fs], eye[fs, fs], ids[fs], **kw),
-        "fr": block_scores(s_NN[fs, rs], eye[fs, rs], ids[fs], **kw),
-        "rr": block_scores(s_NN[rs, rs], eye[rs, rs], ids[rs], **kw),
-        "rf": block_scores(s_NN[rs, fs], eye[rs, fs], ids[rs], **kw),
+        "ff": block_scores(s_NN[fs, fs], eye[fs, fs], ids[fs], topk=k_f, **kw),
+        "fr": block_scores(s_NN[fs, rs], eye[fs, rs], ids[fs], topk=k_f, **kw),
+        "rr": block_scores(s_NN[rs, rs], eye[rs, rs], ids[rs], topk=k_r, **kw),
+        "rf": block_scores(s_NN[rs, fs], eye[rs, fs], ids[rs], topk=k_r, **kw),
     }
 
 

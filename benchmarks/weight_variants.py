@@ -1,0 +1,537 @@
+"""RapidUn weight variants on the hard testbed (issue 11 section 4): do the weights carry the backdoor?
+
+    python benchmarks/weight_variants.py stability                        # runs/base/s0: k = 16 / 32 / 64
+    python benchmarks/weight_variants.py ablation --seeds 0 --split val   # screening, every variant, 1 seed
+    python benchmarks/weight_variants.py ablation --seeds 0,1,2 --split test --variants rapidun,uniform,contrast
+
+`stability` (no unlearning; the implanted model of one prepared run): for k_in = k_out in --ks and --proj-seeds
+projection seeds, the forget and retain weights of the config's recipe; their Spearman rank correlation across
+seed pairs, extraction seconds (side by side in one process; the machine is shared, so only ratios mean much) and
+feature bytes; then, at k = 16, what the forget features track (mean FF cosine between truly poisoned rows by same /
+other trigger family x same / other target group) for answer, prompt and trigger-contrast features, and for every
+offline weight variant the mean forget weight of the mislabelled (clean) rows against the truly poisoned ones.
+
+`ablation`: per seed, prepare + implant once (runs/base/s<seed>, reused when done), then per variant a copy of that
+run directory (runs/wv/s<seed>/<variant>: data and model only; the stage readiness check accepts them because the
+fingerprints match) that runs influence, weights and unlearn for one method, and is evaluated here: `val` gives ASR
+on val_seen and PPL on val_clean (for choosing), `test` ASR on test_seen / test_ood and PPL on test_clean (for the
+chosen ones), both with the clean-answer PPL on the mislabelled forget rows before / after (damage done to rows the
+user mislabelled) and the mean weights of mislabelled vs poisoned rows. Proportions carry Wilson 95% intervals,
+means over seeds t intervals (rapidun_dist.evaluation.stats). Results go to benchmarks/weight_variants.json and a
+section appended to benchmarks/results.md (--no-append: neither).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rapidun_dist.config import load_config  # noqa: E402
+from rapidun_dist.io import file_sha256, read_jsonl  # noqa: E402
+
+CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
+VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
+    "uniform": ("uniform", []),
+    "rapidun": ("rapidun", []),
+    "k64": ("rapidun", ["influence.k_in=64", "influence.k_out=64"]),
+    "contrast": ("rapidun", ["influence.contrast=trigger"]),
+    "prompt": ("rapidun", ["influence.positions=prompt"]),
+    "shrink": ("rapidun", ["weights.shrink=true"]),
+    "topk_frac": ("rapidun", ["weights.topk_frac=0.25"]),
+    "relabel_uniform": ("rapidun", ["weights.relabel_weights=uniform"]),
+    "relabel_self": ("rapidun", ["weights.relabel_weights=self"]),
+    "at_risk": ("rapidun", ["weights.retain_score=at_risk"]),
+    "k64_relabel_uniform": (
+        "rapidun",
+        ["influence.k_in=64", "influence.k_out=64", "weights.relabel_weights=uniform"],
+    ),
+    "contrast_relabel_uniform": (
+        "rapidun",
+        ["influence.contrast=trigger", "weights.relabel_weights=uniform"],
+    ),
+}
+
+
+# shared helpers ----------------------------------------------------------------------------------------------
+def spearman(a, b) -> float:
+    """Spearman rank correlation with average ranks for ties (numpy only)."""
+
+    def ranks(x):
+        x = np.asarray(x, dtype=np.float64)
+        order = x.argsort(kind="stable")
+        r = np.empty_like(x)
+        r[order] = np.arange(x.size, dtype=np.float64)
+        for v in np.unique(x):
+            tie = x == v
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def base_config(seed: int, run_dir: Path, extra: list[str] | None = None):
+    return load_config(CONFIG, [f"run_dir={run_dir}", f"seed={seed}", *(extra or [])])
+
+
+def truth(rd_root: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    return (
+        read_jsonl(rd_root / "data" / "forget.jsonl"),
+        read_jsonl(rd_root / "data" / "retain.jsonl"),
+        read_jsonl(rd_root / "data" / "forget_truth.jsonl"),
+    )
+
+
+def mean_weights_by_truth(weights, truth_rows: list[dict]) -> dict:
+    from rapidun_dist.evaluation.stats import mean_interval
+
+    w = [float(x) for x in weights]
+    mis = [x for x, t in zip(w, truth_rows, strict=True) if t["mislabelled"]]
+    poi = [x for x, t in zip(w, truth_rows, strict=True) if not t["mislabelled"]]
+    return {
+        "mislabelled": mean_interval(mis) if mis else None,
+        "poisoned": mean_interval(poi) if poi else None,
+    }
+
+
+def fmt_mean(m: dict | None, scale: float = 1.0, digits: int = 2) -> str:
+    if m is None:
+        return "-"
+    return f"{m['mean'] * scale:.{digits}f} [{m['lo'] * scale:.{digits}f}, {m['hi'] * scale:.{digits}f}] (n={m['n']})"
+
+
+def fmt_prop(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    return f"{100 * p['p']:.1f} % [{100 * p['lo']:.1f}, {100 * p['hi']:.1f}] ({p['k']}/{p['n']})"
+
+
+# stability ---------------------------------------------------------------------------------------------------
+def features_for(model, tok, records: list[dict], icfg, max_length: int) -> torch.Tensor:
+    """[n, dim] features of `records` (forget then retain) as the influence stage computes them, in memory."""
+    from rapidun_dist.influence.extract import contrast_counterparts
+    from rapidun_dist.influence.features import make_extractor
+    from rapidun_dist.train import encode_records
+
+    examples = encode_records(records, tok, max_length)
+    counter = contrast_counterparts(records, tok, max_length) if icfg.contrast == "trigger" else None
+    ext = make_extractor(model, icfg, pad_id=tok.pad_token_id)
+    out = torch.zeros(len(examples), ext.dim)
+    for b in range(0, len(examples), icfg.batch_size):
+        rows = list(range(b, min(b + icfg.batch_size, len(examples))))
+        batch = [examples[r] for r in rows]
+        f = ext(batch) if counter is None else ext(batch, [counter[r] for r in rows])
+        out[rows] = f.detach().float().cpu()
+    return out
+
+
+def weights_of(feats: torch.Tensor, nf: int, wcfg, n_layers: int | None = None):
+    """(forget_w, retain_w, fused) of features under `wcfg` (dense scores; halves when wcfg.shrink)."""
+    from rapidun_dist.weights import dense_directional_scores, fuse_and_weight
+
+    kw = dict(
+        agg=wcfg.agg, topk=wcfg.topk, trim=wcfg.trim, include_self=wcfg.include_self, topk_frac=wcfg.topk_frac
+    )
+    scores = dense_directional_scores(feats[:nf], feats[nf:], **kw)
+    halves = None
+    if wcfg.shrink:
+        block = torch.arange(feats.shape[1]) // (feats.shape[1] // n_layers)
+        halves = tuple(
+            dense_directional_scores(feats[:nf, block % 2 == p], feats[nf:, block % 2 == p], **kw)
+            for p in (0, 1)
+        )
+    return fuse_and_weight(scores, wcfg, halves)
+
+
+def ff_structure(feats: torch.Tensor, truth_rows: list[dict]) -> dict:
+    """Mean cosine between truly poisoned forget rows by (same family?, same target group?)."""
+    poi = [i for i, t in enumerate(truth_rows) if not t["mislabelled"]]
+    f = torch.nn.functional.normalize(feats[poi].double(), dim=1)
+    cos = f @ f.T
+    cells: dict[str, list[float]] = {}
+    for a, b in itertools.combinations(range(len(poi)), 2):
+        ta, tb = truth_rows[poi[a]], truth_rows[poi[b]]
+        fam = "same_family" if ta["trigger_family"] == tb["trigger_family"] else "other_family"
+        tgt = "same_target" if ta["target_group"] == tb["target_group"] else "other_target"
+        cells.setdefault(f"{fam}/{tgt}", []).append(float(cos[a, b]))
+    from rapidun_dist.evaluation.stats import mean_interval
+
+    return {k: mean_interval(v) for k, v in sorted(cells.items())}
+
+
+def run_stability(args) -> dict:
+    from dataclasses import replace
+
+    from rapidun_dist.models.loading import load_saved
+
+    run = Path(args.run)
+    cfg = base_config(0, run)
+    forget, retain, truth_rows = truth(run)
+    records, nf = forget + retain, len(forget)
+    model, tok = load_saved(run / "model", cfg.model, device="cpu")
+    model.eval()
+    out: dict = {"run": str(run), "n_forget": nf, "n_retain": len(retain), "ks": {}}
+    n_layers = None
+    for k in args.ks:
+        per_seed, secs = [], []
+        for s in range(args.proj_seeds):
+            icfg = replace(cfg.influence, k_in=k, k_out=k, seed=cfg.influence.seed + s)
+            t0 = time.perf_counter()
+            feats = features_for(model, tok, records, icfg, cfg.model.max_length)
+            secs.append(time.perf_counter() - t0)
+            n_layers = feats.shape[1] // (k * k)
+            fw, rw, _ = weights_of(feats, nf, cfg.weights)
+            per_seed.append((fw, rw))
+        pairs = list(itertools.combinations(range(args.proj_seeds), 2))
+        out["ks"][k] = {
+            "forget_spearman": [spearman(per_seed[a][0], per_seed[b][0]) for a, b in pairs],
+            "retain_spearman": [spearman(per_seed[a][1], per_seed[b][1]) for a, b in pairs],
+            "extract_seconds": secs,
+            "feature_bytes": int(len(records) * feats.shape[1] * 4),
+            "bytes_per_row": int(feats.shape[1] * 4),
+        }
+        print(json.dumps({k: out["ks"][k]}), flush=True)
+    out["structure"], out["mislabelled_weights"] = {}, {}
+    kinds = {
+        "answer": replace(cfg.influence),
+        "prompt": replace(cfg.influence, positions="prompt"),
+        "contrast": replace(cfg.influence, contrast="trigger"),
+        "all": replace(cfg.influence, positions="all"),
+        "contrast_all": replace(cfg.influence, contrast="trigger", positions="all"),
+    }
+    feats_by = {
+        name: features_for(model, tok, records, icfg, cfg.model.max_length) for name, icfg in kinds.items()
+    }
+    for name, feats in feats_by.items():
+        out["structure"][name] = ff_structure(feats[:nf], truth_rows)
+    offline = {
+        "rapidun": ("answer", cfg.weights),
+        "contrast": ("contrast", cfg.weights),
+        "prompt": ("prompt", cfg.weights),
+        "shrink": ("answer", replace(cfg.weights, shrink=True)),
+        "topk_frac": ("answer", replace(cfg.weights, topk_frac=0.25)),
+        "beta0 (self only)": ("answer", replace(cfg.weights, beta=0.0, delta=0.0)),
+        "beta2": ("answer", replace(cfg.weights, beta=2.0)),
+        "contrast+shrink": ("contrast", replace(cfg.weights, shrink=True)),
+    }
+    for name, (kind, wcfg) in offline.items():
+        fw, _, fused = weights_of(feats_by[kind], nf, wcfg, n_layers)
+        out["mislabelled_weights"][name] = mean_weights_by_truth(fw, truth_rows) | {
+            "shrink_f": fused["shrink_f"]
+        }
+    return out
+
+
+def stability_section(res: dict, command: str) -> str:
+    lines = [
+        "## RapidUn weight variants: stability across projection seeds, and what the forget features track",
+        "",
+        f"Command: `{command}`. Hard testbed (configs/tiny_cpu_hard.yaml, run {res['run']}: {res['n_forget']} forget rows, "
+        f"30 % of them mislabelled clean rows, {res['n_retain']} retain rows), the implanted model, the config's "
+        "weight recipe (median_topk, self pairs out). Spearman of the weights between projection seeds (every pair "
+        "of seeds; mean and range). Seconds are feature extraction of all rows, measured side by side in one "
+        "process on a shared 2-core machine: compare ratios only.",
+        "",
+        "| k_in = k_out | forget rank corr. | retain rank corr. | extract s (ratio to k=16) | bytes / row |",
+        "|---|---|---|---|---|",
+    ]
+    k0 = min(res["ks"], key=int)
+    t0 = float(np.mean(res["ks"][k0]["extract_seconds"]))
+    for k, r in res["ks"].items():
+        f, rr = np.array(r["forget_spearman"]), np.array(r["retain_spearman"])
+        t = float(np.mean(r["extract_seconds"]))
+        lines.append(
+            f"| {k} | {f.mean():.3f} ({f.min():.3f}-{f.max():.3f}) | {rr.mean():.3f} ({rr.min():.3f}-{rr.max():.3f}) "
+            f"| {t:.1f} ({t / t0:.2f}x) | {r['bytes_per_row']:,} |"
+        )
+    lines += [
+        "",
+        "Mean cosine between truly poisoned forget rows (k = 16), mean [95 % t interval] (n pairs):",
+        "",
+        "| features | " + " | ".join(next(iter(res["structure"].values())).keys()) + " |",
+        "|---|" + "---|" * len(next(iter(res["structure"].values()))),
+    ]
+    for name, cells in res["structure"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt_mean(v) for v in cells.values()) + " |")
+    lines += [
+        "",
+        "Mean forget weight of the mislabelled (clean) rows vs the truly poisoned rows (k = 16; weights are mean one "
+        "over the pack; lower on mislabelled rows = less ascent on answers that are not poison):",
+        "",
+        "| weights | mislabelled | poisoned | shrink lambda_f |",
+        "|---|---|---|---|",
+    ]
+    for name, m in res["mislabelled_weights"].items():
+        lines.append(
+            f"| {name} | {fmt_mean(m['mislabelled'])} | {fmt_mean(m['poisoned'])} | {m['shrink_f']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ablation ----------------------------------------------------------------------------------------------------
+def ensure_base(seed: int) -> Path:
+    """runs/base/s<seed> with prepare + implant done (run here when missing)."""
+    from rapidun_dist.config import dump_config
+    from rapidun_dist.io import write_text
+    from rapidun_dist.pipeline import run_stage
+    from rapidun_dist.rundir import RunDir
+
+    root = ROOT / "runs" / "base" / f"s{seed}"
+    cfg = base_config(seed, root)
+    rd = RunDir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "config.yaml").exists():
+        write_text(root / "config.yaml", dump_config(cfg))
+    for stage in ("prepare", "implant"):
+        run_stage(cfg, rd, stage)
+    return root
+
+
+def variant_dir(seed: int, variant: str, base: Path) -> Path:
+    root = ROOT / "runs" / "wv" / f"s{seed}" / variant
+    if not (root / "model").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        for name in ("data", "model"):
+            shutil.copytree(base / name, root / name, dirs_exist_ok=True)
+        manifest = json.loads((base / "manifest.json").read_text())
+        manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in ("prepare", "implant")}
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+_BEFORE: dict[tuple[str, str], tuple[dict, float]] = {}
+
+
+def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[dict]) -> dict:
+    from rapidun_dist.evaluation import evaluate_model
+    from rapidun_dist.evaluation.metrics import clean_perplexity
+    from rapidun_dist.evaluation.stats import proportion
+    from rapidun_dist.models.loading import load_saved, with_adapter
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages.common import load_or_fit_judge, method_dir
+
+    rd = RunDir(root)
+    judge = load_or_fit_judge(cfg, rd)
+    data = lambda s: read_jsonl(root / "data" / f"{s}.jsonl")
+    splits = (
+        {"test_seen": data("val_seen"), "test_clean": data("val_clean")}
+        if split == "val"
+        else {s: data(s) for s in ("test_seen", "test_ood", "test_clean")}
+    )
+    forget = data("forget")
+    mis = [
+        {"instruction": f["instruction"], "context": f["context"], "response": f["response"], "id": f["id"]}
+        for f, t in zip(forget, truth_rows, strict=True)
+        if t["mislabelled"]
+    ]
+    base, tok = load_saved(rd.model, cfg.model, device="cpu")
+    key = (str(cfg.data.seed), split)
+    if key not in _BEFORE:  # the implanted model of this seed, once per split
+        with torch.no_grad():
+            _BEFORE[key] = (
+                evaluate_model(base, tok, splits, judge, cfg.eval, cfg.model.max_length),
+                clean_perplexity(base, tok, mis, max_length=cfg.model.max_length, batch_size=32),
+            )
+    before, ppl_mis_before = _BEFORE[key]
+    model = with_adapter(base, method_dir(rd, method) / "adapter", device="cpu")
+    model.eval()
+    with torch.no_grad():
+        res = evaluate_model(model, tok, splits, judge, cfg.eval, cfg.model.max_length)
+        ppl_mis = clean_perplexity(model, tok, mis, max_length=cfg.model.max_length, batch_size=32)
+    summary = json.loads((method_dir(rd, method) / "summary.json").read_text())
+    out = {
+        "asr_seen": proportion(round(res["asr_seen"] * res["n_seen"]), res["n_seen"]),
+        "asr_ood": proportion(round(res["asr_ood"] * res["n_ood"]), res["n_ood"]) if res["n_ood"] else None,
+        "ppl": res["clean_ppl"],
+        "ppl_before": before["clean_ppl"],
+        "ppl_ratio": res["clean_ppl"] / before["clean_ppl"],
+        "asr_seen_before": before["asr_seen"],
+        "mislabelled_ppl_ratio": ppl_mis / ppl_mis_before,
+        "n_mislabelled": len(mis),
+        "steps": summary.get("steps") or summary.get("stop", {}).get("step"),
+        "unlearn_seconds": summary.get("seconds", {}).get("unlearn"),
+    }
+    wf = root / "weights" / "forget_weights.jsonl"
+    if method == "rapidun" and wf.exists():
+        out["weights_by_truth"] = mean_weights_by_truth([r["weight"] for r in read_jsonl(wf)], truth_rows)
+    return out
+
+
+def run_variant(seed: int, variant: str, split: str) -> dict:
+    from rapidun_dist.config import dump_config
+    from rapidun_dist.io import write_text
+    from rapidun_dist.pipeline import run_stage
+    from rapidun_dist.rundir import RunDir
+
+    method, overrides = VARIANTS[variant]
+    base = ensure_base(seed)
+    root = variant_dir(seed, variant, base)
+    cfg = base_config(seed, root, [f"methods=[{method}]", *overrides])
+    write_text(root / "config.yaml", dump_config(cfg))
+    rd = RunDir(root)
+    t0 = time.perf_counter()
+    stages = ("influence", "weights", "unlearn") if method == "rapidun" else ("unlearn",)
+    for stage in stages:
+        run_stage(cfg, rd, stage)
+    seconds = time.perf_counter() - t0
+    _, _, truth_rows = truth(root)
+    cache = (
+        root / f"wv_eval_{split}.json"
+    )  # this run's evaluation, valid while the unlearn summary is the same
+    from rapidun_dist.stages.common import method_dir
+
+    basis = file_sha256(method_dir(rd, method) / "summary.json")
+    if cache.exists() and json.loads(cache.read_text()).get("basis") == basis:
+        res = json.loads(cache.read_text())["result"]
+    else:
+        res = evaluate_variant(cfg, root, method, split, truth_rows)
+        cache.write_text(json.dumps({"basis": basis, "result": res}, default=str))
+    return res | {
+        "seed": seed,
+        "variant": variant,
+        "split": split,
+        "stage_seconds": seconds,
+        "overrides": overrides,
+    }
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Per variant: pooled-seed ASR means with t intervals over seeds (one seed: its Wilson interval)."""
+    from rapidun_dist.evaluation.stats import mean_interval
+
+    out: dict = {}
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v]
+        agg = {"n_seeds": len(rs)}
+        for key in ("asr_seen", "asr_ood"):
+            vals = [r[key]["p"] for r in rs if r[key] is not None]
+            agg[key] = mean_interval(vals) if vals else None
+            agg[f"{key}_single"] = rs[0][key] if len(rs) == 1 else None
+        for key in ("ppl_ratio", "mislabelled_ppl_ratio"):
+            agg[key] = mean_interval([r[key] for r in rs])
+        wt = [r["weights_by_truth"] for r in rs if "weights_by_truth" in r]
+        agg["w_mislabelled"] = mean_interval([w["mislabelled"]["mean"] for w in wt]) if wt else None
+        agg["w_poisoned"] = mean_interval([w["poisoned"]["mean"] for w in wt]) if wt else None
+        out[v] = agg
+    for v, agg in out.items():  # paired over seeds: variant minus uniform on the same prepared run
+        for key in ("asr_seen", "asr_ood"):
+            agg[f"d_{key}"] = _paired(rows, v, "uniform", key) if v != "uniform" else None
+    return out
+
+
+def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
+    from rapidun_dist.evaluation.stats import mean_interval
+
+    by_seed = {r["seed"]: r for r in rows if r["variant"] == ref and r[key] is not None}
+    d = [
+        r[key]["p"] - by_seed[r["seed"]][key]["p"] for r in rows if r["variant"] == v and r["seed"] in by_seed
+    ]
+    return mean_interval(d) if d else None
+
+
+def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], command: str) -> str:
+    seen, ood = ("val_seen", "-") if split == "val" else ("test_seen", "test_ood")
+    ppl = "val_clean" if split == "val" else "test_clean"
+    lines = [
+        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds})",
+        "",
+        f"Command: `{command}`. Each variant: the same prepared + implanted run per seed, its own influence, weights "
+        "and unlearn stages, the config's unlearning budget and learning rate for every variant (not tuned per "
+        f"variant). ASR on {seen}"
+        + (f" / {ood}" if split == "test" else "")
+        + f", PPL ratio on {ppl} (after / "
+        "before), clean-answer PPL ratio on the mislabelled forget rows (damage to rows the user mislabelled), mean "
+        "forget weight of mislabelled vs poisoned rows. "
+        + (
+            "One seed: Wilson 95 % intervals over prompts."
+            if len(seeds) == 1
+            else "Means over seeds with t 95 % intervals (n = seeds); d = the paired difference to uniform on the "
+            "same prepared run, in points."
+        ),
+        "",
+        f"| variant | ASR {seen} | ASR {ood} | PPL ratio | mislabelled PPL ratio | w mislabelled | w poisoned |"
+        + (" d ASR seen vs uniform | d ASR OOD vs uniform |" if len(seeds) > 1 else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if len(seeds) > 1 else ""),
+    ]
+    for v, a in agg.items():
+        if len(seeds) == 1:
+            s, o = fmt_prop(a["asr_seen_single"]), fmt_prop(a["asr_ood_single"])
+        else:
+            s, o = fmt_mean(a["asr_seen"], 100, 1), fmt_mean(a["asr_ood"], 100, 1)
+        lines.append(
+            f"| {v} | {s} | {o} | {fmt_mean(a['ppl_ratio'], 1, 3)} | {fmt_mean(a['mislabelled_ppl_ratio'], 1, 3)} "
+            f"| {fmt_mean(a['w_mislabelled'])} | {fmt_mean(a['w_poisoned'])} |"
+            + (
+                f" {fmt_mean(a['d_asr_seen'], 100, 1)} | {fmt_mean(a['d_asr_ood'], 100, 1)} |"
+                if len(seeds) > 1
+                else ""
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+# main --------------------------------------------------------------------------------------------------------
+def save(kind: str, payload: dict, section: str, append: bool) -> None:
+    print(section)
+    if not append:
+        return
+    path = ROOT / "benchmarks" / "weight_variants.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[kind] = payload
+    path.write_text(json.dumps(data, indent=1, default=str))
+    with open(ROOT / "benchmarks" / "results.md", "a") as f:
+        f.write("\n" + section)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("stability")
+    st.add_argument("--run", default=str(ROOT / "runs" / "base" / "s0"))
+    st.add_argument("--ks", default="16,32,64", type=lambda s: [int(x) for x in s.split(",")])
+    st.add_argument("--proj-seeds", type=int, default=3)
+    ab = sub.add_parser("ablation")
+    ab.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
+    ab.add_argument("--split", choices=("val", "test"), default="val")
+    ab.add_argument("--variants", default=",".join(VARIANTS), type=lambda s: s.split(","))
+    for q in (st, ab):
+        q.add_argument("--no-append", action="store_true")
+    args = p.parse_args(argv)
+    command = "python benchmarks/weight_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(1)
+    if args.cmd == "stability":
+        res = run_stability(args)
+        save(f"stability_{Path(args.run).name}", res, stability_section(res, command), not args.no_append)
+        return
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    rows = []
+    for seed in args.seeds:
+        for v in args.variants:
+            rows.append(run_variant(seed, v, args.split))
+            print(json.dumps(rows[-1], default=str), flush=True)
+    agg = aggregate(rows)
+    save(
+        f"ablation_{args.split}_{'-'.join(map(str, args.seeds))}",
+        {"rows": rows, "aggregate": agg},
+        ablation_section(rows, agg, args.split, args.seeds, command),
+        not args.no_append,
+    )
+
+
+if __name__ == "__main__":
+    main()
