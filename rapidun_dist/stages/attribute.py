@@ -20,7 +20,7 @@ import torch
 
 from rapidun_dist.config import RunConfig
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.io import write_json, write_jsonl, write_text
+from rapidun_dist.io import read_jsonl, write_json, write_jsonl, write_text
 from rapidun_dist.logging import get_logger
 from rapidun_dist.rundir import RunDir
 from rapidun_dist.stages.base import Stage
@@ -115,11 +115,12 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.attribution.report import render_report
     from rapidun_dist.attribution.verify import VerifySettings, rank_verified, verify_candidates
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.stages.influence import load_packs
 
     info = dist_env.init_distributed(config=cfg.distributed)
     a = cfg.attribute
-    forget, retain = load_packs(rd)
+    # the prepared packs: the known rows against the retain rows (not find_poison's expanded ones, which would
+    # feed flagged guesses back into the trigger search)
+    forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
     model, tok = load_saved(rd.model, cfg.model, device=info.device)
     model.eval()
     rows = token_rows(cfg, model, tok, forget, retain, info)
