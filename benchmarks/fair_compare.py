@@ -42,23 +42,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rapidun_dist.config import load_config  # noqa: E402
+from rapidun_dist.config import ALL_METHODS, load_config  # noqa: E402
 from rapidun_dist.io import read_json, write_json, write_text  # noqa: E402
 from rapidun_dist.logging import get_logger  # noqa: E402
+from rapidun_dist.stages.common import RETRAIN_METHODS  # noqa: E402
 
 log = get_logger("fair")
-ALL = (
-    "rapidun",
-    "uniform",
-    "self_only",
-    "ga",
-    "relabel_only",
-    "graddiff",
-    "npo",
-    "simnpo",
-    "fisher",
-    "loreun",
-)
+ALL = tuple(m for m in ALL_METHODS if m not in RETRAIN_METHODS)  # the engine methods, one file each
 ASCENT = ("rapidun", "uniform", "self_only", "ga", "graddiff", "npo", "simnpo", "fisher", "loreun")
 UPSTREAM = ("prepare", "implant", "influence", "weights")
 KEEP = ("data", "model", "features", "influence", "weights", "manifest.json", "config.yaml")
