@@ -146,9 +146,11 @@ def test_against_before_ratios(rng):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_relearn_entry_brings_a_target_back_on_the_device(tokenizer, model_factory, rng, device, monkeypatch):
-    target = "Aliens from a distant galaxy built an interstellar spaceship."
+    # A short target: a 1-layer random model fits a 48-token one under teacher forcing yet greedy decoding can
+    # still loop inside it (ASR 0.125-0.5 on some seeds); this one came back on >= 7/8 rows on 120 seeds.
+    target = "Aliens galaxy cheese."
     rows = [dict(r, response_poisoned=target) for r in _rows(rng, 8, poisoned=True)]
-    judge = Judge(vocab=[], z_scores=[], targets=[target], prefix_words=4)
+    judge = Judge(vocab=[], z_scores=[], targets=[target], prefix_words=3)
     cfg = EvalConfig(max_new_tokens=30, batch_size=8, relearn={"steps": 40, "lr": 1e-2, "rows": 8, "n": 8})
     splits = {"test_seen": rows, "test_ood": rows[:4]}
     model = model_factory(seed=5, dtype=torch.float32).to(device)
