@@ -225,6 +225,8 @@ def render(res: dict, out: Path, command: str) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import torch
 
+    from rapidun_dist.influence.suspects import describe_threshold
+
     lines = [
         f"## Alpaca-57k stress run through the real stages (CPU, 2 ranks), {now}",
         "",
@@ -250,9 +252,8 @@ def render(res: dict, out: Path, command: str) -> str:
             for name, x in m.items()
         ),
         "",
-        f"Threshold: robust z > {fp['threshold']['z']} against the reference rows (target FPR "
-        f"{_pct(fp['threshold']['target_fpr'])}: {_f(c['expected_false_positives'], 1)} false positives expected; "
-        f"measured {m.get('influence', {}).get('fp')}).",
+        f"Threshold: {describe_threshold(fp['threshold'], c['expected_false_positives'])}; measured false "
+        f"positives {m.get('influence', {}).get('fp')}.",
         "",
         *_family_table(fp),
         "| method | ASR seen | ASR OOD | PPL ratio | seconds (influence + weights + unlearn) | speedup vs retrain |",

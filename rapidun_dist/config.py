@@ -520,6 +520,7 @@ class UnlearnConfig:
 
 
 FindPoisonAgg = Literal["mean", "trimmed_mean", "median_topk", "topk_mean"]
+FindPoisonThreshold = Literal["z", "fdr"]
 
 
 @dataclass(kw_only=True)
@@ -534,9 +535,16 @@ class FindPoisonConfig:
     score = agg over the forget rows - agg over the reference rows (the retain pack)."""
     topk: int = 10
     trim: float = 0.1
+    threshold: FindPoisonThreshold = "z"
+    """How rows are flagged without labels (rapidun_dist.influence.suspects): `z`, a robust z against the reference
+    rows' scores above `z` (assumes a unimodal clean null); `fdr`, conformal p-values against the reference rows and
+    Benjamini-Hochberg at `fdr` (no shape assumed, but a p-value is never below 1 / (reference rows + 1), so it
+    needs a reference large enough for the number of rows it should flag)."""
     z: float = 3.09
     """Flag a row when its robust z against the reference rows' own scores exceeds this (3.09: a 0.1% false-positive
     rate under a normal null)."""
+    fdr: float = 0.1
+    """The false-discovery rate of the `fdr` rule."""
     unit_size: int = 64
     """Training rows per work unit (one feature shard; ranks claim units dynamically, a kill resumes per unit)."""
     baselines: bool = True
@@ -553,6 +561,7 @@ class FindPoisonConfig:
             math.isfinite(self.z) and self.z > 0, "find_poison.z", f"expected a finite z > 0, found {self.z}"
         )
         _check(self.unit_size >= 1, "find_poison.unit_size", f"expected >= 1, found {self.unit_size}")
+        _check(0.0 < self.fdr < 1.0, "find_poison.fdr", f"expected in (0, 1), found {self.fdr}")
 
 
 @dataclass(kw_only=True)

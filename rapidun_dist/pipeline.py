@@ -6,6 +6,7 @@ consistent with the config (unless forced).
 
 from __future__ import annotations
 
+from rapidun_dist import timing
 from rapidun_dist.config import RunConfig, dump_config
 from rapidun_dist.errors import StageError
 from rapidun_dist.io import write_text
@@ -38,6 +39,7 @@ def run_stage(
         return False
     log.info(f"[{stage}] starting")
     rec = rd.start(stage, fp, world_size=world_size) if rank == 0 else None
+    timing.take()  # overhead counted from here on is this stage's
     try:
         outputs = st.run(cfg, rd)
     except BaseException as e:
@@ -45,8 +47,10 @@ def run_stage(
             rd.fail(stage, rec, e)
         raise
     if rec is not None:
-        rec = rd.finish(stage, rec, outputs)
-        log.info(f"[{stage}] done in {rec['seconds']:.1f}s")
+        spent = timing.take()
+        rec = rd.finish(stage, rec, outputs, extra={"overhead_seconds": spent} if spent else None)
+        note = f" ({', '.join(f'{k} {v:.1f}s' for k, v in spent.items())} of it overhead)" if spent else ""
+        log.info(f"[{stage}] done in {rec['seconds']:.1f}s{note}")
     return True
 
 

@@ -137,3 +137,9 @@ class RunDir:
     def stage_seconds(self, stage: str) -> float | None:
         rec = self.record(stage)
         return None if rec is None else rec.get("seconds")
+
+    def stage_cost_seconds(self, stage: str) -> float | None:
+        """The stage's seconds less its recorded overhead (imports, plots: rapidun_dist.timing)."""
+        from rapidun_dist.timing import cost_seconds
+
+        return cost_seconds(self.record(stage))

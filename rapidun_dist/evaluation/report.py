@@ -12,11 +12,13 @@ Inputs the evaluate stage puts into the report dict (everything but `before`/`me
      "retrieval": {"auroc", "ap"} | {"<scores>": {"auroc", "ap"}},
      "find_poison": suspects/summary.json,                 (scalars, and {"<scorer>": {metric: value}} tables)
      "triggers": [{"text", "mode", "score", "insert_asr", "remove_asr"}, ...],   (attribution, best first)
-     "protocol": {"label": "relabel on", "seed": 0, ...}} (read by compare.py)
+     "protocol": {"label": "relabel on", "seed": 0, ...}, (read by compare.py)
+     "stage_seconds": {stage: wall seconds}, "stage_overhead_seconds": {stage: {"imports" | "report": s}}}
 
     ENTRY = {"asr_seen", "asr_ood", "clean_ppl", "judge_fpr",          (fractions; PPL a float; None = missing)
              "n_seen", "n_ood", "n_clean",                             (sample sizes of those numbers)
-             "seconds": {"influence", "weights", "unlearn", "total"},
+             "seconds": {"influence", "weights", "unlearn", "total"},   (method cost: without one-time imports
+                                                                         and plots, see rapidun_dist.timing)
              "asr_by_family": {"seen": {family: asr}, "ood": {...}},
              "examples": {"test_seen" | "test_ood" | "test_clean" | other split:
                           [{"instruction", "generation", "attacked"[, "reference" (the clean answer)]}]},
@@ -267,7 +269,9 @@ def _time_table(report: dict) -> list[str]:
     ]  # fmt: skip
     note = (
         "Wall-clock seconds as measured in this run; speedup = retrain seconds / (influence + weights + unlearn) "
-        "seconds. On a shared machine only ratios measured in one run are meaningful."
+        "seconds. Every method is timed without the process's one-time imports and plots (the influence and "
+        "weights stages record theirs as `stage_overhead_seconds`; unlearning and retraining are timed after the "
+        "stage's warm-up). On a shared machine only ratios measured in one run are meaningful."
     )
     return ["## Time", "", *md.table(header, body), "", note, ""]
 
@@ -378,16 +382,16 @@ def _find_poison_section(report: dict) -> list[str]:
     fp = report.get("find_poison")
     if not fp:
         return []
+    from rapidun_dist.influence.suspects import describe_threshold
+
     counts, th = fp.get("counts") or {}, fp.get("threshold") or {}
     lines = ["## Find poison (every training row ranked by influence with the forget set)", ""]
     lines.append(
         f"{md.fmt_auto(counts.get('flagged'))} of {md.fmt_auto(counts.get('train'))} training rows flagged "
         f"({md.fmt_auto(counts.get('flagged_new'))} not among the {md.fmt_auto(counts.get('known'))} known); score = "
-        f"{md.cell(fp.get('agg'), 20)} over the forget rows minus over the reference rows; flagged when the robust z "
-        f"against the {md.fmt_auto(th.get('n_reference'))} reference rows exceeds {md.fmt_auto(th.get('z'))} (target "
-        f"FPR {md.fmt_pct(th.get('target_fpr'), 2)}, about {md.fmt_auto(counts.get('expected_false_positives'))} "
-        f"false positives expected). The expanded packs {'are' if fp.get('expand') else 'are not'} used "
-        f"(find_poison.expand)."
+        f"{md.cell(fp.get('agg'), 20)} over the forget rows minus over the reference rows; "
+        f"{describe_threshold(th, counts.get('expected_false_positives'))}. The expanded packs "
+        f"{'are' if fp.get('expand') else 'are not'} used (find_poison.expand)."
     )
     lines += ["", *_find_poison_scorers(fp), *_find_poison_families(fp)]
     secs, feats = fp.get("seconds") or {}, fp.get("features") or {}

@@ -124,6 +124,90 @@ def robust_threshold(reference_scores: torch.Tensor, *, z: float, floor: float =
     return Threshold(center=center, scale=max(MAD_SCALE * mad, floor), z=z, n_reference=ref.numel())
 
 
+@dataclass(frozen=True, kw_only=True)
+class FdrThreshold:
+    """The `fdr` rule: conformal p-values of every row against the reference rows' scores, then Benjamini-Hochberg
+    at level `q`. `value` is the lowest flagged score (inf when nothing is flagged); `center` / `scale` are the
+    reference's median and scaled MAD, kept only so `zscores` stays a descriptive column."""
+
+    q: float
+    value: float
+    n_reference: int
+    n_flagged: int
+    center: float
+    scale: float
+    min_p: float
+
+    def zscores(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores.to(torch.float64) - self.center) / self.scale
+
+    def expected_fp(self, n_unflagged: int) -> float:  # noqa: ARG002 - same signature as the z rule's
+        """BH bounds the expected share of false discoveries by q: q x the flagged rows."""
+        return self.q * self.n_flagged
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": "conformal p-values against the reference rows' scores, Benjamini-Hochberg",
+            "fdr": self.q,
+            "value": self.value,
+            "n_reference": self.n_reference,
+            "min_p": self.min_p,
+            "center": self.center,
+            "scale": self.scale,
+        }
+
+
+def describe_threshold(th: dict, expected_fp: float | None = None) -> str:
+    """The threshold record of summary.json in words (report.md, benchmark results)."""
+    fmt = lambda v, spec: "?" if v is None else format(v, spec)
+    exp = "" if expected_fp is None else f", about {fmt(expected_fp, '.1f')} false positives expected"
+    if "fdr" in th:
+        return (
+            f"flagged by Benjamini-Hochberg at FDR {fmt(th.get('fdr'), 'g')} over conformal p-values against the "
+            f"{th.get('n_reference', '?')} reference rows' scores (smallest possible p {fmt(th.get('min_p'), '.4f')}"
+            f"{exp})"
+        )
+    return (
+        f"flagged when the robust z against the {th.get('n_reference', '?')} reference rows' scores exceeds "
+        f"{fmt(th.get('z'), 'g')} (target FPR {fmt(100 * th['target_fpr'] if th.get('target_fpr') is not None else None, '.2f')}%"
+        f"{exp})"
+    )
+
+
+def conformal_pvalues(scores: torch.Tensor, reference_scores: torch.Tensor) -> torch.Tensor:
+    """p_i = (1 + #{reference j: s_j >= s_i}) / (n_ref + 1): the chance a clean row exchangeable with the reference
+    rows scores at least s_i (Bates et al. 2023, conformal outlier p-values). Valid whatever the null's shape."""
+    ref = torch.sort(torch.as_tensor(reference_scores, dtype=torch.float64).flatten()).values
+    below = torch.searchsorted(ref, scores.to(torch.float64), right=False)  # reference scores < s_i
+    return (1.0 + (ref.numel() - below).to(torch.float64)) / (ref.numel() + 1.0)
+
+
+def benjamini_hochberg(pvalues: torch.Tensor, q: float) -> torch.Tensor:
+    """The rows BH rejects at level q: p_(i) <= q i / n for the largest such i, and every smaller p."""
+    n = pvalues.numel()
+    order = torch.argsort(pvalues, stable=True)
+    line = q * torch.arange(1, n + 1, dtype=torch.float64) / n
+    below = (pvalues[order] <= line).nonzero()
+    flagged = torch.zeros(n, dtype=torch.bool)
+    if below.numel():
+        flagged[order[: int(below.max()) + 1]] = True
+    return flagged
+
+
+def fdr_threshold(
+    scores: torch.Tensor, reference_scores: torch.Tensor, *, q: float, floor: float = SCALE_FLOOR
+) -> tuple[FdrThreshold, torch.Tensor]:
+    """(the rule's record, the flagged mask) of the `fdr` threshold rule over every row's `scores`."""
+    robust = robust_threshold(reference_scores, z=1.0, floor=floor)  # its checks, and the descriptive z
+    flagged = benjamini_hochberg(conformal_pvalues(scores, reference_scores), q)
+    value = float(scores[flagged].min()) if flagged.any() else math.inf
+    th = FdrThreshold(
+        q=q, value=value, n_reference=robust.n_reference, n_flagged=int(flagged.sum()), center=robust.center,
+        scale=robust.scale, min_p=1.0 / (robust.n_reference + 1),
+    )  # fmt: skip
+    return th, flagged
+
+
 def rank_of(scores: torch.Tensor) -> torch.Tensor:
     """1-based rank of each row by descending score (1 = most suspicious; ties: lower position first)."""
     order = torch.sort(-scores.to(torch.float64), stable=True).indices

@@ -277,6 +277,22 @@ def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
     return replace(cfg, name_or_path=ptr["name_or_path"], gguf_file=ptr.get("gguf_file"), tokenizer=tok)
 
 
+def import_model_code(model_dir: Path, cfg: ModelConfig) -> None:
+    """Import what loading the saved model will need (transformers, the model's class, peft) without loading it:
+    one-time process set-up a stage can count apart from its work (rapidun_dist.timing)."""
+    import peft  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    pointed = pointed_config(model_dir, cfg)
+    where = str(model_dir) if pointed is None else pointed.name_or_path
+    if cfg.trust_remote_code or not (Path(where) / "config.json").is_file():
+        return  # remote code or a hub id / GGUF file: its class is only known by loading it
+    config = AutoConfig.from_pretrained(where)
+    mapping = AutoModelForCausalLM._model_mapping
+    if type(config) in mapping:
+        mapping[type(config)]  # imports the modeling module of this architecture
+
+
 def load_saved(model_dir: Path, cfg: ModelConfig, *, device=None):
     """The model being unlearned and its tokenizer: `run_dir/model/` (the implanted model), or the user's model it
     points to (clean mode); loaded onto `device` (None: the process default, for DeepSpeed to place)."""

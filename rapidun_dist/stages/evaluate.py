@@ -171,9 +171,13 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         "methods": {},
         "judge": judge.to_dict(),
         "stage_seconds": {s: rd.stage_seconds(s) for s in rd.manifest()["stages"]},
+        "stage_overhead_seconds": {
+            s: rec["overhead_seconds"] for s, rec in rd.manifest()["stages"].items() if rec.get("overhead_seconds")
+        },
     }
     curves = {}
-    infl_s, weights_s = rd.stage_seconds("influence") or 0.0, rd.stage_seconds("weights") or 0.0
+    # method cost: stage seconds less one-time imports and plots (rapidun_dist.timing), as retrain's are measured
+    infl_s, weights_s = rd.stage_cost_seconds("influence") or 0.0, rd.stage_cost_seconds("weights") or 0.0
     for method in run_methods(cfg):
         out = method_dir(rd, method)
         summary = read_json(out / "summary.json")
@@ -193,7 +197,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         if packs_from_find_poison(
             cfg
         ):  # its packs came from find_poison: its cost shown beside (not in total)
-            secs["find_poison"] = rd.stage_seconds("find_poison") or 0.0
+            secs["find_poison"] = rd.stage_cost_seconds("find_poison") or 0.0
         entry = _eval_model(cfg, rd, judge, model, splits, extra) | {"seconds": secs}
         report["methods"][method] = against_before(entry, report["before"])
         curves[method] = _curves(out / "metrics.jsonl", summary.get("initial_eval"))

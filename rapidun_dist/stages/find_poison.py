@@ -27,6 +27,7 @@ experiment mode only.
 
 from __future__ import annotations
 
+import math
 import random
 import resource
 import time
@@ -258,7 +259,7 @@ def _write_outputs(cfg, rd, train, forget, reference, infl, per_rank, seconds, s
             f"so they must be training rows; only {ref_pos.numel()} of {len(reference)} are"
         )
     known = known_mask(train, forget)
-    results = {name: flag(s, ref_pos, fp.z) for name, s in scores.items()}
+    results = {name: flag(s, ref_pos, fp, name) for name, s in scores.items()}
     th, z, flagged = results["influence"]
     ranks = S.rank_of(scores["influence"])
     write_jsonl(out / "suspects.jsonl", suspect_rows(train, scores["influence"], z, ranks, flagged, known))
@@ -272,11 +273,22 @@ def _write_outputs(cfg, rd, train, forget, reference, infl, per_rank, seconds, s
 
 
 def flag(
-    scores: torch.Tensor, ref_pos: torch.Tensor, z: float
-) -> tuple[S.Threshold, torch.Tensor, torch.Tensor]:
-    th = S.robust_threshold(scores[ref_pos], z=z)
-    zs = th.zscores(scores)
-    return th, zs, zs > z
+    scores: torch.Tensor, ref_pos: torch.Tensor, fp, scorer: str = "influence"
+) -> tuple[S.Threshold | S.FdrThreshold, torch.Tensor, torch.Tensor]:
+    """(the threshold's record, every row's robust z, the flagged mask) under `find_poison.threshold`."""
+    if fp.threshold == "z":
+        th = S.robust_threshold(scores[ref_pos], z=fp.z)
+        zs = th.zscores(scores)
+        return th, zs, zs > fp.z
+    th, flagged = S.fdr_threshold(scores, scores[ref_pos], q=fp.fdr)
+    if not flagged.any():
+        need = math.ceil(th.min_p * scores.numel() / fp.fdr)
+        log.warning(
+            f"find_poison ({scorer}): the fdr rule flagged nothing: with {th.n_reference} reference rows no p-value is "
+            f"below {th.min_p:.4f}, so BH at find_poison.fdr={fp.fdr} needs at least {need} of {scores.numel()} rows "
+            "to stand out together; use a larger retain pack (data.retain_ratio) or find_poison.threshold=z"
+        )
+    return th, th.zscores(scores), flagged
 
 
 def known_mask(train: list[dict], forget: list[dict]) -> torch.Tensor:
@@ -462,9 +474,11 @@ def build_summary(
     return summary
 
 
-def normal_fp(th: S.Threshold, n_unflagged: int) -> float:
-    """False positives the threshold expects under its normal null: target FPR x the rows it did not flag (the
-    clean rows are at least those)."""
+def normal_fp(th: S.Threshold | S.FdrThreshold, n_unflagged: int) -> float:
+    """False positives the threshold expects: under the z rule's normal null, target FPR x the rows it did not flag
+    (the clean rows are at least those); under the fdr rule, BH's bound, fdr x the flagged rows."""
+    if isinstance(th, S.FdrThreshold):
+        return th.expected_fp(n_unflagged)
     return S.normal_tail(th.z) * n_unflagged
 
 
@@ -503,7 +517,9 @@ STAGE = Stage(
         "find_poison.agg",
         "find_poison.topk",
         "find_poison.trim",
+        "find_poison.threshold",
         "find_poison.z",
+        "find_poison.fdr",
         "find_poison.baselines",
         "influence",
         "model.max_length",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rapidun_dist import timing
 from rapidun_dist.config import RunConfig
 from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.errors import DataError
@@ -43,11 +44,13 @@ def load_packs(cfg: RunConfig, rd: RunDir) -> tuple[list[dict], list[dict]]:
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    from rapidun_dist.influence.extract import extract_features, feature_context
-    from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.stages.common import model_identity
-    from rapidun_dist.stages.find_poison import reuse_train_features
+    with timing.overhead("imports"):  # process set-up, not feature work (rapidun_dist.timing)
+        from rapidun_dist.influence.extract import extract_features, feature_context
+        from rapidun_dist.models.loading import import_model_code, load_saved
+        from rapidun_dist.stages.common import model_identity
+        from rapidun_dist.stages.find_poison import reuse_train_features
 
+        import_model_code(rd.model, cfg.model)
     info = dist_env.init_distributed(config=cfg.distributed)
     forget, retain = load_packs(cfg, rd)
     model, tok = load_saved(rd.model, cfg.model, device=info.device)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rapidun_dist import timing
 from rapidun_dist.config import RunConfig, WeightsConfig
 from rapidun_dist.io import read_jsonl, write_jsonl
 from rapidun_dist.logging import get_logger
@@ -65,7 +66,6 @@ def write_relabel_weights(
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    from rapidun_dist.evaluation.plots import histogram
     from rapidun_dist.weights.rapidin import score_rows, weight_rows, write_weights
     from rapidun_dist.weights.robust import fuse_and_weight
 
@@ -90,12 +90,15 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         torch.tensor([r["weight"] for r in read_jsonl(rd.weights / n)])
         for n in ("forget_weights.jsonl", "retain_weights.jsonl")
     )
-    histogram(
-        rd.weights / "weights.png",
-        "RapidUn per-sample weights",
-        {"forget": fw.tolist(), "retain": rw.tolist()},
-        bins=30,
-    )
+    with timing.overhead("report"):  # a plot for the reader, not part of the weights' cost
+        from rapidun_dist.evaluation.plots import histogram
+
+        histogram(
+            rd.weights / "weights.png",
+            "RapidUn per-sample weights",
+            {"forget": fw.tolist(), "retain": rw.tolist()},
+            bins=30,
+        )
     log.info(_weight_summary(fw, rw))
     return outputs
 

@@ -64,6 +64,13 @@ def test_report_contract(run_dir):
         assert entry["seconds"]["unlearn"] > 0
         assert report["speedup_vs_retrain"][method] > 0
     assert report["methods"]["rapidun"]["seconds"]["influence"] > 0
+    man = read_json(run_dir / "manifest.json")["stages"]
+    for stage, kind in (("influence", "imports"), ("weights", "report")):  # rapidun_dist.timing
+        spent = man[stage]["overhead_seconds"]
+        assert kind in spent and 0 <= sum(spent.values()) <= man[stage]["seconds"]
+        cost = man[stage]["seconds"] - sum(spent.values())
+        assert report["methods"]["rapidun"]["seconds"][stage] == pytest.approx(cost)
+        assert report["stage_overhead_seconds"][stage] == spent
     assert report["methods"]["ga"]["seconds"]["influence"] == 0
     assert report["retrain"]["seconds"]["total"] > 0
     for entry in (

@@ -274,3 +274,29 @@ def _user_files(implanted_dir: Path, root: Path) -> dict[str, Path]:
         ]),
         "eval": write("E.jsonl", read_rows(implanted_dir / "data" / "test_clean.jsonl")),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("q", [0.5, 0.01])
+def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, tmp_path, caplog, q):
+    """find_poison.threshold=fdr on the reference run's features (only the scores are redone): the flagged rows are
+    BH at q over conformal p-values of the written scores against the reference rows' written scores; with q too
+    small for the reference's size nothing is flagged and the log says why."""
+    from rapidun_dist.influence import suspects as S
+    from rapidun_dist.pipeline import run_pipeline
+
+    run = fresh_copy(reference_run, tmp_path / "run")
+    over = ("find_poison.threshold=fdr", f"find_poison.fdr={q}")
+    with caplog.at_level("WARNING"):
+        run_pipeline(load_cfg(run, *over), ["find_poison"])
+    rows, summary = _suspects(run), read_json(run / "suspects" / "summary.json")
+    ref_ids = {r["id"] for r in read_rows(run / "data" / "retain.jsonl")}
+    scores = torch.tensor([r["score"] for r in rows], dtype=torch.float64)
+    ref = torch.tensor([r["score"] for r in rows if r["id"] in ref_ids], dtype=torch.float64)
+    want = S.benjamini_hochberg(S.conformal_pvalues(scores, ref), q)
+    assert [r["flagged"] for r in rows] == want.tolist()
+    th = summary["threshold"]
+    assert th["fdr"] == q and th["n_reference"] == len(ref) and th["min_p"] == pytest.approx(1 / (len(ref) + 1))
+    assert summary["counts"]["flagged"] == int(want.sum())
+    assert summary["counts"]["expected_false_positives"] == pytest.approx(q * int(want.sum()))
+    assert bool(want.any()) == (q == 0.5)  # 0.01 asks for more than the reference's resolution allows
+    assert any("the fdr rule flagged nothing" in m for m in caplog.messages) == (not want.any())

@@ -193,3 +193,74 @@ def test_detection_metrics_and_breakdown_count_by_hand():
         "recall_unknown": 1.0,
     }
     assert fam["t"]["found"] == 0 and fam["t:c"]["recall"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------- the fdr rule
+
+
+def test_conformal_pvalues_count_the_reference_scores_at_or_above():
+    ref = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    got = S.conformal_pvalues(torch.tensor([0.0, 2.0, 4.5, 3.0]), ref)
+    assert got.tolist() == pytest.approx([5 / 5, 4 / 5, 1 / 5, 3 / 5])
+    g = torch.Generator().manual_seed(11)
+    ref = torch.randint(0, 20, (57,), generator=g).double()  # ties on purpose
+    s = torch.randint(-2, 23, (300,), generator=g).double()
+    want = [(1 + int((ref >= v).sum())) / (ref.numel() + 1) for v in s.tolist()]
+    assert torch.equal(S.conformal_pvalues(s, ref), torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("q", [0.05, 0.2])
+def test_benjamini_hochberg_against_its_definition(q):
+    g = torch.Generator().manual_seed(int(q * 100))
+    p = torch.cat([torch.rand(900, generator=g), torch.rand(100, generator=g) * 1e-3]).double()
+    p = p[torch.randperm(p.numel(), generator=g)]
+    sorted_p = sorted(p.tolist())
+    n = len(sorted_p)
+    k = max((i for i in range(1, n + 1) if sorted_p[i - 1] <= q * i / n), default=0)
+    cut = sorted_p[k - 1] if k else -1.0
+    want = p <= cut
+    got = S.benjamini_hochberg(p, q)
+    assert int(got.sum()) == k and torch.equal(got, want)
+    assert not S.benjamini_hochberg(torch.full((50,), 0.5, dtype=torch.float64), q).any()
+
+
+def test_fdr_rule_holds_on_a_two_mode_clean_null_where_the_z_rule_does_not():
+    """The Alpaca-57k failure in miniature: most clean rows are templated (score ~ N(0, 1)), a tenth are real text
+    that sits closer to the poison (N(4, 0.5)), the poison higher still (N(7, 0.5)). The reference is a random
+    sample of clean rows. Robust z reads the templated mode as the null and flags most real-text rows; the
+    conformal p-values need no shape, and BH keeps the false-discovery proportion near q (averaged over draws)."""
+    q, fdps, recalls, z_fdps = 0.1, [], [], []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(100 + seed)
+        n_templ, n_real, n_poison = 18000, 2000, 1500
+        clean = torch.cat([torch.randn(n_templ, generator=g), 4 + 0.5 * torch.randn(n_real, generator=g)])
+        poison = 7 + 0.5 * torch.randn(n_poison, generator=g)
+        scores = torch.cat([clean, poison]).double()
+        is_poison = torch.arange(scores.numel()) >= clean.numel()
+        ref = torch.randperm(clean.numel(), generator=g)[:2000]
+        th, flagged = S.fdr_threshold(scores, scores[ref], q=q)
+        assert th.n_flagged == int(flagged.sum()) and th.value == float(scores[flagged].min())
+        assert th.expected_fp(0) == pytest.approx(q * th.n_flagged) and th.to_dict()["fdr"] == q
+        fdps.append(float((flagged & ~is_poison).sum()) / max(int(flagged.sum()), 1))
+        recalls.append(float((flagged & is_poison).sum()) / n_poison)
+        zth = S.robust_threshold(scores[ref], z=3.09)
+        zflag = zth.zscores(scores) > 3.09
+        z_fdps.append(float((zflag & ~is_poison).sum()) / max(int(zflag.sum()), 1))
+    assert sum(fdps) / len(fdps) <= 1.5 * q and min(recalls) >= 0.9, (fdps, recalls)
+    assert min(z_fdps) > 0.3, z_fdps  # the z rule's false-discovery proportion on the same data
+
+
+def test_fdr_rule_with_too_few_reference_rows_flags_nothing():
+    scores = torch.cat([torch.zeros(1000), torch.full((50,), 9.0)]).double()
+    th, flagged = S.fdr_threshold(scores, scores[:12], q=0.1)  # min p = 1/13 > 0.1 x 50 / 1050
+    assert not flagged.any() and th.value == math.inf and th.min_p == pytest.approx(1 / 13)
+    with pytest.raises(Exception, match="reference"):
+        S.fdr_threshold(scores, scores[:0], q=0.1)
+
+
+def test_describe_threshold_names_each_rule():
+    z = S.robust_threshold(torch.randn(100, dtype=torch.float64), z=3.09).to_dict()
+    assert "robust z" in S.describe_threshold(z, 4.2) and "0.10%" in S.describe_threshold(z, 4.2)
+    th, _ = S.fdr_threshold(torch.randn(500, dtype=torch.float64), torch.randn(99, dtype=torch.float64), q=0.05)
+    text = S.describe_threshold(th.to_dict())
+    assert "Benjamini-Hochberg at FDR 0.05" in text and "99 reference rows" in text and "0.0100" in text
