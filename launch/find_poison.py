@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     return launch_main(
         argv,
         description=__doc__.split("\n\n")[0],
-        stages=('find_poison',),
-        name='find_poison',
-        example='find_poison.z=3.5',
+        stages=("find_poison",),
+        name="find_poison",
+        example="find_poison.z=3.5",
     )
 
 

@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     return launch_main(
         argv,
         description=__doc__.split("\n\n")[0],
-        stages=('influence', 'weights'),
-        name='influence',
-        example='influence.tile_size=2048',
+        stages=("influence", "weights"),
+        name="influence",
+        example="influence.tile_size=2048",
     )
 
 

@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     return launch_main(
         argv,
         description=__doc__.split("\n\n")[0],
-        name='run',
-        example='implant.grad_accum=4',
+        name="run",
+        example="implant.grad_accum=4",
     )
 
 

@@ -27,7 +27,9 @@ def parse_args(
     if stages is None:
         p.add_argument("--stages", help="comma-separated stages (default: every stage of the config's mode)")
     p.add_argument(
-        "--force", action="store_true", help="rerun the stages even if complete (valid feature shards are kept)"
+        "--force",
+        action="store_true",
+        help="rerun the stages even if complete (valid feature shards are kept)",
     )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="ignored (set by launchers)")
     p.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {example}")

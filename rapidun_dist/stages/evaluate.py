@@ -172,7 +172,9 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         "judge": judge.to_dict(),
         "stage_seconds": {s: rd.stage_seconds(s) for s in rd.manifest()["stages"]},
         "stage_overhead_seconds": {
-            s: rec["overhead_seconds"] for s, rec in rd.manifest()["stages"].items() if rec.get("overhead_seconds")
+            s: rec["overhead_seconds"]
+            for s, rec in rd.manifest()["stages"].items()
+            if rec.get("overhead_seconds")
         },
     }
     curves = {}

@@ -66,6 +66,11 @@ def test_run_stage_records_the_stages_overhead_only(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "get_stage", lambda name: dataclasses.replace(real, run=slow_run))
     assert pipeline.run_stage(cfg, rd, "prepare")
     rec = read_json(rd.root / "manifest.json")["stages"]["prepare"]
-    assert set(rec["overhead_seconds"]) == {"report"} and 0.2 <= rec["overhead_seconds"]["report"] < rec["seconds"]
-    assert rd.stage_cost_seconds("prepare") == pytest.approx(rec["seconds"] - rec["overhead_seconds"]["report"])
+    assert (
+        set(rec["overhead_seconds"]) == {"report"}
+        and 0.2 <= rec["overhead_seconds"]["report"] < rec["seconds"]
+    )
+    assert rd.stage_cost_seconds("prepare") == pytest.approx(
+        rec["seconds"] - rec["overhead_seconds"]["report"]
+    )
     assert rd.stage_seconds("prepare") == rec["seconds"]

@@ -173,7 +173,8 @@ def test_torchrun_and_deepspeed_local_world_size():
 
 def test_export_launch_env_overwrites_with_the_discovered_layout(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(key, "stale")  # recorded, so teardown restores (or removes) what export_launch_env writes
+        # set first, so monkeypatch records the key and teardown removes what export_launch_env writes
+        monkeypatch.setenv(key, "stale")
         monkeypatch.delenv(key)
     monkeypatch.setenv("LOCAL_RANK", "5")  # stale: the discovered layout wins
     le = denv.LaunchEnv(

@@ -295,7 +295,9 @@ def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, t
     want = S.benjamini_hochberg(S.conformal_pvalues(scores, ref), q)
     assert [r["flagged"] for r in rows] == want.tolist()
     th = summary["threshold"]
-    assert th["fdr"] == q and th["n_reference"] == len(ref) and th["min_p"] == pytest.approx(1 / (len(ref) + 1))
+    assert (
+        th["fdr"] == q and th["n_reference"] == len(ref) and th["min_p"] == pytest.approx(1 / (len(ref) + 1))
+    )
     assert summary["counts"]["flagged"] == int(want.sum())
     assert summary["counts"]["expected_false_positives"] == pytest.approx(q * int(want.sum()))
     assert bool(want.any()) == (q == 0.5)  # 0.01 asks for more than the reference's resolution allows

@@ -261,6 +261,8 @@ def test_fdr_rule_with_too_few_reference_rows_flags_nothing():
 def test_describe_threshold_names_each_rule():
     z = S.robust_threshold(torch.randn(100, dtype=torch.float64), z=3.09).to_dict()
     assert "robust z" in S.describe_threshold(z, 4.2) and "0.10%" in S.describe_threshold(z, 4.2)
-    th, _ = S.fdr_threshold(torch.randn(500, dtype=torch.float64), torch.randn(99, dtype=torch.float64), q=0.05)
+    th, _ = S.fdr_threshold(
+        torch.randn(500, dtype=torch.float64), torch.randn(99, dtype=torch.float64), q=0.05
+    )
     text = S.describe_threshold(th.to_dict())
     assert "Benjamini-Hochberg at FDR 0.05" in text and "99 reference rows" in text and "0.0100" in text
