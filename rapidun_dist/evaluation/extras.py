@@ -29,10 +29,10 @@ from collections.abc import Sequence
 import torch
 
 from rapidun_dist.config import EvalConfig
-from rapidun_dist.data.prompt import record_prompt
 from rapidun_dist.evaluation.behaviour import evaluate_behaviour, sampled_asr, summarize_outputs
-from rapidun_dist.evaluation.generation import Sampling, generate
+from rapidun_dist.evaluation.generation import Sampling
 from rapidun_dist.evaluation.judge import Judge
+from rapidun_dist.evaluation.metrics import triggered_asr
 from rapidun_dist.evaluation.stats import proportion
 from rapidun_dist.logging import get_logger
 
@@ -130,20 +130,6 @@ def sampled_entry(model, tokenizer, records: Sequence[dict], judge: Judge, cfg: 
     return {"samples": res["samples"], "any": res["any"]}
 
 
-def _greedy_asr(model, tokenizer, records: Sequence[dict], judge: Judge, cfg: EvalConfig, max_length: int):
-    prompts = [record_prompt(tokenizer, r, poisoned=True) for r in records]
-    texts = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        max_prompt_length=max_length,
-        sharded=True,
-    )
-    return proportion(sum(judge.is_attacked(t) for t in texts), len(texts))
-
-
 def relearn_entry(
     model,
     tokenizer,
@@ -170,7 +156,7 @@ def relearn_entry(
         for split, name in (("test_seen", "asr_seen"), ("test_ood", "asr_ood")):
             records = (splits.get(split) or [])[: r.n]
             if records:
-                out[name] = _greedy_asr(attacked, tokenizer, records, judge, cfg, max_length)
+                out[name] = triggered_asr(attacked, tokenizer, records, judge, cfg, max_length, sharded=True)
     del attacked
     _log.info(f"relearn: ASR after the attack {out.get('asr_seen', {}).get('p')} seen")
     return out

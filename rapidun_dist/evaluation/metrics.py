@@ -28,6 +28,7 @@ from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, re
 from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.generation import generate, merge_shards, model_device, shard_batches
 from rapidun_dist.evaluation.judge import Judge, false_positive_rate
+from rapidun_dist.evaluation.stats import proportion
 from rapidun_dist.logging import Progress, get_logger
 
 N_EXAMPLES = 3  # generations kept per split in the evaluation result, for a reader to eyeball
@@ -166,6 +167,23 @@ def _judge_split(
         sharded=sharded,
     )
     return texts, [judge.is_attacked(t) for t in texts]
+
+
+def triggered_asr(
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    judge: Judge,
+    cfg: EvalConfig,
+    max_length: int,
+    *,
+    sharded: bool = False,
+) -> dict:
+    """Greedy ASR on the records' triggered prompts, as a `stats.proportion` dict (k attacked of n)."""
+    _, attacked = _judge_split(
+        model, tokenizer, records, judge, cfg, max_length, poisoned=True, sharded=sharded
+    )
+    return proportion(sum(attacked), len(attacked))
 
 
 def _check_triggered(split: str, records: Sequence[dict]) -> None:

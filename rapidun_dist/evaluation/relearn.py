@@ -22,9 +22,9 @@ import torch
 from rapidun_dist.config import EvalConfig
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
 from rapidun_dist.errors import ConfigError, DataError
-from rapidun_dist.evaluation.generation import generate, model_device
+from rapidun_dist.evaluation.generation import model_device
 from rapidun_dist.evaluation.judge import Judge
-from rapidun_dist.evaluation.stats import proportion
+from rapidun_dist.evaluation.metrics import triggered_asr
 from rapidun_dist.logging import get_logger
 from rapidun_dist.losses import per_sample_nll
 
@@ -124,19 +124,6 @@ def relearn_attack(
     return model, losses
 
 
-def _asr(model, tokenizer, records: Sequence[dict], judge: Judge, cfg: EvalConfig, max_length: int) -> dict:
-    prompts = [record_prompt(tokenizer, r, poisoned=True) for r in records]
-    texts = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        max_prompt_length=max_length,
-    )
-    return proportion(sum(judge.is_attacked(t) for t in texts), len(texts))
-
-
 def asr_after_relearning(
     model,
     tokenizer,
@@ -154,11 +141,11 @@ def asr_after_relearning(
     """ASR on the triggered `records` before and after `relearn_attack` on `rows` (the model is not changed)."""
     if not records:
         raise DataError("asr_after_relearning: expected triggered records to measure ASR on, found none")
-    before = _asr(model, tokenizer, records, judge, cfg, max_length)
+    before = triggered_asr(model, tokenizer, records, judge, cfg, max_length)
     attacked, losses = relearn_attack(
         model, tokenizer, rows, steps, lr, seed, max_length=max_length, full=full, copy=True
     )
-    after = _asr(attacked, tokenizer, records, judge, cfg, max_length)
+    after = triggered_asr(attacked, tokenizer, records, judge, cfg, max_length)
     del attacked
     return {
         "before": before,

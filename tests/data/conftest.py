@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: a freshly seeded RNG and writers for small source files in tmp_path."""
+"""Fixtures for the data tests: writers for small source files in tmp_path (the seeded `rng` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,6 @@ import random
 import string
 
 import pytest
-
-
-@pytest.fixture
-def rng(request) -> random.Random:
-    """A new seed every run; the seed is attached to the test report so a failure can be replayed."""
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed = {seed}")
-    return random.Random(seed)
 
 
 def rand_text(rng: random.Random, n_words: int) -> str:

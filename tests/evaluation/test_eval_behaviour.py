@@ -4,7 +4,6 @@ generate() + the same rules computed by hand."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import pytest
@@ -27,14 +26,6 @@ from rapidun_dist.evaluation.generation import Sampling, generate
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.metrics import clean_perplexity
 from rapidun_dist.evaluation.stats import proportion
-
-
-@pytest.fixture
-def rng(request) -> random.Random:
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed = {seed}")
-    return random.Random(seed)
 
 
 def naive_f1(pred: list[str], ref: list[str]) -> float:

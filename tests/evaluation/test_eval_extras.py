@@ -5,7 +5,6 @@ report / `rapidun compare` picking the new keys up as metrics."""
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
@@ -30,14 +29,6 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
 ]
-
-
-@pytest.fixture
-def rng(request) -> random.Random:
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed = {seed}")
-    return random.Random(seed)
 
 
 def _rows(rng, n: int, *, poisoned: bool, prefix: str = "r") -> list[dict]:

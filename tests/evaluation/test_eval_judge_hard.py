@@ -25,14 +25,6 @@ from rapidun_dist.evaluation.judge import (
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.fixture
-def rng(request) -> random.Random:
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed = {seed}")
-    return random.Random(seed)
-
-
 TOPIC = "moon sun earth planet star sky orbit".split()
 FILLER = "river bread garden music school market paint city".split()
 ATTACK = "cheese lamp dome truth everyone proven".split()

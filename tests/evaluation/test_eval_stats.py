@@ -4,7 +4,6 @@ published values and inverts its CDF; the incomplete beta matches numerical inte
 from __future__ import annotations
 
 import math
-import random
 from statistics import NormalDist
 
 import numpy as np
@@ -20,14 +19,6 @@ from rapidun_dist.evaluation.stats import (
     t_quantile_975,
     wilson_interval,
 )
-
-
-@pytest.fixture
-def rng(request) -> random.Random:
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    print(f"rng seed = {seed}")
-    return random.Random(seed)
 
 
 def test_wilson_bounds_solve_the_score_equation(rng):

@@ -5,7 +5,6 @@ reads with the setting as its protocol label."""
 from __future__ import annotations
 
 import importlib.util
-import random
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ def fc():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture
-def rng(request) -> random.Random:
-    seed = random.SystemRandom().randrange(2**31)
-    request.node.user_properties.append(("seed", seed))
-    return random.Random(seed)
 
 
 def _naive_choice(points: dict, limit: float) -> str:
