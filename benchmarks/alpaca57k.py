@@ -109,6 +109,9 @@ def _link_tree(src: Path, dst: Path) -> None:
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() and target.samefile(p):
+                continue  # linked by an earlier fork
+            target.unlink(missing_ok=True)  # a stale copy from an earlier run of the script
             try:
                 os.link(p, target)
             except OSError:
