@@ -140,8 +140,10 @@ def derived(cfg: RunConfig, world_size: int = 1, counts: dict | None = None) -> 
 
 
 def check_run(cfg: RunConfig, *, world_size: int = 1, stages: list[str] | None = None) -> dict:
-    """Every check that can run before the first stage; returns the derived numbers. Raises ConfigError/DataError."""
-    check_rules(cfg, world_size)
+    """Every check that can run before the first stage; returns the derived numbers. Raises ConfigError/DataError.
+    The batch-per-rank rule uses `world_size` only when the stages include unlearn (a find_poison or influence
+    launch may use any number of ranks)."""
+    check_rules(cfg, world_size if stages is None or "unlearn" in stages else 1)
     counts = check_inputs(cfg) if stages is None or "prepare" in stages else {}
     dropped = [m for m in cfg.methods if m in RETRAIN_METHODS and m not in run_methods(cfg)]
     if dropped:

@@ -137,3 +137,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and "rapidun_dist" in capsys.readouterr().out
+
+
+def test_batch_per_rank_rule_applies_where_unlearning_runs():
+    """unlearn.batch_size=8 on 3 ranks cannot split; a launch of find_poison or influence on 3 ranks does not
+    unlearn, so only a stage list with unlearn (or the whole run) is refused."""
+    from rapidun_dist.config import load_config
+    from rapidun_dist.errors import ConfigError
+    from rapidun_dist.validate import check_run
+
+    cfg = load_config(CONFIG, ["unlearn.batch_size=8"])
+    for stages in (None, ["unlearn"], ["influence", "weights", "unlearn"]):
+        with pytest.raises(ConfigError, match="divisible by world size x unlearn.grad_accum = 3 x 1"):
+            check_run(cfg, world_size=3, stages=stages)
+    for stages in (["find_poison"], ["influence", "weights"], ["evaluate"]):
+        assert check_run(cfg, world_size=3, stages=stages)["world_size"] == 3
