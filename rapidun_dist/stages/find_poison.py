@@ -46,6 +46,7 @@ from rapidun_dist.stages.common import find_poison_applies, find_poison_runs, su
 
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
+REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
@@ -162,7 +163,7 @@ def reuse_train_features(
     pos = {r["id"]: i for i, r in enumerate(train)}
     store = FeatureStore(rd.features, spec)
     rd.features.mkdir(parents=True, exist_ok=True)
-    copied = 0
+    todo = []  # (shard, rows, training positions, ids hash) of every shard that can be copied
     for i, (s, e) in enumerate(plan_shards(len(records), cfg.influence.shard_size)):
         rows = records[s:e]
         where = [pos.get(r["id"]) for r in rows]
@@ -171,8 +172,19 @@ def reuse_train_features(
             continue
         if any(S.as_trained(train[p]) != S.as_trained(r) for p, r in zip(where, rows, strict=True)):
             continue
-        store.write_shard(i, (s, e), load_features(root, where)[0], ids)
-        copied += e - s
+        todo.append((i, (s, e), where, ids))
+    # A pack shard's rows are scattered over every training unit: read the units once per group of shards (as
+    # many rows as REUSE_BYTES holds), not once per shard.
+    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * int(index["dim"]) * 4))
+    copied = 0
+    for g in range(0, len(todo), per_group):
+        group = todo[g : g + per_group]
+        union = sorted({p for *_, where, _ in group for p in where})
+        feats = load_features(root, union)[0]
+        at = {p: j for j, p in enumerate(union)}
+        for i, span, where, ids in group:
+            store.write_shard(i, span, feats[torch.tensor([at[p] for p in where], dtype=torch.long)], ids)
+            copied += span[1] - span[0]
     log.info(f"influence: {copied} of {len(records)} pack rows' features reused from find_poison")
     return copied
 

@@ -302,3 +302,53 @@ def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, t
     assert summary["counts"]["expected_false_positives"] == pytest.approx(q * int(want.sum()))
     assert bool(want.any()) == (q == 0.5)  # 0.01 asks for more than the reference's resolution allows
     assert any("the fdr rule flagged nothing" in m for m in caplog.messages) == (not want.any())
+
+
+def test_pack_features_are_copied_reading_the_training_units_once(reference_run, tmp_path, monkeypatch):
+    """reuse_train_features reads the training store once per group of pack shards (REUSE_BYTES), not once per
+    shard, and writes the same shards either way: each equal to the training rows' features."""
+    import rapidun_dist.influence.store as store_module
+    import rapidun_dist.stages.find_poison as fp
+    from rapidun_dist.influence.extract import feature_context
+    from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.stages.common import model_identity, pack_files
+
+    calls = []
+    real = store_module.load_features
+    monkeypatch.setattr(
+        store_module, "load_features", lambda root, rows=None: calls.append(root) or real(root, rows)
+    )
+    written = {}
+    for name, budget in (("once", fp.REUSE_BYTES), ("per_shard", 1)):
+        run = fresh_copy(reference_run, tmp_path / name)
+        cfg = load_cfg(run, "find_poison.expand=true", "influence.shard_size=16")
+        rd = RunDir(run)
+        records = [r for p in pack_files(cfg, rd) for r in read_rows(p)]
+        model, tok = load_saved(rd.model, cfg.model)
+        monkeypatch.setattr(fp, "REUSE_BYTES", budget)
+        calls.clear()
+        copied = fp.reuse_train_features(
+            cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg)
+        )
+        n_shards = -(-len(records) // 16)
+        assert copied == len(records) and len(calls) == (1 if name == "once" else n_shards), (
+            name,
+            len(calls),
+        )
+        written[name] = {
+            p.name: load_file_features(p) for p in sorted((run / "features").glob("shard-*.safetensors"))
+        }
+        train, index = real(run / "suspects" / "features" / "train")
+        pos = {rid: i for i, rid in enumerate(index["ids"])}
+        first = [pos[r["id"]] for r in records[:16]]
+        torch.testing.assert_close(written[name]["shard-00000.safetensors"], train[first], rtol=0, atol=0)
+    assert written["once"].keys() == written["per_shard"].keys() and len(written["once"]) == n_shards
+    for key, feats in written["once"].items():
+        assert torch.equal(feats, written["per_shard"][key]), key
+
+
+def load_file_features(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["features"]
