@@ -77,6 +77,8 @@ CASES = [
     ("negative eval_every", lambda f: [CONFIG, "unlearn.eval_every=-1"], "unlearn.eval_every"),
     ("zero implant steps", lambda f: [CONFIG, "implant.max_steps=0"], "implant.max_steps"),
     ("zero new tokens", lambda f: [CONFIG, "eval.max_new_tokens=0"], "eval.max_new_tokens"),
+    ("unknown threshold rule", lambda f: [CONFIG, "find_poison.threshold=bh"], "find_poison.threshold: expected one of z"),
+    ("fdr out of range", lambda f: [CONFIG, "find_poison.fdr=1"], "find_poison.fdr: expected in (0, 1)"),
     ("override without =", lambda f: [CONFIG, "unlearn.lr"], "expected key=value"),
     ("missing data file", lambda f: [CONFIG, "data.source=alpaca", f"data.path={f}/nope.json"], "data.path"),
     ("missing prepared dir", lambda f: [CONFIG, "data.source=prepared", f"data.dir={f}/nope"], "data.dir"),
