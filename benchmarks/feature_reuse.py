@@ -18,20 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from rapidun_dist.rundir import RunDir
 
-def _scratch_run_class():
-    from rapidun_dist.rundir import RunDir
 
-    class ScratchRun(RunDir):
-        def __init__(self, root, features: Path):
-            super().__init__(root)
-            self._features = Path(features)
+class _ScratchRun(RunDir):
+    """The run dir with features/ redirected to a scratch folder (the copy must not touch RUN_DIR/features)."""
 
-        @property
-        def features(self) -> Path:
-            return self._features
+    def __init__(self, root, features: Path):
+        super().__init__(root)
+        self._features = Path(features)
 
-    return ScratchRun
+    @property
+    def features(self) -> Path:
+        return self._features
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from rapidun_dist.influence.extract import feature_context
     from rapidun_dist.io import read_jsonl
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.rundir import RunDir
     from rapidun_dist.stages.common import model_identity, pack_files
 
-    _ScratchRun = _scratch_run_class()
     cfg = load_config(args.config, [f"run_dir={args.run_dir}", *overrides])
     rd = RunDir(cfg.run_dir)
     records = [r for path in pack_files(cfg, rd) for r in read_jsonl(path)]

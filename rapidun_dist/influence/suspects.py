@@ -95,6 +95,11 @@ class Threshold:
     def zscores(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores.to(torch.float64) - self.center) / self.scale
 
+    def expected_fp(self, n_unflagged: int) -> float:
+        """False positives under the normal null: target FPR x the rows not flagged (the clean rows are at least
+        those)."""
+        return normal_tail(self.z) * n_unflagged
+
     def to_dict(self) -> dict:
         return {
             "rule": "robust z against the reference rows' scores",
@@ -141,7 +146,7 @@ class FdrThreshold:
     def zscores(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores.to(torch.float64) - self.center) / self.scale
 
-    def expected_fp(self, n_unflagged: int) -> float:  # noqa: ARG002 - same signature as the z rule's
+    def expected_fp(self, n_unflagged: int) -> float:  # noqa: ARG002 - the z rule's signature
         """BH bounds the expected share of false discoveries by q: q x the flagged rows."""
         return self.q * self.n_flagged
 
@@ -159,19 +164,15 @@ class FdrThreshold:
 
 def describe_threshold(th: dict, expected_fp: float | None = None) -> str:
     """The threshold record of summary.json in words (report.md, benchmark results)."""
-    fmt = lambda v, spec: "?" if v is None else format(v, spec)
-    exp = "" if expected_fp is None else f", about {fmt(expected_fp, '.1f')} false positives expected"
+    fmt = lambda key, spec, scale=1.0: "?" if th.get(key) is None else format(scale * th[key], spec)
+    exp = "" if expected_fp is None else f", about {expected_fp:.1f} false positives expected"
+    refs = f"the {th.get('n_reference', '?')} reference rows' scores"
     if "fdr" in th:
         return (
-            f"flagged by Benjamini-Hochberg at FDR {fmt(th.get('fdr'), 'g')} over conformal p-values against the "
-            f"{th.get('n_reference', '?')} reference rows' scores (smallest possible p {fmt(th.get('min_p'), '.4f')}"
-            f"{exp})"
+            f"flagged by Benjamini-Hochberg at FDR {fmt('fdr', 'g')} over conformal p-values against {refs} "
+            f"(smallest possible p {fmt('min_p', '.4f')}{exp})"
         )
-    return (
-        f"flagged when the robust z against the {th.get('n_reference', '?')} reference rows' scores exceeds "
-        f"{fmt(th.get('z'), 'g')} (target FPR {fmt(100 * th['target_fpr'] if th.get('target_fpr') is not None else None, '.2f')}%"
-        f"{exp})"
-    )
+    return f"flagged when the robust z against {refs} exceeds {fmt('z', 'g')} (target FPR {fmt('target_fpr', '.2f', 100)}%{exp})"
 
 
 def conformal_pvalues(scores: torch.Tensor, reference_scores: torch.Tensor) -> torch.Tensor:

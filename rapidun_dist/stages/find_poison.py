@@ -461,7 +461,7 @@ def build_summary(
             "reference": len(reference),
             "flagged": int(flagged.sum()),
             "flagged_new": int((flagged & ~known).sum()),
-            "expected_false_positives": normal_fp(th, len(train) - int(flagged.sum())),
+            "expected_false_positives": th.expected_fp(len(train) - int(flagged.sum())),
         }
         | packs,
         "threshold": th.to_dict(),
@@ -484,14 +484,6 @@ def build_summary(
     if cfg.mode == "experiment":
         summary |= experiment_metrics(train, scores, results, known)
     return summary
-
-
-def normal_fp(th: S.Threshold | S.FdrThreshold, n_unflagged: int) -> float:
-    """False positives the threshold expects: under the z rule's normal null, target FPR x the rows it did not flag
-    (the clean rows are at least those); under the fdr rule, BH's bound, fdr x the flagged rows."""
-    if isinstance(th, S.FdrThreshold):
-        return th.expected_fp(n_unflagged)
-    return S.normal_tail(th.z) * n_unflagged
 
 
 def experiment_metrics(train, scores, results, known) -> dict:
