@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from rapidun_dist.config import load_config  # noqa: E402
 from rapidun_dist.io import file_sha256, read_jsonl  # noqa: E402
+from rapidun_dist.weights.robust import spearman  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
@@ -60,29 +61,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
         "rapidun",
         ["influence.contrast=trigger", "weights.relabel_weights=uniform"],
     ),
+    # dynamic reweighting: the weights recomputed from the current adapter every N optimizer steps
+    "dynamic5": ("rapidun", ["unlearn.reweight_every=5"]),
+    "dynamic10": ("rapidun", ["unlearn.reweight_every=10"]),
+    "dynamic5_relabel_uniform": ("rapidun", ["unlearn.reweight_every=5", "weights.relabel_weights=uniform"]),
 }
 
 
 # shared helpers ----------------------------------------------------------------------------------------------
-def spearman(a, b) -> float:
-    """Spearman rank correlation with average ranks for ties (numpy only)."""
-
-    def ranks(x):
-        x = np.asarray(x, dtype=np.float64)
-        order = x.argsort(kind="stable")
-        r = np.empty_like(x)
-        r[order] = np.arange(x.size, dtype=np.float64)
-        for v in np.unique(x):
-            tie = x == v
-            r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def base_config(seed: int, run_dir: Path, extra: list[str] | None = None):
     return load_config(CONFIG, [f"run_dir={run_dir}", f"seed={seed}", *(extra or [])])
 

@@ -453,6 +453,9 @@ class UnlearnConfig:
     saliency_rows: int = 64  # fisher: forget and retain rows the per-sample gradients are measured on
     loreun_refresh: int = 5  # loreun: optimizer steps between refreshes of the whole-forget-set weights
     loreun_tau: float = 1.0  # loreun: temperature of exp(-z / tau)
+    reweight_every: int = 0
+    """rapidun / self_only: recompute the influence weights from the current adapter every N optimizer steps
+    (token-wise features of both packs, the weights stage's recipe; 0 = the weights stage's weights throughout)."""
     budget: Budget = "adaptive"
     """adaptive: stop once the validation signal says the backdoor is gone (up to the step budget); fixed: run it all."""
     val_every: int = (
@@ -493,7 +496,15 @@ class UnlearnConfig:
         )
         _check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
         _check(len(self.target_modules) > 0, "unlearn.target_modules", "needs at least one module name")
-        for name in ("eval_every", "save_every", "val_every", "saliency_warmup", "beta_d", "alpha_a"):
+        for name in (
+            "eval_every",
+            "save_every",
+            "val_every",
+            "saliency_warmup",
+            "beta_d",
+            "alpha_a",
+            "reweight_every",
+        ):
             _check(getattr(self, name) >= 0, f"unlearn.{name}", f"expected >= 0, found {getattr(self, name)}")
         for name in ("val_rows", "self_relabel_max_new_tokens", "saliency_rows", "loreun_refresh"):
             _check(getattr(self, name) >= 1, f"unlearn.{name}", f"expected >= 1, found {getattr(self, name)}")

@@ -38,6 +38,8 @@ def check_rules(cfg: RunConfig, world_size: int = 1) -> None:
             "methods: fisher with unlearn.zero_stage=3: its saliency needs whole per-sample LoRA gradients, which "
             "ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 (the LoRA state is small) or drop fisher"
         )
+    if u.reweight_every:
+        _check_reweighting(cfg)
     if cfg.mode == "clean":
         if not cfg.data.forget_path:
             raise ConfigError("data.forget_path: required in mode clean (the rows you know are poisoned)")
@@ -53,6 +55,25 @@ def check_rules(cfg: RunConfig, world_size: int = 1) -> None:
         raise ConfigError(f"data.dir: no such folder: {cfg.data.dir}")
     if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise ConfigError(f"run_dir: {cfg.run_dir} exists and is not a folder")
+
+
+def _check_reweighting(cfg: RunConfig) -> None:
+    """unlearn.reweight_every recomputes token-wise pack features inside the unlearning run."""
+    i = cfg.influence
+    key = f"unlearn.reweight_every={cfg.unlearn.reweight_every}"
+    if i.estimator != "tokenwise":
+        raise ConfigError(
+            f"{key} needs influence.estimator=tokenwise (found {i.estimator}): set one of the two"
+        )
+    if i.contrast != "none":
+        raise ConfigError(
+            f"{key} with influence.contrast={i.contrast}: the refreshes compute plain features only; "
+            "set influence.contrast=none or unlearn.reweight_every=0"
+        )
+    if not {"rapidun", "self_only"} & set(cfg.methods):
+        log.warning(
+            f"{key}: no method in {cfg.methods} uses influence weights (rapidun, self_only): it does nothing"
+        )
 
 
 def _check_file(key: str, path: str) -> None:

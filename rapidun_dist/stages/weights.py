@@ -38,6 +38,11 @@ def read_scores(path: Path) -> tuple[dict, list[str], list[str], tuple[dict, dic
     return blocks(""), [x["id"] for x in f], [x["id"] for x in r_], halves
 
 
+def self_only_config(cfg: WeightsConfig) -> WeightsConfig:
+    """The self-only ablation's fusion (beta = delta = 0: FF for forget rows, RR for retain rows)."""
+    return replace(cfg, beta=0.0, delta=0.0)
+
+
 def relabel_config(cfg: WeightsConfig) -> WeightsConfig | None:
     """The fusion of the relabel-term weights (`weights.relabel_weights`): None for `same` (the ascent's) and
     `uniform` (all 1), the self-only fusion (beta = 0) for `self`."""
@@ -49,20 +54,28 @@ def write_relabel_weights(
 ) -> Path | None:
     """forget_relabel_weights.jsonl (the relabel term's weights, rapidun reads it), or remove a stale one."""
     from rapidun_dist.weights.rapidin import RELABEL_WEIGHTS, weight_rows
-    from rapidun_dist.weights.robust import fuse_and_weight
 
     path = out_dir / RELABEL_WEIGHTS
-    if wcfg.relabel_weights == "same":
+    fw = relabel_weights(wcfg, scores, halves, len(f_ids))
+    if fw is None:
         path.unlink(missing_ok=True)
         return None
+    write_jsonl(path, weight_rows(fw, f_ids))
+    return path
+
+
+def relabel_weights(wcfg: WeightsConfig, scores: dict, halves, n_forget: int) -> torch.Tensor | None:
+    """The relabel term's forget weights under `weights.relabel_weights` (None for `same`: the ascent's)."""
+    from rapidun_dist.weights.robust import fuse_and_weight
+
+    if wcfg.relabel_weights == "same":
+        return None
     rcfg = relabel_config(wcfg)
-    fw = (
-        torch.ones(len(f_ids), dtype=torch.float64)
+    return (
+        torch.ones(n_forget, dtype=torch.float64)
         if rcfg is None
         else fuse_and_weight(scores, rcfg, halves)[0]
     )
-    write_jsonl(path, weight_rows(fw, f_ids))
-    return path
 
 
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
@@ -73,7 +86,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     outputs = []
     for out_dir, wcfg in (
         (rd.weights, cfg.weights),
-        (rd.weights / "self_only", replace(cfg.weights, beta=0.0, delta=0.0)),
+        (rd.weights / "self_only", self_only_config(cfg.weights)),
     ):
         fw, rw, fused = fuse_and_weight(scores, wcfg, halves)
         f_rows, r_rows = weight_rows(fw, f_ids), weight_rows(rw, r_ids)

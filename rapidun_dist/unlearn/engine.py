@@ -228,6 +228,38 @@ class UnlearnRunner:
             module.train(was_training)
         return torch.cat(nll), torch.cat(tok)
 
+    def pack_features(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Token-wise features (`influence.*`, the influence stage's definition) of every forget row's poisoned
+        answer and every retain row, under the current adapter (eval mode): (forget [nf, K], retain [nr, K] float64
+        on the CPU, the extractor's spec). Fixed batches of influence.batch_size rows in pack order; rank r computes
+        batches r, r + P, ... and every rank runs the same number of passes (a ballast batch fills the last round,
+        so ZeRO-3's gathers stay in step); one all-reduce of the [n, K] rows (zeros elsewhere) gives every rank the
+        same features for every world size."""
+        from rapidun_dist.influence.features import TokenwiseExtractor
+
+        module = self.engine.module
+        if getattr(self, "_extractor", None) is None:  # projections built (and cast) once per run
+            base = module.get_base_model()  # layer names as in the influence stage: the same projections
+            self._extractor = TokenwiseExtractor(base, self.cfg.influence, pad_id=self.tokenizer.pad_token_id)
+        ext, rows = self._extractor, self.packs.forget_poisoned + self.packs.retain
+        size, world, rank = self.cfg.influence.batch_size, self.info.world_size, self.info.rank
+        batches = [(s, min(s + size, len(rows))) for s in range(0, len(rows), size)]
+        out = torch.zeros(len(rows), ext.dim, dtype=torch.float64, device=self.device)
+        was_training = module.training
+        module.eval()
+        try:
+            for k in range(math.ceil(len(batches) / world)):
+                b = k * world + rank
+                lo, hi = batches[b] if b < len(batches) else batches[0]
+                feats = ext(rows[lo:hi])
+                if b < len(batches):
+                    out[lo:hi] = feats.to(torch.float64)
+        finally:
+            module.train(was_training)
+        out = dist_env.all_reduce_sum_(out).cpu()
+        nf = len(self.packs.forget_poisoned)
+        return out[:nf], out[nf:], ext.spec()
+
     def per_sample_grad_sq(self, kind: str, limit: int) -> list[torch.Tensor]:
         """Mean squared per-sample gradient of each trainable tensor over up to `limit` rows of `kind`, through
         the bare module (the engine's forward would arm its backward bookkeeping, which autograd.grad never

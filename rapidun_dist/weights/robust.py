@@ -140,3 +140,25 @@ def fuse_and_weight(
     retain_w = weights_from_z(z_r, cfg.tau_r, cfg.w_min, cfg.w_max)
     fused = {"s_f": s_f, "s_r": s_r, "z_f": z_f, "z_r": z_r, "shrink_f": lam_f, "shrink_r": lam_r}
     return forget_w, retain_w, fused
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of a 1-D tensor, ties given their average rank (float64)."""
+    x = x.detach().double().flatten()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(x.numel(), dtype=torch.float64)
+    values, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(values.numel(), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(values.numel(), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    return (sums / counts)[inverse]
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation with average ranks for ties; nan when either side is constant."""
+    ra, rb = (average_ranks(torch.as_tensor(v)) for v in (a, b))
+    if ra.numel() != rb.numel():
+        raise DataError(f"spearman: {ra.numel()} vs {rb.numel()} values")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else float("nan")

@@ -87,17 +87,21 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "stage"), [("fisher", 2), ("loreun", 3)])
+@pytest.mark.parametrize(
+    ("method", "stage", "extra"),
+    [("fisher", 2, []), ("loreun", 3, []), ("rapidun", 2, ["unlearn.reweight_every=1"])],
+)
 def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
-    single_process, prepared_run, tmp_path, monkeypatch, method, stage
+    single_process, prepared_run, tmp_path, monkeypatch, method, stage, extra
 ):
-    """A method with state (fisher's saliency mask under ZeRO-2, loreun's weights under ZeRO-3) and validation every
-    step (the stop rule's state, the best adapter): preempted after step 2, rerun, equal to an uninterrupted run."""
+    """A method with state (fisher's saliency mask under ZeRO-2, loreun's weights under ZeRO-3, rapidun's refreshed
+    weights) and validation every step (the stop rule's state, the best adapter): preempted after step 2, rerun,
+    equal to an uninterrupted run."""
     import rapidun_dist.unlearn.engine as engine
 
     ref_run = fresh_run(prepared_run, tmp_path / "ref")
     rd = RunDir(ref_run)
-    steps = [*STEPS, f"unlearn.zero_stage={stage}"]
+    steps = [*STEPS, f"unlearn.zero_stage={stage}", *extra]
     cfg = load_config(CONFIG, [f"run_dir={ref_run}", *TINY, *steps])
     ref = run_method(cfg, rd, method, tmp_path / "ref_out")
     run = fresh_run(prepared_run, tmp_path / "run")
@@ -124,6 +128,10 @@ def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "adapter_norm", "val_ppl"):
         assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref_rows], rel=1e-5), key
+    refreshes = [e["step"] for e in again["method_info"].pop("reweights", [])]  # the resumed process's own
+    assert refreshes == ([3] if extra else []) and [
+        e["step"] for e in ref["method_info"].pop("reweights", [])
+    ] == ([1, 2, 3] if extra else [])
     assert again["method_info"] == ref["method_info"] and again["forget_visits"] == ref["forget_visits"]
     a, b = adapter_tensors(out / "adapter"), adapter_tensors(tmp_path / "ref_out" / "adapter")
     for k in a:

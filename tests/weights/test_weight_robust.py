@@ -77,3 +77,25 @@ def test_bad_inputs_raise():
         robust_scale(torch.zeros(0))
     with pytest.raises(ValueError, match="tau"):
         weights_from_scores(torch.ones(3), 0.0, 0.2, 3.0)
+
+
+def test_spearman_equals_pearson_of_average_ranks(rng):
+    """Against the definition, with ties (values drawn from 6 levels) and without."""
+    from rapidun_dist.weights.robust import spearman
+
+    def avg_ranks(x):  # brute force: 1 + (number below) + (number equal - 1) / 2
+        return [1 + sum(y < v for y in x) + (sum(y == v for y in x) - 1) / 2 for v in x]
+
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    for ties in (True, False):
+        a = (
+            torch.randint(0, 6, (40,), generator=gen).double()
+            if ties
+            else torch.randn(40, generator=gen).double()
+        )
+        b = a + torch.randn(40, generator=gen, dtype=torch.float64)
+        ra, rb = (torch.tensor(avg_ranks(x.tolist()), dtype=torch.float64) for x in (a, b))
+        want = float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+        assert spearman(a, b) == pytest.approx(want, abs=1e-12)
+    assert spearman(torch.arange(5.0), -torch.arange(5.0)) == pytest.approx(-1.0)
+    assert math.isnan(spearman(torch.ones(4), torch.arange(4.0)))

@@ -62,6 +62,11 @@ class MethodContext(Protocol):
     cfg: object
     weights_dir: object
     device: torch.device
+    total_steps: int
+
+    def pack_features(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Token-wise features of every forget row's poisoned answer and every retain row under the current
+        adapter: (forget [nf, K], retain [nr, K] float64 CPU, the feature spec); the same on every rank."""
 
     def forget_nll_all(self, *, adapter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL, answer tokens) of every forget row's poisoned answer, no grad, eval mode (CPU tensors)."""

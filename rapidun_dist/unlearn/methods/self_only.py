@@ -3,6 +3,7 @@ written by the weights stage to weights/self_only/."""
 
 from __future__ import annotations
 
+from rapidun_dist.config import WeightsConfig
 from rapidun_dist.unlearn.methods.rapidun import RapidUn
 
 
@@ -10,3 +11,8 @@ class SelfOnly(RapidUn):
     name = "self_only"
     doc = "influence weights without the cross terms (FF, RR)"
     weights_subdir = "self_only"
+
+    def weights_config(self, cfg: WeightsConfig) -> WeightsConfig:
+        from rapidun_dist.stages.weights import self_only_config
+
+        return self_only_config(cfg)
