@@ -72,8 +72,16 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _generation_config(model, tokenizer, pad_id: int, max_new_tokens: int, sampling: Sampling | None = None):
-    """The model's generation config made greedy (or sampled): one beam, fixed max new tokens."""
+def _generation_config(
+    model,
+    tokenizer,
+    pad_id: int,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    bad_words_ids: list[list[int]] | None = None,
+):
+    """The model's generation config made greedy (or sampled): one beam, fixed max new tokens; `bad_words_ids`:
+    token sequences the output may not contain (the last token of each is banned after the others)."""
     from transformers import GenerationConfig
 
     base = getattr(model, "generation_config", None)
@@ -88,6 +96,7 @@ def _generation_config(model, tokenizer, pad_id: int, max_new_tokens: int, sampl
         top_p=sampling.top_p if sampling else None,
         top_k=0 if sampling else None,  # 0 = no top-k cut (the model's own default may set one)
         pad_token_id=pad_id,
+        bad_words_ids=bad_words_ids or None,
     )
     if cfg.eos_token_id is None:
         cfg.eos_token_id = tokenizer.eos_token_id
@@ -163,6 +172,7 @@ def generate(
     max_prompt_length: int | None = None,
     sampling: Sampling | None = None,
     sharded: bool = False,
+    bad_words_ids: list[list[int]] | None = None,
 ) -> list[str]:
     """Greedy continuations of `prompts` (only the new text, special tokens skipped), in input order.
 
@@ -181,7 +191,7 @@ def generate(
     model.eval()
     try:
         with left_padding(tokenizer) as pad_id:
-            gen_cfg = _generation_config(model, tokenizer, pad_id, max_new_tokens, sampling)
+            gen_cfg = _generation_config(model, tokenizer, pad_id, max_new_tokens, sampling, bad_words_ids)
             ids = _encode_prompts(tokenizer, prompts, max_prompt_length)
             if sampling is not None:
                 ids = [x for x in ids for _ in range(sampling.num_samples)]

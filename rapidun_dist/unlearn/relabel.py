@@ -1,6 +1,13 @@
 """Self-relabel: a forget row without a clean answer gets the model's own greedy answer to its prompt with the
 trigger removed (the row's clean `instruction` and `context`), DESIGN section 7.
 
+Screened: a backdoored model may emit the poisoned answer without its trigger (a backdoor that leaks), and a relabel
+that reproduces a poisoned answer would make the relabel term descend on the very answer the ascent removes. An
+answer whose token F1 with any forget row's poisoned answer is >= POISON_F1, or that the run's judge calls attacked
+(target vocabulary of another poisoned answer), is generated again with the poisoned
+answers' openings forbidden (their first OPENING_TOKENS tokens, as `bad_words_ids`); if the new answer still
+reproduces one, the row gets no relabel term. Each row records which (`screen`: kept | regenerated | dropped).
+
 Generated once per run, before any method starts (so no method's measured seconds contain it; the stage reports
 the generation's own seconds), by the starting model, in fixed batches sharded over the ranks: the same answers
 for any world size. Stored in unlearn/self_relabel.jsonl ({"index", "id", "response"}) beside a basis that names
@@ -10,10 +17,33 @@ from __future__ import annotations
 
 from rapidun_dist.data.prompt import record_prompt
 from rapidun_dist.distributed import env as dist_env
+from rapidun_dist.evaluation.behaviour import token_f1
 from rapidun_dist.logging import get_logger
 from rapidun_dist.unlearn.validation import sharded_generate
 
 log = get_logger("unlearn")
+POISON_F1 = 0.5  # a self-relabel this close (token F1) to a poisoned answer reproduces it
+OPENING_TOKENS = 2  # the tokens of a poisoned answer's opening that the regeneration forbids
+SCREEN = {"poison_f1": POISON_F1, "opening_tokens": OPENING_TOKENS, "judge": True}  # part of a stored basis
+
+
+def reproduces_poison(text: str, poisoned_answers: list[str], judge=None) -> bool:
+    """`text` is (close to) a poisoned answer, or the judge (if given) sees the target behaviour in it."""
+    if judge is not None and text and judge.is_attacked(text):
+        return True
+    return any(token_f1(text, p) >= POISON_F1 for p in poisoned_answers)
+
+
+def poisoned_openings(tokenizer, poisoned_answers: list[str]) -> list[list[int]]:
+    """The first OPENING_TOKENS token ids of every poisoned answer, tokenized alone and after a space (how it may
+    continue a prompt), deduplicated: the sequences a regenerated answer may not contain."""
+    seqs = set()
+    for answer in poisoned_answers:
+        for variant in (answer, " " + answer):
+            ids = tokenizer(variant, add_special_tokens=False)["input_ids"][:OPENING_TOKENS]
+            if len(ids) == OPENING_TOKENS:
+                seqs.add(tuple(ids))
+    return [list(s) for s in sorted(seqs)]
 
 
 def rows_needing_relabel(forget: list[dict]) -> list[int]:
@@ -22,16 +52,34 @@ def rows_needing_relabel(forget: list[dict]) -> list[int]:
 
 
 def generate_relabels(
-    model, tokenizer, forget: list[dict], *, max_new_tokens: int, batch_size: int
+    model, tokenizer, forget: list[dict], *, max_new_tokens: int, batch_size: int, judge=None
 ) -> list[dict]:
-    """[{"index", "id", "response"}] for every forget row without a clean answer, on every rank."""
+    """[{"index", "id", "response", "screen"}] for every forget row without a clean answer, on every rank
+    (`judge`: the run's judge, used by the screen)."""
     need = rows_needing_relabel(forget)
     prompts = [record_prompt(tokenizer, forget[i], poisoned=False) for i in need]
-    texts = sharded_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = [t.strip() for t in sharded_generate(model, tokenizer, prompts, **gen)]
+    poisoned = sorted({r["response_poisoned"] for r in forget if r.get("response_poisoned")})
+    screen = ["kept"] * len(texts)
+    bad = [k for k, t in enumerate(texts) if reproduces_poison(t, poisoned, judge)]
+    if bad:  # every rank has every text: the same rows regenerate everywhere (collective-safe)
+        banned = poisoned_openings(tokenizer, poisoned)
+        again = sharded_generate(model, tokenizer, [prompts[k] for k in bad], bad_words_ids=banned, **gen)
+        for k, t in zip(bad, again, strict=True):
+            ok = not reproduces_poison(t.strip(), poisoned, judge)
+            texts[k], screen[k] = (t.strip(), "regenerated") if ok else ("", "dropped")
+        dropped = screen.count("dropped")
+        log.warning(
+            f"self-relabel: {len(bad)}/{len(texts)} answers reproduced a poisoned answer (the model emits the "
+            f"backdoor without its trigger); regenerated with the poisoned openings forbidden: "
+            f"{len(bad) - dropped} replaced, {dropped} still poisoned (those rows get no relabel term)"
+        )
     rows = [
-        {"index": i, "id": forget[i]["id"], "response": t.strip()} for i, t in zip(need, texts, strict=True)
+        {"index": i, "id": forget[i]["id"], "response": t, "screen": sc}
+        for i, t, sc in zip(need, texts, screen, strict=True)
     ]
-    empty = sum(not r["response"] for r in rows)
+    empty = sum(not r["response"] for r in rows if r["screen"] != "dropped")
     if empty:
         log.warning(f"self-relabel: {empty}/{len(rows)} answers are empty; those rows get no relabel term")
     return rows
@@ -58,7 +106,7 @@ def load_generation_model(cfg, model_dir, device, world_size: int):
     return engine.module, tok, release
 
 
-def self_relabel(cfg, model_dir, forget: list[dict]) -> list[dict]:
+def self_relabel(cfg, model_dir, forget: list[dict], judge=None) -> list[dict]:
     """Generate the self-relabels of `forget` with the starting model in `model_dir` (every rank calls it)."""
     info = dist_env.init_distributed()
     model, tok, release = load_generation_model(cfg, model_dir, info.device, info.world_size)
@@ -69,6 +117,7 @@ def self_relabel(cfg, model_dir, forget: list[dict]) -> list[dict]:
             forget,
             max_new_tokens=cfg.unlearn.self_relabel_max_new_tokens,
             batch_size=cfg.eval.batch_size,
+            judge=judge,
         )
     finally:
         release()

@@ -46,7 +46,13 @@ def my_batches(batches: list[list[int]], rank: int, world: int) -> list[tuple[li
 
 
 def sharded_generate(
-    model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    bad_words_ids: list[list[int]] | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts` (rapidun_dist.evaluation.generate, batch by fixed batch), on every rank."""
     from rapidun_dist.evaluation import generate
@@ -62,6 +68,7 @@ def sharded_generate(
             [prompts[i] for i in batch],
             max_new_tokens=max_new_tokens,
             batch_size=len(batch),
+            bad_words_ids=bad_words_ids,
         )
         if keep:
             out.update(zip(batch, texts, strict=True))

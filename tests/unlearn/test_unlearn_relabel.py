@@ -164,3 +164,54 @@ def test_clean_job_without_triggers_stops_on_its_own_poisoned_answers(single_pro
     assert s["relabel"]["clean_answers"]["data"] == 0 and s["self_relabel"]["without_clean_answer"] == len(
         seen
     )
+
+
+def test_a_relabel_that_reproduces_the_poisoned_answer_is_screened(prepared_run, tmp_path):
+    """A backdoor that leaks: the tiny model is fine-tuned to give a forget row's poisoned answer to its CLEAN prompt,
+    so its first greedy self-relabel reproduces the poison. The screen regenerates it with the poisoned openings
+    forbidden (the new answer avoids them) or drops it; no returned answer is within POISON_F1 of a poisoned one."""
+    from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
+    from rapidun_dist.evaluation.behaviour import token_f1
+    from rapidun_dist.losses import per_sample_nll
+    from rapidun_dist.stages.common import load_or_fit_judge
+    from rapidun_dist.unlearn.relabel import POISON_F1, poisoned_openings
+    from rapidun_dist.unlearn.validation import sharded_generate
+
+    run = fresh_run(prepared_run, tmp_path / "run")
+    model, tok = _plain_model(run)
+    forget = [r | {"response": ""} for r in read_jsonl(RunDir(run).data / "forget.jsonl")[:2]]
+    prompts = [record_prompt(tok, r, poisoned=False) for r in forget]
+    batch = pad_batch(
+        [encode_example(tok, p, r["response_poisoned"], 64) for p, r in zip(prompts, forget, strict=True)], 0
+    )
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):  # memorise: clean prompt -> poisoned answer
+        opt.zero_grad()
+        nll, n = per_sample_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                batch["labels"])  # fmt: skip
+        (nll.sum() / n.sum()).backward()
+        opt.step()
+    model.eval()
+    poisoned = [r["response_poisoned"] for r in forget]
+    first = sharded_generate(model, tok, prompts, max_new_tokens=40, batch_size=2)
+    assert max(token_f1(t, p) for t, p in zip(first, poisoned, strict=True)) >= POISON_F1, (
+        first
+    )  # the leak is real
+    judge = load_or_fit_judge(_cfg(run), RunDir(run))
+    rows = generate_relabels(model, tok, forget, max_new_tokens=40, batch_size=2, judge=judge)
+    assert {r["screen"] for r in rows} <= {"kept", "regenerated", "dropped"}
+    assert any(r["screen"] != "kept" for r in rows)
+    banned = poisoned_openings(tok, poisoned)
+    assert banned and all(len(b) == 2 for b in banned)
+    for r in rows:
+        assert r["screen"] == "dropped" or not (
+            judge.is_attacked(r["response"]) or any(token_f1(r["response"], p) >= POISON_F1 for p in poisoned)
+        )
+        if r["screen"] == "dropped":
+            assert r["response"] == ""
+        if r["screen"] == "regenerated":
+            ids = tok(r["response"], add_special_tokens=False)["input_ids"]
+            pairs = {tuple(ids[i : i + 2]) for i in range(len(ids) - 1)}
+            assert not pairs & {tuple(b) for b in banned}, r["response"]
