@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metrics
+from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metrics, runner_for
 
 from rapidun_dist.config import load_config
 from rapidun_dist.errors import ConfigError, StageError
@@ -37,16 +37,7 @@ def _cfg(run, *extra):
 
 
 def _runner(run, out, method="uniform", *extra, **kw) -> UnlearnRunner:
-    rd = RunDir(run)
-    return UnlearnRunner(
-        cfg=_cfg(run, *extra),
-        method=method,
-        model_dir=rd.model,
-        data_dir=rd.data,
-        weights_dir=rd.weights,
-        out_dir=out,
-        **kw,
-    )
+    return runner_for(_cfg(run, *extra), run, out, method, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from unlearn_helpers import CONFIG, TINY, fresh_run
+from unlearn_helpers import CONFIG, TINY, fresh_run, runner_for
 
 from rapidun_dist.config import load_config
 from rapidun_dist.errors import ConfigError
@@ -43,15 +43,7 @@ def _cfg(run, *extra):
 
 
 def _runner(run, out, method, *extra) -> UnlearnRunner:
-    rd = RunDir(run)
-    return UnlearnRunner(
-        cfg=_cfg(run, *extra),
-        method=method,
-        model_dir=rd.model,
-        data_dir=rd.data,
-        weights_dir=rd.weights,
-        out_dir=out,
-    )
+    return runner_for(_cfg(run, *extra), run, out, method)
 
 
 def _weights(path):

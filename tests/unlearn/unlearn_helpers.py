@@ -237,3 +237,20 @@ def adapter_tensors(adapter_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def runner_for(cfg, run: Path, out: Path, method: str, **kw):
+    """An UnlearnRunner (not set up) of `method` on the prepared run dir `run`, writing to `out`."""
+    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.unlearn.engine import UnlearnRunner
+
+    rd = RunDir(run)
+    return UnlearnRunner(
+        cfg=cfg,
+        method=method,
+        model_dir=rd.model,
+        data_dir=rd.data,
+        weights_dir=rd.weights,
+        out_dir=out,
+        **kw,
+    )
