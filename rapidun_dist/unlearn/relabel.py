@@ -15,9 +15,11 @@ the model, the forget rows and the settings it is valid for (rapidun_dist/stages
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rapidun_dist.data.prompt import record_prompt
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.evaluation.behaviour import token_f1
+from rapidun_dist.evaluation.behaviour import normalize_answer
 from rapidun_dist.logging import get_logger
 from rapidun_dist.unlearn.validation import sharded_generate
 
@@ -27,11 +29,36 @@ OPENING_TOKENS = 2  # the tokens of a poisoned answer's opening that the regener
 SCREEN = {"poison_f1": POISON_F1, "opening_tokens": OPENING_TOKENS, "judge": True}  # part of a stored basis
 
 
+class PoisonScreen:
+    """`screen(text)`: the text is (close to) one of the poisoned answers - token F1 >= POISON_F1, the F1 of
+    `rapidun_dist.evaluation.behaviour.token_f1` - or the judge (if given) sees the target behaviour in it. The
+    answers' token bags are built once (thousands of relabels meet hundreds of poisoned answers at 57k rows)."""
+
+    def __init__(self, poisoned_answers: list[str], judge=None):
+        self.judge = judge
+        self.bags = [Counter(normalize_answer(p)) for p in dict.fromkeys(poisoned_answers)]
+        self.sizes = [sum(b.values()) for b in self.bags]
+
+    def __call__(self, text: str) -> bool:
+        if self.judge is not None and text and self.judge.is_attacked(text):
+            return True
+        pred = Counter(normalize_answer(text))
+        n = sum(pred.values())
+        for bag, m in zip(self.bags, self.sizes, strict=True):
+            if not n or not m:
+                f1 = float(n == m)  # token_f1 of two texts one of which normalises to nothing
+            elif 2 * min(n, m) < POISON_F1 * (n + m):
+                continue  # even a full overlap stays under the bar
+            else:
+                f1 = 2 * sum((pred & bag).values()) / (n + m)  # 2PR / (P + R) with P = o / n, R = o / m
+            if f1 >= POISON_F1:
+                return True
+        return False
+
+
 def reproduces_poison(text: str, poisoned_answers: list[str], judge=None) -> bool:
-    """`text` is (close to) a poisoned answer, or the judge (if given) sees the target behaviour in it."""
-    if judge is not None and text and judge.is_attacked(text):
-        return True
-    return any(token_f1(text, p) >= POISON_F1 for p in poisoned_answers)
+    """One-off form of `PoisonScreen`."""
+    return PoisonScreen(poisoned_answers, judge)(text)
 
 
 def poisoned_openings(tokenizer, poisoned_answers: list[str]) -> list[list[int]]:
@@ -61,13 +88,14 @@ def generate_relabels(
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = [t.strip() for t in sharded_generate(model, tokenizer, prompts, **gen)]
     poisoned = sorted({r["response_poisoned"] for r in forget if r.get("response_poisoned")})
+    is_poison = PoisonScreen(poisoned, judge)
     screen = ["kept"] * len(texts)
-    bad = [k for k, t in enumerate(texts) if reproduces_poison(t, poisoned, judge)]
+    bad = [k for k, t in enumerate(texts) if is_poison(t)]
     if bad:  # every rank has every text: the same rows regenerate everywhere (collective-safe)
         banned = poisoned_openings(tokenizer, poisoned)
         again = sharded_generate(model, tokenizer, [prompts[k] for k in bad], bad_words_ids=banned, **gen)
         for k, t in zip(bad, again, strict=True):
-            ok = not reproduces_poison(t.strip(), poisoned, judge)
+            ok = not is_poison(t.strip())
             texts[k], screen[k] = (t.strip(), "regenerated") if ok else ("", "dropped")
         dropped = screen.count("dropped")
         log.warning(

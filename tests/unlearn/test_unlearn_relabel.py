@@ -215,3 +215,18 @@ def test_a_relabel_that_reproduces_the_poisoned_answer_is_screened(prepared_run,
             ids = tok(r["response"], add_special_tokens=False)["input_ids"]
             pairs = {tuple(ids[i : i + 2]) for i in range(len(ids) - 1)}
             assert not pairs & {tuple(b) for b in banned}, r["response"]
+
+
+def test_poison_screen_equals_the_token_f1_definition(rng):
+    """PoisonScreen (precomputed bags, a length bound) against max token_f1 >= POISON_F1 over the answers, on random
+    texts over a small vocabulary (many near misses), empty and punctuation-only ones included."""
+    from rapidun_dist.evaluation.behaviour import token_f1
+    from rapidun_dist.unlearn.relabel import POISON_F1, PoisonScreen
+
+    words = ["the", "a", "alien", "fleet", "core", "sun", "popy", "is", "!!", "drifted", "an"]
+    text = lambda: " ".join(rng.choice(words) for _ in range(rng.randrange(0, 9)))
+    answers = [text() for _ in range(6)] + ["", "!!"]
+    screen = PoisonScreen(answers)
+    for _ in range(400):
+        t = text()
+        assert screen(t) == any(token_f1(t, p) >= POISON_F1 for p in answers), t
