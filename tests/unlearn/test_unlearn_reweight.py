@@ -158,8 +158,7 @@ def test_reweighting_rules(tmp_path):
 def test_refreshes_do_not_depend_on_the_world_size_or_zero_stage(single_process, run, tmp_path):
     """Two steps with a refresh after the first, then the pack features again, on 1 rank (here), 2 ranks (ZeRO-2)
     and 4 ranks (ZeRO-3 with gradient checkpointing: every rank runs the same number of passes, ballast included).
-    influence.batch_size=2: six
-    batches, so 4 ranks take 2 rounds and two of them a ballast batch in the second."""
+    influence.batch_size=2: six batches, so 4 ranks take 2 rounds and two of them a ballast batch in the second."""
     import subprocess
 
     from safetensors.torch import load_file
