@@ -1,10 +1,11 @@
 """The clean job on a backdoor it did not implant (issue 8, done-when): a user's model, 20 known rows, their data.
 
-    python benchmarks/clean_job_demo.py OUT_DIR [--trigger cf] [--known 20] [--results benchmarks/results.md]
+    python benchmarks/clean_job_demo.py OUT_DIR [--trigger cf] [--known 20] [--implant implant.epochs=15 ...]
+        [--results benchmarks/results.md] [clean-job overrides ...]
 
 1. Someone backdoors a model: the experiment mode on real instruction text (the Alpaca sample in
    ../shared/data/alpaca/alpaca_5000.json) with one rare-word trigger inserted at a random word boundary,
-   `--stages prepare,implant` only (OUT_DIR/exp).
+   `--stages prepare,implant` only (OUT_DIR/exp; `--implant KEY=VALUE` overrides that step only).
 2. What the user holds, written as plain files with no label field: `F.jsonl`, `--known` poisoned rows as they
    were trained (`instruction` with the trigger, `context`, `response` = the poisoned answer, nothing else);
    `T.jsonl`, the training file as trained (poisoned rows with their trigger and poisoned answer), every label
@@ -14,7 +15,9 @@
            data.forget_path=F.jsonl data.train_path=T.jsonl data.eval_path=E.jsonl
            "eval.triggers=[{text: TRIGGER, mode: random}]"
 4. Prints one JSON line (ASR on the triggered held-out prompts before / after per method with n and a 95 %
-   interval, clean PPL ratio, seconds) and appends a section to the results file.
+   interval, clean PPL ratio, the judge's rate on the clean prompts, seconds) and appends a section to the
+   results file. The judge's rate on clean prompts before unlearning says whether the backdoor is conditional: a
+   model that gives the target to clean prompts too leaks it (its untriggered answers are then often the poison).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def summarize(report: dict, seconds: dict, trigger: str, known: int) -> dict:
         m: {
             "asr_seen": _asr(e),
             "ppl_ratio": e["clean_ppl"] / before["clean_ppl"],
+            "judge_rate_clean": e.get("judge_fpr"),
             "seconds": e["seconds"]["total"],
         }
         for m, e in report["methods"].items()
@@ -103,10 +107,18 @@ def summarize(report: dict, seconds: dict, trigger: str, known: int) -> dict:
         "trigger": trigger,
         "known": known,
         "asr_source": report.get("asr_source"),
-        "before": {"asr_seen": _asr(before), "clean_ppl": before["clean_ppl"]},
+        "before": {
+            "asr_seen": _asr(before),
+            "clean_ppl": before["clean_ppl"],
+            "judge_rate_clean": before.get("judge_fpr"),
+        },
         "methods": methods,
         "wall_s": seconds,
     }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
 
 
 def results_section(line: dict, command: str) -> str:
@@ -114,7 +126,7 @@ def results_section(line: dict, command: str) -> str:
     rows = [
         f"| {m} | {100 * e['asr_seen']['p']:.1f} % ({e['asr_seen']['k']}/{e['asr_seen']['n']}, "
         f"{100 * e['asr_seen']['lo']:.1f}-{100 * e['asr_seen']['hi']:.1f}) | {e['ppl_ratio']:.3f} | "
-        f"{e['seconds']:.1f} |"
+        f"{_pct(e['judge_rate_clean'])} | {e['seconds']:.1f} |"
         for m, e in line["methods"].items()
     ]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -124,11 +136,13 @@ def results_section(line: dict, command: str) -> str:
             f"`{command}` - tiny default config on the Alpaca sample, trigger `{line['trigger']}` at a random word "
             f"boundary, {line['known']} known rows without clean answers, the training file unlabelled. ASR on "
             f"the triggered held-out prompts ({line['asr_source']}); before unlearning "
-            f"{100 * b['p']:.1f} % ({b['k']}/{b['n']}). Wall seconds: "
+            f"{100 * b['p']:.1f} % ({b['k']}/{b['n']}); the judge calls {_pct(line['before']['judge_rate_clean'])} "
+            "of the answers to the clean test prompts attacked (above a few % the backdoor leaks without its "
+            "trigger). Wall seconds: "
             + ", ".join(f"{k} {v:.0f}" for k, v in line["wall_s"].items())
             + " (a shared 2-core machine).\n",
-            "| method | ASR seen (k/n, 95 % CI) | clean PPL ratio | seconds |",
-            "|---|---|---|---|",
+            "| method | ASR seen (k/n, 95 % CI) | clean PPL ratio | judged attacked on clean prompts | seconds |",
+            "|---|---|---|---|---|",
             *rows,
             "",
         ]
@@ -142,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--known", type=int, default=20)
     ap.add_argument("--alpaca", type=Path, default=ALPACA)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results.md", help="'' to skip")
+    ap.add_argument(
+        "--implant", action="append", default=[], metavar="KEY=VALUE", help="an override for the implant step"
+    )
     ap.add_argument("extra", nargs="*", help="overrides for the clean job (e.g. methods=[rapidun,uniform])")
     args = ap.parse_intermixed_args(argv)
     if not args.alpaca.is_file():
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {
         "implant": _rapidun(
             "run", str(CONFIG), f"run_dir={exp}", "data.source=alpaca", f"data.path={args.alpaca}",
-            "data.skip_malformed=true", f"data.triggers={family}", "--stages", "prepare,implant", log=out / "exp.log",
+            "data.skip_malformed=true", f"data.triggers={family}", *args.implant, "--stages", "prepare,implant",
+            log=out / "exp.log",
         )
     }  # fmt: skip
     files = user_files(exp, out, args.known)
@@ -167,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         json.loads((clean / "eval" / "report.json").read_text()), seconds, args.trigger, args.known
     )
     if str(args.results):
-        cmd = f"python benchmarks/clean_job_demo.py {args.out}" + "".join(f" {a}" for a in args.extra)
+        cmd = f"python benchmarks/clean_job_demo.py {args.out}" + "".join(
+            f" --implant {a}" for a in args.implant
+        )
+        cmd += "".join(f" {a}" for a in args.extra)
         with args.results.open("a") as fh:
             fh.write(results_section(line, cmd))
     print(json.dumps(line))
