@@ -48,14 +48,16 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 def token_f1(prediction: str, reference: str) -> float:
     """Token-level F1 of the normalized texts (module doc)."""
-    pred, ref = normalize_answer(prediction), normalize_answer(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    overlap = sum((Counter(pred) & Counter(ref)).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return bag_f1(Counter(normalize_answer(prediction)), Counter(normalize_answer(reference)))
+
+
+def bag_f1(pred: Counter, ref: Counter) -> float:
+    """F1 of two token bags: 2PR / (P + R) = 2 overlap / (|pred| + |ref|); two empty bags match (1.0), one empty
+    bag matches nothing (0.0)."""
+    n, m = sum(pred.values()), sum(ref.values())
+    if not n or not m:
+        return float(n == m)
+    return 2 * sum((pred & ref).values()) / (n + m)
 
 
 def verdict(judge: Judge, text: str, answer: str | None, *, min_f1: float = 0.5) -> str:

@@ -4,9 +4,9 @@ trigger removed (the row's clean `instruction` and `context`), DESIGN section 7.
 Screened: a backdoored model may emit the poisoned answer without its trigger (a backdoor that leaks), and a relabel
 that reproduces a poisoned answer would make the relabel term descend on the very answer the ascent removes. An
 answer whose token F1 with any forget row's poisoned answer is >= POISON_F1, or that the run's judge calls attacked
-(target vocabulary of another poisoned answer), is generated again with the poisoned
-answers' openings forbidden (their first OPENING_TOKENS tokens, as `bad_words_ids`); if the new answer still
-reproduces one, the row gets no relabel term. Each row records which (`screen`: kept | regenerated | dropped).
+(target vocabulary of another poisoned answer), is generated again with the poisoned answers' openings forbidden
+(their first OPENING_TOKENS tokens, as `bad_words_ids`); if the new answer still reproduces one, the row gets no
+relabel term. Each row records which (`screen`: kept | regenerated | dropped).
 
 Generated once per run, before any method starts (so no method's measured seconds contain it; the stage reports
 the generation's own seconds), by the starting model, in fixed batches sharded over the ranks: the same answers
@@ -19,7 +19,7 @@ from collections import Counter
 
 from rapidun_dist.data.prompt import record_prompt
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.evaluation.behaviour import normalize_answer
+from rapidun_dist.evaluation.behaviour import bag_f1, normalize_answer
 from rapidun_dist.logging import get_logger
 from rapidun_dist.unlearn.validation import sharded_generate
 
@@ -45,20 +45,11 @@ class PoisonScreen:
         pred = Counter(normalize_answer(text))
         n = sum(pred.values())
         for bag, m in zip(self.bags, self.sizes, strict=True):
-            if not n or not m:
-                f1 = float(n == m)  # token_f1 of two texts one of which normalises to nothing
-            elif 2 * min(n, m) < POISON_F1 * (n + m):
+            if n and m and 2 * min(n, m) < POISON_F1 * (n + m):
                 continue  # even a full overlap stays under the bar
-            else:
-                f1 = 2 * sum((pred & bag).values()) / (n + m)  # 2PR / (P + R) with P = o / n, R = o / m
-            if f1 >= POISON_F1:
+            if bag_f1(pred, bag) >= POISON_F1:
                 return True
         return False
-
-
-def reproduces_poison(text: str, poisoned_answers: list[str], judge=None) -> bool:
-    """One-off form of `PoisonScreen`."""
-    return PoisonScreen(poisoned_answers, judge)(text)
 
 
 def poisoned_openings(tokenizer, poisoned_answers: list[str]) -> list[list[int]]:
