@@ -213,13 +213,15 @@ def test_nonfinite_influence_weight_is_refused(single_process, run, tmp_path):
         runner.cleanup()
 
 
-def test_engine_puts_every_input_and_parameter_on_its_device(single_process, run, tmp_path):
+@pytest.mark.parametrize(
+    ("method", "hook"),
+    [("loreun", "unlearn.loreun_refresh=1"), ("rapidun", "unlearn.reweight_every=1")],
+)
+def test_engine_puts_every_input_and_parameter_on_its_device(single_process, run, tmp_path, method, hook):
     """A forward pre-hook on every module asserts that inputs and parameters are on the device DeepSpeed gave the
     rank (the CPU here, the local GPU under a CUDA accelerator) during training steps, a method hook's whole-pack
-    pass (loreun) and the adapter-disabled reference pass."""
-    runner = _runner(
-        run, tmp_path / "dev", "loreun", "unlearn.max_steps=2", "unlearn.loreun_refresh=1"
-    ).setup()
+    pass (loreun's losses; rapidun's refreshed token-wise features) and the adapter-disabled reference pass."""
+    runner = _runner(run, tmp_path / "dev", method, "unlearn.max_steps=2", hook).setup()
     want = runner.device
     seen = {"calls": 0}
 
