@@ -23,7 +23,7 @@ import platform
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def render(res: dict, out: Path, command: str) -> str:
     line, fp, methods = res["line"], res["fp"], res["methods"]
     m = fp.get("metrics", {})
     c = fp["counts"]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     import torch
 
     from rapidun_dist.influence.suspects import describe_threshold

@@ -27,7 +27,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def results_section(line: dict, command: str) -> str:
         f"{_pct(e['judge_rate_clean'])} | {e['seconds']:.1f} |"
         for m, e in line["methods"].items()
     ]
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             f"\n## The clean job on a backdoor it did not implant ({when})\n",

@@ -39,7 +39,7 @@ import socket
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -412,7 +412,7 @@ def _command() -> str:
 def report_header(args, dim: int, seconds: float) -> list[str]:
     mode = "quick: 2D blocks only" if args.quick else "full"
     lines = [
-        f"### stress_influence ({mode}), {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"### stress_influence ({mode}), {datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
         "",
         f"- command: `{_command()}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'n/a'}), "

@@ -32,4 +32,18 @@ else
 fi
 echo "torch==$TV" > "$CONSTRAINTS"
 $PIP install -q -c "$CONSTRAINTS" -e ".[dev]"
-echo "[setup] done: $("$VENV/bin/python" -c 'import torch, transformers, peft, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null)"
+# The closing line names what the declared ranges resolved to today. It runs from the repository root, as a user
+# working from the checkout would, so a top-level folder shadowing a dependency fails the setup here, loudly.
+"$VENV/bin/python" - <<'PY'
+from importlib.metadata import PackageNotFoundError, version
+import transformers, peft, deepspeed, rapidun_dist.kernels  # noqa: F401  (imports, not just metadata)
+from transformers import LlamaForCausalLM  # noqa: F401  (pulls Hugging Face's `kernels` on transformers 5)
+names = ["torch", "transformers", "tokenizers", "peft", "accelerate", "datasets", "deepspeed", "triton", "kernels"]
+found = []
+for name in names:
+    try:
+        found.append(f"{name} {version(name)}")
+    except PackageNotFoundError:
+        found.append(f"{name} -")
+print("[setup] done:", ", ".join(found))
+PY

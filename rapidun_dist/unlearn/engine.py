@@ -42,7 +42,7 @@ from rapidun_dist.train import cosine_schedule
 from rapidun_dist.unlearn import checkpoint as ckpt
 from rapidun_dist.unlearn.budget import Decision, StopRule, ValPoint
 from rapidun_dist.unlearn.methods import BatchShape, ForgetTerms, build_method, check_zero_stage
-from rapidun_dist.unlearn.model import CONFIG_DIR, build_ds_config, load_backbone  # noqa: F401 (re-export)
+from rapidun_dist.unlearn.model import ZERO_DIR, build_ds_config, load_backbone  # noqa: F401 (re-export)
 from rapidun_dist.unlearn.packs import Packs, encode_packs
 from rapidun_dist.unlearn.sampler import GlobalBatchSchedule, micro_batch
 

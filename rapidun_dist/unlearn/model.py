@@ -15,12 +15,12 @@ from rapidun_dist.config import RunConfig
 from rapidun_dist.errors import StageError
 from rapidun_dist.models.loading import load_saved, torch_dtype
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+ZERO_DIR = Path(__file__).resolve().parents[1] / "models" / "zero"  # package data: shipped in the wheel
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     u = cfg.unlearn
-    ds = json.loads((CONFIG_DIR / f"zero{u.zero_stage}.json").read_text())
+    ds = json.loads((ZERO_DIR / f"zero{u.zero_stage}.json").read_text())
     parts = world_size * u.grad_accum
     if u.batch_size % parts:
         raise StageError(

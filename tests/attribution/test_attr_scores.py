@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import types
 from contextlib import contextmanager
 
 import pytest
@@ -33,13 +34,39 @@ from rapidun_dist.data.prompt import IGNORE_INDEX
 from rapidun_dist.errors import DataError
 
 
-def tiny_llama(seed: int, vocab: int = 40):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def rms_norm_in_input_dtype(norm, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm's formula without its float32 cast (transformers computes it in float32 for any input)."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
 
+
+def eager_attention_in_input_dtype(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention without its float32 softmax (registered as "eager_input_dtype")."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = query @ key.transpose(2, 3) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    weights = torch.softmax(scores, dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def tiny_llama(seed: int, vocab: int = 40):
+    """A float64 Llama that stays float64 everywhere. transformers' Llama computes RMSNorm and the eager
+    attention's softmax in float32 whatever the model dtype; two float64 paths that differ by an ulp before such
+    a cast now and then round to different float32 values (~6e-8 relative), far past the 1e-10 these tests
+    allow. Here both run in the input dtype. (Eager, not SDPA: SDPA's CPU kernel leaves ~1e-20 of rounding in
+    the first position's query gradient, which is exactly 0 in exact arithmetic; unit normalization would turn
+    it into a whole token feature in one path and not the other.)"""
+    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    AttentionInterface.register("eager_input_dtype", eager_attention_in_input_dtype)
+    AttentionMaskInterface.register("eager_input_dtype", eager_mask)  # the additive causal mask eager builds
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0,
-        attn_implementation="eager",
+        attn_implementation="eager_input_dtype",
     )  # fmt: skip
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).double()
@@ -47,6 +74,9 @@ def tiny_llama(seed: int, vocab: int = 40):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+    for module in model.modules():
+        if isinstance(module, LlamaRMSNorm):
+            module.forward = types.MethodType(rms_norm_in_input_dtype, module)
     return model.eval()
 
 
@@ -121,6 +151,27 @@ def setup():
     ext = attribution_extractor(model, cfg, pad_id=0)
     ext.proj = {n: (p.double(), q.double()) for n, (p, q) in ext.proj.items()}
     return model, ext, random_rows(5, rng), random_rows(6, rng)
+
+
+def test_the_float64_test_model_is_the_stock_llama():
+    """Only the float32 islands differ: the same weights under transformers' own eager attention and RMSNorm
+    give the same logits to float32 precision, with and without padding."""
+    from transformers import LlamaForCausalLM
+
+    model = tiny_llama(7)
+    stock = LlamaForCausalLM(
+        model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"})
+    )
+    stock.load_state_dict(model.state_dict())
+    ids = torch.randint(1, 40, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+        ref = stock.double().eval()(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], ref[keep], atol=1e-5, rtol=1e-5)
+    assert (got[keep] - ref[keep]).abs().max() > 0  # the stock model does round to float32 somewhere
 
 
 def test_token_scores_match_naive_per_position_autograd(setup):

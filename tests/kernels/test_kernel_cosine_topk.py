@@ -106,7 +106,13 @@ def test_reference_matches_dense_float64(case, dtype):
 
 
 def test_exact_ties_go_to_the_smaller_id():
+    # The tied rows are exact in floating point whatever the BLAS: four entries of +-1 have norm 2, so every unit
+    # entry is +-0.5 or 0 and every cosine among them is exactly 1 in any summation order. (Copies of one random
+    # row are not enough: a GEMV may sum its last columns in another order and break the tie by an ulp.)
     c = torch.randn(6, 8, dtype=torch.float64)
+    signs = torch.where(torch.rand(4) < 0.5, -1.0, 1.0).double()
+    c[0] = 0.0
+    c[0, torch.randperm(8)[:4]] = signs
     c[4], c[2] = c[0], c[0]
     c_ids = torch.tensor([50, 10, 30, 20, 40, 60])
     vals, ids, _, counts = cosine_topk(c[:1] * 3, c, 3, q_ids=torch.tensor([7]), c_ids=c_ids)

@@ -72,7 +72,8 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 
 def test_kernels_folder_is_not_a_top_level_package(tmp_path):
-    """`rapidun_dist.kernels` maps to kernels/; plain `import kernels` must not find it (cwd off sys.path)."""
+    """The kernels live in `rapidun_dist/kernels/`; from outside the checkout plain `import kernels` finds
+    Hugging Face's package (a transformers dependency) or nothing, never the repository's folder."""
     code = (
         "import importlib.util as u, json; s = u.find_spec('kernels'); "
         "print(json.dumps([s and s.origin, u.find_spec('rapidun_dist.kernels').origin]))"
@@ -87,8 +88,8 @@ def test_kernels_folder_is_not_a_top_level_package(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     top, mapped = json.loads(run.stdout)
-    assert Path(mapped).resolve() == REPO / "kernels" / "__init__.py"
-    assert top is None or not Path(top).resolve().is_relative_to(REPO / "kernels"), top
+    assert Path(mapped).resolve() == REPO / "rapidun_dist" / "kernels" / "__init__.py"
+    assert top is None or not Path(top).resolve().is_relative_to(REPO), top
 
 
 def test_gpu_check_dry_run(tmp_path):

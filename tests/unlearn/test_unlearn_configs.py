@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rapidun_dist.config import load_config
-from rapidun_dist.unlearn.engine import CONFIG_DIR, build_ds_config
+from rapidun_dist.unlearn.engine import ZERO_DIR, build_ds_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -67,7 +67,7 @@ def test_absolute_path_detector_is_not_vacuous():
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_deepspeed_json_is_filled_consistently(stage):
-    raw = json.loads((CONFIG_DIR / f"zero{stage}.json").read_text())
+    raw = json.loads((ZERO_DIR / f"zero{stage}.json").read_text())
     assert raw["zero_optimization"]["stage"] == stage
     assert "optimizer" not in raw and "scheduler" not in raw  # the engine passes torch AdamW + LambdaLR
     cfg = load_config(

@@ -1,6 +1,6 @@
 """Triton kernels for token-wise influence, each beside a PyTorch reference with the same signature.
 
-Import as `rapidun_dist.kernels` (pyproject maps this folder there; it is not a top-level package).
+Documentation and benchmarks: the top-level `kernels/` folder of the repository (not a Python package).
 """
 
 from rapidun_dist.kernels.cosine_sums import grouped_cosine_sums, grouped_cosine_sums_reference
