@@ -41,17 +41,19 @@ fi
 CPUS_PER_RANK=$((CPUS_PER_NODE / GPUS_PER_NODE > 0 ? CPUS_PER_NODE / GPUS_PER_NODE : 1))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$CPUS_PER_RANK}
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}  # keep it below the --signal lead time
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-${SLURM_TMPDIR:-/tmp}/triton-${SLURM_JOB_ID:-$USER}}  # node-local
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-${SLURM_TMPDIR:-/tmp}/triton-${SLURM_JOB_ID:-${USER:-local}}}  # node-local
 TORCHRUN_SIGNALS=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1  # torchrun forwards these to its workers
 DEEPSPEED_ENV_PATTERN='^(HF_|HUGGING_FACE_|TRANSFORMERS_|NCCL_|TORCH_NCCL_|TRITON_CACHE_DIR$|TORCH_EXTENSIONS_DIR$|OMP_NUM_THREADS$|PYTHONPATH$|LD_LIBRARY_PATH$|PATH$|DS_ACCELERATOR$)'
 DEEPSPEED_ENV_SECRET='(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$)'  # never in the file (HF_TOKEN: see README)
+DEEPSPEED_ENV_NOT_SECRET='_(PATH|FILE|DIR)$'  # HF_TOKEN_PATH names a file: forwarded
 
 write_deepspeed_env() {  # FILE: every variable matching DEEPSPEED_ENV_PATTERN, no secret, as NAME=VALUE (mode 600)
   local out=$1 name
   (umask 077 && : > "$out")
   chmod 600 "$out"
   for name in $(compgen -e); do
-    if [[ $name =~ $DEEPSPEED_ENV_PATTERN && ! $name =~ $DEEPSPEED_ENV_SECRET && ${!name} != *$'\n'* ]]; then
+    if [[ $name =~ $DEEPSPEED_ENV_SECRET && ! $name =~ $DEEPSPEED_ENV_NOT_SECRET ]]; then continue; fi
+    if [[ $name =~ $DEEPSPEED_ENV_PATTERN && ${!name} != *$'\n'* ]]; then
       printf '%s=%s\n' "$name" "${!name}" >> "$out"
     fi
   done

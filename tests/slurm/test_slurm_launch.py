@@ -106,3 +106,16 @@ def test_torchrun_node_hosts_the_store_on_the_rendezvous_node_only(fake_slurm, t
         text=True,
     )
     assert missing.returncode != 0 and "RAPIDUN_RDZV_NODE is not set" in missing.stderr
+
+
+def test_deepspeed_env_holds_no_secret_and_only_its_owner_reads_it(fake_slurm, tmp_path):
+    env_file = tmp_path / "ds_env"
+    env_file.write_text("HF_TOKEN=left from an older job\n")
+    env_file.chmod(0o644)
+    secrets = {"HF_TOKEN": "hf_x", "HUGGING_FACE_HUB_TOKEN": "hf_y", "HF_API_KEY": "k", "NCCL_SECRET": "s"}
+    kept = {"HF_TOKEN_PATH": "/home/u/.hf/token", "HF_HOME": "/shared/hf", "NCCL_DEBUG": "INFO"}
+    _source(fake_slurm | secrets | kept, f"write_deepspeed_env {env_file}; echo done")
+    lines = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert not set(secrets) & set(lines)
+    assert {k: lines[k] for k in kept} == kept
+    assert env_file.stat().st_mode & 0o777 == 0o600
