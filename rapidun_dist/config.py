@@ -312,9 +312,15 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     max_steps: int | None = None
     seed: int = 0
+    save_every: int = 200
+    """Optimizer steps between checkpoints (0: only on SIGTERM / SIGUSR1). A job that is killed without warning, or
+    preempted again and again, resumes from the latest one; one checkpoint is kept. Pick it so that a checkpoint
+    costs a few percent of the interval: an 8B ZeRO-2 checkpoint is ~16 bytes per parameter (~130 GB) in all
+    (slurm/README.md)."""
 
     def __post_init__(self):
         _check(self.epochs > 0, "implant.epochs", f"expected > 0, found {self.epochs}")
+        _check(self.save_every >= 0, "implant.save_every", f"expected >= 0, found {self.save_every}")
         _check(self.lr > 0, "implant.lr", f"expected > 0, found {self.lr}")
         _check(self.batch_size >= 1, "implant.batch_size", f"expected >= 1, found {self.batch_size}")
         _check(self.grad_accum >= 1, "implant.grad_accum", f"expected >= 1, found {self.grad_accum}")

@@ -4,7 +4,8 @@ rows (`retrain`; with `find_poison.expand` also minus the flagged rows) or minus
 compared against.
 
 Collective, like implant: every rank of the launch loads the base model onto its device and trains its share of
-every batch; rank 0 writes the model and the summary. A preempted run resumes from `<out>/checkpoints/`."""
+every batch; rank 0 writes the model and the summary. A preempted or killed run resumes from `<out>/checkpoints/`
+(rapidun_dist.train: every `implant.save_every` steps and on SIGTERM / SIGUSR1, as implant)."""
 
 from __future__ import annotations
 

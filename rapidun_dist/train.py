@@ -12,9 +12,17 @@ so the update follows the gradient of (1/T_b) sum over all of b's answer tokens 
 the global batch, as on one process. A rank whose part is empty (a short last batch) still runs a forward and
 backward on one example with weight 0, so every collective of the step sees every rank.
 
-Preemption: after each step the ranks agree (one all-reduce, carrying the loss too) whether SIGTERM/SIGUSR1 arrived
-(`rapidun_dist.distributed.preempt`); if so a DeepSpeed checkpoint is written to `ckpt_dir` and StageError says
-how to resume. A rerun with the same `ckpt_dir` resumes at that step with the same batches, optimizer and schedule.
+Checkpoints: every `save_every` optimizer steps, and when the ranks agree after a step (one all-reduce, carrying
+the loss too) that SIGTERM/SIGUSR1 arrived (`rapidun_dist.distributed.preempt`; then StageError says how to resume).
+A rerun with the same `ckpt_dir` resumes at the latest checkpoint with the same batches, optimizer and schedule, so
+its final weights are those of an uninterrupted run. Layout of `ckpt_dir`:
+
+    step<N>/      DeepSpeed's files of step N (every rank writes its shards; DeepSpeed's own `latest` is not used)
+    resume.json   {"key", "tag", "step", "world_size"}: written by rank 0, atomically, only after every rank's shards
+                  are on disk; the one checkpoint a rerun may load. Then every other step* folder is removed.
+
+A kill at any moment leaves either the previous checkpoint named by resume.json (a half-written step folder is
+never named, and the next save removes it) or the new one.
 """
 
 from __future__ import annotations
@@ -192,6 +200,11 @@ def _resume_decision(ckpt_dir: Path | None, key: str, world_size: int, zero_stag
     if saved.get("key") != key:
         log.warning(f"{ckpt_dir}: checkpoint of another config or data ({saved.get('key')}); starting afresh")
         return None
+    if not (ckpt_dir / saved["tag"]).is_dir():
+        return {
+            "error": f"{meta} names checkpoint {saved['tag']}, but {ckpt_dir / saved['tag']} is missing; restore "
+            "it, or delete the folder to restart"
+        }
     if saved["world_size"] != world_size and zero_stage > 0:
         return {
             "error": f"{ckpt_dir}: checkpoint written by {saved['world_size']} ranks under ZeRO-{zero_stage} (its "
@@ -214,21 +227,35 @@ def _resume(engine, ckpt_dir: Path | None, key: str, info: dist_env.DistInfo, ze
     return decision["step"]
 
 
-def _preempted(engine, ckpt_dir: Path | None, key: str, info: dist_env.DistInfo, step: int) -> None:
-    """Checkpoint (every rank), record how to resume (rank 0), stop with a StageError."""
+def _mark_ready(ckpt_dir: Path, meta: dict) -> None:
+    """Rank 0, once every rank's shards of `meta["tag"]` are on disk: name it in resume.json (atomic replace), then
+    remove every other step folder (the previous checkpoint, or one a kill left half-written)."""
     from rapidun_dist.io import write_json
 
+    write_json(ckpt_dir / RESUME_FILE, meta)
+    for old in ckpt_dir.glob("step*"):
+        if old.is_dir() and old.name != meta["tag"]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, key: str, info: dist_env.DistInfo, step: int) -> None:
+    """Every rank writes its shards of `step<step>`; after a barrier rank 0 makes it the checkpoint to resume from."""
+    tag = f"step{step}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
+    dist_env.barrier()
+    if info.rank == 0:
+        _mark_ready(ckpt_dir, {"key": key, "tag": tag, "step": step, "world_size": info.world_size})
+    dist_env.barrier()
+    log.info(f"checkpoint of step {step} saved in {ckpt_dir}")
+
+
+def _preempted(engine, ckpt_dir: Path | None, key: str, info: dist_env.DistInfo, step: int) -> None:
+    """Checkpoint (every rank), stop with a StageError that says how to resume."""
     if ckpt_dir is None:
         raise StageError(
             f"preempted at step {step}: no checkpoint folder was given, so a rerun starts from 0"
         )
-    tag = f"step{step}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step})
-    if info.rank == 0:
-        write_json(
-            ckpt_dir / RESUME_FILE, {"key": key, "tag": tag, "step": step, "world_size": info.world_size}
-        )
-    dist_env.barrier()
+    _save_checkpoint(engine, ckpt_dir, key, info, step)
     raise StageError(f"preempted at step {step}: checkpoint saved in {ckpt_dir}; run again to resume from it")
 
 
@@ -248,9 +275,10 @@ def finetune(
     """Train every parameter of `model` (already on `device`) on `records`, collectively over the ranks of the
     launch (every rank calls this with the same records). Returns {"steps", "final_loss", "tokens", "losses"}
     (the losses of the steps this call ran: after a resume, from the resumed step on);
-    the trained weights are in `model` on every rank. `ckpt_dir` holds the preemption checkpoint (a rerun resumes
-    from it when `resume_key`, e.g. the stage fingerprint, matches; removed after success). The step loop is kept
-    whole on purpose (batches, backward, step, the step's one all-reduce, preemption)."""
+    the trained weights are in `model` on every rank. `ckpt_dir` holds the latest checkpoint (every
+    `cfg.save_every` steps and on preemption; a rerun resumes from it when `resume_key`, e.g. the stage fingerprint,
+    matches; removed after success). The step loop is kept whole on purpose (batches, backward, step, the step's
+    one all-reduce, preemption, periodic checkpoints)."""
     info = dist_env.init_distributed()
     device = torch.device(device) if device is not None else info.device
     if device.type == "cuda" and device.index is None:
@@ -281,6 +309,9 @@ def finetune(
                 raise StageError(f"{desc} diverged at step {step + 1}: loss {losses[-1]} (lower implant.lr)")
             if stop:
                 _preempted(engine, ckpt_dir, resume_key, info, step + 1)
+            periodic = cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total
+            if periodic and ckpt_dir is not None:
+                _save_checkpoint(engine, ckpt_dir, resume_key, info, step + 1)
     finally:
         if hasattr(engine, "destroy"):
             engine.destroy()

@@ -19,5 +19,11 @@ done
 # rendezvous: the first node of the allocation, and a port derived from the job id - the same on every rank and
 # after a requeue, 15000-29999 (below the Linux ephemeral range 32768-60999, so no outgoing connection holds it;
 # rapidun_dist.distributed.env.slurm_port computes the same)
-export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+# MASTER_ADDR: the first node's IPv4 (getent; its SLURM name when that does not resolve), so no node depends on
+# matching host names; RAPIDUN_RDZV_NODE: its SLURM name (slurm/torchrun_node.sh hosts the c10d store there).
+export RAPIDUN_RDZV_NODE=${RAPIDUN_RDZV_NODE:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+if [[ -z ${MASTER_ADDR:-} ]]; then
+  MASTER_ADDR=$(getent ahostsv4 "$RAPIDUN_RDZV_NODE" 2> /dev/null | awk 'NR == 1 {print $1}') || true
+  export MASTER_ADDR=${MASTER_ADDR:-$RAPIDUN_RDZV_NODE}
+fi
 export MASTER_PORT=${MASTER_PORT:-$((15000 + SLURM_JOB_ID % 15000))}

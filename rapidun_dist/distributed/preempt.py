@@ -1,9 +1,11 @@
 """Preemption: SIGTERM / SIGUSR1 set a flag; long loops poll `requested()` at a safe point, checkpoint and stop.
 
-SLURM sends SIGTERM before it kills a preempted job (and, with `#SBATCH --signal=B:USR1@120`, the batch script turns
-the approaching time limit into a SIGTERM for the ranks; see slurm/README.md); torchrun forwards SIGTERM to its
-workers. Without a handler Python dies on the spot and the work since the last checkpoint is lost; with one, the
-step loop finishes its step, saves, and exits with a clear error (the job is requeued and resumes from there).
+Under slurm/launch.sh the batch shell gets SIGUSR1 before the time limit (`#SBATCH --signal=B:USR1@600`) or SIGTERM
+on preemption, and turns either into SIGUSR1 for the tasks of the job step (`scancel --signal=USR1`); torchrun passes
+SIGUSR1 and SIGTERM on to its workers (`--signals_to_handle`); see slurm/README.md. Without a handler Python dies on
+the spot (the default action of both) and the work since the last checkpoint is lost; with one, the step loop
+finishes its step, saves, and exits with a clear error (the job is requeued and resumes from there). Periodic
+checkpoints (`implant.save_every`, `unlearn.save_every`) cover what no signal announces.
 
     from rapidun_dist.distributed import preempt
     preempt.install()                 # launchers, once (idempotent; the main thread only)

@@ -2,8 +2,8 @@
 the rest of the run cleans. The base model is a tiny Llama with a BPE trained on the corpus, or a pretrained one.
 
 Collective: every rank of a launch loads the base model onto its device and trains its share of every batch (one
-DeepSpeed job, rapidun_dist.train); rank 0 writes the model. A preempted run resumes from
-`checkpoints/implant/` (written on SIGTERM / SIGUSR1)."""
+DeepSpeed job, rapidun_dist.train); rank 0 writes the model. A preempted or killed run resumes from
+`checkpoints/implant/` (written every `implant.save_every` steps and on SIGTERM / SIGUSR1; removed once done)."""
 
 from __future__ import annotations
 

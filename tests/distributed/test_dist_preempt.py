@@ -70,6 +70,7 @@ def test_sigterm_on_one_rank_checkpoints_both_and_resume_matches(tmp_path):
     ckpt = run / "checkpoints" / "implant"
     resume = json.loads((ckpt / "resume.json").read_text())
     assert (resume["step"], resume["world_size"]) == (3, 2) and (ckpt / "step3").is_dir()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["resume.json", "step3"]  # one, no `latest`
     assert json.loads((run / "manifest.json").read_text())["stages"]["implant"]["status"] == "failed"
 
     resumed = _torchrun(run, {})

@@ -1,6 +1,7 @@
 """slurm/: the hostfile and the sbatch scripts rendered from a fake SLURM environment (fake `scontrol`, `srun` and
 `deepspeed` on PATH that print their argv), every launcher (torchrun per node, plain srun, deepspeed with a
-.deepspeed_env), the signal trap that forwards SIGTERM and requeues, `bash -n` and a bash-4.2 portability lint."""
+.deepspeed_env), the signal trap's fallback (scancel failing: SIGUSR1 to srun) and requeue, `bash -n` and a bash-4.2
+portability lint. The scancel path itself: tests/slurm/test_slurm_signals.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "slurm"
-SCRIPTS = ["launch.sh", "make_hostfile.sh", "nccl_env.sh", "influence.sbatch", "unlearn.sbatch", "run.sbatch"]
+SCRIPTS = [
+    "launch.sh", "make_hostfile.sh", "nccl_env.sh", "torchrun_node.sh", "influence.sbatch", "unlearn.sbatch", "run.sbatch",
+]  # fmt: skip
 FAKE_SCONTROL = """#!/usr/bin/env bash
 # scontrol show hostnames PREFIX[A-B] (one host per line) and scontrol requeue JOB (logged)
 if [[ $1 == requeue ]]; then echo "CALL scontrol requeue $2"; exit 0; fi
@@ -31,8 +34,9 @@ fi
 """
 FAKE_ECHO = """#!/usr/bin/env bash
 echo "CALL $(basename "$0") $* | OMP=$OMP_NUM_THREADS SRUN_CPUS=${SRUN_CPUS_PER_TASK:-} NCCL_DEBUG=$NCCL_DEBUG MASTER=$MASTER_ADDR:$MASTER_PORT DS_ENV_FILE=${DS_ENV_FILE:-}"
-if [[ -n ${FAKE_STEP_SECONDS:-} ]]; then  # a long step that exits 2 on SIGTERM, as a checkpointing rank would
-  trap 'echo "STEP got SIGTERM"; exit 2' TERM
+if [[ -n ${DS_ENV_FILE:-} ]]; then cp -p "$DS_ENV_FILE" "$DS_ENV_FILE.seen"; fi  # removed when the step ends
+if [[ -n ${FAKE_STEP_SECONDS:-} ]]; then  # a long step that exits 2 on SIGUSR1, as a checkpointing rank would
+  trap 'echo "STEP got SIGUSR1"; exit 2' USR1
   echo READY > "$FAKE_READY"
   for ((i = 0; i < FAKE_STEP_SECONDS * 10; i++)); do sleep 0.1; done
 fi
@@ -46,7 +50,10 @@ def fake_slurm(tmp_path) -> dict[str, str]:
     """A fake allocation of 2..5 nodes named node03.., 8 GPUs and 64 CPUs each, on PATH; returns the environment."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_ECHO), ("deepspeed", FAKE_ECHO)):
+    fake_scancel = '#!/usr/bin/env bash\necho "CALL scancel $*"; exit 1\n'  # fails: the trap's fallback runs
+    for name, text in (
+        ("scontrol", FAKE_SCONTROL), ("srun", FAKE_ECHO), ("deepspeed", FAKE_ECHO), ("scancel", fake_scancel)
+    ):  # fmt: skip
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     n_nodes, first, job = random.randint(2, 5), random.randint(1, 90), random.randint(1, 10**6)
@@ -138,9 +145,10 @@ def test_default_is_one_torchrun_per_node_with_c10d_rendezvous(fake_slurm):
     )
     assert proc.returncode == 0, proc.stderr
     assert calls(proc) == [
-        f"CALL srun --kill-on-bad-exit=1 --nodes={n} --ntasks={n} --ntasks-per-node=1 python -m "
-        f"torch.distributed.run --nnodes {n} --nproc_per_node 8 --rdzv_id {job} --rdzv_backend c10d "
-        f"--rdzv_endpoint {_master(fake_slurm)} --max_restarts 0 launch/influence.py --config "
+        f"CALL srun --kill-on-bad-exit=1 --nodes={n} --ntasks={n} --ntasks-per-node=1 bash slurm/torchrun_node.sh "
+        f"python --nnodes {n} --nproc_per_node 8 --rdzv_id {job} --rdzv_backend c10d "
+        f"--rdzv_endpoint {_master(fake_slurm)} --max_restarts 0 --signals_to_handle "
+        "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 launch/influence.py --config "
         f"configs/tiny_cpu.yaml run_dir=/shared/r1 | OMP=8 SRUN_CPUS=64 NCCL_DEBUG=WARN MASTER={_master(fake_slurm)} "
         "DS_ENV_FILE="
     ]
@@ -184,6 +192,7 @@ def test_deepspeed_hostfile_and_deepspeed_env(fake_slurm, tmp_path):
         "HF_HOME": "/shared/hf cache",
         "TORCH_NCCL_BLOCKING_WAIT": "1",
         "UNRELATED_VAR": "x",
+        "HF_TOKEN": "hf_secret",
     }
     proc = sh([str(SLURM / "run.sbatch"), "configs/tiny_cpu.yaml"], env | {"STAGES": "implant"}, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -193,7 +202,10 @@ def test_deepspeed_hostfile_and_deepspeed_env(fake_slurm, tmp_path):
     assert call.startswith(f"CALL deepspeed --hostfile hostfile-{job} --launcher pdsh --master_addr node")
     assert "launch/run.py --config configs/tiny_cpu.yaml --stages implant |" in call
     assert call.endswith(f"DS_ENV_FILE={ds_env}")
-    lines = dict(line.split("=", 1) for line in ds_env.read_text().splitlines())
+    seen = ds_env.with_name(ds_env.name + ".seen")  # the file as the runner saw it; removed after the step
+    assert not ds_env.exists() and seen.stat().st_mode & 0o777 == 0o600
+    lines = dict(line.split("=", 1) for line in seen.read_text().splitlines())
+    assert "HF_TOKEN" not in lines  # pdsh puts the file on command lines: no secrets
     assert lines["HF_HOME"] == "/shared/hf cache" and lines["TORCH_NCCL_BLOCKING_WAIT"] == "1"
     assert lines["OMP_NUM_THREADS"] == "8" and lines["NCCL_DEBUG"] == "WARN" and "PATH" in lines
     assert "UNRELATED_VAR" not in lines and "SLURM_JOB_ID" not in lines
@@ -202,8 +214,9 @@ def test_deepspeed_hostfile_and_deepspeed_env(fake_slurm, tmp_path):
     assert bad.returncode == 2 and "LAUNCHER must be" in bad.stderr
 
 
-def test_usr1_before_the_time_limit_forwards_sigterm_and_requeues(fake_slurm, tmp_path):
-    """`--signal=B:USR1@180`: the batch shell's trap sends SIGTERM to the step, waits for it, requeues the job."""
+def test_usr1_before_the_time_limit_signals_the_step_and_requeues(fake_slurm, tmp_path):
+    """`--signal=B:USR1@600`: the batch shell's trap runs scancel (failing here, so it falls back to SIGUSR1 to srun,
+    which srun forwards), waits for the step, requeues the job."""
     ready = tmp_path / "ready"
     env = fake_slurm | {"FAKE_STEP_SECONDS": "20", "FAKE_READY": str(ready)}
     proc = subprocess.Popen(
@@ -216,6 +229,6 @@ def test_usr1_before_the_time_limit_forwards_sigterm_and_requeues(fake_slurm, tm
     proc.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2, err  # the step's exit status (a checkpointing rank exits 2)
-    assert "STEP got SIGTERM" in out and f"CALL scontrol requeue {fake_slurm['SLURM_JOB_ID']}" in out
-    assert "SIGTERM to the step so the ranks checkpoint" in err
+    assert "STEP got SIGUSR1" in out and f"CALL scontrol requeue {fake_slurm['SLURM_JOB_ID']}" in out
+    assert f"CALL scancel --signal=USR1 {fake_slurm['SLURM_JOB_ID']}" in out and "scancel failed" in err
     assert time.monotonic() - t0 < 15  # did not sit out the 20 s step
