@@ -398,6 +398,37 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def run_on_rank0(fn, *args, what: str = "rank-0 work", **kwargs):
+    """`fn(*args, **kwargs)` on rank 0 alone, its result on every rank (picklable).
+
+    For file work only rank 0 does (copying reused features, writing shared files) that may outlast
+    `distributed.collective_timeout_s`: the other ranks wait in the result's broadcast, which runs under
+    `distributed.init_timeout_s` (the collective timeout is restored after it). An exception on rank 0 is
+    re-raised there and reaches the other ranks as a RuntimeError naming `what`, so no rank waits for a result
+    that will not come."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    cfg = _resolve_config(None, None, None)
+    result, error = None, None
+    set_collective_timeout(cfg.init_timeout_s)
+    try:
+        if rank() == 0:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:
+                error = e
+        payload = broadcast_object(
+            (result, None if error is None else f"{type(error).__name__}: {error}") if rank() == 0 else None
+        )
+    finally:
+        set_collective_timeout(cfg.collective_timeout_s)
+    if error is not None:
+        raise error
+    if payload[1] is not None:
+        raise RuntimeError(f"{what} failed on rank 0: {payload[1]}")
+    return payload[0]
+
+
 def count_bytes(stats: dict | None, op: str, *, sent: int, recv: int, phase: str | None = None) -> None:
     """Add one call of collective `op` to `stats`: {op: {calls, bytes_sent, bytes_recv}} and, when `phase` is
     given, {"phase_bytes_recv": {phase: bytes}}. Bytes count data that crosses between ranks (a rank's own
