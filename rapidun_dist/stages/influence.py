@@ -169,10 +169,13 @@ def _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, co
 
 
 def half_scores(cfg: RunConfig, rd: RunDir, **kw) -> tuple[dict, dict] | None:
-    """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere)."""
+    """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere). The halves'
+    columns come from rank 0's reading of the index (broadcast), so every rank scores the same columns."""
     from rapidun_dist.io import read_json
 
-    spec = read_json(rd.features / "index.json")["spec"]
+    spec = dist_env.broadcast_object(
+        read_json(rd.features / "index.json")["spec"] if dist_env.rank() == 0 else None
+    )
     a, b = (directional_scores(cfg, rd, cols=c, **kw) for c in half_columns(spec))
     return None if a is None else (a, b)
 
