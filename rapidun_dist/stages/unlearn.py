@@ -222,8 +222,9 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
 
     u = cfg.unlearn
     triggers = rank0_decides(_verified, cfg, rd)  # attribution/triggers.json, as rank 0 reads it
-    # the engine's forget pack: its indices key the answers
-    forget = _relabel_prompts(cfg, rd, read_jsonl(pack_files(cfg, rd)[0]), triggers)
+    # the engine's forget pack (its indices key the answers), as rank 0 reads it: which rows need an answer decides
+    # whether every rank generates
+    forget = _relabel_prompts(cfg, rd, rank0_decides(read_jsonl, pack_files(cfg, rd)[0]), triggers)
     need = rows_needing_relabel(forget)
     if not need or not (u.relabel and u.self_relabel):
         why = (
