@@ -117,3 +117,31 @@ def test_ranks_follow_rank0s_view_of_the_shards(tmp_path):
     assert after.keys() == before.keys()
     store.write_index([r["id"] for r in records], 0, plan_shards(N_ROWS, 3))
     assert load_features(tmp_path / "static")[0].shape[0] == N_ROWS
+
+
+def _slow_rank0_work(rank: int, world: int) -> dict:
+    import time
+
+    from rapidun_dist.distributed import env as dist_env
+
+    dist_env.set_collective_timeout(1.0)  # a collective timeout far below rank 0's file work
+    got = dist_env.run_on_rank0(lambda: time.sleep(4.0) or 42, what="slow copy")
+    restored = dist_env._TIMEOUTS_S["collective"]
+    dist_env.barrier()  # the group is healthy afterwards
+    try:
+        dist_env.run_on_rank0(lambda: 1 / 0, what="broken copy")
+        error = None
+    except (ZeroDivisionError, RuntimeError) as e:
+        error = f"{type(e).__name__}: {e}"
+    return {"got": got, "restored": restored, "error": error}
+
+
+def test_run_on_rank0_waits_past_the_collective_timeout_and_passes_errors_on():
+    """Rank 0 works 4 s while the collective timeout is 1 s: the other rank waits in a broadcast under the init
+    timeout (120 s here) and gets the result; the 1 s timeout is back afterwards. An exception on rank 0 reaches
+    every rank (the original on rank 0, a RuntimeError naming the work elsewhere)."""
+    r0, r1 = run_distributed(_slow_rank0_work, 2)
+    assert r0["got"] == r1["got"] == 42
+    assert r0["restored"] == r1["restored"] == 1.0
+    assert r0["error"].startswith("ZeroDivisionError")
+    assert r1["error"].startswith("RuntimeError: broken copy failed on rank 0: ZeroDivisionError")
