@@ -46,6 +46,7 @@ from rapidun_dist.logging import get_logger
 DEFAULT_PORT = 29500
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 15000  # ports 15000-29999: below the ephemeral range (32768+)
 _LAST_CONFIG: DistributedConfig | None = None  # the config of the last init_distributed call that passed one
+_TIMEOUTS_S: dict[str, float] = {}  # {"init", "collective"}: the default group's timeouts as last set here
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ def _init_group(le: LaunchEnv, device: torch.device, cfg: DistributedConfig) -> 
         init_method=f"tcp://{le.master_addr}:{le.master_port}",
         timeout=timedelta(seconds=cfg.init_timeout_s),
     )
+    _TIMEOUTS_S["init"] = cfg.init_timeout_s
     dist.barrier(**({"device_ids": [device.index]} if backend == "nccl" else {}))
     set_collective_timeout(cfg.collective_timeout_s)
 
@@ -322,6 +324,7 @@ def set_collective_timeout(seconds: float) -> None:
         )
         return
     _set_pg_timeout(timedelta(seconds=seconds))
+    _TIMEOUTS_S["collective"] = seconds
 
 
 def ensure_process_group(info: DistInfo) -> None:
@@ -396,6 +399,39 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def run_on_rank0(fn, *args, what: str = "rank-0 work", **kwargs):
+    """`fn(*args, **kwargs)` on rank 0 alone, its result on every rank (picklable).
+
+    For file work only rank 0 does (copying reused features, writing shared files) that may outlast
+    `distributed.collective_timeout_s`: the other ranks wait in the result's broadcast, which runs under the
+    group's init timeout (`distributed.init_timeout_s`); the collective timeout in force is restored after it. An
+    exception on rank 0 is re-raised there and reaches the other ranks as a RuntimeError naming `what`, so no rank
+    waits for a result that will not come."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    cfg = _resolve_config(None, None, None)
+    wait_s = _TIMEOUTS_S.get("init", cfg.init_timeout_s)
+    restore_s = _TIMEOUTS_S.get("collective", cfg.collective_timeout_s)
+    result, error = None, None
+    set_collective_timeout(wait_s)
+    try:
+        if rank() == 0:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as e:
+                error = e
+        payload = broadcast_object(
+            (result, None if error is None else f"{type(error).__name__}: {error}") if rank() == 0 else None
+        )
+    finally:
+        set_collective_timeout(restore_s)
+    if error is not None:
+        raise error
+    if payload[1] is not None:
+        raise RuntimeError(f"{what} failed on rank 0: {payload[1]}")
+    return payload[0]
 
 
 def count_bytes(stats: dict | None, op: str, *, sent: int, recv: int, phase: str | None = None) -> None:

@@ -2,6 +2,8 @@
 
 A shard is recomputed unless it is valid for exactly this extractor spec, this feature context (model weights,
 tokenizer, prompt format, max_length: see `feature_context`) and these row ids (`rapidun_dist.influence.store`).
+Which shards are missing is rank 0's decision (a stat per shard), broadcast: every rank works from the same list
+whatever its view of the shared file system.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from rapidun_dist.config import RunConfig
 from rapidun_dist.data.prompt import encode_example, record_prompt
+from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.distributed import preempt
 from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
@@ -111,18 +114,17 @@ def extract_features(
     store_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(examples), shard_size or cfg.influence.shard_size)
     row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
-    missing = lambda ids: [i for i in ids if not store.is_valid(i, shards[i], row_ids[i])]
+    todo = missing_shards(store, shards, row_ids, rank=rank, world_size=world_size)
     if claim is None:
         owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
         owned = [i for i, o in enumerate(owners) if o == rank]
-        mine: Iterable[int] = missing(owned)
+        mine: Iterable[int] = [i for i in todo if owners[i] == rank]
         n_rows = sum(shards[i][1] - shards[i][0] for i in mine)
         log.info(
             f"features: {len(shards)} shards, {len(mine)} to compute on this rank ({len(owned) - len(mine)} valid "
             "already)"
         )
     else:
-        todo = missing(range(len(shards)))
         mine, n_rows = claim(todo), sum(shards[i][1] - shards[i][0] for i in todo) // max(world_size, 1)
         log.info(
             f"features: {len(shards)} shards, {len(todo)} to compute ({len(shards) - len(todo)} valid already), "
@@ -138,6 +140,15 @@ def extract_features(
         if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
             raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
     return store
+
+
+def missing_shards(
+    store: FeatureStore, shards: list, row_ids: list, *, rank: int, world_size: int
+) -> list[int]:
+    """The shards still to compute: rank 0 checks them and broadcasts the list (a lone process checks itself)."""
+    if world_size > 1 and dist_env.world_size() > 1:
+        return dist_env.broadcast_object(store.missing(shards, row_ids) if rank == 0 else None)
+    return store.missing(shards, row_ids)
 
 
 def _shard_features(

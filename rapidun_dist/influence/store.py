@@ -3,9 +3,17 @@
 Rows are the forget samples then the retain samples (global order). They are cut into contiguous shards of
 `shard_size` rows; each shard is owned by one rank (balanced by token count) and written atomically as
 `shard-XXXXX.safetensors` ({"features" [n, K], "rows" [n]}) followed by a `shard-XXXXX.json` sidecar
-holding its sha256, the spec hash and a hash of the shard's row ids. A shard counts as done only when the
-sidecar exists, matches the spec and the row ids, and the file's checksum matches - so a rerun after a crash
-recomputes exactly the missing or corrupt shards, and a shard never passes for rows it was not computed on.
+holding its sha256, size and mtime (taken when the shard is written), the spec hash and a hash of the shard's row
+ids. A shard counts as done only when the sidecar exists, matches the spec and the row ids, and the file is the
+one written - so a rerun after a crash recomputes exactly the missing or corrupt shards, and a shard never passes
+for rows it was not computed on.
+
+"The file is the one written" is a stat, not a read: a shard whose size and mtime match its sidecar is trusted
+(a resume at 57k rows x 16 ranks would otherwise read ~52 GB per rank before its first collective). The full
+sha256 is checked when size or mtime differ (a touched or rewritten file: same bytes pass, others are
+recomputed), for sidecars written before size and mtime were recorded, and for every shard when the
+environment variable RAPIDUN_VERIFY_FEATURES=1 is set (`full_verify`). `load_features` applies the same rule
+to the index's entries.
 The spec covers everything that changes a feature: the extractor's own spec (estimator, projections, layers,
 positions) and, from the caller, a hash of the model weights, the tokenizer, the prompt format and `max_length`
 (DESIGN section 3). `index.json` (ids, shards, checksums, spec) is written last, by rank 0.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +31,30 @@ import torch
 
 from rapidun_dist.errors import StageError
 from rapidun_dist.io import file_sha256, read_json, save_safetensors, write_json
+
+VERIFY_ENV = "RAPIDUN_VERIFY_FEATURES"  # =1: hash every shard on every check (the stat is not trusted)
+
+
+def full_verify() -> bool:
+    """Whether every shard's sha256 is checked, whatever its stat says (RAPIDUN_VERIFY_FEATURES=1)."""
+    return os.environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def file_stamp(path: Path) -> dict:
+    """{"size", "mtime_ns"} of a file as it is now."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def matches_record(path: Path, rec: dict) -> bool:
+    """`path` is the file `rec` ({"sha256", and "size", "mtime_ns" when recorded}) describes: same size and mtime
+    trusted without reading it (unless `full_verify`), else its sha256 decides; another size never matches."""
+    stamp = file_stamp(path)
+    if "size" in rec and rec["size"] != stamp["size"]:
+        return False
+    if not full_verify() and rec.get("size") == stamp["size"] and rec.get("mtime_ns") == stamp["mtime_ns"]:
+        return True
+    return rec.get("sha256") == file_sha256(path)
 
 
 def spec_hash(spec: dict) -> str:
@@ -77,8 +110,12 @@ class FeatureStore:
             meta.get("spec_hash") == self.hash
             and tuple(meta.get("rows", ())) == tuple(rows)
             and (row_ids is None or meta.get("ids_hash") == row_ids)
-            and meta.get("sha256") == file_sha256(f)
+            and matches_record(f, meta)
         )
+
+    def missing(self, shards: list[tuple[int, int]], row_ids: list[str | None]) -> list[int]:
+        """Indices of the shards that are not valid (stat checks; see the module docstring)."""
+        return [i for i, rows in enumerate(shards) if not self.is_valid(i, rows, row_ids[i])]
 
     def write_shard(
         self, i: int, rows: tuple[int, int], feats: torch.Tensor, row_ids: str | None = None
@@ -99,16 +136,14 @@ class FeatureStore:
             {
                 "rows": list(rows),
                 "sha256": file_sha256(self.shard_file(i)),
+                **file_stamp(self.shard_file(i)),
                 "spec_hash": self.hash,
                 "ids_hash": row_ids,
             },
         )
 
     def write_index(self, ids: list[str], n_forget: int, shards: list[tuple[int, int]]) -> Path:
-        entries = [
-            {"file": self.shard_file(i).name, "rows": list(r), "sha256": read_json(self.sidecar(i))["sha256"]}
-            for i, r in enumerate(shards)
-        ]
+        entries = [self._entry(i, r) for i, r in enumerate(shards)]
         path = self.root / "index.json"
         write_json(
             path,
@@ -124,13 +159,19 @@ class FeatureStore:
         )
         return path
 
+    def _entry(self, i: int, rows: tuple[int, int]) -> dict:
+        meta = read_json(self.sidecar(i))
+        stamp = {k: meta[k] for k in ("size", "mtime_ns") if k in meta}
+        return {"file": self.shard_file(i).name, "rows": list(rows), "sha256": meta["sha256"], **stamp}
+
     def clean_stale(self) -> None:
         for tmp in self.root.glob(".shard-*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
 def load_features(root: Path, rows: list[int] | None = None) -> tuple[torch.Tensor, dict]:
-    """Features [n, K] in global row order (or only `rows`), checksums verified, and the index."""
+    """Features [n, K] in global row order (or only `rows`), each shard checked against its index entry
+    (`matches_record`: stat, sha256 when the stat differs or on request), and the index."""
     root = Path(root)
     index = read_json(root / "index.json")
     from safetensors.torch import load_file
@@ -142,7 +183,7 @@ def load_features(root: Path, rows: list[int] | None = None) -> tuple[torch.Tens
         if wanted is not None and not any(r in wanted for r in range(s, e)):
             continue
         path = root / entry["file"]
-        if file_sha256(path) != entry["sha256"]:
+        if not matches_record(path, entry):
             raise StageError(f"{path}: checksum mismatch with index.json (rerun the influence stage)")
         parts.append(load_file(str(path))["features"])
         got.extend(range(s, e))

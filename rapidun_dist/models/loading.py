@@ -311,6 +311,17 @@ def load_saved(model_dir: Path, cfg: ModelConfig, *, device=None):
     return model, tok
 
 
+def release_memory() -> None:
+    """Return what dropped models, engines and optimizers held: a garbage collection (engines and PEFT wrappers
+    sit in reference cycles, so dropping the last name does not free them) and, with CUDA, the caching
+    allocator's unused blocks. Call it after the last reference is gone (between methods, after a stage's model)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def with_adapter(model, adapter_dir: Path, *, device=None):
     """`model` with the PEFT adapter saved in `adapter_dir`, its weights created and loaded on `device`."""
     from peft import PeftModel

@@ -111,8 +111,7 @@ def _extract_all(cfg: RunConfig, rd: RunDir, train: list[dict], groups: list[dic
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.stages.common import model_identity
 
-    model, tok = load_saved(rd.model, cfg.model)
-    model.to(info.device)
+    model, tok = load_saved(rd.model, cfg.model, device=info.device)  # straight onto the rank's device
     context = feature_context(model_identity(rd), tok, cfg)
     size = cfg.find_poison.unit_size
     mine = {"units": 0, "rows": 0, "seconds": 0.0}

@@ -7,7 +7,7 @@ trigger-contrast features (rapidun_dist/influence/features.py); `weights.shrink`
 of the features (even and odd tracked layers) for the shrinkage of rapidun_dist/weights/robust.py. Shards are owned
 by ranks balanced by token count and skipped when already valid for this spec, model, tokenizer, prompt format,
 max_length and row ids (resume); pack rows find_poison has features of already are copied from its store (plain
-features only: not with the contrast). Scores: one dense computation on a single process, the distributed block
+features only: not with the contrast; rank 0 copies while the others wait under the init timeout). Scores: one dense computation on a single process, the distributed block
 computation otherwise. Rank 0 writes shared files.
 """
 
@@ -56,9 +56,12 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     model, tok = load_saved(rd.model, cfg.model, device=info.device)
     records = forget + retain
     context = feature_context(model_identity(rd), tok, cfg)
-    if info.rank == 0 and cfg.influence.contrast == "none":  # pack rows find_poison has features of: copied
-        reuse_train_features(cfg, rd, records, model, tok, context)
-    dist_env.barrier()
+    # Pack rows find_poison has features of: copied by rank 0; the others wait in a broadcast under
+    # distributed.init_timeout_s (a copy of many GB may outlast a collective timeout).
+    if cfg.influence.contrast == "none":
+        dist_env.run_on_rank0(
+            reuse_train_features, cfg, rd, records, model, tok, context, what="copying find_poison's features"
+        )
     store = extract_features(
         cfg, model, tok, records, rd.features, context=context, rank=info.rank, world_size=info.world_size
     )
@@ -166,10 +169,13 @@ def _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, co
 
 
 def half_scores(cfg: RunConfig, rd: RunDir, **kw) -> tuple[dict, dict] | None:
-    """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere)."""
+    """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere). The halves'
+    columns come from rank 0's reading of the index (broadcast), so every rank scores the same columns."""
     from rapidun_dist.io import read_json
 
-    spec = read_json(rd.features / "index.json")["spec"]
+    spec = dist_env.broadcast_object(
+        read_json(rd.features / "index.json")["spec"] if dist_env.rank() == 0 else None
+    )
     a, b = (directional_scores(cfg, rd, cols=c, **kw) for c in half_columns(spec))
     return None if a is None else (a, b)
 

@@ -8,7 +8,13 @@ splits. Neither the self-relabel generation nor any validation or ASR-curve eval
 measured seconds; the summary reports each on its own.
 
 A method whose summary carries this stage's fingerprint is done already (a killed run resumes at the next
-method; the engine resumes a method from its last ready checkpoint)."""
+method; the engine resumes a method from its last ready checkpoint).
+
+Every question the shared file system answers and control flow depends on (which methods are done, whether a
+stored self-relabel is valid, whether val_seen has rows and so needs the judge, which triggers the attribute stage
+verified, whether self_relabel.jsonl exists) is answered by rank 0 and broadcast (`rank0_decides`), as the
+pipeline decides a stage's skip: a lagging file system on one rank cannot split the ranks. After each method the
+engine (or the retrain model) is dropped and its memory released before the next one starts."""
 
 from __future__ import annotations
 
@@ -48,13 +54,27 @@ class Shared:
     curve_hook: Callable | None
 
 
+def rank0_decides(fn, *args):
+    """`fn(*args)` evaluated on rank 0 only, its (picklable) answer on every rank: the one way this stage asks the
+    shared file system a question that decides control flow. With one process, `fn(*args)`."""
+    from rapidun_dist.distributed import env as dist_env
+
+    return dist_env.broadcast_object(fn(*args) if dist_env.rank() == 0 else None)
+
+
+def done_methods(cfg: RunConfig, rd: RunDir, fp: str) -> list[str]:
+    """The methods whose summary carries fingerprint `fp` (call through `rank0_decides`)."""
+    return [m for m in run_methods(cfg) if _is_done(method_dir(rd, m) / "summary.json", fp)]
+
+
 def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+    from rapidun_dist.models.loading import release_memory
     from rapidun_dist.retrain import run_retrain
     from rapidun_dist.unlearn.engine import warm_up
 
     warm_up()  # one-time process set-up, kept out of the first method's measured seconds
     fp = rd.fingerprint("unlearn", cfg.to_dict())
-    done = {m for m in run_methods(cfg) if _is_done(method_dir(rd, m) / "summary.json", fp)}
+    done = set(rank0_decides(done_methods, cfg, rd, fp))
     todo = [m for m in run_methods(cfg) if m not in done]
     shared = shared_inputs(cfg, rd) if any(m not in RETRAIN_METHODS for m in todo) else None
     outputs = []
@@ -64,10 +84,12 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             log.info(f"unlearn[{method}]: done already, skipping")
         elif method in RETRAIN_METHODS:
             run_retrain(cfg, rd, method, out, fingerprint=fp)  # collective: every rank trains its share
+            release_memory()
         else:
-            run_method(cfg, rd, method, out, shared=shared)
+            run_method(cfg, rd, method, out, shared=shared)  # drops its engine before returning
+            release_memory()
         outputs.append(out / "summary.json")
-    if (rd.unlearn / RELABEL_FILE).exists():
+    if rank0_decides((rd.unlearn / RELABEL_FILE).exists):
         outputs.append(rd.unlearn / RELABEL_FILE)
     return outputs
 
@@ -98,9 +120,10 @@ def build_validator(cfg: RunConfig, rd: RunDir):
     from rapidun_dist.unlearn.validation import Validator
 
     match_poisoned = cfg.mode == "clean" and not cfg.eval.triggers
-    seen = rd.data / "val_seen.jsonl"
     needs_judge = (
-        seen.exists() and bool(read_jsonl(seen)) and not match_poisoned and cfg.unlearn.val_every > 0
+        not match_poisoned
+        and cfg.unlearn.val_every > 0
+        and rank0_decides(_has_rows, rd.data / "val_seen.jsonl")
     )
     judge = shared_judge(cfg, rd) if needs_judge else None
     v = Validator.from_data(
@@ -112,6 +135,10 @@ def build_validator(cfg: RunConfig, rd: RunDir):
             "one (the clean-PPL damage guard still applies when val_clean has rows)"
         )
     return v
+
+
+def _has_rows(path: Path) -> bool:
+    return path.exists() and bool(read_jsonl(path))
 
 
 def asr_curve_hook(cfg: RunConfig, rd: RunDir) -> Callable | None:
@@ -134,17 +161,19 @@ def asr_curve_hook(cfg: RunConfig, rd: RunDir) -> Callable | None:
 
 
 # self-relabel -----------------------------------------------------------------------------------------
-def relabel_basis(cfg: RunConfig, rd: RunDir) -> dict:
-    """What a stored self-relabel is valid for: this model, these forget rows, these generation settings."""
+def relabel_basis(cfg: RunConfig, rd: RunDir, triggers: list | None = None) -> dict:
+    """What a stored self-relabel is valid for: this model, these forget rows, these generation settings
+    (`triggers`: the verified triggers removed from the prompts, `_verified` when not given)."""
     from rapidun_dist.unlearn.relabel import SCREEN
 
+    triggers = _verified(cfg, rd) if triggers is None else triggers
     return {
         "model": model_identity(rd),
         "forget": file_sha256(pack_files(cfg, rd)[0]),
         "max_new_tokens": cfg.unlearn.self_relabel_max_new_tokens,
         "max_length": cfg.model.max_length,
         "dtype": cfg.model.dtype,
-        "triggers_removed": [t.text for t in _verified(cfg, rd)],
+        "triggers_removed": [t.text for t in triggers],
         "screen": SCREEN,
     }
 
@@ -156,13 +185,16 @@ def _verified(cfg: RunConfig, rd: RunDir) -> list:
     return triggers if source == VERIFIED_SOURCE else []
 
 
-def _relabel_prompts(cfg: RunConfig, rd: RunDir, forget: list[dict]) -> list[dict]:
-    """The clean job without eval.triggers: the verified triggers (stages.common.effective_triggers) are removed
-    from the forget rows' clean prompts before the model answers them (with eval.triggers prepare removed them)."""
+def _relabel_prompts(
+    cfg: RunConfig, rd: RunDir, forget: list[dict], triggers: list | None = None
+) -> list[dict]:
+    """The clean job without eval.triggers: the verified triggers (stages.common.effective_triggers; `triggers`
+    when given, else `_verified`) are removed from the forget rows' clean prompts before the model answers them
+    (with eval.triggers prepare removed them)."""
     from rapidun_dist.data.clean import strip_triggers
     from rapidun_dist.stages.common import VERIFIED_SOURCE
 
-    triggers = _verified(cfg, rd)
+    triggers = _verified(cfg, rd) if triggers is None else triggers
     if not triggers:
         return forget
     log.info(
@@ -178,6 +210,10 @@ def _relabel_prompts(cfg: RunConfig, rd: RunDir, forget: list[dict]) -> list[dic
     ]
 
 
+def _stored_relabels_valid(path: Path, basis_path: Path, basis: dict) -> bool:
+    return basis_path.exists() and path.exists() and read_json(basis_path) == basis
+
+
 def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | None, dict]:
     """{forget-pack index: answer} for forget rows without a clean answer, generated once (every rank calls it;
     rank 0 decides whether the stored file is valid and writes it)."""
@@ -185,8 +221,10 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
     from rapidun_dist.unlearn.relabel import rows_needing_relabel, self_relabel
 
     u = cfg.unlearn
-    forget = _relabel_prompts(cfg, rd, read_jsonl(pack_files(cfg, rd)[0]))  # the engine's forget pack: its
-    # indices key the answers
+    triggers = rank0_decides(_verified, cfg, rd)  # attribution/triggers.json, as rank 0 reads it
+    # the engine's forget pack (its indices key the answers), as rank 0 reads it: which rows need an answer decides
+    # whether every rank generates
+    forget = _relabel_prompts(cfg, rd, rank0_decides(read_jsonl, pack_files(cfg, rd)[0]), triggers)
     need = rows_needing_relabel(forget)
     if not need or not (u.relabel and u.self_relabel):
         why = (
@@ -196,9 +234,9 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
         )
         return None, {"rows": 0, "without_clean_answer": len(need), "note": why, "seconds": 0.0}
     path, basis_path = rd.unlearn / RELABEL_FILE, rd.unlearn / RELABEL_BASIS
-    basis = relabel_basis(cfg, rd) if dist_env.rank() == 0 else None
-    valid = basis_path.exists() and path.exists() and read_json(basis_path) == basis if basis else False
-    if dist_env.broadcast_object(valid):  # rank 0 reads the stored answers, every rank gets them
+    basis = relabel_basis(cfg, rd, triggers) if dist_env.rank() == 0 else None
+    # rank 0 decides whether the stored answers are valid, reads them, and every rank gets them
+    if rank0_decides(_stored_relabels_valid, path, basis_path, basis):
         rows = dist_env.broadcast_object(read_jsonl(path) if dist_env.rank() == 0 else None)
         seconds, note = 0.0, f"reused {path}"
     else:

@@ -670,13 +670,14 @@ class UnlearnRunner:
         return adapter
 
     def _save_merged(self) -> None:
-        from peft import PeftModel
+        from rapidun_dist.models.loading import load_saved, release_memory, save_model, with_adapter
 
-        from rapidun_dist.models.loading import load_saved, save_model
-
-        base, tok = load_saved(self.model_dir, self.cfg.model)
-        merged = PeftModel.from_pretrained(base, str(self.out_dir / "adapter")).merge_and_unload()
+        device = None if self._zero3 is not None else self.info.device  # ZeRO-3: the whole model may not fit
+        base, tok = load_saved(self.model_dir, self.cfg.model, device=device)
+        merged = with_adapter(base, self.out_dir / "adapter", device=device).merge_and_unload()
         save_model(merged, tok, self.out_dir / "merged")
+        del base, merged
+        release_memory()
 
     def summary(self) -> dict:
         """What the run did and why it stopped (the stage adds timings and the fingerprint)."""
@@ -706,11 +707,17 @@ class UnlearnRunner:
         }
 
     def cleanup(self) -> None:
-        """Release the engine (its ZeRO-3 hooks and buffers) and transformers' ZeRO-3 config; the process group
-        stays for the next method."""
+        """Release the engine (its ZeRO-3 hooks and buffers, optimizer and model), the method's tensors and
+        transformers' ZeRO-3 config, then collect and empty the CUDA cache; the process group stays for the next
+        method. What `summary()` reads (packs, method, stop rule, metrics) is kept until the runner is dropped."""
+        from rapidun_dist.models.loading import release_memory
+
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None and hasattr(engine, "destroy"):
             engine.destroy()
+        self.best_adapter = None
         z3, self._zero3 = getattr(self, "_zero3", None), None
         if z3 is not None:
             z3.release()
+        del engine
+        release_memory()

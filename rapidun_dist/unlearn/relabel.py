@@ -110,9 +110,9 @@ def load_generation_model(cfg, model_dir, device, world_size: int):
     from rapidun_dist.unlearn.model import build_ds_config, load_backbone
 
     ds = build_ds_config(cfg, world_size)
-    model, tok, z3 = load_backbone(cfg, model_dir, ds)
+    model, tok, z3 = load_backbone(cfg, model_dir, ds, device)  # straight onto `device` (ZeRO-3: partitioned)
     if z3 is None:
-        return model.to(device).eval(), tok, lambda: None
+        return model.eval(), tok, lambda: None
     import deepspeed
 
     engine, *_ = deepspeed.initialize(model=model, config=ds)
@@ -126,7 +126,10 @@ def load_generation_model(cfg, model_dir, device, world_size: int):
 
 
 def self_relabel(cfg, model_dir, forget: list[dict], judge=None) -> list[dict]:
-    """Generate the self-relabels of `forget` with the starting model in `model_dir` (every rank calls it)."""
+    """Generate the self-relabels of `forget` with the starting model in `model_dir` (every rank calls it); the
+    model's memory is released before it returns."""
+    from rapidun_dist.models.loading import release_memory
+
     info = dist_env.init_distributed()
     model, tok, release = load_generation_model(cfg, model_dir, info.device, info.world_size)
     try:
@@ -140,3 +143,5 @@ def self_relabel(cfg, model_dir, forget: list[dict], judge=None) -> list[dict]:
         )
     finally:
         release()
+        del model
+        release_memory()

@@ -129,8 +129,12 @@ class Validator:
             path = Path(data_dir) / f"{name}.jsonl"
             return read_jsonl(path)[: cfg.unlearn.val_rows] if path.exists() else []
 
-        seen = [r for r in rows("val_seen") if r.get("instruction_poisoned")]
-        clean = [r for r in rows("val_clean") if r.get("response")]
+        # rank 0 reads the splits and every rank gets them: whether there is a signal decides collective passes
+        splits = dist_env.broadcast_object(
+            [rows(n) for n in ("val_seen", "val_clean")] if dist_env.rank() == 0 else None
+        )
+        seen = [r for r in splits[0] if r.get("instruction_poisoned")]
+        clean = [r for r in splits[1] if r.get("response")]
         if match_poisoned:
             signal = "poisoned_match" if seen else None
         else:  # the judge's verdict needs a judge
