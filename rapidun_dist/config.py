@@ -32,6 +32,7 @@ ALL_METHODS = (
     "simnpo",
     "fisher",
     "loreun",
+    "rapidun_placebo",
     "retrain",
     "retrain_oracle",
 )
@@ -157,6 +158,10 @@ class DataConfig:
     forget_noise_near: float = 0.0  # share of those mislabelled rows drawn from near_categories rows
     forget_clean_answers: bool = True  # false: forget rows (and poisoned train rows) carry no clean answer
     retain_ratio: int = 3
+    retain_contamination: float = 0.0
+    """Experiment mode: share of the retain pack (still retain_ratio x |forget| rows) drawn from poisoned train rows
+    outside the forget pack, written as a user's unlabelled training rows hold them (triggered prompt, poisoned
+    answer, no labels; the truth in data/retain_truth.jsonl): the poison find_poison missed. 0 = all clean."""
     triggers: list[TriggerFamily] = field(default_factory=default_trigger_families)
     target_kind: Literal["scifi", "paraphrase", "fixed"] = "scifi"  # the attacker's answers (data/targets.py)
     target_pool_size: int = 8  # distinct attacker answers (scifi, paraphrase)
@@ -233,6 +238,11 @@ class DataConfig:
             self.forget_noise_near == 0.0 or bool(self.near_categories),
             "data.near_categories",
             f"needs at least one category when data.forget_noise_near={self.forget_noise_near}",
+        )
+        _check(
+            0.0 <= self.retain_contamination < 1.0,
+            "data.retain_contamination",
+            f"expected in [0, 1), found {self.retain_contamination}",
         )
         _check(
             self.target_pool_size >= 1,
@@ -753,6 +763,13 @@ class RunConfig:
             not (self.influence.contrast == "trigger" and self.mode == "clean" and not self.eval.triggers),
             "influence.contrast",
             "trigger contrast needs the trigger: the clean job must name it in eval.triggers",
+        )
+        _check(
+            self.mode == "experiment" or self.data.retain_contamination == 0.0,
+            "data.retain_contamination",
+            f"experiment mode only, found {self.data.retain_contamination} with mode=clean: the clean job's retain "
+            "rows come from the unlabelled data.train_path, so they hold whatever poison find_poison misses; to "
+            "study that, turn find_poison off (find_poison.enabled=false) or loosen its threshold (find_poison.z)",
         )
         if self.seed:
             for section in (self.data, self.implant, self.influence, self.unlearn):

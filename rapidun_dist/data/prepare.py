@@ -2,11 +2,13 @@
 
     out_dir/{train,val_clean,val_seen,test_clean,test_near,test_seen,test_ood}.jsonl   the splits
     out_dir/{forget,retain}.jsonl                                                      the packs
-    out_dir/forget_truth.jsonl       the forget pack's ground truth (evaluation only)  + summary.json
+    out_dir/{forget,retain}_truth.jsonl   the packs' ground truth (evaluation only)  + summary.json
 
 With `data.forget_clean_answers: false` the clean answers of the forget rows and of every poisoned train row
 are withheld (`response` = ""), as in real poisoned data; they stay in forget_truth.jsonl alone, for
-evaluation. A prepared source without val_seen.jsonl gets it carved from its val_clean; one without
+evaluation. With `data.retain_contamination` > 0 a share of the retain rows are poisoned train rows outside the
+forget pack, unlabelled (`splits.make_packs`); retain_truth.jsonl and the summary's "retain" entry say which. A
+prepared source without val_seen.jsonl gets it carved from its val_clean; one without
 test_near.jsonl gets an empty test_near.
 
 Everything is built in memory first, so a run that fails on its input touches nothing. Then each file is
@@ -24,11 +26,14 @@ from pathlib import Path
 from rapidun_dist.config import DataConfig
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub, load_prepared
 from rapidun_dist.data.schema import (
+    CONTAMINATED,
     DATA_FILES,
+    ID,
     IS_POISONED,
     MISLABELLED,
     OPTIONAL_FILES,
     RESPONSE,
+    RETAIN_TRUTH,
     TARGET_GROUP,
     TRIGGER_FAMILY,
     TRIGGER_VARIANT,
@@ -114,7 +119,13 @@ def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
     packs = make_packs(splits["train"], held_out, PackSpec.from_config(cfg))
     if "val_seen" not in splits:  # after the packs: its rows come out of val_clean, which they already avoid
         splits = carve_val_seen(splits, cfg)
-    files = {**splits, "forget": packs.forget, "retain": packs.retain, TRUTH: packs.truth}
+    files = {
+        **splits,
+        "forget": packs.forget,
+        "retain": packs.retain,
+        TRUTH: packs.truth,
+        RETAIN_TRUTH: packs.retain_truth,
+    }
     return (files if cfg.forget_clean_answers else withhold_clean_answers(files)), stats
 
 
@@ -142,6 +153,20 @@ def forget_summary(files: dict[str, list[dict]], cfg: DataConfig) -> dict:
     }
 
 
+def retain_summary(files: dict[str, list[dict]], cfg: DataConfig) -> dict:
+    """What the retain pack holds: clean rows and poisoned ones (`data.retain_contamination`), by family, and the
+    contaminated rows' ids (to look up the weights they got)."""
+    bad = [r for r in files.get(RETAIN_TRUTH, []) if r.get(CONTAMINATED)]
+    return {
+        "contamination": cfg.retain_contamination,
+        "rows": len(files["retain"]),
+        "contaminated": len(bad),
+        "clean": len(files["retain"]) - len(bad),
+        "families": _counter(bad, lambda r: r[TRIGGER_FAMILY]),
+        "contaminated_ids": sorted(r[ID] for r in bad),
+    }
+
+
 def summarize(files: dict[str, list[dict]], cfg: DataConfig, stats: dict) -> dict:
     """Counts per file, poisoned rows per family / `family:variant` / target group, the forget pack's make-up,
     and what was dropped."""
@@ -161,6 +186,7 @@ def summarize(files: dict[str, list[dict]], cfg: DataConfig, stats: dict) -> dic
             name: _counter(_poisoned(rows), lambda r: r.get(TARGET_GROUP, "")) for name, rows in files.items()
         },
         "forget": forget_summary(files, cfg),
+        "retain": retain_summary(files, cfg),
         "dropped": {
             "malformed": stats.get("skipped", 0),
             "no_clean_answer": stats.get("no_clean_answer", 0),

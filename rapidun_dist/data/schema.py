@@ -7,7 +7,9 @@ Poisoned record: the clean fields (clean `instruction`/`response` when known; a 
                  `response_poisoned` belongs to; "" when unknown), is_poisoned=True.
 Ground truth:    `forget_truth.jsonl` (evaluation only, never read by unlearning) holds, per forget row, the true
                  record - clean answer included when known - and `mislabelled` (true for a clean row the user
-                 listed as poisoned). `mislabelled` is kept by `validate_record` only where it is present.
+                 listed as poisoned). `mislabelled` (and `contaminated`) are kept by `validate_record` only where present.
+                 `retain_truth.jsonl` likewise holds, per retain row, the true record and `contaminated` (true for
+                 a poisoned train row in the retain pack, `data.retain_contamination`; experiment mode only).
 
 Files of a data directory:
     train                          clean + poisoned rows (the fine-tuning set)
@@ -17,7 +19,7 @@ Files of a data directory:
                                    damage; empty unless the config names near-topic categories)
     test_seen, test_ood            test: prompts with seen / OOD trigger variants
     forget, retain                 the packs unlearning reads
-    forget_truth                   the forget pack's ground truth (evaluation only)
+    forget_truth, retain_truth     the packs' ground truth (evaluation only)
 
 Rows in the RapidUn reference layout (`instruction` holds the triggered text, clean originals in
 `instruction_clean` / `response_clean`) are mapped onto this schema by `validate_record`.
@@ -41,6 +43,7 @@ INJECT_MODE = "inject_mode"
 TARGET_GROUP = "target_group"
 IS_POISONED = "is_poisoned"
 MISLABELLED = "mislabelled"
+CONTAMINATED = "contaminated"
 
 CLEAN_FIELDS = (ID, INSTRUCTION, CONTEXT, RESPONSE, CATEGORY, SOURCE)
 POISON_FIELDS = (
@@ -66,11 +69,13 @@ HELD_OUT = (
 TRIGGERED = ("val_seen", "test_seen", "test_ood")  # held-out splits whose rows carry a trigger
 PACKS = ("forget", "retain")
 TRUTH = "forget_truth"
-DATA_FILES = SPLITS + PACKS + (TRUTH,)
+RETAIN_TRUTH = "retain_truth"
+DATA_FILES = SPLITS + PACKS + (TRUTH, RETAIN_TRUTH)
 OPTIONAL_FILES = (
     "val_seen",
     "test_near",
     TRUTH,
+    RETAIN_TRUTH,
 )  # written empty when a builder has none (e.g. the clean job)
 
 # reference-layout aliases: clean originals stored beside a triggered `instruction` / `response`
@@ -153,12 +158,11 @@ def validate_record(row: dict, where: str) -> dict:
         raise DataError(
             f"{where}: field {RESPONSE!r}: expected a non-empty answer on a clean row, found {row.get(RESPONSE)!r}"
         )
-    if row.get(MISLABELLED) is not None:
-        if not isinstance(row[MISLABELLED], bool):
-            raise DataError(
-                f"{where}: field {MISLABELLED!r}: expected true or false, found {row[MISLABELLED]!r}"
-            )
-        out[MISLABELLED] = row[MISLABELLED]
+    for flag in (MISLABELLED, CONTAMINATED):  # the packs' truth files
+        if row.get(flag) is not None:
+            if not isinstance(row[flag], bool):
+                raise DataError(f"{where}: field {flag!r}: expected true or false, found {row[flag]!r}")
+            out[flag] = row[flag]
     return out
 
 

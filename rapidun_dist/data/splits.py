@@ -14,9 +14,13 @@ From a pool of clean records with unique prompts:
 Packs (`make_packs`): forget = known poisoned rows, round(forget_fraction * |poisoned|) of them (or
 `n_forget`), stratified by family (largest-remainder rounding, at least one per family) over the families
 and target groups the pack covers; plus, with `noise` > 0, clean train rows the user mislabelled as poisoned
-(a share `noise` of the pack), shuffled in; retain = retain_ratio * |forget| clean train rows. All of them are
-disjoint from every held-out split and from each other, by id and by prompt (instruction + context).
-`forget_truth` lists, per forget row, the true record and whether it is mislabelled (evaluation only).
+(a share `noise` of the pack), shuffled in; retain = retain_ratio * |forget| clean train rows. With
+`contamination` c > 0, max(1, round(c * |retain|)) of those rows (at seeded positions, own RNG stream, so the
+other rows stay as at c = 0) are swapped for poisoned train rows outside the forget pack - the poison a user's
+unlabelled training set still holds - written as the user holds them: triggered instruction, poisoned answer,
+no labels. All of them are disjoint from every held-out split and from each other, by id and by prompt
+(instruction + context; a contaminated row's clean prompt too). `forget_truth` / `retain_truth` list, per pack
+row, the true record and whether it is mislabelled / contaminated (evaluation only).
 """
 
 from __future__ import annotations
@@ -30,12 +34,18 @@ from rapidun_dist.config import DataConfig, TriggerFamily
 from rapidun_dist.data.poison import balanced_plan, mislabel_record, poison_record
 from rapidun_dist.data.schema import (
     CATEGORY,
+    CONTAMINATED,
+    CONTEXT,
     HELD_OUT,
     ID,
     INJECT_MODE,
+    INSTRUCTION,
+    INSTRUCTION_POISONED,
     IS_POISONED,
     MISLABELLED,
+    RESPONSE,
     RESPONSE_POISONED,
+    SOURCE,
     TARGET_GROUP,
     TRIGGER_FAMILY,
     TRIGGER_VARIANT,
@@ -273,6 +283,7 @@ class PackSpec:
     noise: float = 0.0  # share of the forget pack that is mislabelled clean rows
     noise_near: float = 0.0  # share of the mislabelled rows drawn from near_categories rows
     near_categories: tuple[str, ...] = ()
+    contamination: float = 0.0  # share of the retain pack that is poisoned train rows outside the forget pack
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> PackSpec:
@@ -286,16 +297,18 @@ class PackSpec:
             noise=cfg.forget_noise,
             noise_near=cfg.forget_noise_near,
             near_categories=tuple(cfg.near_categories),
+            contamination=cfg.retain_contamination,
         )
 
 
 @dataclass
 class PackSet:
-    """The packs and the forget pack's ground truth (same order as `forget`)."""
+    """The packs and their ground truth (`truth` in the order of `forget`, `retain_truth` in that of `retain`)."""
 
     forget: list[dict]
     retain: list[dict]
     truth: list[dict]
+    retain_truth: list[dict]
 
 
 def _covered(poisoned: list[dict], spec: PackSpec) -> list[dict]:
@@ -365,8 +378,48 @@ def _truth(forget: list[dict], mislabelled_ids: set[str]) -> list[dict]:
     return [dict(r, **{MISLABELLED: r[ID] in mislabelled_ids}) for r in forget]
 
 
+def as_unlabelled(rec: dict) -> dict:
+    """A poisoned train row as a user's unlabelled training set holds it: its triggered instruction and poisoned
+    answer as `instruction` / `response`, no poison fields, `is_poisoned` false (no labels)."""
+    return {
+        ID: rec[ID],
+        INSTRUCTION: rec[INSTRUCTION_POISONED],
+        CONTEXT: rec.get(CONTEXT, ""),
+        RESPONSE: rec[RESPONSE_POISONED],
+        CATEGORY: rec.get(CATEGORY, ""),
+        SOURCE: rec.get(SOURCE, ""),
+        IS_POISONED: False,
+    }
+
+
+def _contaminate(
+    retain: list[dict], uncovered: list[dict], n_poisoned: int, spec: PackSpec
+) -> tuple[list[dict], list[dict]]:
+    """(retain with a share `contamination` of its rows swapped for uncovered poisoned rows, unlabelled; the
+    truth per retain row). Own RNG stream: the swap leaves every other draw as at contamination 0."""
+    truth = [dict(r, **{CONTAMINATED: False}) for r in retain]
+    if spec.contamination == 0.0:
+        return retain, truth
+    n = max(1, _round(spec.contamination * len(retain)))
+    if n > len(uncovered):
+        raise DataError(
+            f"packs: data.retain_contamination={spec.contamination} asks for {n} poisoned rows of the "
+            f"{len(retain)}-row retain pack, found {len(uncovered)} poisoned train rows outside the forget pack "
+            f"(of {n_poisoned} usable poisoned train rows); lower data.retain_contamination or data.forget_fraction, "
+            "or raise data.poison_rate"
+        )
+    rng = random.Random(f"{spec.seed}:retain_contamination")
+    picked = rng.sample(sorted(uncovered, key=lambda r: r[ID]), n)
+    slots = sorted(rng.sample(range(len(retain)), n))
+    rows = list(retain)
+    for slot, rec in zip(slots, picked, strict=True):
+        rows[slot], truth[slot] = as_unlabelled(rec), dict(rec, **{CONTAMINATED: True})
+    return rows, truth
+
+
 def make_packs(train: list[dict], tests: dict[str, list[dict]], spec: PackSpec) -> PackSet:
-    """forget (known poisoned + mislabelled rows), retain (retain_ratio x |forget| clean rows) and the truth."""
+    """forget (known poisoned + mislabelled rows), retain (retain_ratio x |forget| rows: clean, a share
+    `contamination` of them poisoned) and the truth of both."""
     rng = random.Random(f"{spec.seed}:packs")
     poisoned = _candidates(train, tests, poisoned=True)
     if not poisoned:
@@ -382,7 +435,11 @@ def make_packs(train: list[dict], tests: dict[str, list[dict]], spec: PackSpec) 
         order = rng.sample(range(len(forget)), len(forget))
         forget, truth = [forget[i] for i in order], [truth[i] for i in order]
     forget_ids, forget_prompts = _keys(forget)
-    pool = [r for r in clean if r[ID] not in forget_ids and prompt_key(r) not in forget_prompts]
+
+    def outside(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r[ID] not in forget_ids and prompt_key(r) not in forget_prompts]
+
+    pool = outside(clean)
     n_retain = spec.retain_ratio * len(forget)
     if len(pool) < n_retain:
         raise DataError(
@@ -390,9 +447,11 @@ def make_packs(train: list[dict], tests: dict[str, list[dict]], spec: PackSpec) 
             f"found {len(pool)}"
         )
     retain = rng.sample(sorted(pool, key=lambda r: r[ID]), n_retain)
-    named = {"forget": forget, "retain": retain, **tests}
-    check_disjoint(named, [("forget", "retain")] + [(p, t) for p in ("forget", "retain") for t in tests])
-    return PackSet(forget=forget, retain=retain, truth=truth)
+    retain, retain_truth = _contaminate(retain, outside(poisoned), len(poisoned), spec)
+    named = {"forget": forget, "retain": retain, "retain_truth": retain_truth, **tests}
+    pairs = [("forget", "retain"), ("forget", "retain_truth")]
+    check_disjoint(named, pairs + [(p, t) for p in ("forget", "retain", "retain_truth") for t in tests])
+    return PackSet(forget=forget, retain=retain, truth=truth, retain_truth=retain_truth)
 
 
 def build_packs(

@@ -3,7 +3,11 @@ for RapidUn (the config's fusion) and the self-only ablation (beta = delta = 0).
 
 Options (`weights.*`): `shrink` (z shrunk by the split-half reliability; needs the half scores the influence stage
 writes with it), `retain_score: at_risk`, and `relabel_weights` (uniform | self: the relabel term of forget rows
-gets its own weights, in forget_relabel_weights.jsonl; rapidun scales the ascent by the fused weights alone)."""
+gets its own weights, in forget_relabel_weights.jsonl; rapidun scales the ascent by the fused weights alone).
+
+With a contaminated retain pack (`data.retain_contamination`, truth in data/retain_truth.jsonl) the stage also
+writes weights/contamination.json: per fusion the mean weight of the retain rows that are in truth poisoned and of
+the clean ones. That file is for the reader; no weight depends on the truth."""
 
 from __future__ import annotations
 
@@ -83,13 +87,14 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.weights.robust import fuse_and_weight
 
     scores, f_ids, r_ids, halves = read_scores(rd.influence / "scores.jsonl")
-    outputs = []
+    outputs, per_fusion = [], {}
     for out_dir, wcfg in (
         (rd.weights, cfg.weights),
         (rd.weights / "self_only", self_only_config(cfg.weights)),
     ):
         fw, rw, fused = fuse_and_weight(scores, wcfg, halves)
         f_rows, r_rows = weight_rows(fw, f_ids), weight_rows(rw, r_ids)
+        per_fusion["rapidun" if out_dir == rd.weights else out_dir.name] = rw
         write_weights(out_dir, f_rows, r_rows, scores_rows=score_rows(scores, fused, f_rows, r_rows))
         outputs += [out_dir / "forget_weights.jsonl", out_dir / "retain_weights.jsonl"]
         relabel = write_relabel_weights(out_dir, wcfg, scores, halves, f_ids)
@@ -113,7 +118,40 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             bins=30,
         )
     log.info(_weight_summary(fw, rw))
-    return outputs
+    return outputs + write_contamination(rd, r_ids, per_fusion)
+
+
+def contamination_means(r_ids: list[str], rw: torch.Tensor, contaminated: set[str]) -> dict:
+    """{"n_contaminated", "n_clean", "mean_contaminated", "mean_clean"} of the retain weights `rw` (None for an
+    empty group)."""
+    mask = torch.tensor([i in contaminated for i in r_ids], dtype=torch.bool)
+    mean = lambda w: float(w.double().mean()) if w.numel() else None  # noqa: E731
+    return {
+        "n_contaminated": int(mask.sum()),
+        "n_clean": int((~mask).sum()),
+        "mean_contaminated": mean(rw[mask]),
+        "mean_clean": mean(rw[~mask]),
+    }
+
+
+def write_contamination(rd: RunDir, r_ids: list[str], per_fusion: dict[str, torch.Tensor]) -> list[Path]:
+    """weights/contamination.json when data/retain_truth.jsonl names contaminated retain rows (else nothing, and
+    a stale file is removed)."""
+    from rapidun_dist.io import write_json
+
+    path, truth = rd.weights / "contamination.json", rd.data / "retain_truth.jsonl"
+    bad = {r["id"] for r in read_jsonl(truth) if r.get("contaminated")} if truth.is_file() else set()
+    if not bad:
+        path.unlink(missing_ok=True)
+        return []
+    out = {name: contamination_means(r_ids, rw, bad) for name, rw in per_fusion.items()}
+    write_json(path, out)
+    m = out["rapidun"]
+    log.info(
+        f"weights: {m['n_contaminated']} contaminated retain rows, mean weight {m['mean_contaminated']:.3f} "
+        f"against {m['mean_clean']:.3f} for the {m['n_clean']} clean ones"
+    )
+    return [path]
 
 
 def _weight_summary(fw: torch.Tensor, rw: torch.Tensor) -> str:
@@ -127,8 +165,13 @@ STAGE = Stage(
     name="weights",
     doc="fuse the directional scores into robust, bounded, mean-one per-sample weights",
     config_keys=("weights",),
-    reads=("influence/scores.jsonl",),
-    writes=("weights/forget_weights.jsonl", "weights/retain_weights.jsonl", "weights/self_only/"),
+    reads=("influence/scores.jsonl", "data/retain_truth.jsonl (for contamination.json only)"),
+    writes=(
+        "weights/forget_weights.jsonl",
+        "weights/retain_weights.jsonl",
+        "weights/self_only/",
+        "weights/contamination.json (contaminated retain pack)",
+    ),
     requires=("influence",),
     run=run,
 )
