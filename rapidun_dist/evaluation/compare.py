@@ -20,14 +20,25 @@ clipped to [0, 1] for rates and at 0 for PPL, ratios, seconds and speedups, mark
     neither-count, sampled ASR, relearn ASR, noisy-forget damage, ...; a proportion counts with its rate p)
 
 A run whose clean PPL ratio exceeds 1.5 has collapsed (DESIGN section 8): it is counted per method, and its
-speedup is left out. Writes into OUT:
+speedup is left out.
+
+Paired differences against `uniform` (the same objective without influence weights): within a label, for every
+other method and every main metric (ASR seen, ASR OOD, PPL ratio, judge FPR), d_s = method_s - uniform_s over the
+seeds s both have (paired on the report's seed, so uniform's runs may sit in other reports of the label), their
+mean, sd, n and 95% t interval (`stats.paired_differences`; not clipped). Seeds one of the two lacks are listed
+("only_method", "only_reference"); a seed a method has twice is left out of its pairs and listed under
+"repeated"; reports without a seed cannot be paired and are counted ("no_seed"). Writes into OUT:
 
     compare.json  {"format_version": 1, "reports": [{"path", "label", "seed"}], "metrics": [...],
                    "groups": {label: {"n_reports", "seeds",
                                       "methods": {method: {metric: {"mean", "lo", "hi", "sd", "n", "values"}}},
-                                      "collapsed": {method: runs collapsed}}}}
-    compare.md    per label a table of the main metrics and one of every metric; with several labels, the
-                  main metrics side by side per label
+                                      "collapsed": {method: runs collapsed},
+                                      "paired": {"reference": "uniform", "metrics": [...], "no_seed",
+                                                 "repeated": {method: [seeds]},
+                                                 "methods": {method: {metric: {"mean", "lo", "hi", "sd", "n",
+                                                   "seeds", "values", "only_method", "only_reference"}}}}}}}
+    compare.md    per label a table of the main metrics, the paired differences against uniform, and one of
+                  every metric; with several labels, the main metrics side by side per label
     pareto_<label>.png   per method its runs, its own Pareto curve through them, its mean +- 95% interval
     bars_<label>.png     ASR seen / OOD and PPL ratio per method with 95% t intervals over seeds
     pareto_all.png       with several labels: every method under every label in one Pareto plot
@@ -55,7 +66,7 @@ from rapidun_dist.evaluation.report import (
     rows,
     total_seconds,
 )
-from rapidun_dist.evaluation.stats import mean_interval
+from rapidun_dist.evaluation.stats import mean_interval, paired_differences
 from rapidun_dist.io import read_json, write_json, write_text
 from rapidun_dist.logging import get_logger
 
@@ -72,6 +83,8 @@ MAIN = (  # (metric, column, formatter kind) of the main table
     ("speedup_vs_retrain", "speedup vs retrain", "x"),
 )
 _KIND = {m: k for m, _, k in MAIN} | {"clean_ppl": "float", **{f"seconds.{s}": "s" for s in STAGES}}
+REFERENCE = "uniform"  # what paired differences are taken against
+PAIRED = ("asr_seen", "asr_ood", "ppl_ratio", "judge_fpr")  # the main table's rates and the PPL ratio
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -142,18 +155,33 @@ def entry_metrics(label: str, entry: dict, report: dict) -> dict[str, float]:
 
 
 def _collect(loaded: list[tuple[str, dict]]) -> dict[str, dict]:
-    """{label: {"values": {method: {metric: [values]}}, "collapsed": {method: count}, "seeds": [...]}}."""
+    """{label: {"values": {method: {metric: [values]}}, "by_seed": {method: {metric: {seed: [values]}}},
+    "collapsed": {method: count}, "seeds": [...], "no_seed": reports without one}}."""
     groups: dict[str, dict] = {}
     for label, report in loaded:
         g = groups.setdefault(
-            label, {"values": {}, "collapsed": {}, "seeds": [], "n_reports": 0, "rates": set()}
+            label,
+            {
+                "values": {},
+                "by_seed": {},
+                "collapsed": {},
+                "seeds": [],
+                "n_reports": 0,
+                "rates": set(),
+                "no_seed": 0,
+            },
         )
         g["n_reports"] += 1
-        g["seeds"].append(report_seed(report))
+        seed = report_seed(report)
+        g["seeds"].append(seed)
+        g["no_seed"] += seed is None
         for method, entry in rows(report):
             per = g["values"].setdefault(method, {})
+            by_seed = g["by_seed"].setdefault(method, {})
             for metric, v in entry_metrics(method, entry, report).items():
                 per.setdefault(metric, []).append(v)
+                if seed is not None:
+                    by_seed.setdefault(metric, {}).setdefault(str(seed), []).append(v)
             g["rates"] |= rate_metrics(entry)
             if method in (report.get("collapsed") or {}):
                 g["collapsed"][method] = g["collapsed"].get(method, 0) + 1
@@ -177,6 +205,44 @@ def _summarise(group: dict) -> dict[str, dict[str, dict]]:
             for metric, vs in metrics.items()
         }
         for method, metrics in group["values"].items()
+    }
+
+
+def repeated_seeds(group: dict) -> dict[str, list[str]]:
+    """{method: seeds it has more than once} (not `before`, which every report of a seed split over several
+    reports carries)."""
+    out = {}
+    for method, per in group["by_seed"].items():
+        seeds = {s for by_seed in per.values() for s, vs in by_seed.items() if len(vs) > 1}
+        if seeds and method != "before":
+            out[method] = sorted(seeds)
+    return out
+
+
+def _paired(group: dict) -> dict:
+    """Per method (not before, not the reference) and PAIRED metric: `stats.paired_differences` against uniform on
+    the seeds both have, each once (module docstring)."""
+    repeated = repeated_seeds(group)
+
+    def once(method: str, metric: str) -> dict[str, float]:
+        by_seed = group["by_seed"].get(method, {}).get(metric, {})
+        return {s: vs[0] for s, vs in by_seed.items() if len(vs) == 1}
+
+    methods: dict[str, dict] = {}
+    for method in group["values"] if REFERENCE in group["values"] else ():
+        if method in ("before", REFERENCE):
+            continue
+        has = lambda m, metric: metric in group["by_seed"].get(m, {})  # noqa: E731
+        methods[method] = {}
+        for metric in (m for m in PAIRED if has(method, m) or has(REFERENCE, m)):
+            d = paired_differences(once(method, metric), once(REFERENCE, metric))
+            methods[method][metric] = d | {"only_method": d.pop("only_a"), "only_reference": d.pop("only_b")}
+    return {
+        "reference": REFERENCE,
+        "metrics": list(PAIRED),
+        "no_seed": group["no_seed"],
+        "repeated": repeated,
+        "methods": methods,
     }
 
 
@@ -213,6 +279,50 @@ def _main_table(group: dict) -> list[str]:
         n = max((s["n"] for s in per.values()), default=0)
         body.append([f"**{method}**" if group["collapsed"].get(method) else method, *cells, str(n)])
     return md.table(header, body)
+
+
+def _diff_cell(d: dict | None, metric: str) -> str:
+    """ "-12.3 pp [-20.1, -4.5]" (rates, percentage points) or "+0.012 [-0.003, 0.027]"; n = 1: "(n=1)"."""
+    if not d or d["n"] == 0:
+        return md.MISSING
+    f = (lambda v: f"{100 * v:+.1f}") if metric in RATES else (lambda v: f"{v:+.3f}")
+    unit = " pp" if metric in RATES else ""
+    if d["n"] < 2:
+        return f"{f(d['mean'])}{unit} (n=1)"
+    return f"{f(d['mean'])}{unit} [{f(d['lo'])}, {f(d['hi'])}]"
+
+
+def _lacking(per: dict, method: str) -> str:
+    """The seeds one side of the pairs lacks, over the paired metrics: "uniform lacks 3; rapidun lacks 1, 2"."""
+    no_ref = sorted({s for d in per.values() for s in d["only_method"]})
+    no_method = sorted({s for d in per.values() for s in d["only_reference"]})
+    parts = [f"{REFERENCE} lacks {', '.join(no_ref)}"] if no_ref else []
+    parts += [f"{method} lacks {', '.join(no_method)}"] if no_method else []
+    return md.cell("; ".join(parts), 120) if parts else "none"
+
+
+def _paired_table(paired: dict) -> list[str]:
+    if not paired["methods"]:
+        return [f"No `{REFERENCE}` runs in this protocol: no paired differences.", ""]
+    cols = {m: col for m, col, _ in MAIN} | {"ppl_ratio": "PPL ratio"}
+    header = ["method", *(f"{cols[m]} - {REFERENCE}" for m in PAIRED), "pairs", "seeds lacking"]
+    body = [
+        [method, *(_diff_cell(per.get(m), m) for m in PAIRED), str(max((d["n"] for d in per.values()), default=0)),
+         _lacking(per, method)]
+        for method, per in paired["methods"].items()
+    ]  # fmt: skip
+    notes = [
+        f"{k}: seeds {', '.join(v)} found twice, left out of the pairs" for k, v in paired["repeated"].items()
+    ]
+    notes += [f"{paired['no_seed']} report(s) without a seed, left out"] if paired["no_seed"] else []
+    return [
+        f"Paired by seed, method minus `{REFERENCE}`: mean [95% t interval] over the seeds both have (rates in "
+        "percentage points).",
+        "",
+        *md.table(header, body),
+        "",
+        *([f"Left out: {'; '.join(notes)}.", ""] if notes else []),
+    ]
 
 
 def _all_metrics_table(group: dict, metrics: list[str]) -> list[str]:
@@ -256,7 +366,12 @@ def render_markdown(result: dict, plot_names: dict[str, list[str]], cross_plots:
     for label, group in groups.items():
         seeds = ", ".join("?" if s is None else str(s) for s in group["seeds"])
         lines += [f"## Protocol: {md.cell(label, 80)}", "", f"Runs: {group['n_reports']} (seeds {seeds})", ""]
-        lines += [*_main_table(group), "", *_plot_lines(plot_names.get(label, []))]
+        lines += [
+            *_main_table(group),
+            "",
+            *_paired_table(group["paired"]),
+            *_plot_lines(plot_names.get(label, [])),
+        ]
         lines += ["<details><summary>every metric</summary>", "", *_all_metrics_table(group, result["metrics"]), "",
                   "</details>", ""]  # fmt: skip
     lines += ["## Reports", "", *md.table(["label", "seed", "report"], [[md.cell(r["label"], 60), str(r["seed"]), f"`{r['path']}`"] for r in result["reports"]])]  # fmt: skip
@@ -344,17 +459,18 @@ def compare_reports(
     given = list(labels) if labels is not None else [None] * len(paths)
     loaded = [(protocol_label(r, g), r) for r, g in zip(reports, given, strict=True)]
     groups = _collect(loaded)
-    for lab, g in groups.items():
-        seeds = [x for x in g["seeds"] if x is not None]
-        if len(set(map(str, seeds))) < len(seeds):
+    for lab, g in groups.items():  # a seed may be split over reports (rapidun in one, uniform in another)
+        for method, seeds in repeated_seeds(g).items():
             get_logger("rapidun.eval").warning(
-                f"compare: protocol {lab!r} has repeated seeds {seeds}; same run twice?"
+                f"compare: protocol {lab!r}: {method} has seeds {seeds} more than once (same run twice?); "
+                "they are left out of its paired differences"
             )
     result = {
         "format_version": FORMAT_VERSION,
         "reports": [{"path": str(p), "label": lab, "seed": report_seed(r)} for p, (lab, r) in zip(paths, loaded, strict=True)],
         "groups": {
-            lab: {"n_reports": g["n_reports"], "seeds": g["seeds"], "methods": _summarise(g), "collapsed": g["collapsed"]}
+            lab: {"n_reports": g["n_reports"], "seeds": g["seeds"], "methods": _summarise(g), "collapsed": g["collapsed"],
+                  "paired": _paired(g)}
             for lab, g in groups.items()
         },
     }  # fmt: skip

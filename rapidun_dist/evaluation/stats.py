@@ -12,12 +12,16 @@ Student t quantile computed from its CDF, F(t) = 1 - I_{v / (v + t^2)}(v / 2, 1 
 regularized incomplete beta function, evaluated by its continued fraction), inverted by bisection. Or the
 percentile bootstrap: the a/2 and 1 - a/2 quantiles of the means of `n_boot` resamples (seeded). With one
 value there is no spread to estimate: lo = hi = the value, sd = 0.
+
+Paired differences (`paired_differences`): for two methods measured on the same seeds, d_s = a_s - b_s over the
+seeds both have, then the t interval above on d_1..d_n (the seed-to-seed variation both share cancels). Seeds only
+one side has are listed, not used.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -157,3 +161,18 @@ def mean_interval(
         means = np.random.default_rng(seed).choice(x, size=(n_boot, x.size), replace=True).mean(axis=1)
         out["lo"], out["hi"] = (float(q) for q in np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0]))
     return out
+
+
+def paired_differences(a: Mapping[str, float], b: Mapping[str, float], *, confidence: float = 0.95) -> dict:
+    """a[s] - b[s] over the seeds s both have (in a's order): `mean_interval` of the differences (t) plus "seeds",
+    "values", and "only_a" / "only_b", the seeds one side lacks. No common seed: n = 0 and mean, lo, hi, sd None."""
+    seeds = [s for s in a if s in b]
+    out = {
+        "seeds": seeds,
+        "values": [float(a[s]) - float(b[s]) for s in seeds],
+        "only_a": [s for s in a if s not in b],
+        "only_b": [s for s in b if s not in a],
+    }
+    if not seeds:
+        return {"mean": None, "n": 0, "lo": None, "hi": None, "sd": None, "method": "t"} | out
+    return mean_interval(out["values"], confidence=confidence) | out
