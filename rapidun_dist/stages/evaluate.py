@@ -154,6 +154,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.evaluation.report import write_report
     from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.unlearn.methods import METHODS
 
     info = dist_env.init_distributed(config=cfg.distributed)
     if info.rank == 0:
@@ -189,7 +190,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             report[method] = against_before(entry, report["before"])
             continue
         model = _with_adapter(cfg, rd, out / "adapter", info.device)
-        uses_influence = method in ("rapidun", "self_only")
+        uses_influence = METHODS[method].uses_influence  # rapidun, self_only, rapidun_placebo
         secs = {
             "influence": infl_s if uses_influence else 0.0,
             "weights": weights_s if uses_influence else 0.0,

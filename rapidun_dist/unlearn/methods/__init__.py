@@ -14,14 +14,14 @@ from rapidun_dist.unlearn.methods.graddiff import GradDiff
 from rapidun_dist.unlearn.methods.loreun import LoReUn
 from rapidun_dist.unlearn.methods.npo import NPO
 from rapidun_dist.unlearn.methods.rapidun import RapidUn
+from rapidun_dist.unlearn.methods.rapidun_placebo import RapidUnPlacebo
 from rapidun_dist.unlearn.methods.relabel_only import RelabelOnly
 from rapidun_dist.unlearn.methods.self_only import SelfOnly
 from rapidun_dist.unlearn.methods.simnpo import SimNPO
 from rapidun_dist.unlearn.methods.uniform import Uniform
 
-METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (RapidUn, Uniform, SelfOnly, GA, RelabelOnly, GradDiff, NPO, SimNPO, Fisher, LoReUn)
-}
+_ALL = (RapidUn, Uniform, SelfOnly, GA, RelabelOnly, GradDiff, NPO, SimNPO, Fisher, LoReUn, RapidUnPlacebo)
+METHODS: dict[str, type[Method]] = {m.name: m for m in _ALL}
 TRAINING_BASELINES = ("retrain", "retrain_oracle")
 __all__ = ["METHODS", "BatchShape", "ForgetTerms", "Method", "MethodContext", "build_method", "method_class"]
 
