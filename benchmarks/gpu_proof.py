@@ -5,8 +5,8 @@
     python benchmarks/gpu_proof.py summary --out OUT --seconds S --status setup=pass,kernels=timeout,...
 
 Each section writes OUT/<section>.json as it goes and exits 0 when every check passed. The package is the
-installed one (gpu_proof.sh installs it, not editable, into a target folder on PYTHONPATH): this folder is
-sys.path[0] for the sibling modules, the checkout itself is never on the path.
+installed one (gpu_proof.sh installs it, not editable, into a target folder on PYTHONPATH); the sibling
+modules are found because Python puts a script's own folder first on the path; the checkout is never on it.
 """
 
 from __future__ import annotations

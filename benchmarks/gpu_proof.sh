@@ -110,6 +110,7 @@ if [ "$DRY" = 1 ]; then
   export TORCH_EXTENSIONS_DIR=$WORK/torch_extensions
   make_image >>"$LOG" 2>&1 || { log "could not build the dry run's image venv"; exit 1; }
   PY=$WORK/venv/bin/python
+  export PATH="$PATH:$REPO/.venv/bin" # ninja for the JIT build, where the system has none (the image has one)
 else
   PY=${PYTHON:-python3}
 fi

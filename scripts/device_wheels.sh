@@ -4,8 +4,9 @@
 # pydantic needs). The GPU machine has no network: benchmarks/gpu_proof.sh installs from this folder, which
 # the device command carries (the device tool's `carry: [".whl"]`).
 #
-#   bash scripts/device_wheels.sh            # writes .whl/ (git-ignored), ~6 MB
+#   bash scripts/device_wheels.sh            # writes .whl/ (git-ignored, 7 MB); nothing to do when it is up to date
 #   bash scripts/device_wheels.sh DIR        # another folder
+#   FORCE=1 bash scripts/device_wheels.sh    # rebuild anyway
 #
 # DeepSpeed is an sdist: `pip wheel` builds it here into a pure-Python wheel (DS_BUILD_OPS=0, its ops
 # JIT-compile on first use). pydantic_core is the one binary: one wheel for the device's CPython 3.12 and one
@@ -23,6 +24,13 @@ PURE=(hjson==3.1.0 pydantic==2.14.4 annotated_types==0.8.0 typing_inspection==0.
 CORE=pydantic_core==2.50.5 # the version pydantic 2.14.4 pins
 MAX_MB=10
 
+WANT=$(printf '%s\n' deepspeed==0.19.8 "${PURE[@]}" "$CORE")
+HERE_TAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+if [ "${FORCE:-0}" != 1 ] && [ "$(cat "$DEST/requirements.txt" 2>/dev/null)" = "$WANT" ] &&
+  ls "$DEST"/deepspeed-0.19.8-py3-none-any.whl "$DEST"/pydantic_core-*-{cp312,"$HERE_TAG"}-*.whl >/dev/null 2>&1; then
+  echo "device_wheels: $DEST is up to date ($(du -sh "$DEST" | cut -f1))"
+  exit 0
+fi
 TMP=$(mktemp -d "${DEST%/}.tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 PIP=("$PY" -m pip --disable-pip-version-check)
@@ -36,7 +44,7 @@ for pyv in $(printf '%s\n' "$DEVICE_PY" "$HERE_PY" | sort -u); do
 done
 
 # One line per distribution: gpu_proof.sh installs `-r requirements.txt --find-links .whl`, by name.
-printf '%s\n' deepspeed==0.19.8 "${PURE[@]}" "$CORE" >"$TMP/requirements.txt"
+echo "$WANT" >"$TMP/requirements.txt"
 [ -f "$TMP/deepspeed-0.19.8-py3-none-any.whl" ] || {
   echo "device_wheels: the deepspeed wheel is not pure Python: $(ls "$TMP")" >&2
   exit 1
