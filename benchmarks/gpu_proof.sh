@@ -93,10 +93,13 @@ install_and_gate() {
   "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("deepspeed") is not None)'
   had_ds=$?
   [ -f "$WHL/requirements.txt" ] || { echo "no $WHL/requirements.txt: run bash scripts/device_wheels.sh" >&2; return 1; }
-  # the checkout (not editable, no dependencies, built with the image's setuptools) and the wheels, by name:
-  # pip picks the pydantic_core wheel whose tags match this Python
+  # the checkout (not editable, no dependencies, built with the image's setuptools from a copy of its sources, so
+  # no stale build/ of the checkout leaks in and nothing is written there) and the wheels, by name: pip picks the
+  # pydantic_core wheel whose tags match this Python
+  mkdir -p "$WORK/src" && cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/rapidun_dist" "$WORK/src/" || return 1
   "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
-    --disable-pip-version-check --target "$SITE" --find-links "$WHL" -r "$WHL/requirements.txt" "$REPO" || return 1
+    --disable-pip-version-check --target "$SITE" --find-links "$WHL" -r "$WHL/requirements.txt" "$WORK/src" ||
+    return 1
   (cd "$WORK" && "$PY" "$REPO/benchmarks/gpu_proof.py" gate --out "$OUT" --site "$SITE" \
     --image-had-deepspeed "$had_ds" ${DRY_FLAG})
 }
