@@ -39,13 +39,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from rapidun_dist.config import InfluenceConfig  # noqa: E402
-from rapidun_dist.influence import features  # noqa: E402
-from rapidun_dist.influence.hooks import HookProjector  # noqa: E402
-from rapidun_dist.kernels import (  # noqa: E402
+from rapidun_dist.config import InfluenceConfig
+from rapidun_dist.influence import features
+from rapidun_dist.influence.hooks import HookProjector
+from rapidun_dist.kernels import (
     TokenLayout,
     cosine_topk,
     cosine_topk_reference,

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # configs/ of the checkout; the package is the installed one
 TINY = [
     "data.n_synthetic=600",
     "data.n_val=20",
@@ -52,11 +51,13 @@ class Watch:
 
     def __init__(self, device: torch.device):
         self.device, self.calls, self.violations, self.dtypes = device, 0, [], set()
+        self.adapter_dtypes: set[str] = (
+            set()
+        )  # PEFT keeps LoRA weights in fp32 on a bf16 model (autocast_adapter_dtype)
 
     def watch(self, model):
         for name, module in model.named_modules():
             module.register_forward_pre_hook(self._hook(name or "model"), with_kwargs=True)
-        self.dtypes |= {str(p.dtype) for p in model.parameters()}
         return model
 
     def _hook(self, name):
@@ -65,7 +66,10 @@ class Watch:
             flat = [a for a in args if torch.is_tensor(a)] + [
                 v for v in kwargs.values() if torch.is_tensor(v)
             ]
-            flat += list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+            params = list(module.parameters(recurse=False))
+            seen = self.adapter_dtypes if "lora_" in name else self.dtypes
+            seen |= {str(p.dtype) for p in params}  # the weights that run, not those a loader returned
+            flat += params + list(module.buffers(recurse=False))
             for t in flat:
                 if not _same_device(t.device, self.device) and len(self.violations) < 20:
                     self.violations.append(f"{name}: {tuple(t.shape)} on {t.device}")
@@ -203,7 +207,10 @@ def _implant(cfg, rd, device, have_ds: bool) -> dict:
         return {"skipped": True, "ok": False, "why": "deepspeed is not installed: implant not run"}
     run_stage(cfg, rd, "implant")
     stats = read_json(rd.model / "train_stats.json")
-    return {"losses": stats["losses"], "steps": stats["steps"]}
+    want = "bfloat16" if device.type == "cuda" else "float32"  # model.dtype auto
+    if stats["param_dtypes"] != [want]:
+        raise AssertionError(f"implant trained {stats['param_dtypes']}, expected [{want!r}] on {device}")
+    return {"losses": stats["losses"], "steps": stats["steps"], "trained_dtypes": stats["param_dtypes"]}
 
 
 def _influence(cfg, rd) -> dict:

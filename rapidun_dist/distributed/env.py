@@ -334,10 +334,15 @@ def ensure_process_group(info: DistInfo) -> None:
         return
     if info.world_size > 1:
         raise RuntimeError("ensure_process_group: call init_distributed first (world size > 1)")
-    port = free_port()
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_PORT" in os.environ:
+        # torchrun, also with one process: its agent serves the store at MASTER_ADDR:MASTER_PORT and the workers
+        # join it as clients; on a port of our own a client would find no server and retry for 30 minutes
+        addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
+    else:
+        addr, port = "127.0.0.1", free_port()
+        os.environ.update({"MASTER_ADDR": addr, "MASTER_PORT": str(port)})
     backend = "nccl" if info.device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
+    dist.init_process_group(backend=backend, rank=0, world_size=1, init_method=f"tcp://{addr}:{port}")
 
 
 # ---------------------------------------------------------------------------------------------------

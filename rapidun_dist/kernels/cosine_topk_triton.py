@@ -70,15 +70,14 @@ def _tile_cosines(q_ptr, c_ptr, rows, cols, r_mask, c_mask, K, stride_q, stride_
                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                   UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    # int64 row offsets: row * stride passes 2^31 from row 9,363 at K = 229,376 (Llama-3-8B, k_in = k_out = 32)
+    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
+    c_rows = c_ptr + cols.to(tl.int64)[:, None] * stride_c
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_mask = kk < K
-        a = tl.load(
-            q_ptr + rows[:, None] * stride_q + kk[None, :], mask=r_mask[:, None] & k_mask[None, :], other=0.0
-        )
-        b = tl.load(
-            c_ptr + cols[:, None] * stride_c + kk[None, :], mask=c_mask[:, None] & k_mask[None, :], other=0.0
-        )
+        a = tl.load(q_rows + kk[None, :], mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(c_rows + kk[None, :], mask=c_mask[:, None] & k_mask[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)

@@ -42,18 +42,17 @@ FIXUP_BLOCK = 1024
 def _project_tile(g_ptr, p_ptr, rows, t_mask, ko, k_out, d, stride_g, stride_p,
                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KO: tl.constexpr,
                   UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """[BLOCK_T, BLOCK_KO] fp32 = G[rows] @ P^T, over d in chunks of BLOCK_D."""
+    """[BLOCK_T, BLOCK_KO] fp32 = G[rows] @ P^T, over d in chunks of BLOCK_D (int64 row offsets: R x d of a
+    long batch at d = 14,336 passes 2^31)."""
     acc = tl.zeros((BLOCK_T, BLOCK_KO), dtype=tl.float32)
     ko_mask = ko < k_out
+    g_rows = g_ptr + rows.to(tl.int64)[:, None] * stride_g
+    p_rows = p_ptr + ko.to(tl.int64)[:, None] * stride_p
     for d0 in range(0, d, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         d_mask = dd < d
-        a = tl.load(
-            g_ptr + rows[:, None] * stride_g + dd[None, :], mask=t_mask[:, None] & d_mask[None, :], other=0.0
-        )
-        p = tl.load(
-            p_ptr + ko[:, None] * stride_p + dd[None, :], mask=ko_mask[:, None] & d_mask[None, :], other=0.0
-        )
+        a = tl.load(g_rows + dd[None, :], mask=t_mask[:, None] & d_mask[None, :], other=0.0)
+        p = tl.load(p_rows + dd[None, :], mask=ko_mask[:, None] & d_mask[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             p = p.to(tl.float32)
@@ -101,7 +100,7 @@ def _outer_sums_kernel(g_ptr, rows_ptr, sample_ptr, offsets_ptr, v_ptr, p_ptr, o
         inv = tl.where(ss > 0, 1.0 / tl.sqrt(tl.where(ss > 0, ss, 1.0)), 0.0)
         u = (u * inv[:, None]).to(DOT_DTYPE)
         v = tl.load(
-            v_ptr + t[:, None] * stride_v + ki[None, :],
+            v_ptr + t.to(tl.int64)[:, None] * stride_v + ki[None, :],
             mask=t_mask[:, None] & (ki[None, :] < k_in),
             other=0.0,
         )

@@ -71,7 +71,11 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     )
     if info.rank == 0:  # every rank holds the same weights; rank 0 writes them
         save_model(model, tok, rd.model)
-        write_json(rd.model / "train_stats.json", stats | {"world_size": info.world_size})
+        # the dtypes of the weights that trained (after the cast to model.dtype), not of the model as built
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+        write_json(
+            rd.model / "train_stats.json", stats | {"world_size": info.world_size, "param_dtypes": dtypes}
+        )
     dist_env.barrier()
     return sorted(p for p in rd.model.iterdir() if p.is_file())  # weights, config and tokenizer files
 
