@@ -182,3 +182,21 @@ def _replace_everywhere(original, replacement, name: str, monkeypatch) -> None:
     modules = [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith("rapidun_dist")]
     for mod in [m for m in modules if getattr(m, name, None) is original]:
         monkeypatch.setattr(mod, name, replacement)
+
+
+def stage_guard(monkeypatch):
+    """guard(device) -> the placement guard as a context, with every model the stages load watched (import the
+    modules whose loaders should be wrapped before calling this)."""
+
+    def make(device: str):
+        return placement_guard(
+            device, monkeypatch, watch_models=lambda g: watch_loaded_models(g, monkeypatch)
+        )
+
+    return make
+
+
+def assert_clean(guard: Guard) -> None:
+    """No placement violation, and the check was not vacuous."""
+    assert guard.violations == []
+    assert guard.calls > 0, "no forward ran under the guard: the check would have been vacuous"

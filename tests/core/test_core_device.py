@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from placement import PlacementError, placement_guard, watch_loaded_models  # noqa: E402
+from placement import PlacementError, assert_clean, placement_guard, stage_guard, watch_loaded_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
@@ -67,17 +67,7 @@ def guarded(monkeypatch):
     """guarded(device) -> the placement guard as a context; every model the stages load is watched."""
     import rapidun_dist.unlearn.engine  # noqa: F401 - imported before the loaders are wrapped
 
-    def make(device: str):
-        return placement_guard(
-            device, monkeypatch, watch_models=lambda g: watch_loaded_models(g, monkeypatch)
-        )
-
-    return make
-
-
-def _assert_clean(guard) -> None:
-    assert guard.violations == []
-    assert guard.calls > 0, "no forward ran under the guard: the check would have been vacuous"
+    return stage_guard(monkeypatch)
 
 
 # the guard itself ---------------------------------------------------------------------------------------------
@@ -131,7 +121,7 @@ def test_implant_on_device(done_run, tmp_path, guarded, device):
     run = _copy(done_run, tmp_path / "run", ("model", "features", "unlearn", "eval"))
     with guarded(device) as g:
         implant.run(_cfg(run, device), RunDir(run))
-    _assert_clean(g)
+    assert_clean(g)
     assert (run / "model" / "model.safetensors").is_file()
 
 
@@ -144,7 +134,7 @@ def test_retrain_on_device(done_run, tmp_path, guarded, device):
         summary = run_retrain(
             _cfg(done_run, device), RunDir(done_run), "retrain", tmp_path / "rt", fingerprint="t"
         )
-    _assert_clean(g)
+    assert_clean(g)
     assert summary["steps"] == 2 and (tmp_path / "rt" / "model" / "model.safetensors").is_file()
 
 
@@ -156,7 +146,7 @@ def test_influence_extraction_on_device(done_run, tmp_path, guarded, device):
     run = _copy(done_run, tmp_path / "run", ("features", "influence", "unlearn", "eval"))
     with guarded(device) as g:
         influence.run(_cfg(run, device), RunDir(run))
-    _assert_clean(g)
+    assert_clean(g)
     assert (run / "influence" / "scores.jsonl").is_file()
 
 
@@ -169,7 +159,7 @@ def test_evaluate_generation_perplexity_retrieval_on_device(done_run, tmp_path, 
     run = _copy(done_run, tmp_path / "run", ("eval",))
     with guarded(device) as g:
         evaluate.run(_cfg(run, device, ["eval.retrieval_rows=0"]), RunDir(run))
-    _assert_clean(g)
+    assert_clean(g)
     report = read_json(run / "eval" / "report.json")
     assert report["before"]["clean_ppl"] > 1 and report["methods"]["rapidun"]["asr_seen"] is not None
 
@@ -188,7 +178,7 @@ def test_retrieval_tokenwise_on_device(done_run, guarded, device):
     with guarded(device) as g:
         model, tok = loading.load_saved(done_run / "model", cfg.model, device=torch.device(device))
         out = poison_retrieval(model, tok, cfg, train, forget, estimator="tokenwise", max_train=8)
-    _assert_clean(g)
+    assert_clean(g)
     assert 0.0 <= out["auroc"] <= 1.0
 
 
@@ -205,7 +195,7 @@ def test_retrieval_rapidgrad_on_device(done_run, guarded):
     with guarded("cpu") as g:
         model, tok = loading.load_saved(done_run / "model", cfg.model, device=torch.device("cpu"))
         poison_retrieval(model, tok, cfg, train, forget, estimator="rapidgrad", max_train=8)
-    _assert_clean(g)
+    assert_clean(g)
 
 
 def _unlearn_under(guard_ctx, done_run, tmp_path, device):
@@ -215,7 +205,7 @@ def _unlearn_under(guard_ctx, done_run, tmp_path, device):
     run = _copy(done_run, tmp_path / "run", ("unlearn", "eval"))
     with guard_ctx as g:
         unlearn.run(_cfg(run, device, ["methods=[rapidun]"]), RunDir(run))
-    _assert_clean(g)
+    assert_clean(g)
     assert (run / "unlearn" / "adapter" / "adapter_model.safetensors").is_file()
 
 

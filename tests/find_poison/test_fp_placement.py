@@ -14,7 +14,7 @@ import torch
 from fp_utils import fresh_copy, load_cfg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from placement import placement_guard, watch_loaded_models  # noqa: E402
+from placement import assert_clean, stage_guard  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -24,17 +24,7 @@ def guarded(monkeypatch):
     import rapidun_dist.unlearn.engine  # noqa: F401 - imported before the loaders are wrapped
     import rapidun_dist.unlearn.relabel  # noqa: F401
 
-    def make(device: str):
-        return placement_guard(
-            device, monkeypatch, watch_models=lambda g: watch_loaded_models(g, monkeypatch)
-        )
-
-    return make
-
-
-def _clean(guard) -> None:
-    assert guard.violations == []
-    assert guard.calls > 0, "no forward ran under the guard: the check would have been vacuous"
+    return stage_guard(monkeypatch)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,7 +39,7 @@ def test_find_poison_features_on_device(implanted_dir, tmp_path, guarded, device
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device))
     with guarded(device) as g:
         mine = fp._extract_all(cfg, rd, train[:16], forget[:4] + reference[:4], info)
-    _clean(g)
+    assert_clean(g)
     assert mine["rows"] == 24 and (run / "suspects" / "features" / "train" / "index.json").is_file()
 
 
@@ -66,7 +56,7 @@ def test_self_relabel_generator_on_device(implanted_dir, guarded, device):
         model, tok, release = load_generation_model(cfg, rd.model, torch.device(device), 1)
         rows = generate_relabels(model, tok, forget, max_new_tokens=2, batch_size=2)
         release()
-    _clean(g)
+    assert_clean(g)
     assert [r["index"] for r in rows] == [0, 1]
 
 
