@@ -112,7 +112,11 @@ def fake_slurm(tmp_path) -> dict:
     for name, body in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(f"#!{sys.executable}\n{body}")
         (bin_dir / name).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "OMP_", "SRUN_"))}
+    # A batch shell has no rank variables: earlier in-process tests export RANK, WORLD_SIZE, ... (init_distributed
+    # does, for what runs downstream), and a task inheriting RANK=0 would take it over SLURM_PROCID.
+    rank_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK"}
+    drop = ("SLURM_", "MASTER_", "OMP_", "SRUN_", "TORCHELASTIC_", "PMI_", "OMPI_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in rank_vars}
     env.pop("TRITON_CACHE_DIR", None)
     return env | {
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}",
