@@ -114,7 +114,15 @@ def fake_slurm(tmp_path) -> dict:
         (bin_dir / name).chmod(0o755)
     # A batch shell has no rank variables: earlier in-process tests export RANK, WORLD_SIZE, ... (init_distributed
     # does, for what runs downstream), and a task inheriting RANK=0 would take it over SLURM_PROCID.
-    rank_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK"}
+    rank_vars = {
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "ROLE_RANK",
+        "NODE_RANK",
+    }
     drop = ("SLURM_", "MASTER_", "OMP_", "SRUN_", "TORCHELASTIC_", "PMI_", "OMPI_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in rank_vars}
     env.pop("TRITON_CACHE_DIR", None)
