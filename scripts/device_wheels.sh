@@ -13,7 +13,7 @@
 # for this machine's Python, so the CPU dry run (`gpu_proof.sh --dry-run`) installs from the same folder with
 # the same command; pip picks the wheel whose tags match. `.whl/requirements.txt` names one version of each.
 # The image already holds the rest of DeepSpeed's requirements (einops, msgpack, ninja, numpy, packaging,
-# psutil, py-cpuinfo, torch, tqdm: /work/.library/device/KINDS.md's package list).
+# psutil, py-cpuinfo, torch, tqdm: the package list of the GPU image, as the device tool documents it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.whl}
