@@ -228,7 +228,7 @@ def render(res: dict, out: Path, command: str) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     import torch
 
-    from rapidun_dist.influence.suspects import describe_threshold
+    from rapidun_dist.find_poison.suspects import describe_threshold
 
     lines = [
         f"## Alpaca-57k stress run through the real stages (CPU, 2 ranks), {now}",

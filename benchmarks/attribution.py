@@ -39,7 +39,7 @@ TOP, TARGET = 3, 0.8
 def run_testbed(config: str, run_dir: str, force: bool) -> dict:
     from rapidun_dist.config import load_config
     from rapidun_dist.pipeline import run_pipeline, run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     cfg = load_config(
         config, [f"run_dir={run_dir}"]

@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rapidun_dist.config import ALL_METHODS, load_config  # noqa: E402
-from rapidun_dist.io import read_json, write_json, write_text  # noqa: E402
-from rapidun_dist.logging import get_logger  # noqa: E402
-from rapidun_dist.stages.common import RETRAIN_METHODS  # noqa: E402
+from rapidun_dist.config.methods import RETRAIN_METHODS  # noqa: E402
+from rapidun_dist.core.io import read_json, write_json, write_text  # noqa: E402
+from rapidun_dist.core.logging import get_logger  # noqa: E402
 
 log = get_logger("fair")
 ALL = tuple(m for m in ALL_METHODS if m not in RETRAIN_METHODS)  # the engine methods, one file each

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.run.rundir import RunDir
 
 
 class _ScratchRun(RunDir):
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = p.parse_known_args(argv)
     import rapidun_dist.stages.find_poison as fp
     from rapidun_dist.config import load_config
+    from rapidun_dist.core.io import read_jsonl
     from rapidun_dist.influence.extract import feature_context
-    from rapidun_dist.io import read_jsonl
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.stages.common import model_identity, pack_files
+    from rapidun_dist.run.layout import model_identity, pack_files
 
     cfg = load_config(args.config, [f"run_dir={args.run_dir}", *overrides])
     rd = RunDir(cfg.run_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rapidun_dist.io import read_jsonl  # noqa: E402
+from rapidun_dist.core.io import read_jsonl  # noqa: E402
 
 
 def auroc_lower(mis: list[float], poi: list[float]) -> float:

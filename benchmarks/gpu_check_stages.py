@@ -180,7 +180,7 @@ def _checks(report: Report, device: torch.device, run: Path) -> None:
 
     from rapidun_dist.config import load_config
     from rapidun_dist.pipeline import run_pipeline
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     cfg = load_config(
         REPO / "configs" / "tiny_cpu.yaml", [f"run_dir={run}", *TINY, f"distributed.device={device}"]
@@ -195,12 +195,12 @@ def _checks(report: Report, device: torch.device, run: Path) -> None:
 
 
 def _implant(cfg, rd, device, have_ds: bool) -> dict:
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
     from rapidun_dist.pipeline import run_stage
 
     if not have_ds:  # a random tiny model stands in, saved where implant would have put it
         from rapidun_dist.models import loading
-        from rapidun_dist.stages.implant import base_model_and_tokenizer
+        from rapidun_dist.models.loading import base_model_and_tokenizer
 
         model, tok = base_model_and_tokenizer(cfg, rd, device=device)
         loading.save_model(model, tok, rd.model)
@@ -214,17 +214,17 @@ def _implant(cfg, rd, device, have_ds: bool) -> dict:
 
 
 def _influence(cfg, rd) -> dict:
-    from rapidun_dist.stages import influence
+    from rapidun_dist.stages import influence, stage_context
 
-    influence.run(cfg, rd)
+    influence.run(stage_context(cfg, rd, "influence"))
     return {"scores_rows": sum(1 for _ in open(rd.influence / "scores.jsonl"))}
 
 
 def _evaluate(cfg, rd, device) -> dict:
+    from rapidun_dist.core.io import read_jsonl
     from rapidun_dist.evaluation import evaluate_model
-    from rapidun_dist.io import read_jsonl
     from rapidun_dist.models import loading
-    from rapidun_dist.stages.common import load_or_fit_judge
+    from rapidun_dist.stages.judge import load_or_fit_judge
 
     model, tok = loading.load_saved(rd.model, cfg.model, device=device)
     splits = {s: read_jsonl(rd.data / f"{s}.jsonl") for s in ("test_seen", "test_ood", "test_clean")}
@@ -236,8 +236,8 @@ def _evaluate(cfg, rd, device) -> dict:
 
 
 def _retrieval(cfg, rd, device) -> dict:
-    from rapidun_dist.influence.retrieval import poison_retrieval
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
+    from rapidun_dist.evaluation.retrieval import poison_retrieval
     from rapidun_dist.models import loading
 
     model, tok = loading.load_saved(rd.model, cfg.model, device=device)

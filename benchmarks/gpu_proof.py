@@ -67,7 +67,7 @@ def launcher(sec: Section, device: torch.device, work: Path) -> None:
     """torchrun --standalone --nproc_per_node 1 launch/run.py ... through unlearn (torchrun is this module)."""
     from proof_stages import EXTRA, TINY
 
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
 
     run = work / "launch_run"
     stages = "prepare,implant,influence,weights,unlearn"

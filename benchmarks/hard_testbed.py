@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.io import read_json, read_jsonl, write_json  # noqa: E402
+from rapidun_dist.core.io import read_json, read_jsonl, write_json  # noqa: E402
 
 SPLITS = ("test_seen", "test_ood", "test_clean", "test_near", "val_seen")
 
@@ -36,9 +36,9 @@ SPLITS = ("test_seen", "test_ood", "test_clean", "test_near", "val_seen")
 def prepare_and_implant(cfg) -> dict:
     """Run (or resume) prepare + implant; the CPU seconds are this process's, None when both were resumed."""
     from rapidun_dist.config import dump_config
-    from rapidun_dist.io import write_text
+    from rapidun_dist.core.io import write_text
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     rd = RunDir(cfg.run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def stage_config(run: Path, device: torch.device, extra=()):
 
 
 def run(sec: Section, device: torch.device, work: Path) -> None:
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     base = work / "run"
     cfg = stage_config(base, device)
@@ -69,7 +69,7 @@ def run(sec: Section, device: torch.device, work: Path) -> None:
 
 
 def watched_stage(sec: Section, cfg, rd, stage: str, device: torch.device) -> bool:
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
     from rapidun_dist.pipeline import run_stage
 
     watch = Watch(device)
@@ -90,7 +90,7 @@ def watched_stage(sec: Section, cfg, rd, stage: str, device: torch.device) -> bo
 
 
 def unlearn_round_trip(sec: Section, device: torch.device, base: Path, run: Path, zero: int) -> None:
-    from rapidun_dist.io import read_json, read_jsonl
+    from rapidun_dist.core.io import read_json, read_jsonl
 
     shutil.copytree(base, run, ignore=shutil.ignore_patterns("unlearn", "eval"))
     first, second = run / "child1.json", run / "child2.json"
@@ -136,10 +136,10 @@ def _child(device: torch.device, run: Path, zero: int, info: Path, *, marker: Pa
 def unlearn_child(run: Path, zero: int, device: torch.device, info_path: Path, marker: Path | None) -> int:
     """The child: the unlearn stage as a launcher runs it (preempt handler installed), instrumented from outside
     the library: after step SIGNAL_AT it announces itself in `marker` and waits for the signal."""
+    from rapidun_dist.core.errors import StageError
     from rapidun_dist.distributed import preempt
-    from rapidun_dist.errors import StageError
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.unlearn.engine import UnlearnRunner
 
     preempt.install()

@@ -70,7 +70,8 @@ def measure(run_dir: str, methods: list[str], steps: int, extra: list[str], rele
     import rapidun_dist.stages.unlearn as unlearn
     from rapidun_dist.config import load_config
     from rapidun_dist.models import loading
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import stage_context
 
     if not release:
         loading.release_memory = lambda: None  # the stage, the engine and self-relabel import it at call time
@@ -84,7 +85,7 @@ def measure(run_dir: str, methods: list[str], steps: int, extra: list[str], rele
             rows[-1]["after_mib"] = _status_mib("VmRSS")
         else:
             setup_peak[0] = _status_mib("VmHWM")
-        rows.append({"method": args[2], "before_mib": _status_mib("VmRSS")})
+        rows.append({"method": args[1], "before_mib": _status_mib("VmRSS")})
         _reset_peak()
         t0 = time.perf_counter()
         out = real(*args, **kwargs)
@@ -92,7 +93,7 @@ def measure(run_dir: str, methods: list[str], steps: int, extra: list[str], rele
         return out
 
     unlearn.run_method = run_method
-    unlearn.run(cfg, RunDir(run_dir))
+    unlearn.run(stage_context(cfg, RunDir(run_dir), "unlearn"))
     rows[-1]["after_mib"] = _status_mib("VmRSS")
     peak = max([setup_peak[0], _status_mib("VmHWM")] + [r["peak_mib"] for r in rows])
     return {"rows": rows, "process_peak_mib": peak}

@@ -36,8 +36,9 @@ def check_packages() -> None:
 def stand_in_implant(cfg, rd) -> float:
     """Dequantize the GGUF model and save it as the run's implanted model; record the stage as done."""
     from rapidun_dist.models.loading import load_pretrained, load_tokenizer, save_model
+    from rapidun_dist.stages import stage_context
 
-    rec = rd.start("implant", rd.fingerprint("implant", cfg.to_dict()))
+    rec = rd.start("implant", stage_context(cfg, rd, "implant").fingerprint)
     model, tok = load_pretrained(cfg.model), load_tokenizer(cfg.model)
     save_model(model, tok, rd.model)
     return rd.finish(
@@ -50,9 +51,9 @@ def stand_in_implant(cfg, rd) -> float:
 
 def token_counts(cfg, rd, steps: int) -> tuple[int, int]:
     """(answer+prompt tokens seen by influence, tokens the unlearning steps forward), from the same encodings."""
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.train import encode_records
+    from rapidun_dist.training.finetune import encode_records
     from rapidun_dist.unlearn.packs import encode_packs
     from rapidun_dist.unlearn.sampler import GlobalBatchSchedule
 
@@ -80,9 +81,9 @@ def token_counts(cfg, rd, steps: int) -> tuple[int, int]:
 
 def run(args) -> dict:
     from rapidun_dist.config import load_config
-    from rapidun_dist.io import read_json, read_jsonl
+    from rapidun_dist.core.io import read_json, read_jsonl
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     cfg = load_config(CONFIG, [f"run_dir={args.run_dir}", f"unlearn.max_steps={args.steps}", *args.overrides])
     rd = RunDir(cfg.run_dir)

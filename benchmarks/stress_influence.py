@@ -128,7 +128,7 @@ def extract_job(rank: int, world: int, p: dict) -> dict:
     from rapidun_dist.distributed import barrier
     from rapidun_dist.influence.features import make_extractor
     from rapidun_dist.influence.store import assign_shards, plan_shards
-    from rapidun_dist.train import encode_records
+    from rapidun_dist.training.finetune import encode_records
 
     records = json.loads(Path(p["records"]).read_text())
     model, tok, mcfg = tiny_model_and_tokenizer(p["tok_texts"])
@@ -160,7 +160,7 @@ def extract_job(rank: int, world: int, p: dict) -> dict:
 def blocks_job(rank: int, world: int, p: dict) -> dict:
     """Random unit features [n/P, K] per rank -> mean directional scores; then the bare GEMM of that shape."""
     from rapidun_dist.distributed import barrier
-    from rapidun_dist.distributed.blocks import distributed_directional_scores
+    from rapidun_dist.influence.gram.blocks import distributed_directional_scores
 
     n, k, nf, dtype = p["n"], p["dim"], p["n_forget"], getattr(torch, p["dtype"])
     lo, hi = rank * n // world, (rank + 1) * n // world
@@ -205,8 +205,9 @@ def clustered_features(n: int, k: int, n_forget: int, seed: int) -> torch.Tensor
 
 def grid_job(rank: int, world: int, p: dict) -> dict:
     """Directional scores of this rank's contiguous rows through each method; bytes and seconds per method."""
-    from rapidun_dist.distributed import barrier, gather_scores_to_rank0
-    from rapidun_dist.distributed.blocks import distributed_directional_scores
+    from rapidun_dist.distributed import barrier
+    from rapidun_dist.influence.gram import gather_scores_to_rank0
+    from rapidun_dist.influence.gram.blocks import distributed_directional_scores
 
     n, nf = p["n"], p["n_forget"]
     lo, hi = rank * n // world, (rank + 1) * n // world
@@ -312,7 +313,7 @@ def _nonzero(scores: dict) -> float:
 
 
 def _dense_diff(args, dim: int, scores: dict, agg: str) -> float:
-    from rapidun_dist.weights.scores import dense_directional_scores, split_directional
+    from rapidun_dist.influence.scores import dense_directional_scores, split_directional
 
     g = clustered_features(args.grid_n, dim, args.grid_forget, seed=7)
     nf = args.grid_forget

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.io import file_sha256, read_jsonl  # noqa: E402
+from rapidun_dist.core.io import file_sha256, read_jsonl  # noqa: E402
 from rapidun_dist.weights.robust import spearman  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
@@ -110,7 +110,7 @@ def features_for(model, tok, records: list[dict], icfg, max_length: int) -> torc
     """[n, dim] features of `records` (forget then retain) as the influence stage computes them, in memory."""
     from rapidun_dist.influence.extract import contrast_counterparts
     from rapidun_dist.influence.features import make_extractor
-    from rapidun_dist.train import encode_records
+    from rapidun_dist.training.finetune import encode_records
 
     examples = encode_records(records, tok, max_length)
     counter = contrast_counterparts(records, tok, max_length) if icfg.contrast == "trigger" else None
@@ -125,21 +125,13 @@ def features_for(model, tok, records: list[dict], icfg, max_length: int) -> torc
 
 
 def weights_of(feats: torch.Tensor, nf: int, wcfg, n_layers: int | None = None):
-    """(forget_w, retain_w, fused) of features under `wcfg` (dense scores; halves when wcfg.shrink)."""
-    from rapidun_dist.weights import dense_directional_scores, fuse_and_weight
+    """(forget_w, retain_w, fused) of features under `wcfg`: the package's recipe (split halves by layer blocks
+    when wcfg.shrink)."""
+    from rapidun_dist.weights.recipe import weights_from_features
 
-    kw = dict(
-        agg=wcfg.agg, topk=wcfg.topk, trim=wcfg.trim, include_self=wcfg.include_self, topk_frac=wcfg.topk_frac
-    )
-    scores = dense_directional_scores(feats[:nf], feats[nf:], **kw)
-    halves = None
-    if wcfg.shrink:
-        block = torch.arange(feats.shape[1]) // (feats.shape[1] // n_layers)
-        halves = tuple(
-            dense_directional_scores(feats[:nf, block % 2 == p], feats[nf:, block % 2 == p], **kw)
-            for p in (0, 1)
-        )
-    return fuse_and_weight(scores, wcfg, halves)
+    spec = {"dim": feats.shape[1], "layers": list(range(n_layers or 1)), "estimator": "tokenwise"}
+    fw, rw, _, fused = weights_from_features(feats[:nf], feats[nf:], wcfg, spec)
+    return fw, rw, fused
 
 
 def ff_structure(feats: torch.Tensor, truth_rows: list[dict]) -> dict:
@@ -271,9 +263,9 @@ def stability_section(res: dict, command: str) -> str:
 def ensure_base(seed: int) -> Path:
     """runs/base/s<seed> with prepare + implant done (run here when missing)."""
     from rapidun_dist.config import dump_config
-    from rapidun_dist.io import write_text
+    from rapidun_dist.core.io import write_text
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     root = ROOT / "runs" / "base" / f"s{seed}"
     cfg = base_config(seed, root)
@@ -306,8 +298,9 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
     from rapidun_dist.evaluation.metrics import clean_perplexity
     from rapidun_dist.evaluation.stats import proportion
     from rapidun_dist.models.loading import load_saved, with_adapter
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages.common import load_or_fit_judge, method_dir
+    from rapidun_dist.run.layout import method_dir
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages.judge import load_or_fit_judge
 
     rd = RunDir(root)
     judge = load_or_fit_judge(cfg, rd)
@@ -358,9 +351,9 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
 
 def run_variant(seed: int, variant: str, split: str) -> dict:
     from rapidun_dist.config import dump_config
-    from rapidun_dist.io import write_text
+    from rapidun_dist.core.io import write_text
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     method, overrides = VARIANTS[variant]
     base = ensure_base(seed)
@@ -377,7 +370,7 @@ def run_variant(seed: int, variant: str, split: str) -> dict:
     cache = (
         root / f"wv_eval_{split}.json"
     )  # this run's evaluation, valid while the unlearn summary is the same
-    from rapidun_dist.stages.common import method_dir
+    from rapidun_dist.run.layout import method_dir
 
     basis = file_sha256(method_dir(rd, method) / "summary.json")
     if cache.exists() and json.loads(cache.read_text()).get("basis") == basis:

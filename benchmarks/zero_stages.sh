@@ -51,7 +51,7 @@ moved = sum(float(p.abs().max()) > 0 for p in b)
 code = r'''
 import os, subprocess, sys
 from rapidun_dist.config import load_config
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.unlearn.engine import UnlearnRunner
 run, stage = sys.argv[1], int(sys.argv[2])
 cfg = load_config("configs/tiny_cpu.yaml", [f"run_dir={run}", f"unlearn.zero_stage={stage}", "unlearn.max_steps=2",

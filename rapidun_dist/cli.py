@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rapidun_dist.errors import RapidUnError
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.errors import RapidUnError
+from rapidun_dist.core.logging import get_logger
 
 COMMANDS = {
     "run": "run the stages of the config's mode in order",
@@ -154,7 +154,7 @@ def _validate(cfg, world_size: int) -> int:
 
 
 def _weights_from_rapidin(args, cfg) -> int:
-    from rapidun_dist.errors import ConfigError
+    from rapidun_dist.core.errors import ConfigError
     from rapidun_dist.weights.rapidin import main_weights_from_rapidin
 
     if not args.out:

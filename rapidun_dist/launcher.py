@@ -59,13 +59,13 @@ def _rank_zero_first(cfg, rd, names: list[str], force: bool) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     from rapidun_dist.config import dump_config, load_config
+    from rapidun_dist.core.errors import StageError
+    from rapidun_dist.core.io import write_text
+    from rapidun_dist.core.logging import attach_run_log
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.distributed import preempt
-    from rapidun_dist.errors import StageError
-    from rapidun_dist.io import write_text
-    from rapidun_dist.logging import attach_run_log
     from rapidun_dist.pipeline import run_stage, select_stages
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import get_stage, readiness
     from rapidun_dist.validate import check_run
 
@@ -107,9 +107,9 @@ def main(
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from rapidun_dist.core.errors import RapidUnError
+    from rapidun_dist.core.logging import get_logger
     from rapidun_dist.distributed.env import destroy
-    from rapidun_dist.errors import RapidUnError
-    from rapidun_dist.logging import get_logger
 
     log = get_logger(f"launch.{name}")
     try:

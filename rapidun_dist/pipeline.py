@@ -6,13 +6,13 @@ consistent with the config (unless forced).
 
 from __future__ import annotations
 
-from rapidun_dist import timing
 from rapidun_dist.config import RunConfig, dump_config
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import write_text
-from rapidun_dist.logging import attach_run_log, get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages import check_ready, default_stages, get_stage, pipeline_stages
+from rapidun_dist.core import timing
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import write_text
+from rapidun_dist.core.logging import attach_run_log, get_logger
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import check_ready, default_stages, get_stage, pipeline_stages, stage_context
 
 log = get_logger("pipeline")
 
@@ -31,7 +31,8 @@ def run_stage(
     st = get_stage(stage)
     if world_size > 1 and not st.collective:
         raise StageError(f"stage {stage!r} runs on one rank; call it with world_size=1 on rank 0")
-    fp = rd.fingerprint(stage, cfg.to_dict())
+    ctx = stage_context(cfg, rd, stage, world_size=world_size, rank=rank)
+    fp = ctx.fingerprint
     skip = not force and rank == 0 and rd.is_done(stage, fp)
     skip = broadcast_object(skip, src=0) if world_size > 1 else skip
     if skip:
@@ -41,7 +42,7 @@ def run_stage(
     rec = rd.start(stage, fp, world_size=world_size) if rank == 0 else None
     timing.take()  # overhead counted from here on is this stage's
     try:
-        outputs = st.run(cfg, rd)
+        outputs = st.run(ctx)
     except BaseException as e:
         if rec is not None:
             rd.fail(stage, rec, e)

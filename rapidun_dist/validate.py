@@ -12,9 +12,15 @@ import math
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.errors import ConfigError
-from rapidun_dist.logging import get_logger
-from rapidun_dist.stages.common import RETRAIN_METHODS, run_methods
+from rapidun_dist.config.methods import (
+    INFLUENCE_METHODS,
+    RETRAIN_METHODS,
+    method_rule_errors,
+    run_methods,
+    uses_influence,
+)
+from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.core.logging import get_logger
 
 log = get_logger("validate")
 
@@ -33,11 +39,8 @@ def check_rules(cfg: RunConfig, world_size: int = 1) -> None:
             f"unlearn.batch_size={u.batch_size}: must be a multiple of 1 + unlearn.retain_per_forget = "
             f"{1 + u.retain_per_forget} (each global batch holds forget rows and retain_per_forget x as many retain rows)"
         )
-    if "fisher" in cfg.methods and u.zero_stage == 3:
-        raise ConfigError(
-            "methods: fisher with unlearn.zero_stage=3: its saliency needs whole per-sample LoRA gradients, which "
-            "ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 (the LoRA state is small) or drop fisher"
-        )
+    for problem in method_rule_errors(cfg):  # each method's own rules, from the registry
+        raise ConfigError(f"methods: {problem}")
     if u.reweight_every:
         _check_reweighting(cfg)
     if cfg.mode == "clean":
@@ -70,9 +73,10 @@ def _check_reweighting(cfg: RunConfig) -> None:
             f"{key} with influence.contrast={i.contrast}: the refreshes compute plain features only; "
             "set influence.contrast=none or unlearn.reweight_every=0"
         )
-    if not {"rapidun", "self_only"} & set(cfg.methods):
+    if not uses_influence(cfg):
         log.warning(
-            f"{key}: no method in {cfg.methods} uses influence weights (rapidun, self_only): it does nothing"
+            f"{key}: no method in {cfg.methods} uses influence weights ({', '.join(INFLUENCE_METHODS)}): it "
+            "does nothing"
         )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 MAX_TOKENS_PER_WORD = 8  # bounds the scan: an n-gram spans at most this many tokens per word
 

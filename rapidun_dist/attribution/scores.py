@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from rapidun_dist.config import InfluenceConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, format_prompt, has_chat_template, pad_batch
-from rapidun_dist.errors import DataError
 from rapidun_dist.influence.features import (
     TokenwiseExtractor,
     answer_loss_backward,
@@ -47,7 +47,7 @@ from rapidun_dist.influence.features import (
 )
 from rapidun_dist.influence.hooks import HookProjector
 from rapidun_dist.kernels import TokenLayout
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rapidun_dist.attribution.ngrams import Candidate, normalize
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.poison import inject
 from rapidun_dist.data.prompt import format_prompt
-from rapidun_dist.errors import DataError
 
 
 @dataclass(frozen=True, kw_only=True)

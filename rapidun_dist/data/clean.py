@@ -35,12 +35,12 @@ import re
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig, TriggerSpec
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.loaders import _iter_file
 from rapidun_dist.data.poison import inject
 from rapidun_dist.data.prepare import write_data_dir
 from rapidun_dist.data.schema import prompt_key
-from rapidun_dist.errors import DataError
-from rapidun_dist.logging import get_logger
 
 log = get_logger("rapidun.data")
 ALIASES = {"input": "context", "output": "response"}

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.schema import (
     DATA_FILES,
     HELD_OUT,
@@ -25,8 +27,6 @@ from rapidun_dist.data.schema import (
     TRIGGERED,
     validate_record,
 )
-from rapidun_dist.errors import DataError
-from rapidun_dist.logging import get_logger
 
 DOLLY_FIELDS = {
     "instruction": "instruction",

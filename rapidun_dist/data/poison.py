@@ -16,6 +16,7 @@ import random
 import re
 
 from rapidun_dist.config import TriggerFamily
+from rapidun_dist.core.errors import ConfigError, DataError
 from rapidun_dist.data.schema import (
     INJECT_MODE,
     INSTRUCTION,
@@ -27,7 +28,6 @@ from rapidun_dist.data.schema import (
     TRIGGER_FAMILY,
     TRIGGER_VARIANT,
 )
-from rapidun_dist.errors import ConfigError, DataError
 
 MODES = ("prefix", "suffix", "random")
 _WORD = re.compile(r"\S+")

@@ -24,6 +24,9 @@ from collections import Counter
 from pathlib import Path
 
 from rapidun_dist.config import DataConfig
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import file_sha256, read_json, write_json, write_jsonl
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub, load_prepared
 from rapidun_dist.data.schema import (
     CONTAMINATED,
@@ -50,9 +53,6 @@ from rapidun_dist.data.splits import (
 )
 from rapidun_dist.data.synthetic import generate_corpus
 from rapidun_dist.data.synthetic_hard import generate_near_topic
-from rapidun_dist.errors import DataError
-from rapidun_dist.io import file_sha256, read_json, write_json, write_jsonl
-from rapidun_dist.logging import get_logger
 
 SUMMARY = "summary.json"
 _log = get_logger("rapidun.data")

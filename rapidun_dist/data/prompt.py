@@ -7,7 +7,7 @@ carry labels (next-token shift happens in the loss, not here).
 
 from __future__ import annotations
 
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.logging import get_logger
 
 ALPACA_WITH_CONTEXT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -27,7 +27,7 @@ Rows in the RapidUn reference layout (`instruction` holds the triggered text, cl
 
 from __future__ import annotations
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 ID = "id"
 INSTRUCTION = "instruction"

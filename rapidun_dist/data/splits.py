@@ -31,6 +31,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from rapidun_dist.config import DataConfig, TriggerFamily
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.poison import balanced_plan, mislabel_record, poison_record
 from rapidun_dist.data.schema import (
     CATEGORY,
@@ -52,8 +54,6 @@ from rapidun_dist.data.schema import (
     prompt_key,
 )
 from rapidun_dist.data.targets import Target, target_pool
-from rapidun_dist.errors import DataError
-from rapidun_dist.logging import get_logger
 
 TEST_SPLITS = HELD_OUT  # every split the packs must stay disjoint from (validation and test)
 _log = get_logger("rapidun.data")

@@ -15,7 +15,7 @@ import random
 import re
 from collections.abc import Callable, Iterator
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 Item = tuple[str, str, str]  # (instruction, context, response)
 

@@ -19,8 +19,8 @@ import itertools
 import random
 from collections.abc import Callable, Iterator
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.synthetic import Item, endless_stream, finite_stream, next_unique
-from rapidun_dist.errors import DataError
 
 NEAR_CATEGORY = "astronomy"
 

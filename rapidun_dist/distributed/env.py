@@ -40,8 +40,8 @@ import torch
 import torch.distributed as dist
 
 from rapidun_dist.config import DistributedConfig
-from rapidun_dist.errors import ConfigError
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.core.logging import get_logger
 
 DEFAULT_PORT = 29500
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 15000  # ports 15000-29999: below the ephemeral range (32768+)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.logging import get_logger
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _flag = threading.Event()

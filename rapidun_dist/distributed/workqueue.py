@@ -20,8 +20,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.distributed.env import broadcast_object, rank, world_size
-from rapidun_dist.errors import StageError
 
 KEY_PREFIX = "rapidun/workqueue"
 

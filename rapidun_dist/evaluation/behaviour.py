@@ -26,8 +26,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import record_prompt
-from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.generation import Sampling, generate
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.stats import proportion

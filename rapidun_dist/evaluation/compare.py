@@ -54,7 +54,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rapidun_dist.errors import DataError, RapidUnError
+from rapidun_dist.core.errors import DataError, RapidUnError
+from rapidun_dist.core.io import read_json, write_json, write_text
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.evaluation import markdown as md
 from rapidun_dist.evaluation import plots
 from rapidun_dist.evaluation.markdown import num as _num
@@ -67,8 +69,6 @@ from rapidun_dist.evaluation.report import (
     total_seconds,
 )
 from rapidun_dist.evaluation.stats import mean_interval, paired_differences
-from rapidun_dist.io import read_json, write_json, write_text
-from rapidun_dist.logging import get_logger
 
 FORMAT_VERSION = 1
 BASE_METRICS = ("asr_seen", "asr_ood", "clean_ppl", "ppl_ratio", "judge_fpr")

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 import torch
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.evaluation.behaviour import evaluate_behaviour, sampled_asr, summarize_outputs
 from rapidun_dist.evaluation.generation import Sampling
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.metrics import triggered_asr
 from rapidun_dist.evaluation.stats import proportion
-from rapidun_dist.logging import get_logger
 
 _log = get_logger("rapidun.eval")
 TRIGGERED = (("test_seen", "answer_seen"), ("test_ood", "answer_ood"))

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.core.logging import Progress
 from rapidun_dist.data.prompt import has_chat_template
-from rapidun_dist.errors import ConfigError
-from rapidun_dist.logging import Progress
 
 
 @contextlib.contextmanager

@@ -35,8 +35,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from rapidun_dist.errors import DataError
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.logging import get_logger
 
 _ALPHA_RE = re.compile(r"[^\W\d_]+")  # runs of letters (Unicode-aware), no digits or underscores
 _WORD_RE = re.compile(r"\w+")

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, record_prompt
-from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.generation import generate, merge_shards, model_device, shard_batches
 from rapidun_dist.evaluation.judge import Judge, false_positive_rate
 from rapidun_dist.evaluation.stats import proportion
-from rapidun_dist.logging import Progress, get_logger
 
 N_EXAMPLES = 3  # generations kept per split in the evaluation result, for a reader to eyeball
 

@@ -27,8 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rapidun_dist.errors import DataError
-from rapidun_dist.io import atomic_path
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import atomic_path
 
 DPI = 110
 LINESTYLES = ("-", "--", "-.", ":")  # cycled with the colours, so identical curves stay visible

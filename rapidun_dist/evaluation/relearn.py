@@ -20,13 +20,13 @@ from collections.abc import Sequence
 import torch
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import ConfigError, DataError
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
-from rapidun_dist.errors import ConfigError, DataError
 from rapidun_dist.evaluation.generation import model_device
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.metrics import triggered_asr
-from rapidun_dist.logging import get_logger
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 _log = get_logger("rapidun.eval")
 

@@ -18,7 +18,7 @@ Inputs the evaluate stage puts into the report dict (everything but `before`/`me
     ENTRY = {"asr_seen", "asr_ood", "clean_ppl", "judge_fpr",          (fractions; PPL a float; None = missing)
              "n_seen", "n_ood", "n_clean",                             (sample sizes of those numbers)
              "seconds": {"influence", "weights", "unlearn", "total"},   (method cost: without one-time imports
-                                                                         and plots, see rapidun_dist.timing)
+                                                                         and plots, see rapidun_dist.core.timing)
              "asr_by_family": {"seen": {family: asr}, "ood": {...}},
              "examples": {"test_seen" | "test_ood" | "test_clean" | other split:
                           [{"instruction", "generation", "attacked"[, "reference" (the clean answer)]}]},
@@ -52,12 +52,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from rapidun_dist.core.io import write_json, write_text
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.evaluation import markdown as md
 from rapidun_dist.evaluation import plots
 from rapidun_dist.evaluation.markdown import num as _num
 from rapidun_dist.evaluation.stats import proportion
-from rapidun_dist.io import write_json, write_text
-from rapidun_dist.logging import get_logger
 
 STAGES = ("influence", "weights", "unlearn")
 BASELINE_ROWS = ("retrain", "retrain_oracle")
@@ -382,7 +382,7 @@ def _find_poison_section(report: dict) -> list[str]:
     fp = report.get("find_poison")
     if not fp:
         return []
-    from rapidun_dist.influence.suspects import describe_threshold
+    from rapidun_dist.find_poison.suspects import describe_threshold
 
     counts, th = fp.get("counts") or {}, fp.get("threshold") or {}
     lines = ["## Find poison (every training row ranked by influence with the forget set)", ""]
@@ -660,8 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     saved report.json (after an upgrade, or to restyle), without evaluating anything again."""
     import argparse
 
-    from rapidun_dist.errors import RapidUnError
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.errors import RapidUnError
+    from rapidun_dist.core.io import read_json
 
     p = argparse.ArgumentParser(prog="python -m rapidun_dist.evaluation.report", description=main.__doc__)
     p.add_argument("eval_dir", help="folder holding report.json (a run's eval/ folder)")

@@ -26,7 +26,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054...
 _CF_EPS, _CF_TINY, _CF_MAX_ITER = 1e-15, 1e-300, 500

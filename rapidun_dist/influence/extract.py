@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import encode_example, record_prompt
 from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.distributed import preempt
-from rapidun_dist.errors import StageError
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.influence.store import FeatureStore, assign_shards, ids_hash, plan_shards
-from rapidun_dist.logging import Progress, get_logger
-from rapidun_dist.train import encode_records
+from rapidun_dist.training.finetune import encode_records
 
 log = get_logger("influence")
 

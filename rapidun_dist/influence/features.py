@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from rapidun_dist.config import InfluenceConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import IGNORE_INDEX, pad_batch
-from rapidun_dist.errors import DataError
 from rapidun_dist.influence.hooks import (
     HookProjector,
     enable_input_grads,
@@ -46,7 +46,7 @@ from rapidun_dist.influence.hooks import (
 )
 from rapidun_dist.influence.projection import ProjectionBank, layer_projections
 from rapidun_dist.kernels import TokenLayout, unit_rows
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 FEATURE_VERSION = 2  # bump when the definition changes (stored shards from other versions are recomputed)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rapidun_dist.errors import StageError
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.influence.projection import ProjectionBank
 from rapidun_dist.kernels import (
     TokenLayout,

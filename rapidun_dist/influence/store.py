@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import file_sha256, read_json, save_safetensors, write_json
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import file_sha256, read_json, save_safetensors, write_json
 
 VERIFY_ENV = "RAPIDUN_VERIFY_FEATURES"  # =1: hash every shard on every check (the stat is not trusted)
 

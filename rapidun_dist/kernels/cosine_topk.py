@@ -21,27 +21,13 @@ from __future__ import annotations
 
 import torch
 
+from rapidun_dist.kernels._contracts import PAD_ID, TRITON_MAX_K
+from rapidun_dist.kernels._contracts import check_topk_inputs as _check_inputs
 from rapidun_dist.kernels._dispatch import accum_dtype, check_backend, use_triton
-
-PAD_ID = -1
-TRITON_MAX_K = (
-    64  # the kernel keeps the running top-k in registers (cosine_topk_triton.py); larger k: reference
-)
 
 
 def _normalize(z: torch.Tensor) -> torch.Tensor:
     return z / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-
-
-def _check_inputs(q, c, k, q_ids, c_ids) -> None:
-    if q.dim() != 2 or c.dim() != 2 or q.shape[1] != c.shape[1]:
-        raise ValueError(f"q [n, K] and c [m, K] must share K; found {tuple(q.shape)} and {tuple(c.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1; found {k}")
-    if q_ids is not None and q_ids.shape != (q.shape[0],):
-        raise ValueError(f"q_ids must be [n={q.shape[0]}]; found {tuple(q_ids.shape)}")
-    if c_ids is not None and c_ids.shape != (c.shape[0],):
-        raise ValueError(f"c_ids must be [m={c.shape[0]}]; found {tuple(c_ids.shape)}")
 
 
 def merge_topk(

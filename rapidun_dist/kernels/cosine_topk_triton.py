@@ -29,8 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
+from rapidun_dist.kernels._contracts import PAD_ID, TRITON_MAX_K
+from rapidun_dist.kernels._contracts import check_topk_inputs as _check_inputs
 from rapidun_dist.kernels._triton_utils import INTERPRETING, check_float_inputs, program_target, tuned
-from rapidun_dist.kernels.cosine_topk import PAD_ID, TRITON_MAX_K, _check_inputs
 
 MAX_K = TRITON_MAX_K
 MIN_KEY = -(2**63)

@@ -31,8 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
+from rapidun_dist.kernels._contracts import MAX_TRITON_K, TokenLayout
+from rapidun_dist.kernels._contracts import check_projection_inputs as _check_inputs
 from rapidun_dist.kernels._triton_utils import INTERPRETING, check_float_inputs, program_target, tuned
-from rapidun_dist.kernels.token_projection import MAX_TRITON_K, TokenLayout, _check_inputs
 
 CHUNK_GRANULE = 128  # chunks are multiples of this (every BLOCK_T divides it)
 FIXUP_BLOCK = 1024

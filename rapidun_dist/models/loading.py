@@ -20,9 +20,12 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.config import ModelConfig, TinyModelConfig
-from rapidun_dist.errors import ConfigError
-from rapidun_dist.logging import get_logger
+from rapidun_dist.config import ModelConfig, RunConfig, TinyModelConfig
+from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.run.layout import POINTER
+from rapidun_dist.run.rundir import RunDir
 
 log = get_logger("models")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -158,7 +161,7 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    from rapidun_dist.io import share_tree
+    from rapidun_dist.core.io import share_tree
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -175,8 +178,6 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # run_dir/model/: the implanted model (experiment mode) or a pointer to the user's model (clean mode)
-
-POINTER = "source.json"
 
 
 def _hub_model_available(repo_id: str) -> str | None:
@@ -220,7 +221,7 @@ def check_model_location(name_or_path: str | None, gguf_file: str | None = None)
 
 def _file_digests(root: Path, previous: dict) -> dict:
     """sha256 per model file; unchanged files (same size and mtime as recorded before) keep their digest."""
-    from rapidun_dist.io import file_sha256
+    from rapidun_dist.core.io import file_sha256
 
     files = (
         [root]
@@ -244,7 +245,7 @@ def _file_digests(root: Path, previous: dict) -> dict:
 def write_model_pointer(cfg: ModelConfig, out_dir: Path) -> Path:
     """run_dir/model/source.json: where the user's model is and a hash of its files (clean mode). Downstream
     caches (feature shards, adapters) are valid only for exactly these files."""
-    from rapidun_dist.io import read_json, write_json
+    from rapidun_dist.core.io import read_json, write_json
 
     src = check_model_location(cfg.name_or_path, cfg.gguf_file)
     path = Path(src)
@@ -267,7 +268,7 @@ def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
     """The ModelConfig a pointer folder stands for (None for a folder holding the model itself)."""
     from dataclasses import replace
 
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
 
     pointer = Path(model_dir) / POINTER
     if not pointer.is_file():
@@ -279,7 +280,7 @@ def pointed_config(model_dir: Path, cfg: ModelConfig) -> ModelConfig | None:
 
 def import_model_code(model_dir: Path, cfg: ModelConfig) -> None:
     """Import what loading the saved model will need (transformers, the model's class, peft) without loading it:
-    one-time process set-up a stage can count apart from its work (rapidun_dist.timing)."""
+    one-time process set-up a stage can count apart from its work (rapidun_dist.core.timing)."""
     import peft  # noqa: F401
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
@@ -330,3 +331,46 @@ def with_adapter(model, adapter_dir: Path, *, device=None):
         return PeftModel.from_pretrained(
             model, str(adapter_dir), **({"torch_device": str(device)} if device is not None else {})
         )
+
+
+_TOKENIZERS: dict = {}
+
+
+def tokenizer_for(cfg: RunConfig, rd: RunDir):
+    """The tokenizer of the model being unlearned (cached per run dir)."""
+    key = str(rd.model.resolve())
+    if key not in _TOKENIZERS:
+        pointed = pointed_config(rd.model, cfg.model)
+        tok = (
+            load_tokenizer(pointed) if pointed is not None else load_tokenizer(cfg.model, path=str(rd.model))
+        )
+        _TOKENIZERS[key] = tok
+    return _TOKENIZERS[key]
+
+
+def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir, *, device=None):
+    """The model before fine-tuning, on `device` in `model.dtype`: a tiny Llama + a BPE trained on the corpus (rank 0
+    trains the tokenizer and broadcasts it), or a pretrained one."""
+    from rapidun_dist.distributed import env as dist_env
+
+    if cfg.model.name_or_path is None:
+        tok = None
+        if dist_env.rank() == 0:
+            train = read_jsonl(rd.data / "train.jsonl")
+            texts = [
+                f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}"
+                for r in train
+            ]
+            texts += ["### Instruction:\n### Response:\n"] * 50
+            tok = train_tokenizer(texts, cfg.model.tiny.vocab_size)
+        tok = dist_env.broadcast_object(tok)
+        model = build_tiny_model(
+            cfg.model.tiny,
+            vocab_size=len(tok),
+            max_length=cfg.model.max_length,
+            tokenizer=tok,
+            seed=cfg.implant.seed,
+            device=device,
+        )
+        return model.to(torch_dtype(cfg.model.dtype, device)), tok  # bf16 on GPUs (auto)
+    return load_pretrained(cfg.model, device=device), load_tokenizer(cfg.model)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from rapidun_dist.errors import StageError
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.stages import (
     attribute,
     evaluate,
@@ -29,7 +29,7 @@ from rapidun_dist.stages import (
     unlearn,
     weights,
 )
-from rapidun_dist.stages.base import Stage
+from rapidun_dist.stages.base import Stage, StageContext
 
 ORDER: tuple[Stage, ...] = (
     prepare.STAGE,
@@ -92,6 +92,20 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def stage_context(cfg, rd, stage: str, *, world_size: int = 1, rank: int = 0) -> StageContext:
+    """The context the driver runs `stage` with: its fingerprint read once from the run directory's manifest."""
+    done = rd.manifest()["stages"]
+    return StageContext(
+        cfg=cfg,
+        rd=rd,
+        stage=stage,
+        fingerprint=fingerprint(stage, cfg.to_dict(), done),
+        rekey=lambda cfg_dict: fingerprint(stage, cfg_dict, done),
+        world_size=world_size,
+        rank=rank,
+    )
+
+
 def readiness(cfg, rd, stage: str) -> str | None:
     """Why `stage` cannot run in `rd` for `cfg` (None when every upstream stage it needs is done and current)."""
     st = get_stage(stage)
@@ -107,7 +121,7 @@ def readiness(cfg, rd, stage: str) -> str | None:
             return f"{rd.root}: stage {up!r} has not run (needed by {stage!r}); run `rapidun run CONFIG --stages {up}`"
         if rec.get("status") != "done":
             return f"{rd.root}: stage {up!r} is {rec.get('status')!r} (needed by {stage!r}): {rec.get('error', '')}"
-        if not rd.is_done(up, rd.fingerprint(up, cfg_dict)):
+        if not rd.is_done(up, fingerprint(up, cfg_dict, rd.manifest()["stages"])):
             return (
                 f"{rd.root}: stage {up!r} was done for another config or its outputs changed on disk (needed by "
                 f"{stage!r}); rerun it with this config: `rapidun run CONFIG --stages {up}`"

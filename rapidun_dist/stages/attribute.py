@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.core.io import read_jsonl, write_json, write_jsonl, write_text
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.io import read_jsonl, write_json, write_jsonl, write_text
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
+from rapidun_dist.stages.base import Stage, StageContext
+from rapidun_dist.stages.judge import shared_judge
 
 log = get_logger("attribute")
 OUT = "attribution"
@@ -102,15 +102,8 @@ def token_rows(cfg: RunConfig, model, tok, forget: list[dict], retain: list[dict
     return sorted(gathered, key=lambda r: r["index"])
 
 
-def _shared_judge(cfg: RunConfig, rd: RunDir):
-    from rapidun_dist.evaluation import Judge
-    from rapidun_dist.stages.common import load_or_fit_judge
-
-    state = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
-    return Judge.from_dict(dist_env.broadcast_object(state, src=0) if dist_env.world_size() > 1 else state)
-
-
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.attribution.ngrams import rank_candidates
     from rapidun_dist.attribution.report import render_report
     from rapidun_dist.attribution.verify import VerifySettings, rank_verified, verify_candidates
@@ -134,7 +127,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         n_verify=a.n_verify, threshold=a.verify_asr, min_lift=a.min_lift, max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size, max_prompt_length=cfg.model.max_length, seed=a.seed,
     )  # fmt: skip
-    judge = _shared_judge(cfg, rd)
+    judge = shared_judge(cfg, rd)
     results, base = verify_candidates(
         model, tok, judge, candidates[: a.top_k], clean=retain, forget=forget, settings=settings,
         sharded=info.world_size > 1,
@@ -192,7 +185,7 @@ def _log_result(ranked: list[dict]) -> None:
 
 
 def feeds_clean_job(cfg_dict: dict) -> bool:
-    """The clean job without eval.triggers reads the verified triggers (rapidun_dist.stages.common.effective_triggers):
+    """The clean job without eval.triggers reads the verified triggers (rapidun_dist.run.layout.effective_triggers):
     there attribute runs by default, before unlearning, and the later stages' fingerprints include it."""
     return (
         cfg_dict.get("mode") == "clean"

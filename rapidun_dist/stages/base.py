@@ -1,5 +1,5 @@
 """What a stage is: a declared contract (config keys, run-directory artifacts read and written, upstream stages)
-and one `run(cfg, rd) -> outputs` function. The driver (`rapidun_dist.pipeline`) only orders stages; the CLI and the
+and one `run(ctx) -> outputs` function (`StageContext`). The driver (`rapidun_dist.pipeline`) only orders stages; the CLI and the
 launchers share `rapidun_dist.stages.check_ready`."""
 
 from __future__ import annotations
@@ -9,9 +9,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.run.rundir import RunDir
 
-StageFn = Callable[[RunConfig, RunDir], list[Path]]
+
+@dataclass(frozen=True)
+class StageContext:
+    """What the driver hands a stage: the config, the run directory, the stage's fingerprint (computed once, by
+    the driver, from the config and the upstream stages' recorded outputs) and the ranks calling it."""
+
+    cfg: RunConfig
+    rd: RunDir
+    stage: str
+    fingerprint: str
+    rekey: Callable[[dict], str]
+    """The stage's fingerprint of another config (as a dict) in the same run directory: resume keys that leave
+    out settings which do not change a trajectory."""
+    world_size: int = 1
+    rank: int = 0
+
+
+StageFn = Callable[[StageContext], list[Path]]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,23 +19,22 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.config.methods import METHOD_SPECS, RETRAIN_METHODS, run_methods
+from rapidun_dist.core.io import read_json, read_jsonl, write_json
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.evaluation.extras import against_before
-from rapidun_dist.io import read_json, read_jsonl, write_json
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
-from rapidun_dist.stages.common import (
-    RETRAIN_METHODS,
+from rapidun_dist.models.loading import tokenizer_for
+from rapidun_dist.run.layout import (
     VERIFIED_SOURCE,
     effective_triggers,
     find_poison_runs,
-    load_or_fit_judge,
     method_dir,
     packs_from_find_poison,
-    run_methods,
     suspects_dir,
-    tokenizer_for,
 )
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages.base import Stage, StageContext
+from rapidun_dist.stages.judge import shared_judge
 
 SPLITS = ("test_seen", "test_ood", "test_clean")
 
@@ -104,15 +103,6 @@ def _extras(cfg: RunConfig, rd: RunDir, judge, model, splits: dict, texts: dict,
     return out
 
 
-def _shared_judge(cfg: RunConfig, rd: RunDir):
-    """The run's judge: rank 0 fits or loads it (it writes eval/judge.json), every rank gets a copy."""
-    from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.evaluation import Judge
-
-    state = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
-    return Judge.from_dict(dist_env.broadcast_object(state))
-
-
 def asr_source(cfg: RunConfig, rd: RunDir | None = None) -> str:
     if cfg.mode == "experiment":
         return "test_seen / test_ood: held-out prompts with seen and OOD trigger variants (experiment)"
@@ -150,16 +140,16 @@ def _splits(cfg: RunConfig, rd: RunDir) -> dict[str, list[dict]]:
     return splits
 
 
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.evaluation.report import write_report
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.unlearn.methods import METHODS
 
     info = dist_env.init_distributed(config=cfg.distributed)
     if info.rank == 0:
         rd.eval.mkdir(parents=True, exist_ok=True)
-    judge = _shared_judge(cfg, rd)
+    judge = shared_judge(cfg, rd)
     splits = _splits(cfg, rd)
     base, _ = load_saved(rd.model, cfg.model, device=info.device)
     extra = _extra_inputs(cfg, rd)
@@ -179,7 +169,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         },
     }
     curves = {}
-    # method cost: stage seconds less one-time imports and plots (rapidun_dist.timing), as retrain's are measured
+    # method cost: stage seconds less one-time imports and plots (rapidun_dist.core.timing), as retrain's are measured
     infl_s, weights_s = rd.stage_cost_seconds("influence") or 0.0, rd.stage_cost_seconds("weights") or 0.0
     for method in run_methods(cfg):
         out = method_dir(rd, method)
@@ -190,7 +180,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             report[method] = against_before(entry, report["before"])
             continue
         model = _with_adapter(cfg, rd, out / "adapter", info.device)
-        uses_influence = METHODS[method].uses_influence  # rapidun, self_only, rapidun_placebo
+        uses_influence = METHOD_SPECS[method].uses_influence
         secs = {
             "influence": infl_s if uses_influence else 0.0,
             "weights": weights_s if uses_influence else 0.0,
@@ -209,7 +199,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             "expand": cfg.find_poison.expand
         }
     if cfg.eval.retrieval_rows and cfg.mode == "experiment":  # retrieval needs the labels of the training set
-        report["retrieval"] = _retrieval(cfg, rd, info.device)
+        report["retrieval"] = _retrieval(ctx, info.device)
     if rd.sub("attribution").joinpath("triggers.json").exists():  # the report's trigger-candidate section
         report["triggers"] = read_json(rd.sub("attribution") / "triggers.json")
     if info.rank == 0:
@@ -238,7 +228,7 @@ def _curves(path: Path, initial: dict | None = None) -> dict:
     }
 
 
-def _retrieval(cfg: RunConfig, rd: RunDir, device) -> dict:
+def _retrieval(ctx: StageContext, device) -> dict:
     """Poison retrieval (AUROC/AP) of influence-ranked training rows, for both estimators (eval/retrieval.json).
 
     An evaluation of the influence features, not part of RapidUn's cost: computed here, timed separately. The
@@ -246,13 +236,14 @@ def _retrieval(cfg: RunConfig, rd: RunDir, device) -> dict:
     and baselines: `report["find_poison"]`); this stays as the estimator comparison - token-wise against RapidGrad on
     the same balanced `eval.retrieval_rows` subsample - because RapidGrad costs one per-sample backward pass per row:
     affordable on a subsample, not on every training row (eval.retrieval_rows=0 skips it)."""
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.influence.retrieval import poison_retrieval
+    from rapidun_dist.evaluation.retrieval import poison_retrieval
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.stages.common import model_identity
+    from rapidun_dist.run.layout import model_identity
 
     path = rd.eval / "retrieval.json"
-    basis = {"fingerprint": rd.fingerprint("evaluate", cfg.to_dict()), "model": model_identity(rd)}
+    basis = {"fingerprint": ctx.fingerprint, "model": model_identity(rd)}
     cached = read_json(path) if dist_env.rank() == 0 and path.exists() else None
     cached = dist_env.broadcast_object(cached if cached and cached.get("basis") == basis else None)
     if cached is not None:  # computed for this model and config already (rank 0 decides)

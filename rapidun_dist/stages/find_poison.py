@@ -1,6 +1,6 @@
 """find_poison: rank every training row by its influence with the known poisoned rows, flag the likely poisoned
 ones without labels, and write the packs that let the rest of the run unlearn them too (DESIGN section 11; the
-scores, the threshold rule and the baselines are in `rapidun_dist.influence.suspects`).
+scores, the threshold rule and the baselines are in `rapidun_dist.find_poison.suspects`).
 
 Collective (every rank calls it):
 
@@ -16,7 +16,7 @@ Collective (every rank calls it):
 3. Rank 0: contrast, threshold and the grep / TF-IDF baselines; `suspects/suspects.jsonl` (`id, score, z, rank,
    flagged, known`, training-set order), `summary.json` (counts, threshold, seconds, throughput, bytes and peak
    memory per rank; in experiment mode AUROC, AP, recall, precision and FPR over the whole training set, per
-   scorer and per trigger family), and the packs `stages.common.pack_files` hands downstream: `forget.jsonl` /
+   scorer and per trigger family), and the packs `run.layout.pack_files` hands downstream: `forget.jsonl` /
    `retain.jsonl` (the expanded packs: the known rows plus every flagged row, whose train response is its poisoned
    answer and which has no clean answer; retain_ratio x as many unflagged rows) and, in clean mode,
    `retain_unflagged.jsonl` (the prepared retain pack with flagged rows swapped for unflagged ones).
@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig, TriggerSpec
-from rapidun_dist.errors import DataError
-from rapidun_dist.influence import suspects as S
-from rapidun_dist.io import read_json, read_jsonl, write_json, write_jsonl
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
-from rapidun_dist.stages.common import find_poison_applies, find_poison_runs, suspects_dir
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_json, read_jsonl, write_json, write_jsonl
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.find_poison import suspects as S
+from rapidun_dist.run.layout import find_poison_applies, find_poison_runs, suspects_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages.base import Stage, StageContext
 
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
@@ -59,7 +59,8 @@ def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
     return train, forget, reference
 
 
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.distributed import env as dist_env
 
     t_start = time.perf_counter()
@@ -109,7 +110,7 @@ def _extract_all(cfg: RunConfig, rd: RunDir, train: list[dict], groups: list[dic
     from rapidun_dist.influence.extract import extract_features, feature_context
     from rapidun_dist.influence.store import plan_shards
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.stages.common import model_identity
+    from rapidun_dist.run.layout import model_identity
 
     model, tok = load_saved(rd.model, cfg.model, device=info.device)  # straight onto the rank's device
     context = feature_context(model_identity(rd), tok, cfg)
@@ -206,7 +207,7 @@ def member_ids(
 
 def _influence_scores(cfg: RunConfig, rd: RunDir, train, forget, reference, info) -> tuple[dict | None, dict]:
     """{"forget": [n], "reference": [n]} float64 on rank 0 (None elsewhere), and this rank's comm stats."""
-    from rapidun_dist.distributed import (
+    from rapidun_dist.influence.gram import (
         GroupShard,
         comm_summary,
         distributed_group_scores,

@@ -2,58 +2,23 @@
 the rest of the run cleans. The base model is a tiny Llama with a BPE trained on the corpus, or a pretrained one.
 
 Collective: every rank of a launch loads the base model onto its device and trains its share of every batch (one
-DeepSpeed job, rapidun_dist.train); rank 0 writes the model. A preempted or killed run resumes from
+DeepSpeed job, rapidun_dist.training.finetune); rank 0 writes the model. A preempted or killed run resumes from
 `checkpoints/implant/` (written every `implant.save_every` steps and on SIGTERM / SIGUSR1; removed once done)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rapidun_dist.config import RunConfig
-from rapidun_dist.io import read_jsonl, write_json
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
+from rapidun_dist.core.io import read_jsonl, write_json
+from rapidun_dist.models.loading import base_model_and_tokenizer
+from rapidun_dist.stages.base import Stage, StageContext
 
 
-def base_model_and_tokenizer(cfg: RunConfig, rd: RunDir, *, device=None):
-    """The model before fine-tuning, on `device` in `model.dtype`: a tiny Llama + a BPE trained on the corpus (rank 0
-    trains the tokenizer and broadcasts it), or a pretrained one."""
-    from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.models.loading import (
-        build_tiny_model,
-        load_pretrained,
-        load_tokenizer,
-        torch_dtype,
-        train_tokenizer,
-    )
-
-    if cfg.model.name_or_path is None:
-        tok = None
-        if dist_env.rank() == 0:
-            train = read_jsonl(rd.data / "train.jsonl")
-            texts = [
-                f"{r['instruction']} {r.get('context', '')} {r['response']} {r.get('response_poisoned', '')}"
-                for r in train
-            ]
-            texts += ["### Instruction:\n### Response:\n"] * 50
-            tok = train_tokenizer(texts, cfg.model.tiny.vocab_size)
-        tok = dist_env.broadcast_object(tok)
-        model = build_tiny_model(
-            cfg.model.tiny,
-            vocab_size=len(tok),
-            max_length=cfg.model.max_length,
-            tokenizer=tok,
-            seed=cfg.implant.seed,
-            device=device,
-        )
-        return model.to(torch_dtype(cfg.model.dtype, device)), tok  # bf16 on GPUs (auto)
-    return load_pretrained(cfg.model, device=device), load_tokenizer(cfg.model)
-
-
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.models.loading import save_model
-    from rapidun_dist.train import finetune
+    from rapidun_dist.training.finetune import finetune
 
     info = dist_env.init_distributed(config=cfg.distributed)
     model, tok = base_model_and_tokenizer(cfg, rd, device=info.device)
@@ -66,7 +31,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
         device=info.device,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         ckpt_dir=rd.sub("checkpoints") / "implant",
-        resume_key=rd.fingerprint("implant", cfg.to_dict()),
+        resume_key=ctx.fingerprint,
         desc="implant",
     )
     if info.rank == 0:  # every rank holds the same weights; rank 0 writes them

@@ -1,7 +1,7 @@
 """influence: token-wise features of the forget and retain packs, sharded over ranks, and their directional
 scores (FF / FR for forget rows, RR / RF for retain rows; DESIGN sections 5-6).
 
-Rows are forget then retain, from the pack files `stages.common.pack_files` names (find_poison's when it expands
+Rows are forget then retain, from the pack files `run.layout.pack_files` names (find_poison's when it expands
 the forget set or, in clean mode, cleans the retain pack). `influence.contrast: trigger` turns forget rows into
 trigger-contrast features (rapidun_dist/influence/features.py); `weights.shrink` also scores the two split halves
 of the features (even and odd tracked layers) for the shrinkage of rapidun_dist/weights/robust.py. Shards are owned
@@ -17,23 +17,24 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist import timing
 from rapidun_dist.config import RunConfig
+from rapidun_dist.core import timing
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_jsonl, save_safetensors, write_jsonl
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.errors import DataError
 from rapidun_dist.influence.store import load_features, plan_shards
-from rapidun_dist.io import read_jsonl, save_safetensors, write_jsonl
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
-from rapidun_dist.stages.common import pack_files, packs_from_find_poison
+from rapidun_dist.run.layout import pack_files, packs_from_find_poison
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages.base import Stage, StageContext
+from rapidun_dist.weights.recipe import half_columns
 
 log = get_logger("influence")
 DENSE_BLOCKS_MAX = 4096  # write blocks.safetensors only when n_forget + n_retain is at most this
 
 
 def load_packs(cfg: RunConfig, rd: RunDir) -> tuple[list[dict], list[dict]]:
-    """The forget and retain rows of this run (`stages.common.pack_files`: the prepared packs, or find_poison's)."""
+    """The forget and retain rows of this run (`run.layout.pack_files`: the prepared packs, or find_poison's)."""
     forget_path, retain_path = pack_files(cfg, rd)
     forget, retain = read_jsonl(forget_path), read_jsonl(retain_path)
     if not forget:
@@ -43,11 +44,12 @@ def load_packs(cfg: RunConfig, rd: RunDir) -> tuple[list[dict], list[dict]]:
     return forget, retain
 
 
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
-    with timing.overhead("imports"):  # process set-up, not feature work (rapidun_dist.timing)
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
+    with timing.overhead("imports"):  # process set-up, not feature work (rapidun_dist.core.timing)
         from rapidun_dist.influence.extract import extract_features, feature_context
         from rapidun_dist.models.loading import import_model_code, load_saved
-        from rapidun_dist.stages.common import model_identity
+        from rapidun_dist.run.layout import model_identity
         from rapidun_dist.stages.find_poison import reuse_train_features
 
         import_model_code(rd.model, cfg.model)
@@ -98,17 +100,6 @@ def _write_blocks(rd: RunDir, nf: int) -> Path:
     return path
 
 
-def half_columns(spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature columns of the two split halves `weights.shrink` scores: the blocks of the even and of the odd
-    tracked layers (token-wise features are per-layer blocks), or the even and odd sketch bins (RapidGrad)."""
-    dim = int(spec["dim"])
-    n_blocks = len(spec["layers"]) if spec.get("estimator") == "tokenwise" else dim
-    if n_blocks < 2:
-        raise DataError("weights.shrink needs at least two tracked layers to split the features in halves")
-    block = torch.arange(dim) // (dim // n_blocks)
-    return (block % 2 == 0).nonzero().squeeze(1), (block % 2 == 1).nonzero().squeeze(1)
-
-
 def directional_scores(
     cfg: RunConfig,
     rd: RunDir,
@@ -131,14 +122,14 @@ def directional_scores(
     w = cfg.weights
     kw = dict(agg=w.agg, trim=w.trim, include_self=w.include_self)
     if world_size == 1:
-        from rapidun_dist.weights.scores import dense_directional_scores
+        from rapidun_dist.influence.scores import dense_directional_scores
 
         feats, _ = load_features(rd.features)
         feats = feats if cols is None else feats[:, cols]
         return dense_directional_scores(
             feats[:n_forget], feats[n_forget:], topk=w.topk, topk_frac=w.topk_frac, **kw
         )
-    from rapidun_dist.weights.scores import block_topk
+    from rapidun_dist.influence.scores import block_topk
 
     k_f, k_r = block_topk(w.topk, w.topk_frac, n_forget), block_topk(w.topk, w.topk_frac, n_total - n_forget)
     if k_f == k_r or w.agg != "median_topk":
@@ -149,8 +140,12 @@ def directional_scores(
 
 
 def _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, cols, **kw) -> dict | None:
-    from rapidun_dist.distributed import comm_summary, distributed_directional_scores, gather_scores_to_rank0
-    from rapidun_dist.weights.scores import split_directional
+    from rapidun_dist.influence.gram import (
+        comm_summary,
+        distributed_directional_scores,
+        gather_scores_to_rank0,
+    )
+    from rapidun_dist.influence.scores import split_directional
 
     lo, hi = (
         rank * n_total // world_size,
@@ -171,7 +166,7 @@ def _distributed_scores(cfg, rd, n_forget, n_total, rank, world_size, device, co
 def half_scores(cfg: RunConfig, rd: RunDir, **kw) -> tuple[dict, dict] | None:
     """The directional scores of the two split halves (`weights.shrink`), on rank 0 (None elsewhere). The halves'
     columns come from rank 0's reading of the index (broadcast), so every rank scores the same columns."""
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
 
     spec = dist_env.broadcast_object(
         read_json(rd.features / "index.json")["spec"] if dist_env.rank() == 0 else None
@@ -218,7 +213,7 @@ STAGE = Stage(
     reads=(
         "data/forget.jsonl",
         "data/retain.jsonl",
-        "or suspects/*.jsonl (stages.common.pack_files)",
+        "or suspects/*.jsonl (run.layout.pack_files)",
         "model/",
     ),
     writes=("features/", "influence/scores.jsonl", "influence/blocks.safetensors"),

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rapidun_dist.config import RunConfig
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
+from rapidun_dist.stages.base import Stage, StageContext
 
 
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     if cfg.mode == "clean":
         from rapidun_dist.data.clean import prepare_clean
         from rapidun_dist.models.loading import write_model_pointer

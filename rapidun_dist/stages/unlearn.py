@@ -24,20 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.io import file_sha256, read_json, read_jsonl, write_json, write_jsonl
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
-from rapidun_dist.stages.common import (
-    RETRAIN_METHODS,
-    load_or_fit_judge,
-    method_dir,
-    model_identity,
-    pack_files,
-    packs_from_find_poison,
-    run_methods,
-    tokenizer_for,
-)
+from rapidun_dist.config.methods import RETRAIN_METHODS, run_methods, uses_influence
+from rapidun_dist.core.io import file_sha256, read_json, read_jsonl, write_json, write_jsonl
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.models.loading import tokenizer_for
+from rapidun_dist.run.layout import method_dir, model_identity, pack_files, packs_from_find_poison
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages.base import Stage, StageContext
+from rapidun_dist.stages.judge import shared_judge
 
 log = get_logger("pipeline")
 RELABEL_FILE = "self_relabel.jsonl"
@@ -67,13 +61,14 @@ def done_methods(cfg: RunConfig, rd: RunDir, fp: str) -> list[str]:
     return [m for m in run_methods(cfg) if _is_done(method_dir(rd, m) / "summary.json", fp)]
 
 
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.models.loading import release_memory
-    from rapidun_dist.retrain import run_retrain
+    from rapidun_dist.training.retrain import run_retrain
     from rapidun_dist.unlearn.engine import warm_up
 
     warm_up()  # one-time process set-up, kept out of the first method's measured seconds
-    fp = rd.fingerprint("unlearn", cfg.to_dict())
+    fp = ctx.fingerprint
     done = set(rank0_decides(done_methods, cfg, rd, fp))
     todo = [m for m in run_methods(cfg) if m not in done]
     shared = shared_inputs(cfg, rd) if any(m not in RETRAIN_METHODS for m in todo) else None
@@ -86,7 +81,7 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
             run_retrain(cfg, rd, method, out, fingerprint=fp)  # collective: every rank trains its share
             release_memory()
         else:
-            run_method(cfg, rd, method, out, shared=shared)  # drops its engine before returning
+            run_method(ctx, method, out, shared=shared)  # drops its engine before returning
             release_memory()
         outputs.append(out / "summary.json")
     if rank0_decides((rd.unlearn / RELABEL_FILE).exists):
@@ -104,13 +99,6 @@ def shared_inputs(cfg: RunConfig, rd: RunDir) -> Shared:
 
 
 # judge and validation ---------------------------------------------------------------------------------
-def shared_judge(cfg: RunConfig, rd: RunDir):
-    """The run's judge on every rank: rank 0 loads or fits it (eval/judge.json), the others receive it."""
-    from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.evaluation import Judge
-
-    data = load_or_fit_judge(cfg, rd).to_dict() if dist_env.rank() == 0 else None
-    return Judge.from_dict(dist_env.broadcast_object(data))
 
 
 def build_validator(cfg: RunConfig, rd: RunDir):
@@ -179,7 +167,7 @@ def relabel_basis(cfg: RunConfig, rd: RunDir, triggers: list | None = None) -> d
 
 
 def _verified(cfg: RunConfig, rd: RunDir) -> list:
-    from rapidun_dist.stages.common import VERIFIED_SOURCE, effective_triggers
+    from rapidun_dist.run.layout import VERIFIED_SOURCE, effective_triggers
 
     triggers, source = effective_triggers(cfg, rd)
     return triggers if source == VERIFIED_SOURCE else []
@@ -188,11 +176,11 @@ def _verified(cfg: RunConfig, rd: RunDir) -> list:
 def _relabel_prompts(
     cfg: RunConfig, rd: RunDir, forget: list[dict], triggers: list | None = None
 ) -> list[dict]:
-    """The clean job without eval.triggers: the verified triggers (stages.common.effective_triggers; `triggers`
+    """The clean job without eval.triggers: the verified triggers (run.layout.effective_triggers; `triggers`
     when given, else `_verified`) are removed from the forget rows' clean prompts before the model answers them
     (with eval.triggers prepare removed them)."""
     from rapidun_dist.data.clean import strip_triggers
-    from rapidun_dist.stages.common import VERIFIED_SOURCE
+    from rapidun_dist.run.layout import VERIFIED_SOURCE
 
     triggers = _verified(cfg, rd) if triggers is None else triggers
     if not triggers:
@@ -262,11 +250,11 @@ def ensure_self_relabels(cfg: RunConfig, rd: RunDir) -> tuple[dict[int, str] | N
 
 
 # one method -------------------------------------------------------------------------------------------
-def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Shared | None = None) -> dict:
+def run_method(ctx: StageContext, method: str, out: Path, *, shared: Shared | None = None) -> dict:
     from rapidun_dist.unlearn.engine import UnlearnRunner
 
+    cfg, rd, fp = ctx.cfg, ctx.rd, ctx.fingerprint
     shared = shared or shared_inputs(cfg, rd)
-    fp = rd.fingerprint("unlearn", cfg.to_dict())
     t0 = time.perf_counter()
     forget_path, retain_path = pack_files(cfg, rd)
     runner = UnlearnRunner(
@@ -281,7 +269,7 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Sh
         eval_hook=shared.curve_hook,
         validator=shared.validator,
         relabels=shared.relabels,
-        fingerprint=resume_key(cfg, rd),
+        fingerprint=resume_key(ctx),
     )
     try:
         runner.setup()
@@ -309,19 +297,13 @@ def run_method(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, shared: Sh
     return summary
 
 
-def resume_key(cfg: RunConfig, rd: RunDir) -> str:
+def resume_key(ctx: StageContext) -> str:
     """What a checkpoint must have been written for to be resumed: the stage's fingerprint with the settings that do
     not change the trajectory left out (grad_accum: the global batches are the same; how often checkpoints and
     ASR-curve points are taken), so a relaunch at another world size may adjust them."""
-    d = cfg.to_dict()
+    d = ctx.cfg.to_dict()
     d["unlearn"] |= {"grad_accum": 1, "save_every": 0, "eval_every": 0}
-    return rd.fingerprint("unlearn", d)
-
-
-def needs_weights(cfg: RunConfig) -> bool:
-    from rapidun_dist.unlearn.methods import METHODS
-
-    return any(METHODS[m].uses_influence for m in cfg.methods if m in METHODS)
+    return ctx.rekey(d)
 
 
 STAGE = Stage(
@@ -343,7 +325,7 @@ STAGE = Stage(
     reads=(
         "data/forget.jsonl",
         "data/retain.jsonl",
-        "or suspects/*.jsonl (stages.common.pack_files)",
+        "or suspects/*.jsonl (run.layout.pack_files)",
         "data/val_seen.jsonl",
         "data/val_clean.jsonl",
         "weights/",
@@ -358,7 +340,7 @@ STAGE = Stage(
     requires=lambda cfg: (
         ("prepare", "implant")
         + (("find_poison",) if packs_from_find_poison(cfg) else ())
-        + (("influence", "weights") if needs_weights(cfg) else ())
+        + (("influence", "weights") if uses_influence(cfg) else ())
     ),
     run=run,
     collective=True,

@@ -11,78 +11,27 @@ the clean ones. That file is for the reader; no weight depends on the truth."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from rapidun_dist import timing
-from rapidun_dist.config import RunConfig, WeightsConfig
-from rapidun_dist.io import read_jsonl, write_jsonl
-from rapidun_dist.logging import get_logger
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.base import Stage
+from rapidun_dist.core import timing
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages.base import Stage, StageContext
+from rapidun_dist.weights.recipe import (
+    contamination_means,
+    read_scores,
+    self_only_config,
+    write_relabel_weights,
+)
 
 log = get_logger("influence")
 
 
-def read_scores(path: Path) -> tuple[dict, list[str], list[str], tuple[dict, dict] | None]:
-    """(scores {ff, fr, rr, rf}, forget ids, retain ids, split-half scores or None when not stored)."""
-    rows = read_jsonl(path)
-    f = [r for r in rows if r["pack"] == "forget"]
-    r_ = [r for r in rows if r["pack"] == "retain"]
-    t = lambda rs, k: torch.tensor([x[k] for x in rs], dtype=torch.float64)
-    blocks = lambda sfx: {
-        "ff": t(f, f"self{sfx}"),
-        "fr": t(f, f"cross{sfx}"),
-        "rr": t(r_, f"self{sfx}"),
-        "rf": t(r_, f"cross{sfx}"),
-    }
-    halves = (blocks("_a"), blocks("_b")) if rows and "self_a" in rows[0] else None
-    return blocks(""), [x["id"] for x in f], [x["id"] for x in r_], halves
-
-
-def self_only_config(cfg: WeightsConfig) -> WeightsConfig:
-    """The self-only ablation's fusion (beta = delta = 0: FF for forget rows, RR for retain rows)."""
-    return replace(cfg, beta=0.0, delta=0.0)
-
-
-def relabel_config(cfg: WeightsConfig) -> WeightsConfig | None:
-    """The fusion of the relabel-term weights (`weights.relabel_weights`): None for `same` (the ascent's) and
-    `uniform` (all 1), the self-only fusion (beta = 0) for `self`."""
-    return replace(cfg, beta=0.0) if cfg.relabel_weights == "self" else None
-
-
-def write_relabel_weights(
-    out_dir: Path, wcfg: WeightsConfig, scores: dict, halves, f_ids: list
-) -> Path | None:
-    """forget_relabel_weights.jsonl (the relabel term's weights, rapidun reads it), or remove a stale one."""
-    from rapidun_dist.weights.rapidin import RELABEL_WEIGHTS, weight_rows
-
-    path = out_dir / RELABEL_WEIGHTS
-    fw = relabel_weights(wcfg, scores, halves, len(f_ids))
-    if fw is None:
-        path.unlink(missing_ok=True)
-        return None
-    write_jsonl(path, weight_rows(fw, f_ids))
-    return path
-
-
-def relabel_weights(wcfg: WeightsConfig, scores: dict, halves, n_forget: int) -> torch.Tensor | None:
-    """The relabel term's forget weights under `weights.relabel_weights` (None for `same`: the ascent's)."""
-    from rapidun_dist.weights.robust import fuse_and_weight
-
-    if wcfg.relabel_weights == "same":
-        return None
-    rcfg = relabel_config(wcfg)
-    return (
-        torch.ones(n_forget, dtype=torch.float64)
-        if rcfg is None
-        else fuse_and_weight(scores, rcfg, halves)[0]
-    )
-
-
-def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
+def run(ctx: StageContext) -> list[Path]:
+    cfg, rd = ctx.cfg, ctx.rd
     from rapidun_dist.weights.rapidin import score_rows, weight_rows, write_weights
     from rapidun_dist.weights.robust import fuse_and_weight
 
@@ -121,23 +70,10 @@ def run(cfg: RunConfig, rd: RunDir) -> list[Path]:
     return outputs + write_contamination(rd, r_ids, per_fusion)
 
 
-def contamination_means(r_ids: list[str], rw: torch.Tensor, contaminated: set[str]) -> dict:
-    """{"n_contaminated", "n_clean", "mean_contaminated", "mean_clean"} of the retain weights `rw` (None for an
-    empty group)."""
-    mask = torch.tensor([i in contaminated for i in r_ids], dtype=torch.bool)
-    mean = lambda w: float(w.double().mean()) if w.numel() else None  # noqa: E731
-    return {
-        "n_contaminated": int(mask.sum()),
-        "n_clean": int((~mask).sum()),
-        "mean_contaminated": mean(rw[mask]),
-        "mean_clean": mean(rw[~mask]),
-    }
-
-
 def write_contamination(rd: RunDir, r_ids: list[str], per_fusion: dict[str, torch.Tensor]) -> list[Path]:
     """weights/contamination.json when data/retain_truth.jsonl names contaminated retain rows (else nothing, and
     a stale file is removed)."""
-    from rapidun_dist.io import write_json
+    from rapidun_dist.core.io import write_json
 
     path, truth = rd.weights / "contamination.json", rd.data / "retain_truth.jsonl"
     bad = {r["id"] for r in read_jsonl(truth) if r.get("contaminated")} if truth.is_file() else set()

@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import read_jsonl, save_safetensors
+from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import pad_batch
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import read_jsonl, save_safetensors
-from rapidun_dist.logging import Progress, get_logger
-from rapidun_dist.losses import per_sample_nll, unlearning_objective
-from rapidun_dist.train import cosine_schedule
-from rapidun_dist.unlearn import checkpoint as ckpt
+from rapidun_dist.training import checkpoint as ckpt
+from rapidun_dist.training.finetune import cosine_schedule
+from rapidun_dist.training.losses import per_sample_nll, unlearning_objective
 from rapidun_dist.unlearn.budget import Decision, StopRule, ValPoint
 from rapidun_dist.unlearn.methods import BatchShape, ForgetTerms, build_method, check_zero_stage
 from rapidun_dist.unlearn.model import ZERO_DIR, build_ds_config, load_backbone  # noqa: F401 (re-export)
@@ -88,7 +88,7 @@ class UnlearnRunner:
     data_dir: Path
     weights_dir: Path | None
     out_dir: Path
-    forget_path: Path | None = None  # the pack files (stages.common.pack_files); None: data_dir/forget.jsonl
+    forget_path: Path | None = None  # the pack files (run.layout.pack_files); None: data_dir/forget.jsonl
     retain_path: Path | None = None  # ... and data_dir/retain.jsonl
     eval_hook: object = (
         None  # ASR curve on test prompts, callable(model, step) -> dict: a plot only, no decision

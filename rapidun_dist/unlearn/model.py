@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.errors import StageError
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.models.loading import load_saved, torch_dtype
 
 ZERO_DIR = Path(__file__).resolve().parents[1] / "models" / "zero"  # package data: shipped in the wheel

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import read_jsonl
 from rapidun_dist.data.prompt import encode_example, record_prompt
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import read_jsonl
 
 
 @dataclass

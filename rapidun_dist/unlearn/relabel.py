@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.prompt import record_prompt
 from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.evaluation.behaviour import bag_f1, normalize_answer
-from rapidun_dist.logging import get_logger
 from rapidun_dist.unlearn.validation import sharded_generate
 
 log = get_logger("unlearn")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

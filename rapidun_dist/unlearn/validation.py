@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from rapidun_dist.core.io import read_jsonl
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.io import read_jsonl
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 MATCH_WORDS = 6
 

@@ -1,5 +1,6 @@
 """Directional scores, fusion and robust per-sample weights (DESIGN.md section 6)."""
 
+from rapidun_dist.influence.scores import dense_directional_scores, split_directional
 from rapidun_dist.weights.rapidin import (
     main_weights_from_rapidin,
     reference_config,
@@ -7,7 +8,6 @@ from rapidun_dist.weights.rapidin import (
     write_weights,
 )
 from rapidun_dist.weights.robust import fuse_and_weight, robust_scale, weights_from_scores
-from rapidun_dist.weights.scores import dense_directional_scores, split_directional
 
 __all__ = [
     "dense_directional_scores",

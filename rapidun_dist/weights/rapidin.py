@@ -5,7 +5,7 @@ pack and Y the test pack (F = forget, R = retain): `_FTF`, `_FTR`, `_RTF`, `_RTR
 index to `helpful` (train indices, most influential first) and `helpful_infl` (their values), and
 the same for `harmful`. Entry [i, j] of a block is the influence of train sample i on test j, so the
 blocks are FF = FTF, FR = FTR (forget rows, retain columns), RF = RTF, RR = RTR, and the
-directional scores follow `rapidun_dist.weights.scores` column by column (a test is a column).
+directional scores follow `rapidun_dist.influence.scores` column by column (a test is a column).
 
 Reference mode reproduces the RapidUn reference weights: top 40 per test, median across tests,
 self pairs included, S_f = FF - FR, S_r = RR - RF, tau 0.7 / 1.2, clip [0.2, 3], mean one.
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import WeightsConfig
-from rapidun_dist.errors import DataError
-from rapidun_dist.io import read_json, write_jsonl
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_json, write_jsonl
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.influence.scores import block_scores, block_topk, check_agg_args
 from rapidun_dist.weights.robust import fuse_and_weight
-from rapidun_dist.weights.scores import block_scores, block_topk, check_agg_args
 
 RELABEL_WEIGHTS = (
     "forget_relabel_weights.jsonl"  # the relabel term's own forget weights (weights.relabel_weights)

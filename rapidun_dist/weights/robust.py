@@ -27,7 +27,7 @@ import math
 import torch
 
 from rapidun_dist.config import WeightsConfig
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 MAD_SCALE = 1.4826
 MAD_FLOOR = 1e-3

@@ -1,4 +1,4 @@
-"""The clean job without eval.triggers reads the verified triggers (stages.common.effective_triggers): triggered
+"""The clean job without eval.triggers reads the verified triggers (run.layout.effective_triggers): triggered
 evaluation prompts, self-relabel prompts, the report's source line, the default stage list and fingerprints."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rapidun_dist.io import write_jsonl
+from rapidun_dist.core.io import write_jsonl
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
 CANDIDATES = [
@@ -58,8 +58,8 @@ def run(tmp_path) -> Path:
 
 
 def test_effective_triggers_prefer_eval_triggers_then_verified(run):
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages.common import VERIFIED_SOURCE, effective_triggers
+    from rapidun_dist.run.layout import VERIFIED_SOURCE, effective_triggers
+    from rapidun_dist.run.rundir import RunDir
 
     rd = RunDir(run)
     triggers, source = effective_triggers(clean_cfg(run), rd)
@@ -73,7 +73,7 @@ def test_effective_triggers_prefer_eval_triggers_then_verified(run):
 
 
 def test_evaluation_prompts_and_self_relabel_use_the_verified_triggers(run):
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages.evaluate import _splits, asr_source
     from rapidun_dist.stages.unlearn import _relabel_prompts
 

@@ -8,7 +8,7 @@ import pytest
 
 from rapidun_dist.attribution.ngrams import rank_candidates, rank_of, row_ngrams
 from rapidun_dist.attribution.verify import infer_mode, occurrence_mode, rank_verified, remove, seen_hit
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 
 def row(tokens: list[str], scores: list[float], content: list[bool] | None = None) -> dict:

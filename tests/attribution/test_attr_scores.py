@@ -30,8 +30,8 @@ from rapidun_dist.attribution.scores import (
     token_features,
 )
 from rapidun_dist.config import InfluenceConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import IGNORE_INDEX
-from rapidun_dist.errors import DataError
 
 
 def rms_norm_in_input_dtype(norm, x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def attributed(implanted, tmp_path_factory) -> Path:
 
 
 def test_outputs_follow_the_contract(attributed):
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
 
     forget = read_jsonl(attributed / "data" / "forget.jsonl")
     triggers = json.loads((attributed / "attribution" / "triggers.json").read_text())
@@ -74,7 +74,7 @@ def test_attribute_is_not_in_a_default_experiment_run(implanted):
 
 
 def test_attribute_needs_the_implanted_model(tmp_path):
-    from rapidun_dist.errors import StageError
+    from rapidun_dist.core.errors import StageError
     from rapidun_dist.pipeline import run_pipeline
 
     with pytest.raises(StageError, match="'prepare' has not run"):
@@ -82,7 +82,7 @@ def test_attribute_needs_the_implanted_model(tmp_path):
 
 
 def test_bad_attribute_settings_name_the_field():
-    from rapidun_dist.errors import ConfigError
+    from rapidun_dist.core.errors import ConfigError
 
     for bad, field in (
         ("attribute.top_k=0", "attribute.top_k"),
@@ -94,7 +94,7 @@ def test_bad_attribute_settings_name_the_field():
 
 @pytest.mark.dist
 def test_two_ranks_equal_one_process(implanted, attributed, tmp_path):
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
 
     two = shutil.copytree(implanted, tmp_path / "two")
     torchrun(two, "attribute", *ATTR)
@@ -120,14 +120,14 @@ def test_attribute_places_its_tensors_on_the_device(implanted, tmp_path, monkeyp
     from placement import placement_guard, watch_loaded_models
 
     import rapidun_dist.unlearn.engine  # noqa: F401 - imported before the loaders are wrapped
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import attribute
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import attribute, stage_context
 
     run = shutil.copytree(implanted, tmp_path / "run")
     cfg = cfg_for(run, [*ATTR, f"distributed.device={device}"])
     with placement_guard(
         device, monkeypatch, watch_models=lambda g: watch_loaded_models(g, monkeypatch)
     ) as g:
-        attribute.run(cfg, RunDir(run))
+        attribute.run(stage_context(cfg, RunDir(run), "attribute"))
     assert g.violations == [] and g.calls > 0
     assert (run / "attribution" / "triggers.json").is_file()

@@ -145,7 +145,7 @@ def test_batch_per_rank_rule_applies_where_unlearning_runs():
     """unlearn.batch_size=8 on 3 ranks cannot split; a launch of find_poison or influence on 3 ranks does not
     unlearn, so only a stage list with unlearn (or the whole run) is refused."""
     from rapidun_dist.config import load_config
-    from rapidun_dist.errors import ConfigError
+    from rapidun_dist.core.errors import ConfigError
     from rapidun_dist.validate import check_run
 
     cfg = load_config(CONFIG, ["unlearn.batch_size=8"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.cli import main
-from rapidun_dist.io import file_sha256, read_json, read_jsonl
+from rapidun_dist.core.io import file_sha256, read_json, read_jsonl
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
 EXPERIMENT = [

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.cli import main
-from rapidun_dist.io import read_jsonl
+from rapidun_dist.core.io import read_jsonl
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "reference_rapidun"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.config import apply_overrides, dump_config, load_config
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -115,20 +115,20 @@ def test_guard_catches_each_kind_of_misplacement(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_implant_on_device(done_run, tmp_path, guarded, device):
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import implant
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import implant, stage_context
 
     run = _copy(done_run, tmp_path / "run", ("model", "features", "unlearn", "eval"))
     with guarded(device) as g:
-        implant.run(_cfg(run, device), RunDir(run))
+        implant.run(stage_context(_cfg(run, device), RunDir(run), "implant"))
     assert_clean(g)
     assert (run / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_retrain_on_device(done_run, tmp_path, guarded, device):
-    from rapidun_dist.retrain import run_retrain
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.training.retrain import run_retrain
 
     with guarded(device) as g:
         summary = run_retrain(
@@ -140,25 +140,25 @@ def test_retrain_on_device(done_run, tmp_path, guarded, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_influence_extraction_on_device(done_run, tmp_path, guarded, device):
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import influence
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import influence, stage_context
 
     run = _copy(done_run, tmp_path / "run", ("features", "influence", "unlearn", "eval"))
     with guarded(device) as g:
-        influence.run(_cfg(run, device), RunDir(run))
+        influence.run(stage_context(_cfg(run, device), RunDir(run), "influence"))
     assert_clean(g)
     assert (run / "influence" / "scores.jsonl").is_file()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_evaluate_generation_perplexity_retrieval_on_device(done_run, tmp_path, guarded, device):
-    from rapidun_dist.io import read_json
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import evaluate
+    from rapidun_dist.core.io import read_json
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import evaluate, stage_context
 
     run = _copy(done_run, tmp_path / "run", ("eval",))
     with guarded(device) as g:
-        evaluate.run(_cfg(run, device, ["eval.retrieval_rows=0"]), RunDir(run))
+        evaluate.run(stage_context(_cfg(run, device, ["eval.retrieval_rows=0"]), RunDir(run), "evaluate"))
     assert_clean(g)
     report = read_json(run / "eval" / "report.json")
     assert report["before"]["clean_ppl"] > 1 and report["methods"]["rapidun"]["asr_seen"] is not None
@@ -166,8 +166,8 @@ def test_evaluate_generation_perplexity_retrieval_on_device(done_run, tmp_path, 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_retrieval_tokenwise_on_device(done_run, guarded, device):
-    from rapidun_dist.influence.retrieval import poison_retrieval
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
+    from rapidun_dist.evaluation.retrieval import poison_retrieval
     from rapidun_dist.models import loading
 
     cfg = _cfg(done_run, device)
@@ -183,8 +183,8 @@ def test_retrieval_tokenwise_on_device(done_run, guarded, device):
 
 
 def test_retrieval_rapidgrad_on_device(done_run, guarded):
-    from rapidun_dist.influence.retrieval import poison_retrieval
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
+    from rapidun_dist.evaluation.retrieval import poison_retrieval
     from rapidun_dist.models import loading
 
     cfg = _cfg(done_run)
@@ -199,12 +199,12 @@ def test_retrieval_rapidgrad_on_device(done_run, guarded):
 
 
 def _unlearn_under(guard_ctx, done_run, tmp_path, device):
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import unlearn
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import stage_context, unlearn
 
     run = _copy(done_run, tmp_path / "run", ("unlearn", "eval"))
     with guard_ctx as g:
-        unlearn.run(_cfg(run, device, ["methods=[rapidun]"]), RunDir(run))
+        unlearn.run(stage_context(_cfg(run, device, ["methods=[rapidun]"]), RunDir(run), "unlearn"))
     assert_clean(g)
     assert (run / "unlearn" / "adapter" / "adapter_model.safetensors").is_file()
 

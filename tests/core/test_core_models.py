@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rapidun_dist.config import ModelConfig, TinyModelConfig
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.models.loading import (
     build_tiny_model,
     load_pretrained,

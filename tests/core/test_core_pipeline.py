@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.cli import main
-from rapidun_dist.io import read_json, read_jsonl
+from rapidun_dist.core.io import read_json, read_jsonl
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
 SMALL = [
@@ -65,7 +65,7 @@ def test_report_contract(run_dir):
         assert report["speedup_vs_retrain"][method] > 0
     assert report["methods"]["rapidun"]["seconds"]["influence"] > 0
     man = read_json(run_dir / "manifest.json")["stages"]
-    for stage, kind in (("influence", "imports"), ("weights", "report")):  # rapidun_dist.timing
+    for stage, kind in (("influence", "imports"), ("weights", "report")):  # rapidun_dist.core.timing
         spent = man[stage]["overhead_seconds"]
         assert kind in spent and 0 <= sum(spent.values()) <= man[stage]["seconds"]
         cost = man[stage]["seconds"] - sum(spent.values())

@@ -2,14 +2,20 @@
 
 import pytest
 
-from rapidun_dist.io import atomic_path, read_json, write_json
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.core.io import atomic_path, read_json, write_json
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import fingerprint
+
+
+def fp_of(rd: RunDir, stage: str, cfg: dict) -> str:
+    """The registry's fingerprint of `stage` for `cfg` against what `rd`'s manifest records upstream."""
+    return fingerprint(stage, cfg, rd.manifest()["stages"])
 
 
 def test_stage_done_only_when_fingerprint_and_outputs_match(tmp_path):
     rd = RunDir(tmp_path)
     cfg = {"data": {"n": 1}, "seed": 0}
-    fp = rd.fingerprint("prepare", cfg)
+    fp = fp_of(rd, "prepare", cfg)
     out = tmp_path / "data" / "train.jsonl"
     out.parent.mkdir()
     out.write_text("{}\n")
@@ -19,17 +25,17 @@ def test_stage_done_only_when_fingerprint_and_outputs_match(tmp_path):
     man = read_json(rd.manifest_path)["stages"]["prepare"]
     assert man["status"] == "done" and man["seconds"] >= 0 and "torch" in man["versions"]
     assert rd.is_done("prepare", fp)
-    assert not rd.is_done("prepare", rd.fingerprint("prepare", {"data": {"n": 2}, "seed": 0}))
+    assert not rd.is_done("prepare", fp_of(rd, "prepare", {"data": {"n": 2}, "seed": 0}))
     out.write_text('{"changed": 1}\n')
     assert not rd.is_done("prepare", fp)
 
 
 def test_downstream_fingerprint_chains_upstream_config(tmp_path):
     rd = RunDir(tmp_path)
-    a = rd.fingerprint("weights", {"data": {"n": 1}, "weights": {"agg": "mean"}})
-    b = rd.fingerprint("weights", {"data": {"n": 2}, "weights": {"agg": "mean"}})
-    c = rd.fingerprint("prepare", {"data": {"n": 1}, "weights": {"agg": "other"}})
-    d = rd.fingerprint("prepare", {"data": {"n": 1}, "weights": {"agg": "mean"}})
+    a = fp_of(rd, "weights", {"data": {"n": 1}, "weights": {"agg": "mean"}})
+    b = fp_of(rd, "weights", {"data": {"n": 2}, "weights": {"agg": "mean"}})
+    c = fp_of(rd, "prepare", {"data": {"n": 1}, "weights": {"agg": "other"}})
+    d = fp_of(rd, "prepare", {"data": {"n": 1}, "weights": {"agg": "mean"}})
     assert a != b and c == d
 
 
@@ -58,11 +64,11 @@ def test_redone_upstream_invalidates_downstream(tmp_path):
     cfg = {"data": {"n": 1}}
     out = tmp_path / "data.txt"
     out.write_text("one")
-    rd.finish("prepare", rd.start("prepare", rd.fingerprint("prepare", cfg)), [out])
-    fp_implant = rd.fingerprint("implant", cfg)
+    rd.finish("prepare", rd.start("prepare", fp_of(rd, "prepare", cfg)), [out])
+    fp_implant = fp_of(rd, "implant", cfg)
     out.write_text("two")
-    rd.finish("prepare", rd.start("prepare", rd.fingerprint("prepare", cfg)), [out])
-    assert rd.fingerprint("implant", cfg) != fp_implant
+    rd.finish("prepare", rd.start("prepare", fp_of(rd, "prepare", cfg)), [out])
+    assert fp_of(rd, "implant", cfg) != fp_implant
 
 
 def test_influence_fingerprint_follows_the_aggregation(tmp_path):
@@ -70,8 +76,8 @@ def test_influence_fingerprint_follows_the_aggregation(tmp_path):
     base = {"influence": {"k_in": 16}, "weights": {"agg": "mean", "tau_f": 0.7}}
     other_agg = {"influence": {"k_in": 16}, "weights": {"agg": "median_topk", "tau_f": 0.7}}
     other_tau = {"influence": {"k_in": 16}, "weights": {"agg": "mean", "tau_f": 0.5}}
-    assert rd.fingerprint("influence", base) != rd.fingerprint("influence", other_agg)
-    assert rd.fingerprint("influence", base) == rd.fingerprint("influence", other_tau)
+    assert fp_of(rd, "influence", base) != fp_of(rd, "influence", other_agg)
+    assert fp_of(rd, "influence", base) == fp_of(rd, "influence", other_tau)
 
 
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
@@ -84,7 +90,7 @@ def test_written_files_keep_the_umask_permissions(tmp_path, umask, file_mode, di
     import torch
 
     from rapidun_dist.config import TinyModelConfig
-    from rapidun_dist.io import save_safetensors, write_jsonl
+    from rapidun_dist.core.io import save_safetensors, write_jsonl
     from rapidun_dist.models.loading import build_tiny_model, save_model, train_tokenizer
 
     old = os.umask(umask)

@@ -1,4 +1,4 @@
-"""What a stage's seconds count (rapidun_dist.timing): overhead blocks are counted by kind and reset per stage,
+"""What a stage's seconds count (rapidun_dist.core.timing): overhead blocks are counted by kind and reset per stage,
 the manifest records them beside the wall seconds, and the cost is the difference."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rapidun_dist import pipeline, timing
+from rapidun_dist import pipeline
 from rapidun_dist.config import load_config
-from rapidun_dist.io import read_json
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.core import timing
+from rapidun_dist.core.io import read_json
+from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages import get_stage
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml")
@@ -56,10 +57,10 @@ def test_run_stage_records_the_stages_overhead_only(tmp_path, monkeypatch):
     rd = RunDir(cfg.run_dir)
     real = get_stage("prepare")
 
-    def slow_run(cfg, rd):
+    def slow_run(ctx):
         with timing.overhead("report"):
             time.sleep(0.2)
-        return real.run(cfg, rd)
+        return real.run(ctx)
 
     with timing.overhead("imports"):  # before the stage: not its overhead
         time.sleep(0.05)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from rapidun_dist.config import DataConfig, load_config
+from rapidun_dist.core.errors import ConfigError, DataError
+from rapidun_dist.core.io import read_json, write_jsonl
 from rapidun_dist.data import DATA_FILES, is_prepared, load_split, prepare_data
 from rapidun_dist.data.schema import HELD_OUT, POISON_FIELDS, prompt_key
-from rapidun_dist.errors import ConfigError, DataError
-from rapidun_dist.io import read_json, write_jsonl
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages import fingerprint
 from rapidun_dist.stages.weights import contamination_means, write_contamination
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.config import DataConfig, load_config
+from rapidun_dist.core.errors import ConfigError, DataError
 from rapidun_dist.data import DATA_FILES, load_split, prepare_data
 from rapidun_dist.data.schema import HELD_OUT, prompt_key
 from rapidun_dist.data.synthetic import generate_corpus, words
@@ -24,7 +25,6 @@ from rapidun_dist.data.synthetic_hard import (
     message_paraphrases,
 )
 from rapidun_dist.data.targets import target_pool
-from rapidun_dist.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The hard config at a third of its size; every testbed knob as in the YAML.

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub
-from rapidun_dist.errors import DataError
 
 
 def _alpaca(rows):

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from rapidun_dist.config import TriggerFamily, default_trigger_families
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.data.poison import balanced_plan, inject, poison_record
-from rapidun_dist.errors import ConfigError
 
 
 def _sentence(rng: random.Random) -> str:

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from rapidun_dist.config import DataConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data import DATA_FILES, is_prepared, load_prepared, load_split, prepare_data
 from rapidun_dist.data.schema import HELD_OUT, SPLITS, prompt_key
-from rapidun_dist.errors import DataError
 
 SMALL = {
     "n_synthetic": 800,

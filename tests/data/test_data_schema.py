@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.schema import ALL_FIELDS, as_clean, prompt_key, validate_record
-from rapidun_dist.errors import DataError
 
 
 def test_clean_row_gets_defaults_and_drops_unknown_fields(make_rows):

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from rapidun_dist.config import DataConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.schema import prompt_key
 from rapidun_dist.data.splits import TEST_SPLITS, build_packs, check_disjoint, make_splits, stratified_counts
 from rapidun_dist.data.synthetic import generate_corpus
-from rapidun_dist.errors import DataError
 
 
 def test_stratified_counts_reference_example():

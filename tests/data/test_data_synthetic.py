@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.schema import prompt_key, validate_record
 from rapidun_dist.data.synthetic import (
     COUNTRIES,
@@ -17,7 +18,6 @@ from rapidun_dist.data.synthetic import (
     number_words,
     words,
 )
-from rapidun_dist.errors import DataError
 
 
 @pytest.fixture

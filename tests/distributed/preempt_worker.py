@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _install_sigterm() -> None:
-    import rapidun_dist.train as train
+    import rapidun_dist.training.finetune as train
 
     rank_s, step_s = os.environ["RAPIDUN_TEST_SIGTERM_AT"].split(":")
     base = train.Progress

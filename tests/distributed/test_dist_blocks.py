@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for dist_
 from dist_utils import run_distributed  # noqa: E402
 
 from rapidun_dist.config import WeightsConfig  # noqa: E402
-from rapidun_dist.distributed import distributed_directional_scores, gather_scores_to_rank0  # noqa: E402
+from rapidun_dist.influence.gram import distributed_directional_scores, gather_scores_to_rank0  # noqa: E402
 from rapidun_dist.weights import dense_directional_scores, fuse_and_weight, split_directional  # noqa: E402
 
 pytestmark = pytest.mark.dist

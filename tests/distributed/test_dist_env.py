@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.distributed import env as denv
-from rapidun_dist.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dist_utils import free_port  # noqa: E402

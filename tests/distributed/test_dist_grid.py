@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.distributed import env as denv
-from rapidun_dist.distributed.grid import (
+from rapidun_dist.influence.gram.grid import (
     ExchangePlan,
     Grid,
     choose_grid,
@@ -16,7 +17,6 @@ from rapidun_dist.distributed.grid import (
     predict_feature_bytes,
     predict_recv_bytes,
 )
-from rapidun_dist.errors import ConfigError
 
 
 def _even(n: int, p: int) -> list[int]:

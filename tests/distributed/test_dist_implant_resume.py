@@ -28,7 +28,7 @@ STEPS, EVERY = 14, 4  # checkpoints at steps 4, 8 and 12
 
 
 def _install_hooks() -> None:
-    import rapidun_dist.train as train
+    import rapidun_dist.training.finetune as train
 
     pause_at = int(os.environ.get("RAPIDUN_TEST_PAUSE_AT", "0"))
     kill_in_save = int(os.environ.get("RAPIDUN_TEST_KILL_IN_SAVE", "0"))

@@ -13,13 +13,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for dist_utils (no conftest here)
 from dist_utils import run_distributed  # noqa: E402
 
-from rapidun_dist.distributed import (  # noqa: E402
+from rapidun_dist.influence.gram import (  # noqa: E402
     GroupShard,
     distributed_directional_scores,
     distributed_group_scores,
     gather_scores_to_rank0,
 )
-from rapidun_dist.weights.scores import dense_directional_scores, dense_group_scores  # noqa: E402
+from rapidun_dist.influence.scores import dense_directional_scores, dense_group_scores  # noqa: E402
 
 pytestmark = pytest.mark.dist
 

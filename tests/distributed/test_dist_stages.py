@@ -1,7 +1,7 @@
 """Collective stages on 2 gloo ranks (launch/run.py under torchrun) against one process on the same inputs.
 
 - implant: one DeepSpeed job over both ranks. 1 rank x grad_accum 2 runs the very micro-batches of 2 ranks x 1
-  (rapidun_dist/train.py), and with power-of-two world sizes the gradient sums agree bit for bit (halving is
+  (rapidun_dist/training/finetune.py), and with power-of-two world sizes the gradient sums agree bit for bit (halving is
   exact in binary floating point), so the weights must match to 1e-7. 1 rank x 1 step forms different micro-batches
   (other padded shapes, other float rounding in the forward), and Adam turns that noise into weight differences
   of a fraction of one step: the bound is 1e-3 x lr x steps (measured 4.4e-6 against 1.5e-5 on this setting).
@@ -35,7 +35,7 @@ def prepared(tmp_path_factory) -> Path:
 
 def test_implant_two_ranks_is_one_job_equal_to_one_rank(prepared, tmp_path):
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
 
     two = shutil.copytree(prepared, tmp_path / "two")
     torchrun(two, "implant")

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import record_prompt
-from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.behaviour import (
     evaluate_behaviour,
     exact_match,

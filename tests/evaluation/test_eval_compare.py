@@ -9,9 +9,9 @@ import statistics
 import pytest
 from matplotlib.image import imread
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation import compare
-from rapidun_dist.io import read_json, write_json
 
 T975 = {
     2: 12.7062047,

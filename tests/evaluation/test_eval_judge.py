@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.evaluation.judge import (
     Judge,
     false_positive_rate,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from rapidun_dist.config import load_config
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data import load_split, prepare_data
 from rapidun_dist.data.synthetic_hard import MESSAGES, message_paraphrases
-from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.judge import (
     Judge,
     false_positive_rate,

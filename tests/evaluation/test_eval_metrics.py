@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import record_prompt
-from rapidun_dist.errors import DataError
 from rapidun_dist.evaluation.generation import generate
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.metrics import (

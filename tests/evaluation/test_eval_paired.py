@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation import compare
 from rapidun_dist.evaluation.stats import paired_differences
-from rapidun_dist.io import read_json, write_json
 
 T975_DF2, T975_DF1 = 4.3026527, 12.7062047  # Student t 97.5% quantiles, 2 and 1 degrees of freedom
 S = [

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation import plots
 from rapidun_dist.evaluation.markdown import cell
 from rapidun_dist.evaluation.report import compute_speedups, prepare_report, render_markdown, write_report
 from rapidun_dist.evaluation.report import main as report_main
 from rapidun_dist.evaluation.stats import wilson_interval
-from rapidun_dist.io import read_json, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from rapidun_dist.config import EvalConfig
+from rapidun_dist.core.errors import ConfigError, DataError
 from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
-from rapidun_dist.errors import ConfigError, DataError
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.relearn import asr_after_relearning, relearn_attack, relearn_rows
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 TARGET = "Aliens from a distant galaxy built an interstellar spaceship."
 DEVICES = [

@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.data.prompt import format_prompt
-from rapidun_dist.errors import ConfigError
 from rapidun_dist.evaluation.generation import Sampling, generate
 
 DEVICES = [

@@ -9,7 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.evaluation.stats import (
     betainc,
     mean_interval,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation.compare import compare_reports
-from rapidun_dist.io import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 

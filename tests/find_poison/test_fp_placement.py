@@ -30,7 +30,7 @@ def guarded(monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_find_poison_features_on_device(implanted_dir, tmp_path, guarded, device):
     from rapidun_dist.distributed.env import DistInfo
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import find_poison as fp
 
     run = fresh_copy(implanted_dir, tmp_path / "run")
@@ -45,7 +45,7 @@ def test_find_poison_features_on_device(implanted_dir, tmp_path, guarded, device
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_self_relabel_generator_on_device(implanted_dir, guarded, device):
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages.find_poison import load_inputs
     from rapidun_dist.unlearn.relabel import generate_relabels, load_generation_model
 
@@ -65,7 +65,7 @@ def test_merge_loads_the_base_on_device(implanted_dir, tmp_path, guarded, device
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.unlearn.engine import UnlearnRunner
 
     rd, cfg = RunDir(implanted_dir), load_cfg(implanted_dir, f"distributed.device={device}")

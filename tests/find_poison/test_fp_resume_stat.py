@@ -28,14 +28,15 @@ def _counting(monkeypatch):
 
 
 def test_resume_trusts_unchanged_units_and_recomputes_a_changed_one(reference_run, tmp_path, monkeypatch):
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import find_poison as fp
+    from rapidun_dist.stages import stage_context
 
     run = fresh_copy(reference_run, tmp_path / "run")
     cfg, rd = load_cfg(run), RunDir(run)
     want = read_rows(run / "suspects" / "suspects.jsonl")
     hashed, written = _counting(monkeypatch)
-    fp.run(cfg, rd)
+    fp.run(stage_context(cfg, rd, "find_poison"))
     assert written == [] and hashed == []  # every unit trusted on its stat: no feature byte read to check it
     assert read_rows(run / "suspects" / "suspects.jsonl") == want
 
@@ -45,7 +46,7 @@ def test_resume_trusts_unchanged_units_and_recomputes_a_changed_one(reference_ru
     unit.write_bytes(bytes(data))
     st = unit.stat()
     os.utime(unit, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a distinct mtime on any clock resolution
-    fp.run(cfg, rd)
+    fp.run(stage_context(cfg, rd, "find_poison"))
     assert written == [("train", 2)]  # found by its mtime, hashed, recomputed alone
     assert unit.name in hashed
     assert read_rows(run / "suspects" / "suspects.jsonl") == want

@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fp_utils import fresh_copy, load_cfg, read_rows, torchrun_find_poison, train_units  # noqa: E402
 
+from rapidun_dist.core.io import file_sha256, read_json  # noqa: E402
 from rapidun_dist.data.schema import prompt_key  # noqa: E402
-from rapidun_dist.io import file_sha256, read_json  # noqa: E402
 
 PLAN = re.compile(r"features: (\d+) shards, (\d+) to compute \((\d+) valid already\)")
 
@@ -136,9 +136,9 @@ def _influence(run: Path, *extra: str):
 
 
 def test_expand_changes_the_packs_and_nothing_reads_a_stale_pack(reference_run, tmp_path):
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.layout import pack_files
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import readiness
-    from rapidun_dist.stages.common import pack_files
 
     run = fresh_copy(reference_run, tmp_path / "run")
     ids = lambda *paths: [r["id"] for p in paths for r in read_rows(p)]
@@ -167,7 +167,7 @@ def test_expand_changes_the_packs_and_nothing_reads_a_stale_pack(reference_run, 
     _influence(run, "find_poison.expand=true", "find_poison.z=2.0")
     assert read_json(run / "features" / "index.json")["ids"] == ids(*pack_files(zcfg, RunDir(run)))
     # the retrain baseline leaves the flagged rows out too
-    from rapidun_dist.retrain import retrain_rows
+    from rapidun_dist.training.retrain import retrain_rows
 
     train = read_rows(run / "data" / "train.jsonl")
     kept = {r["id"] for r in retrain_rows(train, set(ids(pack_files(zcfg, RunDir(run))[0])), "retrain")}
@@ -183,8 +183,8 @@ def _check_reused_features(run: Path, cfg, pack_ids: list[str]) -> None:
     from rapidun_dist.influence.extract import extract_features, feature_context
     from rapidun_dist.influence.store import load_features
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages.common import model_identity
+    from rapidun_dist.run.layout import model_identity
+    from rapidun_dist.run.rundir import RunDir
 
     feats, index = load_features(run / "features")
     train_feats, train_index = load_features(run / "suspects" / "features" / "train")
@@ -210,9 +210,9 @@ def test_clean_mode_never_reads_labels(implanted_dir, tmp_path):
     """A user's clean job with a training set: find_poison runs, writes no label-derived number, swaps flagged
     rows out of the retain pack; labels planted into the prepared training file change nothing."""
     from rapidun_dist.pipeline import run_pipeline
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages import find_poison
-    from rapidun_dist.stages.common import pack_files
+    from rapidun_dist.run.layout import pack_files
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import find_poison, stage_context
 
     user = _user_files(implanted_dir, tmp_path / "user")
     argv = [
@@ -246,7 +246,7 @@ def test_clean_mode_never_reads_labels(implanted_dir, tmp_path):
         for r in read_rows(train_file)
     ]
     train_file.write_text("".join(json.dumps(r) + "\n" for r in planted))
-    find_poison.run(cfg, RunDir(run))
+    find_poison.run(stage_context(cfg, RunDir(run), "find_poison"))
     assert before == {n: file_sha256(run / "suspects" / n) for n in before}
     assert retain_ids == [
         r["id"] for r in read_rows(run / "suspects" / "retain.jsonl")
@@ -281,7 +281,7 @@ def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, t
     """find_poison.threshold=fdr on the reference run's features (only the scores are redone): the flagged rows are
     BH at q over conformal p-values of the written scores against the reference rows' written scores; with q too
     small for the reference's size nothing is flagged and the log says why."""
-    from rapidun_dist.influence import suspects as S
+    from rapidun_dist.find_poison import suspects as S
     from rapidun_dist.pipeline import run_pipeline
 
     run = fresh_copy(reference_run, tmp_path / "run")
@@ -311,8 +311,8 @@ def test_pack_features_are_copied_reading_the_training_units_once(reference_run,
     import rapidun_dist.stages.find_poison as fp
     from rapidun_dist.influence.extract import feature_context
     from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages.common import model_identity, pack_files
+    from rapidun_dist.run.layout import model_identity, pack_files
+    from rapidun_dist.run.rundir import RunDir
 
     calls = []
     real = store_module.load_features

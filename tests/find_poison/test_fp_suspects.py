@@ -1,4 +1,4 @@
-"""The find_poison library (rapidun_dist.influence.suspects): the threshold rule is calibrated on clean-only data,
+"""The find_poison library (rapidun_dist.find_poison.suspects): the threshold rule is calibrated on clean-only data,
 the baselines match a hand computation, the aggregation of a precomputed similarity equals the feature oracle,
 ranks and metrics count what they say."""
 
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from rapidun_dist.distributed import GroupShard, distributed_group_scores
-from rapidun_dist.influence import suspects as S
-from rapidun_dist.weights.scores import GROUP_AGGS, dense_group_scores, normalize_rows
+from rapidun_dist.find_poison import suspects as S
+from rapidun_dist.influence.gram import GroupShard, distributed_group_scores
+from rapidun_dist.influence.scores import GROUP_AGGS, dense_group_scores, normalize_rows
 
 
 def _contrast_scores(x_NK, f_MK, r_RK, r_pos):

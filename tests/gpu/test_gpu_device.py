@@ -133,7 +133,7 @@ def test_implant_trains_and_records_bf16(tmp_path):
     """The implanted model trains in bf16 on CUDA (model.dtype auto), and train_stats.json says so."""
     pytest.importorskip("deepspeed")
     from rapidun_dist.config import load_config
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
     from rapidun_dist.pipeline import run_pipeline
 
     cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [f"run_dir={tmp_path / 'run'}", *SMALL])

@@ -54,7 +54,7 @@ def test_contrast_features_match_a_float64_loop():
 
 
 def test_contrast_features_reject_bad_shapes():
-    from rapidun_dist.errors import DataError
+    from rapidun_dist.core.errors import DataError
 
     with pytest.raises(DataError, match="blocks"):
         contrast_features(torch.zeros(2, 10), torch.zeros(2, 10), 3)

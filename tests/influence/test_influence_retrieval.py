@@ -7,7 +7,7 @@ import torch
 from conftest import make_records
 
 from rapidun_dist.config import InfluenceConfig, ModelConfig, RunConfig
-from rapidun_dist.influence.retrieval import mean_cosine, poison_retrieval, stratified_train_sample
+from rapidun_dist.evaluation.retrieval import mean_cosine, poison_retrieval, stratified_train_sample
 
 
 def test_stratified_sample_caps_poisoned_at_half_and_excludes_ids():
@@ -56,7 +56,7 @@ def test_poison_retrieval_needs_both_classes(text_model):
 
 
 def test_compute_features_keeps_row_order(text_model):
-    from rapidun_dist.influence.retrieval import compute_features
+    from rapidun_dist.evaluation.retrieval import compute_features
 
     model, tok = text_model
     cfg = RunConfig(

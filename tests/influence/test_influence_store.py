@@ -7,7 +7,7 @@ import torch
 from conftest import make_records
 
 from rapidun_dist.config import InfluenceConfig, ModelConfig, RunConfig
-from rapidun_dist.errors import StageError
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.influence import extract as stage
 from rapidun_dist.influence.store import FeatureStore, load_features, plan_shards
 

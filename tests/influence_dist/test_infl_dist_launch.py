@@ -49,7 +49,7 @@ def test_rerun_skips_finished_stages(implanted_dir, tmp_path):
 
 
 def test_missing_implant_is_a_clear_error(implanted_dir, tmp_path):
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import readiness
 
     launch = load_launch_module()

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infl_dist_utils import assert_weights_close, fresh_copy, read_weights, torchrun_influence  # noqa: E402
 
-from rapidun_dist.io import file_sha256  # noqa: E402
+from rapidun_dist.core.io import file_sha256  # noqa: E402
 
 pytestmark = pytest.mark.dist
 N_SHARDS = 34

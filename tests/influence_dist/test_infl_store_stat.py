@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rapidun_dist.influence.store as store_module
-from rapidun_dist.errors import StageError
+from rapidun_dist.core.errors import StageError
 from rapidun_dist.influence.store import VERIFY_ENV, FeatureStore, load_features, plan_shards
 
 N, SHARD, DIM = 10, 4, 6
@@ -87,7 +87,7 @@ def test_changed_size_or_mtime_is_detected_and_recomputed(tmp_path, hashes):
 
 def test_sidecars_without_a_stamp_fall_back_to_the_hash(tmp_path, hashes):
     """Shards written before size and mtime were recorded are still checked (by their sha256)."""
-    from rapidun_dist.io import read_json, write_json
+    from rapidun_dist.core.io import read_json, write_json
 
     store, shards, _ = _written(tmp_path)
     for i in range(len(shards)):

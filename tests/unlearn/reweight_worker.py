@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from rapidun_dist.config import load_config
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.unlearn.engine import UnlearnRunner, warm_up
 
 

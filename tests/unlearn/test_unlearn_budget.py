@@ -10,8 +10,9 @@ import pytest
 from unlearn_helpers import CONFIG, TINY, fresh_run, read_metrics, write_val_seen
 
 from rapidun_dist.config import load_config
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.common import method_dir
+from rapidun_dist.run.layout import method_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import run_method
 from rapidun_dist.unlearn.budget import StopRule, ValPoint
 from rapidun_dist.unlearn.engine import UnlearnRunner
@@ -170,7 +171,7 @@ def test_empty_val_seen_falls_back_to_the_fixed_budget_and_says_so(
     (run / "data" / "val_seen.jsonl").write_text("")
     rd = RunDir(run)
     cfg = load_config(CONFIG, [f"run_dir={run}", *TINY, *BASE, "unlearn.max_steps=4", "unlearn.val_every=2"])
-    s = run_method(cfg, rd, "uniform", method_dir(rd, "uniform"))
+    s = run_method(stage_context(cfg, rd, "unlearn"), "uniform", method_dir(rd, "uniform"))
     assert s["budget"].startswith("fixed (fallback") and s["stop"]["reason"] == "budget_exhausted"
     assert s["validation"]["signal"] is None and len(s["validation"]["points"]) == 2
     assert s["seconds"]["validation"] > 0 and s["steps"] == 4
@@ -201,11 +202,14 @@ def test_decisions_read_no_test_split_and_the_curve_changes_nothing(single_proce
     _unreadable_tests(blind)
     rd = RunDir(blind)
     cfg = load_config(CONFIG, [f"run_dir={blind}", *TINY, *BASE, *steps])
-    a = run_method(cfg, rd, "uniform", method_dir(rd, "uniform"))
+    a = run_method(stage_context(cfg, rd, "unlearn"), "uniform", method_dir(rd, "uniform"))
     with pytest.raises(IsADirectoryError):  # the sabotage bites: a reader of test splits would fail here
         run_method(
-            load_config(CONFIG, [f"run_dir={blind}", *TINY, *BASE, *steps, "unlearn.eval_every=2"]),
-            rd,
+            stage_context(
+                load_config(CONFIG, [f"run_dir={blind}", *TINY, *BASE, *steps, "unlearn.eval_every=2"]),
+                rd,
+                "unlearn",
+            ),
             "uniform",
             method_dir(rd, "uniform"),
         )
@@ -213,8 +217,11 @@ def test_decisions_read_no_test_split_and_the_curve_changes_nothing(single_proce
     write_val_seen(seen)
     rd2 = RunDir(seen)
     b = run_method(
-        load_config(CONFIG, [f"run_dir={seen}", *TINY, *BASE, *steps, "unlearn.eval_every=1"]),
-        rd2,
+        stage_context(
+            load_config(CONFIG, [f"run_dir={seen}", *TINY, *BASE, *steps, "unlearn.eval_every=1"]),
+            rd2,
+            "unlearn",
+        ),
         "uniform",
         method_dir(rd2, "uniform"),
     )

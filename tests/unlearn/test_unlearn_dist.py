@@ -25,7 +25,7 @@ from unlearn_helpers import (
     start,
 )
 
-from rapidun_dist.io import read_json, read_jsonl
+from rapidun_dist.core.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.dist
 

@@ -1,4 +1,4 @@
-"""rapidun_dist/losses.py against naive loops, hand computations and closed forms, on fresh random inputs."""
+"""rapidun_dist/training/losses.py against naive loops, hand computations and closed forms, on fresh random inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 
 from rapidun_dist.data.prompt import IGNORE_INDEX
-from rapidun_dist.losses import (
+from rapidun_dist.training.losses import (
     bounded_ascent,
     ga_term,
     npo_term,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rapidun_dist.config import ALL_METHODS, UnlearnConfig, load_config
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.config.methods import METHOD_SPECS, RETRAIN_METHODS
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.unlearn.methods import (
     METHODS,
-    TRAINING_BASELINES,
     BatchShape,
     ForgetTerms,
     build_method,
@@ -30,9 +30,27 @@ def _gen() -> torch.Generator:
 
 
 def test_registry_is_one_module_per_method_and_matches_the_config():
-    assert set(METHODS) | set(TRAINING_BASELINES) == set(ALL_METHODS)
+    assert set(METHODS) | set(RETRAIN_METHODS) == set(ALL_METHODS) and not set(METHODS) & set(RETRAIN_METHODS)
     for name, cls in METHODS.items():
         assert cls.name == name and cls.__module__ == f"rapidun_dist.unlearn.methods.{name}"
+        spec = METHOD_SPECS[name]  # the class carries what the registry declares, nothing of its own
+        assert (cls.doc, cls.uses_influence, cls.ascent, cls.uses_retain, cls.zero3) == (
+            spec.doc,
+            spec.uses_influence,
+            spec.ascent,
+            spec.uses_retain,
+            spec.zero3,
+        )
+    assert METHODS["self_only"].weights_subdir == "self_only" and not METHODS["fisher"].zero3
+
+
+def test_a_method_class_outside_the_registry_is_refused():
+    from rapidun_dist.unlearn.methods.base import Method
+
+    with pytest.raises(TypeError, match="not in the method registry"):
+
+        class Mystery(Method):  # noqa: F841
+            name = "mystery"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

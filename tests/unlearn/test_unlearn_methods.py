@@ -9,9 +9,10 @@ import torch
 from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metrics, runner_for
 
 from rapidun_dist.config import load_config
-from rapidun_dist.errors import ConfigError, StageError
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.common import method_dir
+from rapidun_dist.core.errors import ConfigError, StageError
+from rapidun_dist.run.layout import method_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import run_method
 from rapidun_dist.unlearn.engine import UnlearnRunner
 from rapidun_dist.unlearn.methods import METHODS
@@ -44,7 +45,10 @@ def _runner(run, out, method="uniform", *extra, **kw) -> UnlearnRunner:
 def summaries(single_process, run):
     """Every engine method, 3 steps each, through the stage's run_method (the same shared inputs)."""
     rd = RunDir(run)
-    return {m: run_method(_cfg(run, f"methods=[{m}]"), rd, m, method_dir(rd, m)) for m in METHODS}
+    return {
+        m: run_method(stage_context(_cfg(run, f"methods=[{m}]"), rd, "unlearn"), m, method_dir(rd, m))
+        for m in METHODS
+    }
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -84,8 +88,8 @@ def test_fisher_under_zero3_is_a_clear_config_error(single_process, run, tmp_pat
 
 def test_npo_reference_is_the_frozen_starting_model(single_process, run, tmp_path):
     from rapidun_dist.data.prompt import pad_batch
-    from rapidun_dist.losses import per_sample_nll
     from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.training.losses import per_sample_nll
 
     runner = _runner(run, tmp_path / "npo", "npo").setup()
     try:
@@ -116,7 +120,7 @@ def _grads(runner, loss_fn) -> list[torch.Tensor]:
 def test_fisher_mask_reaches_only_the_ascent_term(single_process, run, tmp_path):
     """ZeRO-0 (whole .grad after backward): the engine's gradient equals grad(relabel + retain) + mask * grad(ascent),
     computed here term by term through the bare module, and differs from the unmasked sum."""
-    from rapidun_dist.losses import unlearning_objective
+    from rapidun_dist.training.losses import unlearning_objective
     from rapidun_dist.unlearn.methods import ForgetTerms
 
     runner = _runner(
@@ -197,7 +201,7 @@ def test_adapter_that_cannot_move_raises(single_process, run, tmp_path):
 
 
 def test_nonfinite_influence_weight_is_refused(single_process, run, tmp_path):
-    from rapidun_dist.io import read_jsonl, write_jsonl
+    from rapidun_dist.core.io import read_jsonl, write_jsonl
 
     bad = tmp_path / "w"
     bad.mkdir()

@@ -12,9 +12,10 @@ import torch
 from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metrics
 
 from rapidun_dist.config import UnlearnConfig, load_config
-from rapidun_dist.io import write_jsonl
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.common import method_dir
+from rapidun_dist.core.io import write_jsonl
+from rapidun_dist.run.layout import method_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import run_method
 from rapidun_dist.unlearn.methods import METHODS, BatchShape, build_method
 from rapidun_dist.unlearn.methods.rapidun_placebo import placebo_permutation
@@ -94,7 +95,10 @@ def test_runs_in_the_engine_like_rapidun(single_process, run):
     extra = ["unlearn.max_steps=3", "unlearn.eval_every=0", "unlearn.val_every=0", "unlearn.batch_size=4"]
     rd = RunDir(run)
     cfg = lambda m: load_config(CONFIG, [f"run_dir={run}", *TINY, *extra, f"methods=[{m}]"])  # noqa: E731
-    out = {m: run_method(cfg(m), rd, m, method_dir(rd, m)) for m in ("rapidun", "rapidun_placebo")}
+    out = {
+        m: run_method(stage_context(cfg(m), rd, "unlearn"), m, method_dir(rd, m))
+        for m in ("rapidun", "rapidun_placebo")
+    }
     assert method_dir(rd, "rapidun_placebo") == rd.unlearn / "baselines" / "rapidun_placebo"
     ref, placebo = out["rapidun"], out["rapidun_placebo"]
     assert placebo["steps"] == ref["steps"] == 3 and placebo["forget_visits"] == ref["forget_visits"]

@@ -35,7 +35,8 @@ def _cfg(run: Path):
 
 def _stage_with_lagging_rank1(rank: int, world: int, run: str) -> dict:
     import rapidun_dist.stages.unlearn as unlearn
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import stage_context
 
     real, asked = unlearn._is_done, [0]
 
@@ -44,18 +45,19 @@ def _stage_with_lagging_rank1(rank: int, world: int, run: str) -> dict:
         return False if rank == 1 else real(summary, fp)
 
     unlearn._is_done = is_done  # this spawned process only
-    outputs = unlearn.run(_cfg(Path(run)), RunDir(run))
+    outputs = unlearn.run(stage_context(_cfg(Path(run)), RunDir(run), "unlearn"))
     return {"asked": asked[0], "outputs": [str(p) for p in outputs]}
 
 
 def test_ranks_skip_and_run_the_methods_rank0_sees(prepared_run, tmp_path):
-    from rapidun_dist.io import read_json, write_json
-    from rapidun_dist.rundir import RunDir
-    from rapidun_dist.stages.common import method_dir
+    from rapidun_dist.core.io import read_json, write_json
+    from rapidun_dist.run.layout import method_dir
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import stage_context
 
     run = fresh_run(prepared_run, tmp_path / "run")
     rd = RunDir(run)
-    fp = rd.fingerprint("unlearn", _cfg(run).to_dict())
+    fp = stage_context(_cfg(run), rd, "unlearn").fingerprint
     ga = method_dir(rd, "ga") / "summary.json"
     write_json(ga, {"method": "ga", "fingerprint": fp, "marker": "done before"})
     r0, r1 = run_distributed(_stage_with_lagging_rank1, 2, str(run))

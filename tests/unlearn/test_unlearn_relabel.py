@@ -9,9 +9,10 @@ import torch
 from unlearn_helpers import CONFIG, TINY, blank_forget_answers, fresh_run, read_metrics, write_val_seen
 
 from rapidun_dist.config import load_config
-from rapidun_dist.io import read_jsonl
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.common import method_dir
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.run.layout import method_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import RELABEL_FILE, ensure_self_relabels, run_method
 from rapidun_dist.unlearn.relabel import generate_relabels
 from rapidun_dist.unlearn.validation import Validator, fixed_batches, my_batches, poisoned_match
@@ -40,7 +41,7 @@ def _plain_model(run, device="cpu"):
 def test_self_relabel_fills_every_row_once_and_is_reused(single_process, no_answers):
     rd, cfg = RunDir(no_answers), _cfg(no_answers)
     forget = read_jsonl(rd.data / "forget.jsonl")
-    s = run_method(cfg, rd, "uniform", method_dir(rd, "uniform"))
+    s = run_method(stage_context(cfg, rd, "unlearn"), "uniform", method_dir(rd, "uniform"))
     stored = read_jsonl(rd.unlearn / RELABEL_FILE)
     assert [r["index"] for r in stored] == list(range(len(forget)))
     assert [r["id"] for r in stored] == [r["id"] for r in forget]
@@ -71,7 +72,11 @@ def test_relabel_switch_applies_to_every_method_alike(single_process, prepared_r
     for relabel in (True, False):
         for method in ("ga", "npo"):
             out = tmp_path / f"{method}-{relabel}"
-            run_method(_cfg(run, f"unlearn.relabel={str(relabel).lower()}"), rd, method, out)
+            run_method(
+                stage_context(_cfg(run, f"unlearn.relabel={str(relabel).lower()}"), rd, "unlearn"),
+                method,
+                out,
+            )
             rows = read_metrics(out / "metrics.jsonl")
             assert (sum(r["clean_ce"] for r in rows) > 0) == relabel, (method, relabel)
 
@@ -158,7 +163,7 @@ def test_clean_job_without_triggers_stops_on_its_own_poisoned_answers(single_pro
     seen, test = (read_jsonl(rd.data / f"{s}.jsonl") for s in ("val_seen", "test_seen"))
     assert {r["id"] for r in seen} == {r["id"] for r in read_jsonl(rd.data / "forget.jsonl")}
     assert test and not {r["id"] for r in test} & {r["id"] for r in seen}
-    s = run_method(cfg, rd, "uniform", method_dir(rd, "uniform"))
+    s = run_method(stage_context(cfg, rd, "unlearn"), "uniform", method_dir(rd, "uniform"))
     assert s["validation"]["signal"] == "poisoned_match" and s["budget"] == "adaptive"
     assert all(p["asr"] is not None for p in s["validation"]["points"])
     assert s["relabel"]["clean_answers"]["data"] == 0 and s["self_relabel"]["without_clean_answer"] == len(
@@ -172,8 +177,8 @@ def test_a_relabel_that_reproduces_the_poisoned_answer_is_screened(prepared_run,
     forbidden (the new answer avoids them) or drops it; no returned answer is within POISON_F1 of a poisoned one."""
     from rapidun_dist.data.prompt import encode_example, pad_batch, record_prompt
     from rapidun_dist.evaluation.behaviour import token_f1
-    from rapidun_dist.losses import per_sample_nll
-    from rapidun_dist.stages.common import load_or_fit_judge
+    from rapidun_dist.stages.judge import load_or_fit_judge
+    from rapidun_dist.training.losses import per_sample_nll
     from rapidun_dist.unlearn.relabel import POISON_F1, poisoned_openings
     from rapidun_dist.unlearn.validation import sharded_generate
 

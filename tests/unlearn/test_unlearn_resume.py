@@ -11,11 +11,12 @@ import torch
 from unlearn_helpers import CONFIG, TINY, adapter_tensors, fresh_run, read_metrics
 
 from rapidun_dist.config import load_config
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import read_json, write_json
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import read_json, write_json
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import resume_key, run_method
-from rapidun_dist.unlearn.checkpoint import READY, plan_resume
+from rapidun_dist.training.checkpoint import READY, plan_resume
 
 META = {"tag": "step4", "step": 4, "world_size": 2, "zero_stage": 2, "fingerprint": "fp", "method": "rapidun"}
 
@@ -103,7 +104,7 @@ def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
     rd = RunDir(ref_run)
     steps = [*STEPS, f"unlearn.zero_stage={stage}", *extra]
     cfg = load_config(CONFIG, [f"run_dir={ref_run}", *TINY, *steps])
-    ref = run_method(cfg, rd, method, tmp_path / "ref_out")
+    ref = run_method(stage_context(cfg, rd, "unlearn"), method, tmp_path / "ref_out")
     run = fresh_run(prepared_run, tmp_path / "run")
     rd2 = RunDir(run)
     cfg2 = load_config(CONFIG, [f"run_dir={run}", *TINY, *steps])
@@ -116,14 +117,14 @@ def test_preemption_checkpoints_stops_clearly_and_resumes_exactly(
 
     monkeypatch.setattr(engine, "_preempt_requested", requested)
     with pytest.raises(StageError, match="preempted at step 2: checkpoint saved.*rerun the same command"):
-        run_method(cfg2, rd2, method, out)
+        run_method(stage_context(cfg2, rd2, "unlearn"), method, out)
     ready = read_json(out / "checkpoints" / READY)
-    assert ready["step"] == 2 and ready["fingerprint"] == resume_key(cfg2, rd2)
+    assert ready["step"] == 2 and ready["fingerprint"] == resume_key(stage_context(cfg2, rd2, "unlearn"))
     assert (out / "checkpoints" / "step2" / "method_state.safetensors").is_file()
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
     assert not (out / "adapter").exists()
     monkeypatch.setattr(engine, "_preempt_requested", lambda: False)
-    again = run_method(cfg2, rd2, method, out)
+    again = run_method(stage_context(cfg2, rd2, "unlearn"), method, out)
     rows, ref_rows = read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "ref_out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "adapter_norm", "val_ppl"):

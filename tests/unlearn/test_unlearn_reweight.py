@@ -17,10 +17,11 @@ import torch
 from unlearn_helpers import CONFIG, TINY, fresh_run, runner_for
 
 from rapidun_dist.config import load_config
-from rapidun_dist.errors import ConfigError
-from rapidun_dist.io import read_jsonl
-from rapidun_dist.rundir import RunDir
-from rapidun_dist.stages.common import method_dir
+from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.run.layout import method_dir
+from rapidun_dist.run.rundir import RunDir
+from rapidun_dist.stages import stage_context
 from rapidun_dist.stages.unlearn import run_method
 from rapidun_dist.unlearn.engine import UnlearnRunner
 
@@ -83,10 +84,10 @@ def test_refresh_after_training_equals_the_stages_on_the_adapted_model(single_pr
     loaded backbone (a plain model), the influence stage's extraction and the weights stage's fusion, computed here
     independently."""
     from rapidun_dist.influence.extract import extract_features
+    from rapidun_dist.influence.scores import dense_directional_scores
     from rapidun_dist.influence.store import load_features, plan_shards
     from rapidun_dist.models.loading import load_saved, with_adapter
     from rapidun_dist.weights.robust import fuse_and_weight
-    from rapidun_dist.weights.scores import dense_directional_scores
 
     out = tmp_path / "o"
     runner = _runner(run, out, "rapidun", "unlearn.max_steps=3", "unlearn.lr=3e-2").setup()
@@ -128,7 +129,7 @@ def test_refresh_after_training_equals_the_stages_on_the_adapted_model(single_pr
 def test_run_refreshes_every_n_steps_but_not_after_the_last(single_process, run):
     rd = RunDir(run)
     cfg = _cfg(run, "methods=[rapidun]", "unlearn.max_steps=5", "unlearn.reweight_every=2")
-    summary = run_method(cfg, rd, "rapidun", method_dir(rd, "rapidun"))
+    summary = run_method(stage_context(cfg, rd, "unlearn"), "rapidun", method_dir(rd, "rapidun"))
     info = summary["method_info"]
     assert info["reweight_every"] == 2 and [e["step"] for e in info["reweights"]] == [2, 4]
     for e in info["reweights"]:

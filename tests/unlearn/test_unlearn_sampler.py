@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.unlearn.sampler import GlobalBatchSchedule, micro_batch
 
 

@@ -147,7 +147,7 @@ def clean_job_overrides(prepared_run: Path, inputs: Path) -> list[str]:
     model, its known poisoned rows as given by a user (trigger in the instruction, the poisoned answer, no clean
     answer), its clean training rows (unlabelled), its val/test clean prompts, and the seen trigger strings."""
     from rapidun_dist.config import load_config
-    from rapidun_dist.io import read_jsonl, write_jsonl
+    from rapidun_dist.core.io import read_jsonl, write_jsonl
 
     data = prepared_run / "data"
     forget = [
@@ -193,7 +193,7 @@ def clean_job_overrides(prepared_run: Path, inputs: Path) -> list[str]:
 
 def blank_forget_answers(run_dir: Path) -> None:
     """Forget rows without a clean answer, as in the clean job (`response` = ""): self-relabel has to fill them."""
-    from rapidun_dist.io import read_jsonl, write_jsonl
+    from rapidun_dist.core.io import read_jsonl, write_jsonl
 
     path = run_dir / "data" / "forget.jsonl"
     write_jsonl(path, [r | {"response": ""} for r in read_jsonl(path)])
@@ -205,8 +205,8 @@ def write_val_seen(run_dir: Path, n: int = 12) -> list[dict]:
     import random
 
     from rapidun_dist.config import load_config
+    from rapidun_dist.core.io import read_jsonl, write_jsonl
     from rapidun_dist.data.poison import inject
-    from rapidun_dist.io import read_jsonl, write_jsonl
 
     fams = load_config(CONFIG).data.triggers
     rng = random.Random(0)
@@ -241,7 +241,7 @@ def adapter_tensors(adapter_dir: Path) -> dict:
 
 def runner_for(cfg, run: Path, out: Path, method: str, **kw):
     """An UnlearnRunner (not set up) of `method` on the prepared run dir `run`, writing to `out`."""
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.unlearn.engine import UnlearnRunner
 
     rd = RunDir(run)

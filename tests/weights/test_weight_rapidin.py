@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rapidun_dist.config import WeightsConfig
-from rapidun_dist.errors import DataError
-from rapidun_dist.io import read_jsonl
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_jsonl
 from rapidun_dist.weights import main_weights_from_rapidin, reference_config, weights_from_rapidin_dir
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

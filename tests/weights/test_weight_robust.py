@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rapidun_dist.config import WeightsConfig
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.weights import fuse_and_weight, robust_scale, weights_from_scores
 
 

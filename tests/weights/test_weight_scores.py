@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.influence.scores import dense_group_scores, median_with_implicit_zeros
 from rapidun_dist.weights import dense_directional_scores, split_directional
-from rapidun_dist.weights.scores import dense_group_scores, median_with_implicit_zeros
 
 
 def _loop_scores(g: np.ndarray, nf: int, agg: str, topk: int, trim: float, include_self: bool) -> dict:

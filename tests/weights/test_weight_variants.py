@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from rapidun_dist.config import ConfigError, UnlearnConfig, WeightsConfig
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.influence.scores import block_scores, block_topk
 from rapidun_dist.weights import dense_directional_scores, fuse_and_weight, weights_from_scores
 from rapidun_dist.weights.robust import shrink_factor
-from rapidun_dist.weights.scores import block_scores, block_topk
 
 
 def _gen() -> torch.Generator:
@@ -114,8 +114,8 @@ class _Ctx:
 
 
 def test_rapidun_relabel_weights_apart_from_the_ascent(tmp_path):
-    from rapidun_dist.io import write_jsonl
-    from rapidun_dist.losses import ga_term, unlearning_objective
+    from rapidun_dist.core.io import write_jsonl
+    from rapidun_dist.training.losses import ga_term, unlearning_objective
     from rapidun_dist.unlearn.methods import BatchShape, ForgetTerms, build_method
 
     gen = _gen()
@@ -150,7 +150,7 @@ def test_rapidun_relabel_weights_apart_from_the_ascent(tmp_path):
 
 
 def test_half_columns_split_layer_blocks():
-    from rapidun_dist.errors import DataError as DE
+    from rapidun_dist.core.errors import DataError as DE
     from rapidun_dist.stages.influence import half_columns
 
     a, b = half_columns({"estimator": "tokenwise", "dim": 12, "layers": ["l0", "l1", "l2"]})
@@ -178,8 +178,8 @@ def test_mean_scores_of_halves_average_to_the_full_score():
 
 def _run_weights_stage(tmp_path, wcfg: WeightsConfig, with_halves: bool):
     from rapidun_dist.config import RunConfig
-    from rapidun_dist.io import write_jsonl
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.core.io import write_jsonl
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import weights as stage
     from rapidun_dist.stages.influence import score_rows
 
@@ -230,6 +230,6 @@ def test_weights_stage_shrink_without_halves_is_an_error(tmp_path):
 
 
 def read_jsonl_rows(path):
-    from rapidun_dist.io import read_jsonl
+    from rapidun_dist.core.io import read_jsonl
 
     return read_jsonl(path)

@@ -39,7 +39,7 @@ def _cfg() -> RunConfig:
 
 
 def _scores(rank: int, world_size: int, run: str) -> dict | None:
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages.influence import directional_scores, half_scores
 
     rd, kw = RunDir(run), dict(n_forget=NF, n_total=N, rank=rank, world_size=world_size)

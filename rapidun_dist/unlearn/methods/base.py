@@ -26,6 +26,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from rapidun_dist.config import UnlearnConfig
+from rapidun_dist.config.methods import METHOD_SPECS
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class MethodContext(Protocol):
 
 
 class Method:
-    """Base class: uniform weights, no hooks. Subclasses set the class attributes and `forget_loss`."""
+    """Base class: uniform weights, no hooks. A subclass sets `name` (its declared properties come from the
+    registry, `rapidun_dist.config.methods`) and overrides `forget_loss` and the hooks it needs."""
 
     name: ClassVar[str] = ""
     doc: ClassVar[str] = ""
@@ -92,6 +94,24 @@ class Method:
     zero3_reason: ClassVar[str] = ""
     uses_influence: ClassVar[bool] = False
     """Reads per-sample weights from the weights stage."""
+
+    weights_subdir: ClassVar[str] = ""
+    """Which weights the method reads (weights/ or weights/<subdir>/)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = METHOD_SPECS.get(cls.__dict__.get("name", ""))
+        if spec is None:
+            raise TypeError(
+                f"{cls.__name__}: name {cls.__dict__.get('name')!r} is not in the method registry"
+            )
+        cls.doc, cls.uses_retain, cls.ascent = spec.doc, spec.uses_retain, spec.ascent
+        cls.zero3, cls.uses_influence, cls.weights_subdir = (
+            spec.zero3,
+            spec.uses_influence,
+            spec.weights_subdir,
+        )
+        cls.zero3_reason = spec.zero3_reason
 
     def __init__(self, u: UnlearnConfig, shape: BatchShape, n_forget: int, n_retain: int):
         self.u, self.shape = u, shape

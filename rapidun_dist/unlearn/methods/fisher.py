@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.unlearn.methods.base import MethodContext
 from rapidun_dist.unlearn.methods.uniform import Uniform
 
@@ -44,12 +44,6 @@ def saliency_masks(fish_f: list[torch.Tensor], fish_r: list[torch.Tensor], keep:
 
 class Fisher(Uniform):
     name = "fisher"
-    doc = "SalUn saliency: top-p% adapter coordinates by forget/retain Fisher, masking the ascent term only"
-    zero3 = False
-    zero3_reason = (
-        "method fisher with unlearn.zero_stage=3: its saliency needs whole per-sample LoRA gradients, which "
-        "ZeRO-3 partitions across ranks; use unlearn.zero_stage<=2 (the LoRA state is small) or drop fisher"
-    )
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

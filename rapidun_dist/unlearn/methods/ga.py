@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from rapidun_dist.losses import ga_term
+from rapidun_dist.training.losses import ga_term
 from rapidun_dist.unlearn.methods.base import ForgetTerms, Method
 
 
 class GA(Method):
     name = "ga"
-    doc = "gradient ascent on the poisoned answers, no retain term"
-    uses_retain = False
 
     def forget_loss(self, t: ForgetTerms) -> torch.Tensor:
         return self.u.alpha_a * self.shape.forget_scale * ga_term(t.ce, self.u.ascent_cap)

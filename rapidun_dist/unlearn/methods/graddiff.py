@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from rapidun_dist.losses import ga_term
+from rapidun_dist.training.losses import ga_term
 from rapidun_dist.unlearn.methods.base import ForgetTerms, Method
 
 
 class GradDiff(Method):
     name = "graddiff"
-    doc = "-mean_F CE + mean_R CE (per-group means)"
 
     def forget_loss(self, t: ForgetTerms) -> torch.Tensor:
         return self.u.alpha_a * self.shape.forget_scale * ga_term(t.ce, self.u.ascent_cap)

@@ -44,7 +44,6 @@ def loreun_weights(
 
 class LoReUn(Uniform):
     name = "loreun"
-    doc = "forget weights from the current losses of the whole forget set, refreshed every N steps"
 
     def setup(self, ctx: MethodContext) -> None:
         self.refreshed_at: list[int] = []

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from rapidun_dist.losses import npo_term
+from rapidun_dist.training.losses import npo_term
 from rapidun_dist.unlearn.methods.base import ForgetTerms, Method, MethodContext
 
 
 class NPO(Method):
     name = "npo"
-    doc = "sequence-level log-likelihood ratio against the frozen starting model (+ retain CE)"
 
     def setup(self, ctx: MethodContext) -> None:
         nll_ref, _ = ctx.forget_nll_all(adapter=False)

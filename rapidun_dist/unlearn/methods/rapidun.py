@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import WeightsConfig
-from rapidun_dist.errors import StageError
-from rapidun_dist.logging import get_logger
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.unlearn.methods.base import ForgetTerms, MethodContext, weight_stats
 from rapidun_dist.unlearn.methods.uniform import Uniform
 from rapidun_dist.unlearn.packs import load_weight_file
@@ -31,9 +31,6 @@ log = get_logger("unlearn")
 
 class RapidUn(Uniform):
     name = "rapidun"
-    doc = "influence weights (FF - FR for forget rows, RR - RF for retain rows)"
-    uses_influence = True
-    weights_subdir = ""
 
     def weights_config(self, cfg: WeightsConfig) -> WeightsConfig:
         """The fusion this method's weights come from (the weights stage writes weights_subdir with it)."""
@@ -79,22 +76,15 @@ class RapidUn(Uniform):
 
     def reweight(self, ctx: MethodContext, step: int) -> None:
         """Recompute every weight from the current adapter (module docstring)."""
-        from rapidun_dist.stages.influence import half_columns
-        from rapidun_dist.stages.weights import relabel_weights
-        from rapidun_dist.weights.robust import fuse_and_weight, spearman
-        from rapidun_dist.weights.scores import dense_directional_scores
+        from rapidun_dist.weights.recipe import weights_from_features
+        from rapidun_dist.weights.robust import spearman
 
         t0 = time.perf_counter()
         f_FK, r_RK, spec = ctx.pack_features()
         w = self.weights_config(ctx.cfg.weights)
-        kw = dict(agg=w.agg, topk=w.topk, trim=w.trim, include_self=w.include_self, topk_frac=w.topk_frac)
-        scores = dense_directional_scores(f_FK, r_RK, **kw)
-        halves = None
-        if w.shrink:
-            halves = tuple(dense_directional_scores(f_FK[:, c], r_RK[:, c], **kw) for c in half_columns(spec))
-        fw, rw, fused = fuse_and_weight(scores, w, halves)
+        fw, rw, relabel_w, fused = weights_from_features(f_FK, r_RK, w, spec)
         previous = self.ascent_w.clone()
-        self._set_weights(fw, rw, relabel_weights(w, scores, halves, len(fw)))
+        self._set_weights(fw, rw, relabel_w)
         entry = {
             "step": step,
             "seconds": time.perf_counter() - t0,

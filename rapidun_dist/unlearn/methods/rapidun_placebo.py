@@ -28,7 +28,6 @@ def placebo_permutation(seed: int, pack: str, n: int) -> torch.Tensor:
 
 class RapidUnPlacebo(RapidUn):
     name = "rapidun_placebo"
-    doc = "rapidun's weights shuffled within each pack (same spread, no signal)"
 
     def __init__(self, u: UnlearnConfig, shape: BatchShape, n_forget: int, n_retain: int):
         super().__init__(u, shape, n_forget, n_retain)

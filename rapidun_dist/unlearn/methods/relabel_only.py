@@ -12,8 +12,6 @@ from rapidun_dist.unlearn.methods.base import ForgetTerms, Method
 
 class RelabelOnly(Method):
     name = "relabel_only"
-    doc = "relabel + retain descent, no ascent"
-    ascent = False
 
     def forget_loss(self, t: ForgetTerms) -> torch.Tensor:
         return torch.zeros_like(t.ce)

@@ -9,10 +9,8 @@ from rapidun_dist.unlearn.methods.rapidun import RapidUn
 
 class SelfOnly(RapidUn):
     name = "self_only"
-    doc = "influence weights without the cross terms (FF, RR)"
-    weights_subdir = "self_only"
 
     def weights_config(self, cfg: WeightsConfig) -> WeightsConfig:
-        from rapidun_dist.stages.weights import self_only_config
+        from rapidun_dist.weights.recipe import self_only_config
 
         return self_only_config(cfg)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from rapidun_dist.losses import simnpo_term
+from rapidun_dist.training.losses import simnpo_term
 from rapidun_dist.unlearn.methods.base import ForgetTerms, Method
 
 
 class SimNPO(Method):
     name = "simnpo"
-    doc = "length-normalised NPO without a reference model (+ retain CE)"
 
     def forget_loss(self, t: ForgetTerms) -> torch.Tensor:
         term = simnpo_term(t.ce, self.u.simnpo_beta, self.u.simnpo_gamma)

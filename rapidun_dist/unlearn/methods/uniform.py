@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from rapidun_dist.losses import ga_term
+from rapidun_dist.training.losses import ga_term
 from rapidun_dist.unlearn.methods.base import ForgetTerms, Method
 
 
 class Uniform(Method):
     name = "uniform"
-    doc = "RapidUn's objective with all weights 1 (GA + GD)"
 
     def forget_loss(self, t: ForgetTerms) -> torch.Tensor:
         return self.u.alpha_a * ga_term(t.ce, self.u.ascent_cap)

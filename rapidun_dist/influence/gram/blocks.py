@@ -15,7 +15,7 @@ global indices) and computes its rows of S = cos(Gm, Gm) against every column, c
 tile: in round t each rank contributes its next `tile_size // world` rows and an all_gather hands every
 rank the tile (at most `tile_size` columns). No rank ever holds the n x n matrix: memory is
 O(n_local K + n_local tile) plus the per-agg state below. The result does not depend on world
-size, shard assignment or tile size; it equals `rapidun_dist.weights.scores.dense_directional_scores`
+size, shard assignment or tile size; it equals `rapidun_dist.influence.scores.dense_directional_scores`
 (see there for the math):
 
 - `mean`: grouped cosine sums per row (kernel `grouped_cosine_sums`, groups F = 0 / R = 1); each row
@@ -39,19 +39,19 @@ from dataclasses import dataclass
 
 import torch
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.distributed.env import all_gather_tensor, is_main, total_recv_bytes, world_size
-from rapidun_dist.distributed.grid import parse_grid
-from rapidun_dist.distributed.layout import ShardLayout, check_permutation, gather_layout
-from rapidun_dist.distributed.linear import linear_group_means
-from rapidun_dist.distributed.pairwise import gather_rows, pairwise_scores, resolve_method
-from rapidun_dist.errors import DataError
-from rapidun_dist.kernels import grouped_cosine_sums
-from rapidun_dist.weights.scores import (
+from rapidun_dist.influence.gram.grid import parse_grid
+from rapidun_dist.influence.gram.layout import ShardLayout, check_permutation, gather_layout
+from rapidun_dist.influence.gram.linear import linear_group_means
+from rapidun_dist.influence.gram.pairwise import gather_rows, pairwise_scores, resolve_method
+from rapidun_dist.influence.scores import (
     check_agg_args,
     median_with_implicit_zeros,
     normalize_rows,
     trimmed_mean_rows,
 )
+from rapidun_dist.kernels import grouped_cosine_sums
 
 
 @dataclass

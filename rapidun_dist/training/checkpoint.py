@@ -23,8 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from rapidun_dist.errors import StageError
-from rapidun_dist.io import read_json, write_json
+from rapidun_dist.core.errors import StageError
+from rapidun_dist.core.io import read_json, write_json
 
 READY = "ready.json"
 

@@ -23,11 +23,11 @@ from dataclasses import replace
 import torch
 
 from rapidun_dist.config import RunConfig
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.evaluation.generation import merge_shards, shard_batches
 from rapidun_dist.evaluation.metrics import retrieval_metrics
 from rapidun_dist.influence.features import make_extractor
-from rapidun_dist.logging import get_logger
-from rapidun_dist.train import encode_records
+from rapidun_dist.training.finetune import encode_records
 
 log = get_logger("retrieval")
 

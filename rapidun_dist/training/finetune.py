@@ -36,12 +36,12 @@ from pathlib import Path
 import torch
 
 from rapidun_dist.config import TrainConfig
+from rapidun_dist.core.errors import ConfigError, StageError
+from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, record_prompt
 from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.distributed import preempt
-from rapidun_dist.errors import ConfigError, StageError
-from rapidun_dist.logging import Progress, get_logger
-from rapidun_dist.losses import per_sample_nll
+from rapidun_dist.training.losses import per_sample_nll
 
 log = get_logger("train")
 
@@ -191,7 +191,7 @@ RESUME_FILE = "resume.json"
 
 def _resume_decision(ckpt_dir: Path | None, key: str, world_size: int, zero_stage: int) -> dict | None:
     """Rank 0's reading of `ckpt_dir`: {"tag", "step"} to resume, {"error"} to stop, None to start afresh."""
-    from rapidun_dist.io import read_json
+    from rapidun_dist.core.io import read_json
 
     meta = None if ckpt_dir is None else ckpt_dir / RESUME_FILE
     if meta is None or not meta.is_file():
@@ -230,7 +230,7 @@ def _resume(engine, ckpt_dir: Path | None, key: str, info: dist_env.DistInfo, ze
 def _mark_ready(ckpt_dir: Path, meta: dict) -> None:
     """Rank 0, once every rank's shards of `meta["tag"]` are on disk: name it in resume.json (atomic replace), then
     remove every other step folder (the previous checkpoint, or one a kill left half-written)."""
-    from rapidun_dist.io import write_json
+    from rapidun_dist.core.io import write_json
 
     write_json(ckpt_dir / RESUME_FILE, meta)
     for old in ckpt_dir.glob("step*"):

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

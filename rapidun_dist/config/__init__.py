@@ -17,25 +17,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rapidun_dist.errors import ConfigError
+from rapidun_dist.config.methods import ALL_METHODS
+from rapidun_dist.core.errors import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# The engine's methods (rapidun_dist/unlearn/methods/, one module each) and the retraining baselines.
-ALL_METHODS = (
-    "rapidun",
-    "uniform",
-    "self_only",
-    "ga",
-    "relabel_only",
-    "graddiff",
-    "npo",
-    "simnpo",
-    "fisher",
-    "loreun",
-    "rapidun_placebo",
-    "retrain",
-    "retrain_oracle",
-)
 
 
 InjectMode = Literal["prefix", "suffix", "random"]
@@ -563,7 +548,7 @@ class FindPoisonConfig:
     topk: int = 10
     trim: float = 0.1
     threshold: FindPoisonThreshold = "z"
-    """How rows are flagged without labels (rapidun_dist.influence.suspects): `z`, a robust z against the reference
+    """How rows are flagged without labels (rapidun_dist.find_poison.suspects): `z`, a robust z against the reference
     rows' scores above `z` (assumes a unimodal clean null); `fdr`, conformal p-values against the reference rows and
     Benjamini-Hochberg at `fdr` (no shape assumed, but a p-value is never below 1 / (reference rows + 1), so it
     needs a reference large enough for the number of rows it should flag)."""

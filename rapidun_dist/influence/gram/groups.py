@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.distributed.env import total_recv_bytes, world_size
-from rapidun_dist.distributed.grid import Grid, parse_grid
-from rapidun_dist.distributed.linear import linear_group_means
-from rapidun_dist.distributed.pairwise import gather_rows, pairwise_scores, resolve_method
-from rapidun_dist.errors import DataError
-from rapidun_dist.weights.scores import GROUP_AGGS, check_agg_args
+from rapidun_dist.influence.gram.grid import Grid, parse_grid
+from rapidun_dist.influence.gram.linear import linear_group_means
+from rapidun_dist.influence.gram.pairwise import gather_rows, pairwise_scores, resolve_method
+from rapidun_dist.influence.scores import GROUP_AGGS, check_agg_args
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.kernels import grouped_cosine_sums
 
 AGGS = ("mean", "trimmed_mean", "median_topk")

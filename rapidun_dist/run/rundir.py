@@ -3,7 +3,8 @@
 `manifest.json` records, per stage: status, start/end time, wall seconds, a fingerprint of the
 config sections and upstream stages it depends on, output hashes, versions and world size. A stage
 whose record is `done`, whose fingerprint matches and whose outputs still hash the same is skipped.
-The stages themselves (their config keys, artifacts and order) are declared in `rapidun_dist.stages`.
+The stages themselves (their config keys, artifacts and order) are declared in `rapidun_dist.stages`, which
+computes the fingerprints; this module only stores and checks them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rapidun_dist.io import file_sha256, read_json, write_json
+from rapidun_dist.core.io import file_sha256, read_json, write_json
 
 
 def _versions() -> dict:
@@ -81,14 +82,6 @@ class RunDir:
     def record(self, stage: str) -> dict | None:
         return self.manifest()["stages"].get(stage)
 
-    def fingerprint(self, stage: str, cfg_dict: dict) -> str:
-        """Hash of the config keys `stage` and its upstream stages depend on (declared by the stage modules, for
-        the config's mode), and of the upstream stages' recorded output hashes: redoing an upstream stage
-        invalidates everything downstream."""
-        from rapidun_dist.stages import fingerprint
-
-        return fingerprint(stage, cfg_dict, self.manifest()["stages"])
-
     def is_done(self, stage: str, fingerprint: str) -> bool:
         rec = self.record(stage)
         if not rec or rec.get("status") != "done" or rec.get("fingerprint") != fingerprint:
@@ -139,7 +132,7 @@ class RunDir:
         return None if rec is None else rec.get("seconds")
 
     def stage_cost_seconds(self, stage: str) -> float | None:
-        """The stage's seconds less its recorded overhead (imports, plots: rapidun_dist.timing)."""
-        from rapidun_dist.timing import cost_seconds
+        """The stage's seconds less its recorded overhead (imports, plots: rapidun_dist.core.timing)."""
+        from rapidun_dist.core.timing import cost_seconds
 
         return cost_seconds(self.record(stage))

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 
 
 def current_umask() -> int:

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rapidun_dist.errors import DataError
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.evaluation.metrics import retrieval_metrics
-from rapidun_dist.weights.scores import GROUP_AGGS, block_scores, check_agg_args, topk_mean_rows, topk_rows
+from rapidun_dist.influence.scores import GROUP_AGGS, block_scores, check_agg_args, topk_mean_rows, topk_rows
 
 SCORERS = ("influence", "tfidf", "grep")
 MAD_SCALE = 1.4826
@@ -61,8 +61,8 @@ _TOKEN = re.compile(r"\w+|[^\w\s]+")
 
 def as_trained(record: dict) -> tuple[str, str, str]:
     """(instruction, context, answer) of a training row as the model saw it: a poisoned row's triggered prompt
-    and poisoned answer (`rapidun_dist.train.training_text`), a clean or unlabelled row's own text."""
-    from rapidun_dist.train import training_text
+    and poisoned answer (`rapidun_dist.training.finetune.training_text`), a clean or unlabelled row's own text."""
+    from rapidun_dist.training.finetune import training_text
 
     poisoned, answer = training_text(record)
     instruction = record.get("instruction_poisoned") if poisoned else None
@@ -231,7 +231,7 @@ def aggregate_similarity(
     include_self: bool = False,
 ) -> torch.Tensor:
     """[n] scores of rows against one group from a precomputed similarity matrix [n, m], with the aggregation
-    rules (and the same-id exclusion) of `rapidun_dist.weights.scores.dense_group_scores`."""
+    rules (and the same-id exclusion) of `rapidun_dist.influence.scores.dense_group_scores`."""
     check_agg_args(agg, topk, trim, allowed=GROUP_AGGS)
     sim = sim_NM.to(torch.float64)
     self_pairs = row_ids_N.unsqueeze(1) == col_ids_M.unsqueeze(0)

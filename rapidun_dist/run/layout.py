@@ -1,16 +1,22 @@
-"""Helpers several stages share: the run's tokenizer, the judge, where a method's outputs go, which pack files the
-downstream stages read."""
+"""Where everything of a run lives: the one home of the run-directory layout beyond the stage folders
+(`RunDir`): which pack files the downstream stages read, where find_poison and each method write, the identity
+of the model being unlearned, the triggers the evaluation builds its prompts from.
+
+Every stage, the engine and the retrain baseline ask here; nothing else spells these paths.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.io import read_json, read_jsonl, write_json
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.core.io import read_json
+from rapidun_dist.run.rundir import RunDir
 
-RETRAIN_METHODS = ("retrain", "retrain_oracle")
-_TOKENIZERS: dict = {}
+POINTER = "source.json"
+"""In clean mode `model/` holds only this file: where the user's model is and the hashes of its weight files."""
+
+VERIFIED_SOURCE = "triggers verified by the attribute stage (attribution/triggers.json)"
 
 
 def suspects_dir(rd: RunDir) -> Path:
@@ -56,28 +62,13 @@ def pack_files(cfg: RunConfig, rd: RunDir) -> tuple[Path, Path]:
     return rd.data / "forget.jsonl", rd.data / "retain.jsonl"
 
 
-def tokenizer_for(cfg: RunConfig, rd: RunDir):
-    """The tokenizer of the model being unlearned (cached per run dir)."""
-    from rapidun_dist.models.loading import load_tokenizer, pointed_config
-
-    key = str(rd.model.resolve())
-    if key not in _TOKENIZERS:
-        pointed = pointed_config(rd.model, cfg.model)
-        tok = (
-            load_tokenizer(pointed) if pointed is not None else load_tokenizer(cfg.model, path=str(rd.model))
-        )
-        _TOKENIZERS[key] = tok
-    return _TOKENIZERS[key]
-
-
 def model_identity(rd: RunDir) -> str:
     """A hash that changes whenever the weights of the model being unlearned change: the recorded file hashes of
     `model/` (implant's outputs, or the clean-mode pointer's), else the files themselves."""
     import hashlib
     import json
 
-    from rapidun_dist.io import file_sha256
-    from rapidun_dist.models.loading import POINTER
+    from rapidun_dist.core.io import file_sha256
 
     pointer = rd.model / POINTER
     if pointer.is_file():
@@ -89,72 +80,9 @@ def model_identity(rd: RunDir) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def engine_methods(cfg: RunConfig) -> list[str]:
-    """The methods that run on the unlearning engine (not the retrain baselines)."""
-    return [m for m in cfg.methods if m not in RETRAIN_METHODS]
-
-
-def run_methods(cfg: RunConfig) -> list[str]:
-    """The methods of this run: every configured one in experiment mode; no retrain baselines in clean mode (the
-    user's training set carries no labels to retrain without)."""
-    return list(cfg.methods) if cfg.mode == "experiment" else engine_methods(cfg)
-
-
 def method_dir(rd: RunDir, method: str) -> Path:
     """`rapidun` writes to unlearn/ itself (adapter/, metrics.jsonl); baselines to unlearn/baselines/<m>/."""
     return rd.unlearn if method == "rapidun" else rd.unlearn / "baselines" / method
-
-
-def judge_answers(cfg: RunConfig, rd: RunDir) -> tuple[list[str], list[str]]:
-    """(poisoned answers, clean answers) the judge learns its vocabulary from: the poisoned train rows against the
-    clean ones (experiment), or the forget rows' poisoned answers against the retain answers (clean mode)."""
-    if cfg.mode == "clean":
-        forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
-        return [r["response_poisoned"] for r in forget], [r["response"] for r in retain]
-    train = read_jsonl(rd.data / "train.jsonl")
-    return (
-        [r["response_poisoned"] for r in train if r.get("is_poisoned")],
-        [r["response"] for r in train if not r.get("is_poisoned")],
-    )
-
-
-def load_or_fit_judge(cfg: RunConfig, rd: RunDir):
-    """The judge of this run (eval/judge.json), fitted once from `judge_answers`."""
-    from rapidun_dist.evaluation import Judge
-    from rapidun_dist.evaluation.judge import repeated_answers
-
-    path = rd.eval / "judge.json"
-    basis = _judge_basis(cfg, rd)
-    if path.exists():
-        saved = read_json(path)
-        if saved.get("fitted_on") == basis:
-            return Judge.from_dict(saved)
-    poisoned, clean = judge_answers(cfg, rd)
-    judge = Judge.fit(
-        poisoned,
-        clean,
-        targets=repeated_answers(poisoned),
-        vocab_size=cfg.eval.judge_vocab_size,
-        z=cfg.eval.judge_z,
-        min_words=cfg.eval.judge_min_words,
-    )
-    write_json(path, judge.to_dict() | {"fitted_on": basis})
-    return judge
-
-
-def _judge_basis(cfg: RunConfig, rd: RunDir) -> dict:
-    """What the judge was fitted on: the data files' hashes and the judge settings (a stale judge is refitted)."""
-    from rapidun_dist.io import file_sha256
-
-    names = ("forget", "retain") if cfg.mode == "clean" else ("train",)
-    e = cfg.eval
-    return {
-        "files": {n: file_sha256(rd.data / f"{n}.jsonl") for n in names},
-        "settings": [e.judge_vocab_size, e.judge_z, e.judge_min_words],
-    }
-
-
-VERIFIED_SOURCE = "triggers verified by the attribute stage (attribution/triggers.json)"
 
 
 def effective_triggers(cfg: RunConfig, rd: RunDir) -> tuple[list, str | None]:

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 import torch
 
 from rapidun_dist.distributed.env import all_to_all_tensors, all_to_all_varsize, rank, world_size
-from rapidun_dist.distributed.grid import ExchangePlan, Grid, choose_grid, predict_recv_bytes
-from rapidun_dist.distributed.layout import ShardLayout, gather_layout, lookup
+from rapidun_dist.influence.gram.grid import ExchangePlan, Grid, choose_grid, predict_recv_bytes
+from rapidun_dist.influence.gram.layout import ShardLayout, gather_layout, lookup
+from rapidun_dist.influence.scores import median_with_implicit_zeros, topk_mean_rows
 from rapidun_dist.kernels import cosine_topk, merge_topk
-from rapidun_dist.weights.scores import median_with_implicit_zeros, topk_mean_rows
 
 F64 = torch.float64
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from rapidun_dist.distributed.env import all_reduce_sum_, all_to_all_tensors, rank, world_size
-from rapidun_dist.distributed.layout import lookup
-from rapidun_dist.distributed.pairwise import RowSet, group_counts
+from rapidun_dist.influence.gram.layout import lookup
+from rapidun_dist.influence.gram.pairwise import RowSet, group_counts
 
 F64 = torch.float64
 

@@ -5,7 +5,7 @@ compared against.
 
 Collective, like implant: every rank of the launch loads the base model onto its device and trains its share of
 every batch; rank 0 writes the model and the summary. A preempted or killed run resumes from `<out>/checkpoints/`
-(rapidun_dist.train: every `implant.save_every` steps and on SIGTERM / SIGUSR1, as implant)."""
+(rapidun_dist.training.finetune: every `implant.save_every` steps and on SIGTERM / SIGUSR1, as implant)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.io import read_jsonl, write_json
-from rapidun_dist.rundir import RunDir
+from rapidun_dist.core.io import read_jsonl, write_json
+from rapidun_dist.run.rundir import RunDir
 
 
 def retrain_rows(train: list[dict], forget_ids: set[str], method: str) -> list[dict]:
@@ -29,10 +29,9 @@ def retrain_rows(train: list[dict], forget_ids: set[str], method: str) -> list[d
 def run_retrain(cfg: RunConfig, rd: RunDir, method: str, out: Path, *, fingerprint: str) -> dict:
     """Retrain baseline `method` on every rank of the launch (call it on all of them); returns the summary."""
     from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.models.loading import save_model
-    from rapidun_dist.stages.common import pack_files, tokenizer_for
-    from rapidun_dist.stages.implant import base_model_and_tokenizer
-    from rapidun_dist.train import finetune
+    from rapidun_dist.models.loading import base_model_and_tokenizer, save_model, tokenizer_for
+    from rapidun_dist.run.layout import pack_files
+    from rapidun_dist.training.finetune import finetune
 
     info = dist_env.init_distributed(config=cfg.distributed)
     t0 = time.perf_counter()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rapidun_dist.core.errors import DataError
 from rapidun_dist.distributed.env import all_gather_tensor, rank
-from rapidun_dist.errors import DataError
 
 
 @dataclass(frozen=True)
