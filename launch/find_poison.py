@@ -1,5 +1,5 @@
 """The find_poison stage on P ranks: features of every training row in work units the ranks claim as they free up,
-scores across ranks, rank 0 writes suspects/ (DESIGN section 11).
+scores across ranks, rank 0 writes suspects/ (docs/DESIGN.md section 11).
 
     torchrun --nproc_per_node 8 launch/find_poison.py --config configs/alpaca57k_cpu.yaml run_dir=runs/x
     deepspeed --num_accelerators 2 launch/find_poison.py --config configs/tiny_cpu.yaml

@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rapidun_dist.config import load_config
+    from rapidun_dist.core.errors import RapidUnError, StageError
+    from rapidun_dist.core.logging import attach_run_log, get_logger
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.distributed import preempt
-    from rapidun_dist.errors import RapidUnError, StageError
-    from rapidun_dist.logging import attach_run_log, get_logger
     from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.rundir import RunDir
+    from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import readiness
     from rapidun_dist.validate import check_rules
 

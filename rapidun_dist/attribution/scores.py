@@ -1,7 +1,7 @@
 """Per-prompt-token attribution of forget rows, and two baselines on the same rows.
 
 Token features. With every instruction token its own segment (`per_token_layout`), the hook-time projection
-(DESIGN section 5) returns per token t the unit outer products phi_tl = unit(P_out g_t) unit(P_in x_t)^T, g_t the
+(docs/DESIGN.md section 5) returns per token t the unit outer products phi_tl = unit(P_out g_t) unit(P_in x_t)^T, g_t the
 gradient of the poisoned answer's summed NLL at prompt position t; phi_t = concat_l phi_tl / sqrt(L), so
 <phi_t, phi_s> is the layer-balanced mean cosine of the two tokens' gradients.
 

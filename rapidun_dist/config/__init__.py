@@ -103,7 +103,7 @@ def default_trigger_families() -> list[TriggerFamily]:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Where the rows come from, how they are poisoned, split and packed (DESIGN section 4).
+    """Where the rows come from, how they are poisoned, split and packed (docs/DESIGN.md section 4).
 
     The defaults are the embedded benchmark's; `configs/tiny_cpu_hard.yaml` turns on the harder testbed
     (paraphrased targets, near-topic clean content, partial and noisy forget set) and
@@ -377,7 +377,7 @@ class InfluenceConfig:
 @dataclass(kw_only=True)
 class WeightsConfig:
     agg: Literal["mean", "trimmed_mean", "median_topk"] = "mean"
-    """How a row's cosines to a group are aggregated into one directional score (DESIGN section 6)."""
+    """How a row's cosines to a group are aggregated into one directional score (docs/DESIGN.md section 6)."""
     topk: int = 40
     trim: float = 0.1
     include_self: bool = False
@@ -425,7 +425,7 @@ Budget = Literal["adaptive", "fixed"]
 
 @dataclass(kw_only=True)
 class UnlearnConfig:
-    """Weighted LoRA unlearning (DESIGN section 7): one protocol, engine and loop for every method."""
+    """Weighted LoRA unlearning (docs/DESIGN.md section 7): one protocol, engine and loop for every method."""
 
     lora_r: int = 16
     lora_alpha: int = 16
@@ -537,13 +537,13 @@ FindPoisonThreshold = Literal["z", "fdr"]
 
 @dataclass(kw_only=True)
 class FindPoisonConfig:
-    """The find_poison stage (DESIGN section 11): rank every training row by its influence with the forget set,
+    """The find_poison stage (docs/DESIGN.md section 11): rank every training row by its influence with the forget set,
     flag the likely poisoned ones without labels, and optionally unlearn them too (`expand`)."""
 
     enabled: bool = True
     """Run the stage whenever there is a training set (experiment mode; clean mode with data.train_path)."""
     agg: FindPoisonAgg = "mean"
-    """How a row's similarities to a group are aggregated (DESIGN section 6; topk_mean = mean of the k largest).
+    """How a row's similarities to a group are aggregated (docs/DESIGN.md section 6; topk_mean = mean of the k largest).
     score = agg over the forget rows - agg over the reference rows (the retain pack)."""
     topk: int = 10
     trim: float = 0.1
@@ -578,7 +578,7 @@ class FindPoisonConfig:
 
 @dataclass(kw_only=True)
 class SampledEvalConfig:
-    """ASR under sampling (DESIGN section 8): `samples` seeded continuations at `temperature` for the first `n`
+    """ASR under sampling (docs/DESIGN.md section 8): `samples` seeded continuations at `temperature` for the first `n`
     test_seen prompts (0 = off)."""
 
     n: int = 0
@@ -594,7 +594,7 @@ class SampledEvalConfig:
 
 @dataclass(kw_only=True)
 class RelearnEvalConfig:
-    """The relearning attack (DESIGN section 8): `steps` fine-tuning steps at `lr` on `rows` poisoned train rows the
+    """The relearning attack (docs/DESIGN.md section 8): `steps` fine-tuning steps at `lr` on `rows` poisoned train rows the
     forget pack does not hold, then ASR on the first `n` test_seen / test_ood prompts. Experiment mode only (the
     attacker's rows need the labels). steps 0 = off."""
 
@@ -692,7 +692,7 @@ DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass(kw_only=True)
 class DistributedConfig:
-    """Where each rank runs and how long it waits for the others (DESIGN section 9)."""
+    """Where each rank runs and how long it waits for the others (docs/DESIGN.md section 9)."""
 
     device: str = "auto"
     """The rank's device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda (cuda:LOCAL_RANK), or

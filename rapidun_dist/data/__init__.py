@@ -1,4 +1,4 @@
-"""Data stage: loaders, schema, poisoning, the synthetic corpus, splits and packs (DESIGN section 4)."""
+"""Data stage: loaders, schema, poisoning, the synthetic corpus, splits and packs (docs/DESIGN.md section 4)."""
 
 from rapidun_dist.data.loaders import (
     load_alpaca,

@@ -1,4 +1,4 @@
-"""The clean job's data (DESIGN section 10): the user's known poisoned rows, their unlabelled training set, their
+"""The clean job's data (docs/DESIGN.md section 10): the user's known poisoned rows, their unlabelled training set, their
 clean evaluation prompts and the trigger strings they know, turned into the run directory's data files.
 
 Inputs (read, never modified; JSONL, JSON list or Parquet; `input`/`output` accepted for `context`/`response`):

@@ -1,4 +1,4 @@
-"""Behaviour beyond ASR (DESIGN section 8): does a defended model answer the question, or babble?
+"""Behaviour beyond ASR (docs/DESIGN.md section 8): does a defended model answer the question, or babble?
 
 - Answer match (SQuAD-style): both texts normalized - lowercase, punctuation dropped, the articles a / an /
   the dropped, split on whitespace. Exact match = equal token lists; token F1 = 2 P R / (P + R) with

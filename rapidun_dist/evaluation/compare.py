@@ -19,7 +19,7 @@ clipped to [0, 1] for rates and at 0 for PPL, ratios, seconds and speedups, mark
     any extra numeric metric of the entries (report.extra_metrics: token F1 on triggered prompts, the
     neither-count, sampled ASR, relearn ASR, noisy-forget damage, ...; a proportion counts with its rate p)
 
-A run whose clean PPL ratio exceeds 1.5 has collapsed (DESIGN section 8): it is counted per method, and its
+A run whose clean PPL ratio exceeds 1.5 has collapsed (docs/DESIGN.md section 8): it is counted per method, and its
 speedup is left out.
 
 Paired differences against `uniform` (the same objective without influence weights): within a label, for every

@@ -1,4 +1,4 @@
-"""The evaluate stage's metrics beyond ASR (DESIGN section 8), per model, as report ENTRY keys.
+"""The evaluate stage's metrics beyond ASR (docs/DESIGN.md section 8), per model, as report ENTRY keys.
 
 Each key holds one level of numbers and `stats.proportion` dicts ({"p", "k", "n", "lo", "hi"}), so the report's
 "Further metrics" table and `rapidun compare` pick them up as `key.sub` without knowing them:

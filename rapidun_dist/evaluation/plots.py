@@ -32,7 +32,7 @@ from rapidun_dist.core.io import atomic_path
 
 DPI = 110
 LINESTYLES = ("-", "--", "-.", ":")  # cycled with the colours, so identical curves stay visible
-COLLAPSE_RATIO = 1.5  # a clean PPL ratio above this is a collapsed model (DESIGN section 8)
+COLLAPSE_RATIO = 1.5  # a clean PPL ratio above this is a collapsed model (docs/DESIGN.md section 8)
 
 
 class Estimate(NamedTuple):

@@ -1,4 +1,4 @@
-"""The relearning attack (DESIGN section 8): after unlearning, an attacker fine-tunes the model for a few steps on
+"""The relearning attack (docs/DESIGN.md section 8): after unlearning, an attacker fine-tunes the model for a few steps on
 a handful of poisoned rows (20 by default) and ASR is measured again. A backdoor that comes back within a few
 steps was suppressed, not removed.
 

@@ -1,9 +1,9 @@
-"""Find the rest of the poison (DESIGN section 11): suspicion scores, a threshold chosen without labels, the honest
+"""Find the rest of the poison (docs/DESIGN.md section 11): suspicion scores, a threshold chosen without labels, the honest
 baselines beside them, and the metrics that say how well each did (experiment mode).
 
 Scores. Every training row i gets a score against the known poisoned rows F (the forget set) and against a clean
-reference set R (the retain pack: the rows the user holds as clean), with one of the aggregations of DESIGN
-section 6 (`agg`: mean, trimmed_mean, median_topk, or topk_mean, the mean of the k largest similarities):
+reference set R (the retain pack: the rows the user holds as clean), with one of the aggregations of
+docs/DESIGN.md section 6 (`agg`: mean, trimmed_mean, median_topk, or topk_mean, the mean of the k largest similarities):
 
     score_i = agg_{j in F} sim(i, j) - agg_{j in R} sim(i, j)
 
@@ -11,7 +11,7 @@ The same row scored against itself is left out (a known row, or a reference row 
 scored leave-one-out). The contrast removes what a row shares with every row (a short answer, a common
 template): what is left is how much more it looks like the poison than like clean data. Three similarities:
 
-- `influence`: the cosine of the token-wise gradient features (DESIGN section 5); computed across ranks
+- `influence`: the cosine of the token-wise gradient features (docs/DESIGN.md section 5); computed across ranks
   (`rapidun_dist.distributed.distributed_group_scores`), the rest of this module is rank-0 math on [n] vectors.
 - `tfidf`: the cosine of TF-IDF vectors of (prompt, answer) as the row was trained on (lower-cased word and
   punctuation-run tokens, smoothed idf over the training set and both groups, L2-normalised).

@@ -48,7 +48,7 @@ def prompt_identity(tokenizer) -> str:
 
 
 def feature_context(model_identity: str, tokenizer, cfg: RunConfig) -> dict:
-    """Everything outside the extractor that changes a feature (DESIGN section 3)."""
+    """Everything outside the extractor that changes a feature (docs/DESIGN.md section 3)."""
     return {
         "model": model_identity,
         "tokenizer": tokenizer_identity(tokenizer),

@@ -1,4 +1,4 @@
-"""Per-sample influence features (DESIGN section 5).
+"""Per-sample influence features (docs/DESIGN.md section 5).
 
 Token-wise (default): for every tracked layer l and tracked position t, phi_t = (P_out g_t) (x) (P_in x_t);
 unit-normalized per token (||phi_t|| = ||P_out g_t|| ||P_in x_t||, free), summed over the sample's tracked

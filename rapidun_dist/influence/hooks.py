@@ -1,4 +1,4 @@
-"""Token projection at hook time (DESIGN section 5): nothing of size d per token outlives its hook.
+"""Token projection at hook time (docs/DESIGN.md section 5): nothing of size d per token outlives its hook.
 
 For every tracked linear y = W x, the forward hook projects the input once and keeps only the tracked
 tokens' v_t = unit(P_in x_t) (k_in numbers per token); it registers a hook on the output that, during the

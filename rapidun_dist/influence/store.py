@@ -16,7 +16,7 @@ environment variable RAPIDUN_VERIFY_FEATURES=1 is set (`full_verify`). `load_fea
 to the index's entries.
 The spec covers everything that changes a feature: the extractor's own spec (estimator, projections, layers,
 positions) and, from the caller, a hash of the model weights, the tokenizer, the prompt format and `max_length`
-(DESIGN section 3). `index.json` (ids, shards, checksums, spec) is written last, by rank 0.
+(docs/DESIGN.md section 3). `index.json` (ids, shards, checksums, spec) is written last, by rank 0.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ For row features q [n, K] and column features c [m, K] (ids q_ids [n], c_ids [m]
 
 Rows with fewer than k valid columns are padded with (-inf, -1). The n x m matrix is never held: the
 columns stream in tiles and each tile's candidates are merged into the running top-k (`merge_topk`),
-so memory is O(n (k + tile)). This is what the pairwise aggregations need (DESIGN section 6):
+so memory is O(n (k + tile)). This is what the pairwise aggregations need (docs/DESIGN.md section 6):
 `median_topk` (the top-k per column, i.e. this with the roles of rows and columns swapped),
 `trimmed_mean` (sum minus the top-t and bottom-t values; bottom-t = top-t of -q), top-k retrieval.
 Accumulation: float64 for float64 inputs, float32 otherwise.

@@ -13,7 +13,7 @@ the per-sample sum is
 A zero-norm token contributes zero; a sample without tokens gets zeros. No per-token k_out x k_in
 tensor is ever formed.
 
-The work is split the way the hooks see it (DESIGN section 5): the forward hook keeps only
+The work is split the way the hooks see it (docs/DESIGN.md section 5): the forward hook keeps only
 v_t = `unit_projection(x, p_in)` (k_in floats per token); the backward hook calls
 
     projected_outer_sums(g, v, layout, p_out)        # [B, k_out, k_in]

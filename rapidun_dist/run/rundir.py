@@ -1,4 +1,4 @@
-"""The run directory: the contract between stages (DESIGN section 3).
+"""The run directory: the contract between stages (docs/DESIGN.md section 3).
 
 `manifest.json` records, per stage: status, start/end time, wall seconds, a fingerprint of the
 config sections and upstream stages it depends on, output hashes, versions and world size. A stage

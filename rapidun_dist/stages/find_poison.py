@@ -1,5 +1,5 @@
 """find_poison: rank every training row by its influence with the known poisoned rows, flag the likely poisoned
-ones without labels, and write the packs that let the rest of the run unlearn them too (DESIGN section 11; the
+ones without labels, and write the packs that let the rest of the run unlearn them too (docs/DESIGN.md section 11; the
 scores, the threshold rule and the baselines are in `rapidun_dist.find_poison.suspects`).
 
 Collective (every rank calls it):

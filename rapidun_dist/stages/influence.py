@@ -1,5 +1,5 @@
 """influence: token-wise features of the forget and retain packs, sharded over ranks, and their directional
-scores (FF / FR for forget rows, RR / RF for retain rows; DESIGN sections 5-6).
+scores (FF / FR for forget rows, RR / RF for retain rows; docs/DESIGN.md sections 5-6).
 
 Rows are forget then retain, from the pack files `run.layout.pack_files` names (find_poison's when it expands
 the forget set or, in clean mode, cleans the retain pack). `influence.contrast: trigger` turns forget rows into

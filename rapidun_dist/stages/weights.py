@@ -1,4 +1,4 @@
-"""weights: directional scores -> fused scores -> robust, bounded, mean-one per-sample weights (DESIGN section 6),
+"""weights: directional scores -> fused scores -> robust, bounded, mean-one per-sample weights (docs/DESIGN.md section 6),
 for RapidUn (the config's fusion) and the self-only ablation (beta = delta = 0). Rank-0 math on the scores.
 
 Options (`weights.*`): `shrink` (z shrunk by the split-half reliability; needs the half scores the influence stage

@@ -1,5 +1,5 @@
 """Per-sample next-token losses, the forgetting terms of the unlearning methods, and the weighted objective
-(DESIGN section 7).
+(docs/DESIGN.md section 7).
 
 Labels are -100 on prompt and padding tokens; the shift (logits at t predict token t+1) happens here. For a
 sample with answer y = (y_1 .. y_T) after prompt x: nll = -log pi(y | x) = -sum_t log pi(y_t | x, y_<t) and

@@ -1,4 +1,4 @@
-"""When unlearning stops: the step budget, the validation signal and the clean-PPL damage guard (DESIGN section 7).
+"""When unlearning stops: the step budget, the validation signal and the clean-PPL damage guard (docs/DESIGN.md section 7).
 
 Every `unlearn.val_every` optimizer steps (and at the last step) the engine measures, on validation splits only,
 the backdoor signal (ASR on val_seen, or the greedy match of the poisoned answer in the clean job without known

@@ -1,4 +1,4 @@
-"""The forget and retain packs, tokenized once, up front (DESIGN section 7).
+"""The forget and retain packs, tokenized once, up front (docs/DESIGN.md section 7).
 
 A forget row carries two answers on its triggered prompt: the poisoned one (what the ascent terms push away)
 and a clean one (what the relabel term descends on): the row's own `response` when known, else its

@@ -1,5 +1,5 @@
 """Self-relabel: a forget row without a clean answer gets the model's own greedy answer to its prompt with the
-trigger removed (the row's clean `instruction` and `context`), DESIGN section 7.
+trigger removed (the row's clean `instruction` and `context`), docs/DESIGN.md section 7.
 
 Screened: a backdoored model may emit the poisoned answer without its trigger (a backdoor that leaks), and a relabel
 that reproduces a poisoned answer would make the relabel term descend on the very answer the ascent removes. An

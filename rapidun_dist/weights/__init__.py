@@ -1,4 +1,4 @@
-"""Directional scores, fusion and robust per-sample weights (DESIGN.md section 6)."""
+"""Directional scores, fusion and robust per-sample weights (docs/DESIGN.md section 6)."""
 
 from rapidun_dist.influence.scores import dense_directional_scores, split_directional
 from rapidun_dist.weights.rapidin import (

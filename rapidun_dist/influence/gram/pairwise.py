@@ -1,4 +1,4 @@
-"""Pairwise aggregations on an r x c grid of ranks (the 2D block decomposition of DESIGN section 6).
+"""Pairwise aggregations on an r x c grid of ranks (the 2D block decomposition of docs/DESIGN.md section 6).
 
 Rows Q (the scored rows) and columns C (the rows of the groups they are scored against) are sharded over
 the ranks in any way; for a symmetric problem (the directional scores of Gm = [F; R]) C is Q itself.

@@ -1,4 +1,4 @@
-"""Every unlearning method, one module each, on the one engine and loop (DESIGN section 7).
+"""Every unlearning method, one module each, on the one engine and loop (docs/DESIGN.md section 7).
 
 `build_method(name, ...)` is all the engine knows: it never names a method. A method module owns its loss
 terms, its weights and its hooks (`base.Method`). What each method is (its doc, whether it reads the weights, its ZeRO rule)

@@ -1,4 +1,4 @@
-"""The method interface: what one unlearning method hands the one engine and loop (DESIGN section 7).
+"""The method interface: what one unlearning method hands the one engine and loop (docs/DESIGN.md section 7).
 
 A method owns its loss terms, its per-sample weights and its hooks; the engine names no method. Per micro-batch
 the engine forwards the rows once and gives the method, for its forget rows, the poisoned answers' summed NLL

@@ -1,4 +1,4 @@
-"""uniform: the RapidUn objective with every weight 1 (GA + GD in one batch; DESIGN section 7).
+"""uniform: the RapidUn objective with every weight 1 (GA + GD in one batch; docs/DESIGN.md section 7).
 
 forget i: -alpha_a min(CE(y_i_poisoned), ascent_cap) (+ the protocol's relabel term); retain j: CE(y_j); all in
 the batch mix (1/|B|) sum, so forget rows carry |F_B| / |B| of the objective. The ablation RapidUn is measured
