@@ -1,10 +1,8 @@
-"""The body of the stage launchers (launch/run.py, launch/influence.py, launch/find_poison.py): parse the command
-line, check everything before the first stage, run the stages on the ranks of the launch, exit with a status.
+"""The body of every launch script (launch/run.py, launch/influence.py, launch/find_poison.py, launch/unlearn.py):
+parse the command line, set up the process, hand the stages to the one driver (`rapidun_dist.pipeline.run_pipeline`,
+which runs them on the ranks of the launch), exit with a status.
 
-Collective stages run on every rank; rank-0 stages on rank 0 alone. Leading rank-0 stages (prepare) run on rank 0
-before any process group exists (the other ranks wait in the rendezvous, under `distributed.init_timeout_s`); a
-rank-0 stage after a collective one (weights) runs while the others wait in a barrier. Done stages are skipped
-(manifest fingerprint), so a requeued job resumes; SIGTERM / SIGUSR1 make the step loops checkpoint and stop
+Done stages are skipped (manifest fingerprint), so a requeued job resumes; SIGTERM / SIGUSR1 make the step loops checkpoint and stop
 (rapidun_dist.distributed.preempt). Exit status: 0 done, 2 a RapidUnError (bad config or input, a stage not ready),
 logged as one line; anything else is a bug and raises.
 """
@@ -19,9 +17,15 @@ WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SI
 
 
 def parse_args(
-    argv: list[str] | None, *, description: str, stages: Sequence[str] | None, example: str
+    argv: list[str] | None,
+    *,
+    description: str,
+    stages: Sequence[str] | None,
+    example: str,
+    evaluate_flag: bool = False,
 ) -> argparse.Namespace:
-    """--config, --force, --local_rank (ignored), overrides; --stages only when the launcher has no fixed list."""
+    """--config, --force, --local_rank (ignored), overrides; --stages only when the launcher has no fixed list;
+    --evaluate (run the evaluate stage afterwards, forced) when `evaluate_flag`."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="YAML run config")
     if stages is None:
@@ -32,6 +36,10 @@ def parse_args(
         help="rerun the stages even if complete (valid feature shards are kept)",
     )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="ignored (set by launchers)")
+    if evaluate_flag:
+        p.add_argument(
+            "--evaluate", action="store_true", help="run the evaluate stage afterwards (every rank)"
+        )
     p.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {example}")
     args = p.parse_intermixed_args(argv)
     if stages is not None:
@@ -39,56 +47,19 @@ def parse_args(
     return args
 
 
-def _rank_zero_first(cfg, rd, names: list[str], force: bool) -> list[str]:
-    """Run the leading rank-0 stages on rank 0 before any process group exists; the stages left."""
-    from rapidun_dist.distributed.env import discover_launch_env
-    from rapidun_dist.pipeline import run_stage
-    from rapidun_dist.stages import check_ready, get_stage
-
-    lead = []
-    for name in names:
-        if get_stage(name).collective:
-            break
-        lead.append(name)
-    if lead and discover_launch_env().rank == 0:
-        for name in lead:
-            check_ready(cfg, rd, name)
-            run_stage(cfg, rd, name, force=force)
-    return names[len(lead) :]
-
-
 def run(args: argparse.Namespace) -> None:
-    from rapidun_dist.config import dump_config, load_config
-    from rapidun_dist.core.errors import StageError
-    from rapidun_dist.core.io import write_text
-    from rapidun_dist.core.logging import attach_run_log
-    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.config import load_config
     from rapidun_dist.distributed import preempt
-    from rapidun_dist.pipeline import run_stage, select_stages
-    from rapidun_dist.run.rundir import RunDir
-    from rapidun_dist.stages import get_stage, readiness
-    from rapidun_dist.validate import check_run
+    from rapidun_dist.pipeline import run_pipeline
 
     preempt.install()
     cfg = load_config(args.config, args.overrides)
-    names = select_stages(cfg, [s.strip() for s in args.stages.split(",")] if args.stages else None)
-    launch = dist_env.discover_launch_env()
-    check_run(cfg, world_size=launch.world_size, stages=names)  # every check before any stage, on every rank
-    rd = RunDir(cfg.run_dir)
-    attach_run_log(rd.root)
-    if launch.rank == 0:
-        write_text(rd.root / "config.yaml", dump_config(cfg))
-    rest = _rank_zero_first(cfg, rd, names, args.force)
-    info = dist_env.init_distributed(config=cfg.distributed)
-    for name in rest:
-        problem = dist_env.broadcast_object(readiness(cfg, rd, name) if info.rank == 0 else None)
-        if problem:
-            raise StageError(problem)
-        if get_stage(name).collective:
-            run_stage(cfg, rd, name, force=args.force, world_size=info.world_size, rank=info.rank)
-        elif info.rank == 0:
-            run_stage(cfg, rd, name, force=args.force)
-        dist_env.barrier()
+    names = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    if getattr(args, "evaluate", False):
+        names = [*(names or []), "evaluate"]
+    run_pipeline(
+        cfg, names, force=args.force, force_stages=("evaluate",) if getattr(args, "evaluate", False) else ()
+    )
 
 
 def main(
@@ -98,9 +69,12 @@ def main(
     stages: Sequence[str] | None = None,
     name: str = "run",
     example: str = "implant.grad_accum=4",
+    evaluate_flag: bool = False,
 ) -> int:
     """Parse `argv`, run the stages (`stages`, or those --stages names), return the exit status."""
-    args = parse_args(argv, description=description, stages=stages, example=example)
+    args = parse_args(
+        argv, description=description, stages=stages, example=example, evaluate_flag=evaluate_flag
+    )
     if max(int(os.environ.get(k, "1")) for k in WORLD_SIZE_VARS) > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: P ranks must not oversubscribe
     import torch

@@ -4,6 +4,8 @@ launchers share `rapidun_dist.stages.check_ready`."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,5 +57,16 @@ class Stage:
     """None: part of every run of its modes. Else (an optional stage, e.g. attribute) it joins a default run, and
     later stages' fingerprints, only when `when(cfg_dict)` is true; it can always be run by name."""
 
+    def declares(self, rel_path: str) -> bool:
+        """Whether `rel_path` (relative to the run directory) is among the paths this stage declares it writes:
+        an entry ending in "/" covers everything below it, "*" and "<name>" match one path part, and a trailing
+        "(...)" only says when the entry applies."""
+        return any(_matches(rel_path, entry) for entry in self.writes)
+
     def upstream(self, cfg: RunConfig) -> tuple[str, ...]:
         return self.requires(cfg) if callable(self.requires) else self.requires
+
+
+def _matches(rel_path: str, entry: str) -> bool:
+    pattern = re.sub(r"<[^>]+>", "*", entry.split(" (")[0].strip().removeprefix("or "))
+    return fnmatch.fnmatchcase(rel_path, pattern + "*" if pattern.endswith("/") else pattern)

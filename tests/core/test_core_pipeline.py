@@ -54,6 +54,30 @@ def test_every_stage_recorded(run_dir):
     assert (run_dir / "config.yaml").exists()
 
 
+def test_every_recorded_output_is_declared_by_its_stage(run_dir):
+    """Stage.writes is the run directory's documentation: every output a stage recorded is one it declares, and
+    every unconditional file it declares (no wildcard, no "(when ...)" note) is there."""
+    from rapidun_dist.stages import STAGES
+
+    man = read_json(run_dir / "manifest.json")["stages"]
+    for name, rec in man.items():
+        st = STAGES[name]
+        assert [o for o in rec["outputs"] if not st.declares(o)] == [], name
+        for entry in st.writes:
+            if "(" not in entry and "*" not in entry and "<" not in entry and name in ("prepare", "weights"):
+                assert (run_dir / entry).exists(), (name, entry)
+
+
+def test_stage_declarations_match_paths_and_refuse_others():
+    from rapidun_dist.stages import STAGES
+
+    unlearn, evaluate, weights = STAGES["unlearn"], STAGES["evaluate"], STAGES["weights"]
+    assert unlearn.declares("unlearn/baselines/ga/summary.json") and unlearn.declares("unlearn/adapter/a.bin")
+    assert not unlearn.declares("weights/forget_weights.jsonl")
+    assert evaluate.declares("eval/asr_curve.png") and not evaluate.declares("eval/other.json")
+    assert weights.declares("weights/contamination.json") and not weights.declares("weights/x.json")
+
+
 def test_report_contract(run_dir):
     report = read_json(run_dir / "eval" / "report.json")
     for key in ("asr_seen", "asr_ood", "clean_ppl"):

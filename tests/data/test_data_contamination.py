@@ -16,7 +16,8 @@ from rapidun_dist.data import DATA_FILES, is_prepared, load_split, prepare_data
 from rapidun_dist.data.schema import HELD_OUT, POISON_FIELDS, prompt_key
 from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages import fingerprint
-from rapidun_dist.stages.weights import contamination_means, write_contamination
+from rapidun_dist.stages.weights import write_contamination
+from rapidun_dist.weights.recipe import contamination_means
 
 SMALL = {
     "n_synthetic": 800,

@@ -151,7 +151,7 @@ def test_rapidun_relabel_weights_apart_from_the_ascent(tmp_path):
 
 def test_half_columns_split_layer_blocks():
     from rapidun_dist.core.errors import DataError as DE
-    from rapidun_dist.stages.influence import half_columns
+    from rapidun_dist.weights.recipe import half_columns
 
     a, b = half_columns({"estimator": "tokenwise", "dim": 12, "layers": ["l0", "l1", "l2"]})
     assert a.tolist() == [0, 1, 2, 3, 8, 9, 10, 11] and b.tolist() == [4, 5, 6, 7]
@@ -163,7 +163,7 @@ def test_half_columns_split_layer_blocks():
 
 def test_mean_scores_of_halves_average_to_the_full_score():
     """The identity the shrinkage rests on: for `mean`, S = (S_A + S_B) / 2 when every layer block has one norm."""
-    from rapidun_dist.stages.influence import half_columns
+    from rapidun_dist.weights.recipe import half_columns
 
     gen = _gen()
     n_layers, width = 4, 5
@@ -180,6 +180,7 @@ def _run_weights_stage(tmp_path, wcfg: WeightsConfig, with_halves: bool):
     from rapidun_dist.config import RunConfig
     from rapidun_dist.core.io import write_jsonl
     from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import stage_context
     from rapidun_dist.stages import weights as stage
     from rapidun_dist.stages.influence import score_rows
 
@@ -191,13 +192,13 @@ def _run_weights_stage(tmp_path, wcfg: WeightsConfig, with_halves: bool):
     rd = RunDir(tmp_path)
     rd.influence.mkdir(parents=True, exist_ok=True)
     write_jsonl(rd.influence / "scores.jsonl", score_rows(forget, retain, full, halves))
-    stage.run(RunConfig(weights=wcfg), rd)
+    stage.run(stage_context(RunConfig(weights=wcfg), rd, "weights"))
     return rd, full, halves
 
 
 def test_weights_stage_shrinks_with_stored_halves_and_writes_relabel_weights(tmp_path):
-    from rapidun_dist.stages.weights import read_scores
     from rapidun_dist.weights.rapidin import RELABEL_WEIGHTS
+    from rapidun_dist.weights.recipe import read_scores
 
     cfg = WeightsConfig(shrink=True, relabel_weights="self")
     rd, full, halves = _run_weights_stage(tmp_path, cfg, with_halves=True)

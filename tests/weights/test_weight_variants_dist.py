@@ -55,8 +55,8 @@ def _scores(rank: int, world_size: int, run: str) -> dict | None:
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_pack_scaled_topk_and_halves_match_dense(tmp_path, world_size):
-    from rapidun_dist.stages.influence import half_columns
     from rapidun_dist.weights import dense_directional_scores
+    from rapidun_dist.weights.recipe import half_columns
 
     run = tmp_path / "run"
     feats = _store(run / "features", int(torch.randint(0, 10_000, (1,)))).double()
