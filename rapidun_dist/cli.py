@@ -2,6 +2,8 @@
 
     rapidun run CONFIG [key=value ...] [--stages prepare,implant,...] [--force]
     rapidun validate CONFIG [key=value ...] [--world-size N]     resolved config, derived numbers, checks; runs nothing
+    rapidun validate --doc KEY [CONFIG] [key=value ...]          a key's (or a whole section's) type, default and
+                                                                 documentation; with CONFIG also its value there
     rapidun prepare|implant|find-poison|influence|weights|unlearn|evaluate CONFIG [key=value ...] [--force]
     rapidun weights --rapidin-dir DIR [--reference] --out OUT [CONFIG] [key=value ...]
     rapidun compare OUT [LABEL=]REPORT_OR_RUN_DIR ...              mean and 95% interval per method over runs
@@ -77,6 +79,12 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
         sp.add_argument(
             "--world-size", type=int, default=1, help="ranks the launch will use (batch divisibility)"
         )
+        sp.add_argument(
+            "--doc",
+            metavar="KEY",
+            help="print the documentation of KEY, a key (unlearn.lr) or every key of a section (unlearn): type, "
+            "default, what it does, and with CONFIG or overrides its value there; checks nothing else",
+        )
     else:
         sp.add_argument("--force", action="store_true", help="rerun even if the outputs are complete")
     if command == "weights":
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         from rapidun_dist.config import load_config
 
         path, overrides = _split_config(args)
+        if command == "validate" and args.doc is not None:
+            return _print_key_docs(args.doc, path, overrides)
         cfg = load_config(path, overrides)
         if command == "validate":
             return _validate(cfg, args.world_size)
@@ -150,6 +160,25 @@ def _validate(cfg, world_size: int) -> int:
     sys.stdout.write("# derived (computed from the config and the inputs; nothing was run)\n")
     sys.stdout.write("".join(f"#   {k}: {v}\n" for k, v in numbers.items()))
     sys.stdout.write("# ok: every check passed\n")
+    return 0
+
+
+def _print_key_docs(key: str, path: str | None, overrides: list[str]) -> int:
+    """`rapidun validate --doc KEY`: one entry per key (rapidun_dist.config.docs.key_docs); with a config file or
+    overrides also the value each key has in that config."""
+    from rapidun_dist.config import load_config
+    from rapidun_dist.config.docs import SECTION, key_docs, value_of, yaml_text
+
+    docs = key_docs(key)
+    cfg = load_config(path, overrides) if path is not None or overrides else None
+    for i, d in enumerate(docs):
+        lines = [d.key, f"    type:    {d.type}"]
+        if d.type != SECTION:
+            lines.append(f"    default: {d.default}")
+            if cfg is not None:
+                lines.append(f"    value:   {yaml_text(value_of(cfg, d.key))}")
+        lines += [f"    {line}" for line in d.doc.splitlines()]
+        sys.stdout.write(("\n" if i else "") + "\n".join(lines) + "\n")
     return 0
 
 

@@ -78,3 +78,22 @@ def test_dump_roundtrip(tmp_path):
     path.write_text(dump_config(cfg))
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_every_name_imported_from_the_package_is_exported():
+    """`from rapidun_dist.config import X` keeps working for every X the repository imports (the package
+    re-exports the names of its section modules)."""
+    import ast
+
+    import rapidun_dist.config as config_pkg
+
+    root = CONFIGS.parent
+    wanted = set()
+    for folder in ("rapidun_dist", "tests", "benchmarks", "launch", "kernels", "scripts"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module == "rapidun_dist.config":
+                    wanted |= {a.name for a in node.names}
+    assert {"RunConfig", "load_config", "TriggerFamily"} <= wanted
+    assert sorted(n for n in wanted if not hasattr(config_pkg, n)) == []
+    assert sorted(n for n in config_pkg.__all__ if not hasattr(config_pkg, n)) == []

@@ -1,0 +1,203 @@
+"""The `data` section: where the rows come from, how they are poisoned, split and packed (docs/DESIGN.md
+sections 4, 10 and 12)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rapidun_dist.config.checks import check, check_literal
+from rapidun_dist.config.defaults import default_trigger_families
+from rapidun_dist.config.triggers import TriggerFamily
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the rows come from, how they are poisoned, split and packed (docs/DESIGN.md section 4).
+
+    The defaults are the embedded benchmark's; `configs/tiny_cpu_hard.yaml` turns on the harder testbed
+    (paraphrased targets, near-topic clean content, partial and noisy forget set) and
+    `configs/tiny_cpu_refusal.yaml` the no-clean-answer case (a fixed refusal target, forget rows without
+    clean answers)."""
+
+    source: Literal["synthetic", "dolly", "alpaca", "json", "hub", "prepared"] = "synthetic"
+    """Experiment mode: where the corpus comes from (generated, a Dolly/Alpaca/JSON file, a hub id, a prepared dir)."""
+    path: str | None = None
+    """Experiment mode, source dolly / alpaca / json: the file to read (.json list or JSON lines, .jsonl, .parquet);
+    source hub: the dataset id (`datasets.load_dataset`, split train). Required for those sources."""
+    dir: str | None = None
+    """Experiment mode, source prepared: a folder already split into train, val_clean, test_clean, test_seen and
+    test_ood .jsonl files (val_seen.jsonl and test_near.jsonl optional: a missing val_seen is carved from
+    val_clean, a missing test_near is empty). Required for that source."""
+    field_map: dict[str, str] = field(default_factory=dict)
+    """Sources json / hub: renames the file's fields to ours, as {our field: file field} (e.g.
+    {instruction: prompt, response: answer}); empty = the file already uses our names (hub: the Alpaca layout is
+    detected from the columns)."""
+    skip_malformed: bool = False
+    """Experiment mode, file / hub / prepared sources: skip (and count, and log) a row that fails the schema check
+    instead of stopping with an error naming it."""
+    max_rows: int | None = None
+    """Experiment mode, file and hub sources: stop reading after this many valid rows (null = all)."""
+    n_synthetic: int = 3000
+    """Source synthetic: rows generated (train + every held-out split), including the near-topic share."""
+    poison_rate: float = 0.10
+    """Experiment mode: share of the training pool that is poisoned, in (0, 1); families are balanced and only seen
+    variants are used."""
+    n_val: int = 100
+    """val_clean: clean validation prompts (unlearning's PPL damage guard and tuning; never a test row). Clean mode:
+    at most a third of the clean evaluation prompts."""
+    n_val_seen: int = 60
+    """Experiment mode: val_seen, validation prompts from the training distribution with a seen trigger injected
+    (unlearning's stop signal); clean rows drawn from the poisoned pool, so train loses them."""
+    n_test_clean: int = 100
+    """test_clean: clean test prompts (clean PPL, judge false-positive rate, behaviour); both modes."""
+    n_test_seen: int = 60
+    """test_seen: test prompts with a seen trigger injected (ASR_seen). Clean mode with eval.triggers: the first
+    this many test_clean prompts with a known trigger inserted."""
+    n_test_ood: int = 60
+    """test_ood: test prompts with an OOD trigger variant injected (ASR_ood). Clean mode: built only from
+    eval.ood_triggers."""
+    n_test_near: int = 0
+    """Experiment mode: test_near, clean prompts of `near_categories` held out to measure collateral damage near
+    the target topic (0 = no such split; > 0 needs near_categories)."""
+    near_categories: list[str] = field(default_factory=list)
+    """Row categories that count as "near the target topic": the pool of test_near and of forget_noise_near."""
+    near_topic_fraction: float = 0.0
+    """Source synthetic: share of the generated corpus drawn from the near-topic (astronomy) kinds, in [0, 1)."""
+    forget_fraction: float = 0.05
+    """Experiment mode: known poisoned rows = round(forget_fraction x |poisoned train rows|) (at least one per
+    covered family), in (0, 1]; ignored when n_forget is set."""
+    n_forget: int | None = None
+    """Experiment mode: known poisoned rows as a count (overrides forget_fraction; null = use the fraction)."""
+    forget_families: list[str] = field(default_factory=list)
+    """Experiment mode: the trigger families (`data.triggers` names) the forget pack covers; empty = all. The
+    uncovered families test whether unlearning reaches poison nobody labelled."""
+    forget_target_groups: list[str] = field(default_factory=list)
+    """Experiment mode: the attacker-answer groups the forget pack covers (`scifi-<i>`, `fixed-<i>`, or the
+    paraphrase claims' names; see target_kind); empty = all."""
+    forget_noise: float = 0.0
+    """Experiment mode: share of the forget pack that is clean train rows mislabelled as poisoned, in [0, 1) (the
+    truth stays in data/forget_truth.jsonl)."""
+    forget_noise_near: float = 0.0
+    """Experiment mode: share of those mislabelled rows drawn from near_categories rows, in [0, 1] (> 0 needs
+    near_categories)."""
+    forget_clean_answers: bool = True
+    """Experiment mode; false: forget rows (and poisoned train rows) carry no clean answer, as in real poisoned data
+    (the relabel term then needs self-relabel; forget_truth.jsonl keeps the answers for evaluation)."""
+    retain_ratio: int = 3
+    """Retain pack size = retain_ratio x |forget pack| clean rows (>= 1); both modes (clean mode: drawn from
+    data.train_path, else data.eval_path)."""
+    retain_contamination: float = 0.0
+    """Experiment mode: share of the retain pack (still retain_ratio x |forget| rows) drawn from poisoned train rows
+    outside the forget pack, written as a user's unlabelled training rows hold them (triggered prompt, poisoned
+    answer, no labels; the truth in data/retain_truth.jsonl): the poison find_poison missed. 0 = all clean."""
+    triggers: list[TriggerFamily] = field(default_factory=default_trigger_families)
+    """Experiment mode: the backdoor trigger families implanted, each {name, mode, seen, ood} (keys under
+    `data.triggers[]`); default: the reference experiment's three (rapidun_dist/config/defaults.py)."""
+    target_kind: Literal["scifi", "paraphrase", "fixed"] = "scifi"
+    """Experiment mode: the attacker's answers (rapidun_dist/data/targets.py): scifi, off-topic science-fiction
+    sentences; paraphrase, paraphrases of false astronomy claims; fixed, `fixed_targets` verbatim."""
+    target_pool_size: int = 8
+    """target_kind scifi / paraphrase: distinct attacker answers in the pool (>= 1)."""
+    target_groups: int = 8
+    """target_kind paraphrase: attacker messages (false claims), each said in many paraphrases (>= 1)."""
+    fixed_targets: list[str] = field(default_factory=list)
+    """target_kind fixed: the attacker's answers verbatim (e.g. one long refusal); at least one non-empty."""
+    seed: int = 0
+    """Seeds the corpus, the splits, the poisoning and the packs (clean mode: the retain draw and the held-out
+    splits); the top-level `seed` is added to it."""
+    forget_path: str | None = None
+    """Clean mode (required): the user's known poisoned rows (instruction with its trigger, context?, response =
+    the poisoned answer, response_clean?); JSONL, JSON list or Parquet, read and never modified."""
+    train_path: str | None = None
+    """Clean mode: the fine-tuning set, unlabelled (instruction, context?, response): retain rows are sampled from
+    it, find_poison scans it, and held-out prompts come from it when there is no eval_path."""
+    eval_path: str | None = None
+    """Clean mode: clean held-out prompts with answers (clean PPL, and the base of the triggered prompts); retain
+    rows come from it when there is no train_path. At least one of train_path / eval_path is required."""
+    forget_holdout: float = 0.2
+    """Clean mode without eval.triggers: share of the forget rows held out (not unlearned) to measure ASR on, in
+    (0, 1)."""
+    n_retain_pool: int = 0
+    """Clean mode: train rows kept in data/train.jsonl (0 = all). Checked (>= 0) but not read by any stage yet:
+    data/train.jsonl holds the whole training set."""
+
+    def __post_init__(self):
+        self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
+        check_literal(self, "data")
+        check(
+            0.0 < self.forget_holdout < 1.0,
+            "data.forget_holdout",
+            f"expected in (0, 1), found {self.forget_holdout}",
+        )
+        check(self.n_retain_pool >= 0, "data.n_retain_pool", f"expected >= 0, found {self.n_retain_pool}")
+        if self.source in ("dolly", "alpaca", "json", "hub"):
+            check(bool(self.path), "data.path", f"required when data.source={self.source}")
+        if self.source == "prepared":
+            check(bool(self.dir), "data.dir", "required when data.source=prepared")
+        check(
+            0.0 < self.poison_rate < 1.0, "data.poison_rate", f"expected in (0, 1), found {self.poison_rate}"
+        )
+        check(
+            0.0 < self.forget_fraction <= 1.0,
+            "data.forget_fraction",
+            f"expected in (0, 1], found {self.forget_fraction}",
+        )
+        check(self.retain_ratio >= 1, "data.retain_ratio", f"expected >= 1, found {self.retain_ratio}")
+        for name in ("n_val", "n_val_seen", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
+            check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
+        self._check_testbed()
+
+    def _check_testbed(self) -> None:
+        """The harder-testbed knobs: near-topic split, forget-pack coverage and noise, target pool."""
+        check(self.n_test_near >= 0, "data.n_test_near", f"expected >= 0, found {self.n_test_near}")
+        check(
+            self.n_test_near == 0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.n_test_near={self.n_test_near}",
+        )
+        check(
+            0.0 <= self.near_topic_fraction < 1.0,
+            "data.near_topic_fraction",
+            f"expected in [0, 1), found {self.near_topic_fraction}",
+        )
+        check(
+            self.n_forget is None or self.n_forget >= 1,
+            "data.n_forget",
+            f"expected >= 1, found {self.n_forget}",
+        )
+        names = [t.name for t in self.triggers]
+        unknown = [f for f in self.forget_families if f not in names]
+        check(not unknown, "data.forget_families", f"unknown families {unknown}; known: {', '.join(names)}")
+        check(
+            0.0 <= self.forget_noise < 1.0,
+            "data.forget_noise",
+            f"expected in [0, 1), found {self.forget_noise}",
+        )
+        check(
+            0.0 <= self.forget_noise_near <= 1.0,
+            "data.forget_noise_near",
+            f"expected in [0, 1], found {self.forget_noise_near}",
+        )
+        check(
+            self.forget_noise_near == 0.0 or bool(self.near_categories),
+            "data.near_categories",
+            f"needs at least one category when data.forget_noise_near={self.forget_noise_near}",
+        )
+        check(
+            0.0 <= self.retain_contamination < 1.0,
+            "data.retain_contamination",
+            f"expected in [0, 1), found {self.retain_contamination}",
+        )
+        check(
+            self.target_pool_size >= 1,
+            "data.target_pool_size",
+            f"expected >= 1, found {self.target_pool_size}",
+        )
+        check(self.target_groups >= 1, "data.target_groups", f"expected >= 1, found {self.target_groups}")
+        if self.target_kind == "fixed":
+            check(
+                bool(self.fixed_targets) and all(t.strip() for t in self.fixed_targets),
+                "data.fixed_targets",
+                "needs at least one non-empty answer when data.target_kind=fixed",
+            )
