@@ -15,6 +15,7 @@ from rapidun_dist.config import RunConfig
 from rapidun_dist.config.methods import (
     INFLUENCE_METHODS,
     RETRAIN_METHODS,
+    idle_knobs,
     method_rule_errors,
     run_methods,
     uses_influence,
@@ -170,6 +171,8 @@ def check_run(cfg: RunConfig, *, world_size: int = 1, stages: list[str] | None =
     launch may use any number of ranks)."""
     check_rules(cfg, world_size if stages is None or "unlearn" in stages else 1)
     counts = check_inputs(cfg) if stages is None or "prepare" in stages else {}
+    for line in idle_knobs(cfg):  # a knob of a method that is not in the run: it does nothing
+        log.warning(f"{line}: it does nothing in this run")
     dropped = [m for m in cfg.methods if m in RETRAIN_METHODS and m not in run_methods(cfg)]
     if dropped:
         log.info(f"mode clean: {', '.join(dropped)} skipped (retraining needs a labelled training set)")

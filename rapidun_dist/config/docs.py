@@ -196,7 +196,7 @@ def config_reference() -> str:
         "",
         "Every key of a run config (`rapidun_dist.config.RunConfig`), generated from the docstring under each field "
         "in `rapidun_dist/config/`. Do not edit by hand: `python -m rapidun_dist.config.docs docs/config.md` "
-        "rewrites it, and `tests/core/test_core_config_docs.py` fails when it is stale. "
+        "rewrites it, and `tests/config/test_config_docs.py` fails when it is stale. "
         "`rapidun validate --doc KEY [CONFIG]` prints the same for one key or section (and its value in CONFIG). "
         "Any key can be overridden on the command line as `section.key=value`.",
         "",

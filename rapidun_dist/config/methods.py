@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rapidun_dist.config.unlearn import UnlearnConfig
+
 RunsOn = Literal["engine", "retrain"]
 
 
@@ -126,3 +128,20 @@ def check_zero_stage(name: str, zero_stage: int) -> str | None:
 def method_rule_errors(cfg) -> list[str]:
     """What the configured methods refuse in this config (empty when every method can run)."""
     return [e for m in cfg.methods if (e := check_zero_stage(m, cfg.unlearn.zero_stage))]
+
+
+def idle_knobs(cfg) -> list[str]:
+    """Method knobs set away from their default while no configured method reads them (each a line for the
+    user: the setting does nothing in this run)."""
+    default, out = UnlearnConfig(), []
+    for spec in METHOD_SPECS.values():
+        if spec.name in cfg.methods:
+            continue
+        for key in spec.knobs:
+            field = key.split(".", 1)[1]
+            readers = [s.name for s in METHOD_SPECS.values() if key in s.knobs]
+            if getattr(cfg.unlearn, field) != getattr(default, field) and not set(readers) & set(cfg.methods):
+                out.append(
+                    f"{key}={getattr(cfg.unlearn, field)} is read only by {', '.join(readers)}, not in methods"
+                )
+    return sorted(set(out))

@@ -333,6 +333,7 @@ STAGE = Stage(
     ),
     writes=(
         "unlearn/adapter/",
+        "unlearn/summary.json",
         "unlearn/metrics.jsonl",
         "unlearn/self_relabel.jsonl",
         "unlearn/baselines/<method>/",

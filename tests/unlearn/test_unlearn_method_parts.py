@@ -152,3 +152,17 @@ def test_published_baselines_use_per_group_means_and_uniform_the_batch_mix():
     torch.testing.assert_close(gd.retain_loss(ce), 8 / 6 * ce)
     assert not ga.uses_retain and not METHODS["relabel_only"].ascent
     assert torch.equal(build_method("relabel_only", u, SHAPE, 2, 6).forget_loss(t), torch.zeros_like(ce))
+
+
+def test_a_method_knob_without_its_method_is_reported_and_every_knob_is_a_real_key():
+    from rapidun_dist.config.methods import idle_knobs
+
+    for spec in METHOD_SPECS.values():
+        for key in spec.knobs:
+            section, name = key.split(".")
+            assert section == "unlearn" and hasattr(UnlearnConfig(), name), key
+    cfg = load_config(
+        None, ["methods=[rapidun,uniform]", "unlearn.npo_beta=0.3", "unlearn.saliency_keep=0.5"]
+    )
+    assert idle_knobs(cfg) == ["unlearn.npo_beta=0.3 is read only by npo, not in methods"]  # 0.5: the default
+    assert idle_knobs(load_config(None, ["methods=[npo]", "unlearn.npo_beta=0.3"])) == []
