@@ -4,8 +4,8 @@
 
 Each seed runs `rapidun run configs/tiny_cpu.yaml run_dir=OUT_DIR/s{seed} seed={seed}
 "methods=[rapidun,uniform,retrain]"` in a subprocess, one after the other (side by side they would share the cores
-and skew the seconds). `--reuse PATTERN` copies an already implanted run dir per seed and redoes only influence,
-weights, unlearn and evaluate (`--force`). Prints the table (ASR on the triggered test prompts, PPL ratio, steps and
+and skew the seconds). `--reuse PATTERN` forks an already implanted run dir per seed (`RunDir.fork` of its prepare,
+implant and find_poison stages) and redoes only influence, weights, unlearn and evaluate (`--force`). Prints the table (ASR on the triggered test prompts, PPL ratio, steps and
 stop reason, seconds as the speedup counts them and the influence / weights stages' wall seconds with their
 one-time imports and plots, retrain seconds, both speedups) and one JSON line.
 """
@@ -14,24 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.experiments.runner import done_stages
+from rapidun_dist.run.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
-REDO = ("features", "influence", "weights", "unlearn", "eval")
+KEPT = ("prepare", "implant", "find_poison")  # what --reuse carries over; influence .. evaluate are redone
 
 
 def run_seed(out: Path, seed: int, reuse: str | None, overrides: list[str]) -> float:
     cmd = [sys.executable, "-m", "rapidun_dist.cli", "run", str(REPO / "configs" / "tiny_cpu.yaml"),
            f"run_dir={out}", f"seed={seed}", "methods=[rapidun,uniform,retrain]", *overrides]  # fmt: skip
     if reuse:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(reuse.format(seed=seed), out)
-        for name in REDO:
-            shutil.rmtree(out / name, ignore_errors=True)
+        src = RunDir(reuse.format(seed=seed))
+        src.fork(out, done_stages(src, KEPT), replace=True)
         cmd += ["--stages", "influence,weights,unlearn,evaluate", "--force"]
     t0 = time.perf_counter()
     with (out.parent / f"{out.name}.log").open("w") as log:

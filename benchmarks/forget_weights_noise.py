@@ -8,14 +8,12 @@ for mislabelled rows (1.0 = every mislabelled row weighs less than every poisone
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rapidun_dist.core.io import read_jsonl  # noqa: E402
+from rapidun_dist.core.io import read_jsonl
 
 
 def auroc_lower(mis: list[float], poi: list[float]) -> float:
@@ -42,6 +40,9 @@ def one(run: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run dirs with data/ and weights/ done")
+    argv = ap.parse_args(argv).runs
     print("| run | poisoned rows | mislabelled rows | mean w poisoned | mean w mislabelled | median w poisoned "
           "| median w mislabelled | P(w_mis < w_poi) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("key")
     pub.add_argument("--title", help="the section's title when the text has no '## ' line of its own")
     pub.add_argument("--bench", type=Path, default=Path("benchmarks"))
+    fork = sub.add_parser("fork", help="a new run dir from another's completed stages (RunDir.fork)")
+    fork.add_argument("src", type=Path)
+    fork.add_argument("dst", type=Path)
+    fork.add_argument("--stages", required=True, help="comma-separated stages to carry")
+    fork.add_argument(
+        "--only-done", action="store_true", help="carry those of --stages done in SRC, skip the rest"
+    )
+    fork.add_argument(
+        "--link", action="store_true", help="hard-link the files (a fork that reruns none of them)"
+    )
+    fork.add_argument("--replace", action="store_true", help="remove DST first when it exists")
     return p
 
 
@@ -85,6 +96,16 @@ def _collect(args) -> None:
         log.info(f"results page written to {write_page(bench)}")
 
 
+def _fork(args) -> None:
+    from rapidun_dist.experiments.runner import done_stages
+    from rapidun_dist.run.rundir import RunDir
+
+    src, stages = RunDir(args.src), _csv(args.stages) or []
+    carried = done_stages(src, stages) if args.only_done else stages
+    src.fork(args.dst, carried, link=args.link, replace=args.replace)
+    log.info(f"fork: {args.dst} carries {', '.join(carried)} of {args.src}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -92,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(args)
         elif args.command == "collect":
             _collect(args)
+        elif args.command == "fork":
+            _fork(args)
         elif args.command == "render":
             from rapidun_dist.experiments.page import write_page
 
