@@ -213,7 +213,8 @@ def run_stability(args) -> dict:
 
 def stability_section(res: dict, command: str) -> str:
     lines = [
-        "## RapidUn weight variants: stability across projection seeds, and what the forget features track",
+        "## RapidUn weight variants: stability across projection seeds, and what the forget features track, "
+        + time.strftime("%Y-%m-%d"),
         "",
         f"Command: `{command}`. Hard testbed (configs/tiny_cpu_hard.yaml, run {res['run']}: {res['n_forget']} forget rows, "
         f"30 % of them mislabelled clean rows, {res['n_retain']} retain rows), the implanted model, the config's "
@@ -422,7 +423,8 @@ def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], 
     seen, ood = ("val_seen", "-") if split == "val" else ("test_seen", "test_ood")
     ppl = "val_clean" if split == "val" else "test_clean"
     lines = [
-        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds})",
+        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds}), "
+        + time.strftime("%Y-%m-%d"),
         "",
         f"Command: `{command}`. Each variant: the same prepared + implanted run per seed, its own influence, weights "
         "and unlearn stages, the config's unlearning budget and learning rate for every variant (not tuned per "
