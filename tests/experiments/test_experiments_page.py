@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import complete_spec
+from exp_helpers import complete_spec
 
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.experiments.page import (

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import complete_spec
+from exp_helpers import complete_spec
 
 from rapidun_dist.core.errors import DataError, StageError
 from rapidun_dist.evaluation.stats import paired_differences, t_quantile_975

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CONFIG, complete_run
+from exp_helpers import CONFIG, complete_run
 
 from rapidun_dist.config import load_config
 from rapidun_dist.core.errors import StageError
