@@ -17,9 +17,11 @@ from rapidun_dist.core.io import read_jsonl
 
 
 def auroc_lower(mis: list[float], poi: list[float]) -> float:
-    """P(weight of a mislabelled row < weight of a poisoned row), ties counted 1/2."""
-    pairs = [(m < p) + 0.5 * (m == p) for m in mis for p in poi]
-    return sum(pairs) / len(pairs)
+    """P(weight of a mislabelled row < weight of a poisoned row), ties counted 1/2: the AUROC of "lower weight"
+    for the mislabelled rows (`evaluation.metrics.retrieval_metrics`, ranks with ties averaged)."""
+    from rapidun_dist.evaluation.metrics import retrieval_metrics
+
+    return retrieval_metrics([-w for w in mis + poi], [1] * len(mis) + [0] * len(poi))["auroc"]
 
 
 def one(run: Path) -> dict:

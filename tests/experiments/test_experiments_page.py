@@ -97,3 +97,29 @@ def test_collected_results_join_the_page_and_a_changed_table_archives_the_old(sp
     assert "A new reading." in write_page(bench).read_text()
     with pytest.raises(DataError, match="is a spec's results"):
         publish("mini", "## x", bench)
+
+
+def test_the_command_line_collects_renders_publishes_and_forks(spec, bench, tmp_path, monkeypatch):
+    import io
+
+    from rapidun_dist.experiments.__main__ import main
+
+    out = tmp_path / "out"
+    complete_spec(spec, out, random.Random(1))
+    assert main(["collect", str(spec.path), "--out", str(out)]) == 0
+    page = (bench / "results.md").read_text()
+    assert "## A small study" in page and "--out OUT`" in page and str(out) not in page
+    monkeypatch.setattr("sys.stdin", io.StringIO("## Hand-kept\n\nnumbers\n"))
+    assert main(["publish", "hand", "--bench", str(bench)]) == 0
+    assert "## Hand-kept" in (bench / "results.md").read_text()
+    assert main(["render", "--bench", str(bench)]) == 0
+    assert main(["fork", str(out / "a" / "s0"), str(tmp_path / "f"), "--stages", "prepare,implant,attribute",
+                 "--only-done"]) == 0  # fmt: skip
+    assert (
+        list((tmp_path / "f" / "manifest.json").read_text().split('"stages"')[1:])
+        and (tmp_path / "f").is_dir()
+    )
+    assert main(["fork", str(out / "a" / "s0"), str(tmp_path / "f"), "--stages", "prepare"]) == 2  # exists
+    assert (
+        main(["collect", str(spec.path), "--out", str(tmp_path / "empty")]) == 2
+    )  # incomplete: an error, no trace
