@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.evaluation import markdown as md
 from rapidun_dist.experiments.runner import done_stages
 from rapidun_dist.run.rundir import RunDir
 
@@ -70,24 +71,25 @@ def _stage_cell(w: dict | None) -> str:
     return "-" if w is None else f"{w['influence']:.1f} + {w['weights']:.1f}"
 
 
+HEADER = ["seed", "method", "ASR seen", "ASR OOD", "PPL ratio", "steps", "stop", "influence + weights + unlearn s (cost)",
+          "stage wall s (influence + weights)", "retrain s", "speedup (cost)", "speedup (stage wall)"]  # fmt: skip
+
+
+def _cost_cell(r: dict) -> str:
+    s = r["seconds"]
+    if r["stage_wall"]:
+        return f"{s['influence']:.2f} + {s['weights']:.2f} + {s['unlearn']:.2f}"
+    return f"{s['unlearn']:.2f} (unlearn)"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| seed | method | ASR seen | ASR OOD | PPL ratio | steps | stop | influence + weights + unlearn s (cost) "
-            "| stage wall s (influence + weights) | retrain s | speedup (cost) | speedup (stage wall) |")  # fmt: skip
-    lines = [head, "|" + "---|" * 12]
-    for r in rows:
-        s, w = r["seconds"], r["stage_wall"]
-        cost = (
-            f"{s['influence']:.2f} + {s['weights']:.2f} + {s['unlearn']:.2f}"
-            if w
-            else f"{s['unlearn']:.2f} (unlearn)"
-        )
-        lines.append(
-            f"| {r['seed']} | {r['method']} | {100 * r['asr_seen']:.1f}% | {100 * r['asr_ood']:.1f}% | "
-            f"{r['ppl_ratio']:.3f} | {r['steps']} | {r['stop']} | {cost} | "
-            f"{_stage_cell(w)} | {r['retrain_s']:.1f} | "
-            f"{r['speedup']:.1f}x | {r['speedup_wall']:.1f}x |"
-        )
-    return "\n".join(lines)
+    body = [
+        [str(r["seed"]), r["method"], f"{100 * r['asr_seen']:.1f}%", f"{100 * r['asr_ood']:.1f}%",
+         f"{r['ppl_ratio']:.3f}", str(r["steps"]), str(r["stop"]), _cost_cell(r), _stage_cell(r["stage_wall"]),
+         f"{r['retrain_s']:.1f}", f"{r['speedup']:.1f}x", f"{r['speedup_wall']:.1f}x"]
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join(md.table(HEADER, body))
 
 
 def main(argv: list[str] | None = None) -> int:

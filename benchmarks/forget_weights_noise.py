@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.evaluation import markdown as md
 
 
 def auroc_lower(mis: list[float], poi: list[float]) -> float:
@@ -45,14 +46,15 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run dirs with data/ and weights/ done")
     argv = ap.parse_args(argv).runs
-    print("| run | poisoned rows | mislabelled rows | mean w poisoned | mean w mislabelled | median w poisoned "
-          "| median w mislabelled | P(w_mis < w_poi) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    header = ["run", "poisoned rows", "mislabelled rows", "mean w poisoned", "mean w mislabelled",
+              "median w poisoned", "median w mislabelled", "P(w_mis < w_poi)"]  # fmt: skip
+    body = []
     for run in argv:
         r = one(Path(run))
-        f = {k: ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
-        print(f"| {f['run']} | {f['n_poisoned']} | {f['n_mislabelled']} | {f['mean_poisoned']} | "
-              f"{f['mean_mislabelled']} | {f['median_poisoned']} | {f['median_mislabelled']} | {f['auroc_lower']} |")  # fmt: skip
+        body.append(
+            [("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r.values()]
+        )
+    print("\n".join(md.table(header, body)))
     return 0
 
 
