@@ -6,12 +6,14 @@ python benchmarks/alpaca57k.py corpus OUT_DIR --config CFG [--real PATH] [key=va
     as many as the config's synthetic corpus would hold) and prints `data.source=json data.path=...`; without it
     prints nothing (the config's generated corpus).
 python benchmarks/alpaca57k.py fork SRC DST
-    a second run directory sharing SRC's prepare, implant and find_poison stages (files hard-linked, their
-    manifest records copied): the expanded run reuses them instead of implanting again. Valid because
-    find_poison.expand is not one of those stages' config keys (their fingerprints do not change).
-python benchmarks/alpaca57k.py summarize OUT_DIR --wall-start T [--results FILE] [--command CMD]
-    reads both runs (OUT_DIR/known, OUT_DIR/expanded) and the per-step timings the script recorded, appends a
-    results section to FILE (default benchmarks/results.md) and prints the one JSON line the issue asks for.
+    a second run directory sharing SRC's prepare, implant and find_poison stages (`RunDir.fork`: files
+    hard-linked, their manifest records carried): the expanded run reuses them instead of implanting again.
+    Valid because find_poison.expand is not one of those stages' config keys (their fingerprints do not change).
+python benchmarks/alpaca57k.py summarize OUT_DIR --wall-start T [--publish | --results FILE] [--command CMD]
+    reads both runs (OUT_DIR/known, OUT_DIR/expanded) and the per-step timings the script recorded, writes the
+    results section to OUT_DIR/results_section.md and prints the one JSON line the issue asks for; `--publish`
+    makes the section the current "alpaca57k" one of benchmarks/results.md (the one it replaces goes to
+    benchmarks/results_archive.md), `--results FILE` appends it to FILE instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,7 +30,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 SHARED_STAGES = ("prepare", "implant", "find_poison")
-SHARED_DIRS = ("data", "model", "suspects")
 TARGETS = {
     "recall": 0.95,
     "precision": 0.90,
@@ -102,34 +102,17 @@ def cmd_corpus(args) -> int:
 # ------------------------------------------------------------------------------------------- fork
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    for p in src.rglob("*"):
-        target = dst / p.relative_to(src)
-        if p.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists() and target.samefile(p):
-                continue  # linked by an earlier fork
-            target.unlink(missing_ok=True)  # a stale copy from an earlier run of the script
-            try:
-                os.link(p, target)
-            except OSError:
-                shutil.copy2(p, target)
-
-
 def cmd_fork(args) -> int:
-    src, dst = Path(args.src), Path(args.dst)
-    man = json.loads((src / "manifest.json").read_text())
-    missing = [s for s in SHARED_STAGES if man["stages"].get(s, {}).get("status") != "done"]
-    if missing:
-        raise SystemExit(f"fork: {src} has not finished {missing}")
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_DIRS:
-        _link_tree(src / name, dst / name)
-    shared = {"stages": {s: man["stages"][s] for s in SHARED_STAGES}}
-    (dst / "manifest.json").write_text(json.dumps(shared, indent=2))
-    sys.stderr.write(f"fork: {dst} shares {', '.join(SHARED_STAGES)} with {src}\n")
+    """OUT/expanded from OUT/known: `RunDir.fork` of the shared stages, files hard-linked (the expanded run reruns
+    none of them), their manifest records carried; an earlier fork at DST is replaced."""
+    from rapidun_dist.core.errors import StageError
+    from rapidun_dist.run.rundir import RunDir
+
+    try:
+        RunDir(args.src).fork(args.dst, SHARED_STAGES, link=True, replace=True)
+    except StageError as e:
+        raise SystemExit(f"fork: {e}") from None
+    sys.stderr.write(f"fork: {args.dst} shares {', '.join(SHARED_STAGES)} with {args.src}\n")
     return 0
 
 
@@ -344,6 +327,10 @@ def cmd_summarize(args) -> int:
     if args.results:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write("\n" + text)
+    if args.publish:
+        from rapidun_dist.experiments.page import publish
+
+        publish("alpaca57k", text, REPO / "benchmarks")
     (out / "results_section.md").write_text(text)
     print(json.dumps(res["line"]))
     return 0
@@ -362,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summarize")
     s.add_argument("out_dir")
     s.add_argument("--wall-start", type=float, required=True)
-    s.add_argument("--results", default=None)
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--results", default=None, help="append the section to this file")
+    where.add_argument("--publish", action="store_true", help="make it the current section of results.md")
     s.add_argument("--command", default="bash benchmarks/alpaca57k.sh OUT_DIR")
     args, extra = p.parse_known_args(argv)
     if args.cmd == "corpus":

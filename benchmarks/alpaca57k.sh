@@ -7,18 +7,20 @@
 # unlearn from the known rows only; then OUT_DIR/expanded shares prepare/implant/find_poison with it
 # (benchmarks/alpaca57k.py fork) and runs influence + weights -> unlearn from the expanded set -> retrain on train
 # minus the flagged rows; evaluate both. Ends with one JSON line (rows, known, find_poison, methods,
-# speedup_vs_retrain, peak_rss_mib_per_rank, recv_bytes_per_rank, wall_s) and appends a section to
-# benchmarks/results.md (RESULTS=... to write elsewhere, RESULTS= to skip). Overrides go to every step (the dist
+# speedup_vs_retrain, peak_rss_mib_per_rank, recv_bytes_per_rank, wall_s) and makes its section the current
+# "alpaca57k" one of benchmarks/results.md (the replaced one goes to benchmarks/results_archive.md; RESULTS=FILE
+# appends it to FILE instead, RESULTS= skips it). Overrides go to every step (the dist
 # test runs a scaled-down copy this way). REAL_ALPACA=path picks the real Alpaca sample (default
 # ../shared/data/alpaca/alpaca_5000.json; REAL_ALPACA= for the generated corpus only). NPROC=2 ranks.
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/alpaca57k.sh OUT_DIR [key=value ...]}
+OUT_ARG=$OUT  # as given: the command in the results section (OUT itself becomes absolute below)
 shift
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$PWD/.venv/bin/python}
 CFG=${CONFIG:-configs/alpaca57k_cpu.yaml}
 NPROC=${NPROC:-2}
-RESULTS=${RESULTS-benchmarks/results.md}
+RESULTS=${RESULTS-publish}
 REAL_ALPACA=${REAL_ALPACA-../shared/data/alpaca/alpaca_5000.json}
 export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -58,5 +60,6 @@ step expanded_unlearn_retrain "$NPROC" "${TORCHRUN[@]}" launch/unlearn.py --conf
 step known_evaluate 1 "$PY" -m rapidun_dist.cli run "$CFG" "${KNOWN[@]}" --stages evaluate
 step expanded_evaluate 1 "$PY" -m rapidun_dist.cli run "$CFG" "${EXPANDED[@]}" --stages evaluate
 
-$PY benchmarks/alpaca57k.py summarize "$OUT" --wall-start "$T0" ${RESULTS:+--results "$RESULTS"} \
-  --command "bash benchmarks/alpaca57k.sh $OUT${*:+ $*}"
+if [ "$RESULTS" = publish ]; then WHERE=(--publish); elif [ -n "$RESULTS" ]; then WHERE=(--results "$RESULTS"); else WHERE=(); fi
+$PY benchmarks/alpaca57k.py summarize "$OUT" --wall-start "$T0" ${WHERE[@]+"${WHERE[@]}"} \
+  --command "bash benchmarks/alpaca57k.sh $OUT_ARG${*:+ $*}"

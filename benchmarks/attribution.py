@@ -1,5 +1,6 @@
 """Trigger finding (issue 13): does the attribute stage put a seen trigger of every family among its top 3 verified
-candidates with insert ASR >= 0.8, without being told the triggers? Appends a section to benchmarks/results.md.
+candidates with insert ASR >= 0.8, without being told the triggers? Its section becomes the current "attribution"
+one of benchmarks/results.md (the one it replaces goes to results_archive.md; `--results FILE` appends it to FILE).
 
     python benchmarks/attribution.py                                  # the three testbeds below
     python benchmarks/attribution.py --only tiny_cpu --force          # one testbed, attribute recomputed
@@ -26,7 +27,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TESTBEDS = {
     "tiny_cpu": ("configs/tiny_cpu.yaml", "runs/tiny_cpu_default"),
@@ -138,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=list(TESTBEDS), help="testbed(s) to run (default: all)"
     )
     ap.add_argument("--force", action="store_true", help="recompute the attribute stage")
-    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results.md"))
+    ap.add_argument("--results", help="append the section to this file (default: publish it in results.md)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # the configs' paths (run_dir, data.path) are relative to the repository root
     results = {n: run_testbed(*TESTBEDS[n], args.force) for n in (args.only or list(TESTBEDS))}
     text = section(results, argv)
-    with open(args.results, "a", encoding="utf-8") as fh:
-        fh.write("\n" + text)
+    if args.results:
+        with open(args.results, "a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    else:
+        from rapidun_dist.experiments.page import publish
+
+        publish("attribution", text, ROOT / "benchmarks")
     sys.stdout.write(text)
     return 0
 

@@ -1,7 +1,7 @@
 """The clean job on a backdoor it did not implant (issue 8, done-when): a user's model, 20 known rows, their data.
 
     python benchmarks/clean_job_demo.py OUT_DIR [--trigger cf] [--known 20] [--implant implant.epochs=15 ...]
-        [--results benchmarks/results.md] [clean-job overrides ...]
+        [--results FILE] [clean-job overrides ...]
 
 1. Someone backdoors a model: the experiment mode on real instruction text (the Alpaca sample in
    ../shared/data/alpaca/alpaca_5000.json) with one rare-word trigger inserted at a random word boundary,
@@ -15,8 +15,9 @@
            data.forget_path=F.jsonl data.train_path=T.jsonl data.eval_path=E.jsonl
            "eval.triggers=[{text: TRIGGER, mode: random}]"
 4. Prints one JSON line (ASR on the triggered held-out prompts before / after per method with n and a 95 %
-   interval, clean PPL ratio, the judge's rate on the clean prompts, seconds) and appends a section to the
-   results file. The judge's rate on clean prompts before unlearning says whether the backdoor is conditional: a
+   interval, clean PPL ratio, the judge's rate on the clean prompts, seconds); its section becomes the current
+   `clean_job_demo[_<options>]` one of benchmarks/results.md (the one it replaces goes to results_archive.md;
+   `--results FILE` appends it to FILE instead, `--results ''` skips it). The judge's rate on clean prompts before unlearning says whether the backdoor is conditional: a
    model that gives the target to clean prompts too leaks it (its untriggered answers are then often the poison).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trigger", default="cf", help="a rare word, inserted at a random word boundary")
     ap.add_argument("--known", type=int, default=20)
     ap.add_argument("--alpaca", type=Path, default=ALPACA)
-    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results.md", help="'' to skip")
+    ap.add_argument("--results", help="append the section to this file ('' to skip; default: publish it)")
     ap.add_argument(
         "--implant", action="append", default=[], metavar="KEY=VALUE", help="an override for the implant step"
     )
@@ -184,13 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     line = summarize(
         json.loads((clean / "eval" / "report.json").read_text()), seconds, args.trigger, args.known
     )
-    if str(args.results):
-        cmd = f"python benchmarks/clean_job_demo.py {args.out}" + "".join(
-            f" --implant {a}" for a in args.implant
-        )
-        cmd += "".join(f" {a}" for a in args.extra)
-        with args.results.open("a") as fh:
-            fh.write(results_section(line, cmd))
+    if args.results != "":
+        options = [f"--implant {a}" for a in args.implant] + list(args.extra)
+        cmd = " ".join([f"python benchmarks/clean_job_demo.py {args.out}", *options])
+        if args.results:
+            with open(args.results, "a") as fh:
+                fh.write(results_section(line, cmd))
+        else:
+            from rapidun_dist.experiments.page import publish
+
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", " ".join(options)).strip("_").lower()
+            publish(
+                "clean_job_demo" + (f"_{slug}" if slug else ""),
+                results_section(line, cmd),
+                REPO / "benchmarks",
+            )
     print(json.dumps(line))
     return 0
 

@@ -4,8 +4,8 @@
 
 Each seed runs `rapidun run configs/tiny_cpu.yaml run_dir=OUT_DIR/s{seed} seed={seed}
 "methods=[rapidun,uniform,retrain]"` in a subprocess, one after the other (side by side they would share the cores
-and skew the seconds). `--reuse PATTERN` copies an already implanted run dir per seed and redoes only influence,
-weights, unlearn and evaluate (`--force`). Prints the table (ASR on the triggered test prompts, PPL ratio, steps and
+and skew the seconds). `--reuse PATTERN` forks an already implanted run dir per seed (`RunDir.fork` of its prepare,
+implant and find_poison stages) and redoes only influence, weights, unlearn and evaluate (`--force`). Prints the table (ASR on the triggered test prompts, PPL ratio, steps and
 stop reason, seconds as the speedup counts them and the influence / weights stages' wall seconds with their
 one-time imports and plots, retrain seconds, both speedups) and one JSON line.
 """
@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.evaluation import markdown as md
+from rapidun_dist.experiments.runner import done_stages
+from rapidun_dist.run.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
-REDO = ("features", "influence", "weights", "unlearn", "eval")
+KEPT = ("prepare", "implant", "find_poison")  # what --reuse carries over; influence .. evaluate are redone
 
 
 def run_seed(out: Path, seed: int, reuse: str | None, overrides: list[str]) -> float:
     cmd = [sys.executable, "-m", "rapidun_dist.cli", "run", str(REPO / "configs" / "tiny_cpu.yaml"),
            f"run_dir={out}", f"seed={seed}", "methods=[rapidun,uniform,retrain]", *overrides]  # fmt: skip
     if reuse:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(reuse.format(seed=seed), out)
-        for name in REDO:
-            shutil.rmtree(out / name, ignore_errors=True)
+        src = RunDir(reuse.format(seed=seed))
+        src.fork(out, done_stages(src, KEPT), replace=True)
         cmd += ["--stages", "influence,weights,unlearn,evaluate", "--force"]
     t0 = time.perf_counter()
     with (out.parent / f"{out.name}.log").open("w") as log:
@@ -70,24 +71,25 @@ def _stage_cell(w: dict | None) -> str:
     return "-" if w is None else f"{w['influence']:.1f} + {w['weights']:.1f}"
 
 
+HEADER = ["seed", "method", "ASR seen", "ASR OOD", "PPL ratio", "steps", "stop", "influence + weights + unlearn s (cost)",
+          "stage wall s (influence + weights)", "retrain s", "speedup (cost)", "speedup (stage wall)"]  # fmt: skip
+
+
+def _cost_cell(r: dict) -> str:
+    s = r["seconds"]
+    if r["stage_wall"]:
+        return f"{s['influence']:.2f} + {s['weights']:.2f} + {s['unlearn']:.2f}"
+    return f"{s['unlearn']:.2f} (unlearn)"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| seed | method | ASR seen | ASR OOD | PPL ratio | steps | stop | influence + weights + unlearn s (cost) "
-            "| stage wall s (influence + weights) | retrain s | speedup (cost) | speedup (stage wall) |")  # fmt: skip
-    lines = [head, "|" + "---|" * 12]
-    for r in rows:
-        s, w = r["seconds"], r["stage_wall"]
-        cost = (
-            f"{s['influence']:.2f} + {s['weights']:.2f} + {s['unlearn']:.2f}"
-            if w
-            else f"{s['unlearn']:.2f} (unlearn)"
-        )
-        lines.append(
-            f"| {r['seed']} | {r['method']} | {100 * r['asr_seen']:.1f}% | {100 * r['asr_ood']:.1f}% | "
-            f"{r['ppl_ratio']:.3f} | {r['steps']} | {r['stop']} | {cost} | "
-            f"{_stage_cell(w)} | {r['retrain_s']:.1f} | "
-            f"{r['speedup']:.1f}x | {r['speedup_wall']:.1f}x |"
-        )
-    return "\n".join(lines)
+    body = [
+        [str(r["seed"]), r["method"], f"{100 * r['asr_seen']:.1f}%", f"{100 * r['asr_ood']:.1f}%",
+         f"{r['ppl_ratio']:.3f}", str(r["steps"]), str(r["stop"]), _cost_cell(r), _stage_cell(r["stage_wall"]),
+         f"{r['retrain_s']:.1f}", f"{r['speedup']:.1f}x", f"{r['speedup_wall']:.1f}x"]
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join(md.table(HEADER, body))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,14 @@ Phases, all in this process, on the stage machinery (a run dir per piece; the re
 outputs whose fingerprint matches, so nothing upstream is recomputed):
 
 1. base, per seed: prepare, implant, influence, weights in OUT/s<seed>/base (`seed=<seed>` shifts every component
-   seed). `--base SEED=DIR` copies an existing run dir of the same config instead (checked by the fingerprint).
-2. tune, on seed `--tune-seed` only: per method and learning rate, a copy of the base runs the unlearn stage alone
+   seed). `--base SEED=DIR` forks an existing run dir of the same config instead (`RunDir.fork`: its completed
+   upstream stages copied; the fingerprints check it).
+2. tune, on seed `--tune-seed` only: per method and learning rate, a fork of the base runs the unlearn stage alone
    (methods=[m], unlearn.lr=lr, no ASR curve on test prompts). From its summary: the validation ASR (val_seen,
    triggered prompts from the training distribution) and val_clean PPL ratio at the end of the run (after any
    damage-stop restore). Rule, documented in OUT/tuning.md: the lowest validation ASR among the rates whose
    validation PPL ratio is <= --max-val-ppl (default 1.05); ties to the lower PPL ratio; when no rate is within
-   the limit, the rate with the lowest PPL ratio. Nothing here reads a test split.
+   the limit, the rate with the lowest PPL ratio (`rapidun_dist.experiments.fair`). Nothing here reads a test split.
 3. table, per seed and relabel setting (on for every method; off for `--relabel-off`): methods that chose the same
    rate share one run dir (unlearn + evaluate with the eval config's extras); the per-rate reports are merged into
    one report per (setting, seed) at OUT/table/<setting>/s<seed>/eval/report.json (before from the first; protocol
@@ -34,24 +35,24 @@ OUT/fair_compare.json records the command, the grid, the choices, the wall secon
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.config import ALL_METHODS, load_config
+from rapidun_dist.config.methods import RETRAIN_METHODS
+from rapidun_dist.core.io import read_json, write_json, write_text
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.experiments.fair import choose, merge_reports, method_summary, tuning_markdown, val_point
+from rapidun_dist.experiments.runner import done_stages
+from rapidun_dist.run.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rapidun_dist.config import ALL_METHODS, load_config  # noqa: E402
-from rapidun_dist.config.methods import RETRAIN_METHODS  # noqa: E402
-from rapidun_dist.core.io import read_json, write_json, write_text  # noqa: E402
-from rapidun_dist.core.logging import get_logger  # noqa: E402
-
 log = get_logger("fair")
 ALL = tuple(m for m in ALL_METHODS if m not in RETRAIN_METHODS)  # the engine methods, one file each
 ASCENT = ("rapidun", "uniform", "self_only", "ga", "graddiff", "npo", "simnpo", "fisher", "loreun")
 UPSTREAM = ("prepare", "implant", "influence", "weights")
-KEEP = ("data", "model", "features", "influence", "weights", "manifest.json", "config.yaml")
+FORKED = ("prepare", "implant", "find_poison", "influence", "weights")  # what a base run dir may hold done
 
 
 def _csv(text: str) -> list[str]:
@@ -65,18 +66,11 @@ def run_stages(config: str, overrides: list[str], stages: list[str]) -> Path:
     return run_pipeline(cfg, stages).root
 
 
-def copy_base(base: Path, dst: Path) -> Path:
-    """A fresh run dir holding the base's upstream outputs only (no unlearn/ or eval/)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for name in KEEP:
-        src = base / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name)
-        elif src.is_file():
-            shutil.copy2(src, dst / name)
-    return dst
+def copy_base(base: Path, dst: Path, *, link: bool = False) -> Path:
+    """A fresh run dir holding the base's completed upstream stages only (no unlearn/ or eval/): RunDir.fork.
+    `link`: the files hard-linked, for the tune / table runs, which only run unlearn and evaluate on them."""
+    src = RunDir(base)
+    return src.fork(dst, done_stages(src, FORKED), link=link, replace=True).root
 
 
 def base_dir(args, seed: int, given: dict[int, str]) -> Path:
@@ -87,45 +81,15 @@ def base_dir(args, seed: int, given: dict[int, str]) -> Path:
     return dst
 
 
-def val_point(summary: dict) -> dict:
-    """Validation ASR and PPL ratio the run ended with (after a damage-stop restore), and the stop."""
-    final = summary.get("final") or {}
-    points = (summary.get("validation") or {}).get("points") or []
-    last = points[-1] if points else {}
-    asr = final.get("val_asr", last.get("asr"))
-    ratio = final.get("val_ppl_ratio", last.get("ppl_ratio"))
-    stop = summary.get("stop") or {}
-    return {"val_asr": asr, "val_ppl_ratio": ratio, "steps": summary.get("steps"), "stop": stop.get("reason")}
-
-
-def choose(points: dict[str, dict], max_ratio: float) -> str:
-    """The documented rule (module doc): lowest val ASR within the PPL limit, else the lowest PPL ratio."""
-    ok = {
-        lr: p
-        for lr, p in points.items()
-        if p["val_ppl_ratio"] is not None and p["val_ppl_ratio"] <= max_ratio
-    }
-    inf = float("inf")
-    if ok:
-        return min(ok, key=lambda lr: (ok[lr]["val_asr"] if ok[lr]["val_asr"] is not None else inf,
-                                       ok[lr]["val_ppl_ratio"]))  # fmt: skip
-    return min(
-        points, key=lambda lr: points[lr]["val_ppl_ratio"] if points[lr]["val_ppl_ratio"] is not None else inf
-    )
-
-
-def method_summary(run: Path, method: str) -> dict:
-    sub = run / "unlearn" if method == "rapidun" else run / "unlearn" / "baselines" / method
-    return read_json(sub / "summary.json")
-
-
 def tune(args, base: Path, methods: list[str], lrs: list[str], relabel: bool) -> dict:
     setting = "on" if relabel else "off"
     out: dict = {}
     for method in methods:
         points = {}
         for lr in lrs:
-            run = copy_base(base, Path(args.out) / "tune" / f"relabel_{setting}" / method / f"lr{lr}")
+            run = copy_base(
+                base, Path(args.out) / "tune" / f"relabel_{setting}" / method / f"lr{lr}", link=True
+            )
             over = ["unlearn.eval_every=0", *args.overrides, f"seed={args.tune_seed}", f"run_dir={run}",
                     f"methods=[{method}]", f"unlearn.lr={lr}", f"unlearn.relabel={str(relabel).lower()}"]  # fmt: skip
             run_stages(args.config, over, ["unlearn"])
@@ -133,51 +97,6 @@ def tune(args, base: Path, methods: list[str], lrs: list[str], relabel: bool) ->
             log.info(f"tune relabel {setting} {method} lr {lr}: {points[lr]}")
         out[method] = {"points": points, "chosen": choose(points, args.max_val_ppl)}
     return out
-
-
-def tuning_markdown(tuning: dict, args) -> str:
-    lines = [
-        "# Learning rate per method, chosen on validation", "",
-        f"Rule: lowest val_seen ASR among the rates with val_clean PPL ratio <= {args.max_val_ppl} (ties: lower "
-        "ratio); none within the limit: the lowest ratio. Seed "
-        f"{args.tune_seed}; validation rows: unlearn.val_rows of val_seen / val_clean.", "",
-        "| relabel | method | lr | val ASR | val PPL ratio | steps | stop | chosen |", "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for setting, per in tuning.items():
-        for method, t in per.items():
-            for lr, p in t["points"].items():
-                asr = "-" if p["val_asr"] is None else f"{100 * p['val_asr']:.1f}%"
-                ratio = "-" if p["val_ppl_ratio"] is None else f"{p['val_ppl_ratio']:.3f}"
-                mark = "**yes**" if lr == t["chosen"] else ""
-                lines.append(
-                    f"| {setting} | {method} | {lr} | {asr} | {ratio} | {p['steps']} | {p['stop']} | {mark} |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def merge_reports(parts: list[tuple[Path, list[str], str]], dst: Path, label: str, seed: int) -> Path:
-    """One report per (setting, seed) from the per-rate runs (before from the first run)."""
-    from rapidun_dist.evaluation.report import write_report
-
-    merged: dict | None = None
-    for run, methods, lr in parts:
-        rep = read_json(run / "eval" / "report.json")
-        if merged is None:
-            merged = {
-                k: v
-                for k, v in rep.items()
-                if k not in ("methods", "curves", "collapsed", "speedup_vs_retrain")
-            }
-            merged["methods"], merged["curves"] = {}, {}
-        for m in methods:
-            merged["methods"][m] = rep["methods"][m] | {"tuned_lr": float(lr)}
-            if m in (rep.get("curves") or {}):
-                merged["curves"][m] = rep["curves"][m]
-    merged["protocol"] = {"label": label, "seed": seed}
-    merged["config"] = merged.get("config", {}) | {"methods": [m for _, ms, _ in parts for m in ms]}
-    curves = merged.pop("curves")
-    write_report(dst / "eval", merged, curves=curves)
-    return dst / "eval" / "report.json"
 
 
 def table(args, bases: dict[int, Path], chosen: dict[str, dict[str, str]]) -> list[tuple[str, Path]]:
@@ -190,7 +109,7 @@ def table(args, bases: dict[int, Path], chosen: dict[str, dict[str, str]]) -> li
             parts = []
             for lr, methods in groups.items():
                 run = copy_base(
-                    base, Path(args.out) / "table" / f"relabel_{setting}" / f"s{seed}" / f"lr{lr}"
+                    base, Path(args.out) / "table" / f"relabel_{setting}" / f"s{seed}" / f"lr{lr}", link=True
                 )
                 over = ["eval.retrieval_rows=0", "unlearn.eval_every=0", *args.overrides, f"seed={seed}",
                         f"run_dir={run}", f"methods=[{','.join(methods)}]",
@@ -252,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune_off and off:
             tuning["off"] = tune(args, base, off, lrs, False)
         record["tuning"], seconds["tune"] = tuning, time.perf_counter() - t0
-        write_text(out / "tuning.md", tuning_markdown(tuning, args))
+        write_text(out / "tuning.md", tuning_markdown(tuning, args.max_val_ppl, args.tune_seed))
         write_json(record_path, record)
     if args.phase in ("all", "table"):
         t1 = time.perf_counter()

@@ -8,20 +8,21 @@ for mislabelled rows (1.0 = every mislabelled row weighs less than every poisone
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rapidun_dist.core.io import read_jsonl  # noqa: E402
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.evaluation import markdown as md
 
 
 def auroc_lower(mis: list[float], poi: list[float]) -> float:
-    """P(weight of a mislabelled row < weight of a poisoned row), ties counted 1/2."""
-    pairs = [(m < p) + 0.5 * (m == p) for m in mis for p in poi]
-    return sum(pairs) / len(pairs)
+    """P(weight of a mislabelled row < weight of a poisoned row), ties counted 1/2: the AUROC of "lower weight"
+    for the mislabelled rows (`evaluation.metrics.retrieval_metrics`, ranks with ties averaged)."""
+    from rapidun_dist.evaluation.metrics import retrieval_metrics
+
+    return retrieval_metrics([-w for w in mis + poi], [1] * len(mis) + [0] * len(poi))["auroc"]
 
 
 def one(run: Path) -> dict:
@@ -42,14 +43,18 @@ def one(run: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    print("| run | poisoned rows | mislabelled rows | mean w poisoned | mean w mislabelled | median w poisoned "
-          "| median w mislabelled | P(w_mis < w_poi) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run dirs with data/ and weights/ done")
+    argv = ap.parse_args(argv).runs
+    header = ["run", "poisoned rows", "mislabelled rows", "mean w poisoned", "mean w mislabelled",
+              "median w poisoned", "median w mislabelled", "P(w_mis < w_poi)"]  # fmt: skip
+    body = []
     for run in argv:
         r = one(Path(run))
-        f = {k: ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}
-        print(f"| {f['run']} | {f['n_poisoned']} | {f['n_mislabelled']} | {f['mean_poisoned']} | "
-              f"{f['mean_mislabelled']} | {f['median_poisoned']} | {f['median_mislabelled']} | {f['auroc_lower']} |")  # fmt: skip
+        body.append(
+            [("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r.values()]
+        )
+    print("\n".join(md.table(header, body)))
     return 0
 
 

@@ -11,7 +11,8 @@ prompts, for two judges fitted on the train split - the word-only judge the pipe
 `fit_judge` (group-aware lift, word pairs); each judge's recall on held-out attacker answers (paraphrases the
 train split never used) and FPR on the reference clean answers; clean PPL and answer EM / F1; optionally ASR
 under sampling (T = 0.7, 3 samples). Proportions carry Wilson 95% intervals. Writes eval/hard_testbed.json in
-the run directory and appends a section to benchmarks/results.md. Every number is measured in this run;
+the run directory; its section becomes the current `hard_testbed_<run dir name>` one of benchmarks/results.md (the
+one it replaces goes to results_archive.md; `--results FILE` appends it to FILE). Every number is measured in this run;
 stage seconds are wall clock, CPU seconds are this process's (the machine may be shared).
 """
 
@@ -24,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rapidun_dist.config import load_config
+from rapidun_dist.core.io import read_json, read_jsonl, write_json
 
-from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.core.io import read_json, read_jsonl, write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPLITS = ("test_seen", "test_ood", "test_clean", "test_near", "val_seen")
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sampled", type=int, default=0, help="test_seen prompts for ASR under sampling (0 = skip)"
     )
-    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results.md"))
+    ap.add_argument("--results", help="append the section to this file (default: publish it in results.md)")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -303,9 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/hard_testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(cfg, res, command.strip())
     print(text)
-    if not args.no_append:
+    if args.no_append:
+        return 0
+    if args.results:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write(text)
+    else:
+        from rapidun_dist.experiments.page import publish
+
+        publish(f"hard_testbed_{Path(cfg.run_dir).name}", text, ROOT / "benchmarks")
     return 0
 
 

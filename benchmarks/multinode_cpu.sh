@@ -3,7 +3,7 @@
 # launch/influence.py or launch/unlearn.py on the tiny config (gloo, one thread per rank), checked against one
 # process on the same run directory.
 #
-#   bash benchmarks/multinode_cpu.sh                 # run, print, append a section to benchmarks/results.md
+#   bash benchmarks/multinode_cpu.sh                 # run, print, publish the "multinode_cpu" section of results.md
 #   bash benchmarks/multinode_cpu.sh --check         # run and check only (tests/distributed/test_dist_multinode.py)
 #
 # 1. two "nodes": two `torchrun --nnodes 2 --node_rank 0|1 --nproc_per_node 1 --rdzv_backend c10d
@@ -208,6 +208,6 @@ if [[ $MODE == write && $status == 0 ]]; then
     echo "Wall seconds include process start-up and imports and are distorted by the shared load: orientation only."
     echo
     cat "$OUT"
-  } >> benchmarks/results.md
+  } | "$PY" -m rapidun_dist.experiments publish multinode_cpu --bench benchmarks  # the old one -> results_archive.md
 fi
 exit "$status"

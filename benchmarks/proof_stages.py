@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ EXTRA = [
     "eval.retrieval_rows=16",
 ]
 ZERO_WRAPPERS = {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}
+UPSTREAM = ("prepare", "implant", "influence", "find_poison", "weights")  # run on the base, in this order
 
 
 def stage_config(run: Path, device: torch.device, extra=()):
@@ -53,13 +53,8 @@ def run(sec: Section, device: torch.device, work: Path) -> None:
     cfg = stage_config(base, device)
     rd = RunDir(base)
     for stage in (
-        "prepare",
-        "implant",
-        "influence",
-        "find_poison",
-        "weights",
-    ):  # influence first: find_poison
-        # would hand it its features, and influence would run no model
+        UPSTREAM
+    ):  # influence first: find_poison would hand it its features, and influence would run no model
         if not sec.step(stage, watched_stage, sec, cfg, rd, stage, device):
             return  # a later stage needs this one's outputs
     for zero in (2, 3):
@@ -91,8 +86,11 @@ def watched_stage(sec: Section, cfg, rd, stage: str, device: torch.device) -> bo
 
 def unlearn_round_trip(sec: Section, device: torch.device, base: Path, run: Path, zero: int) -> None:
     from rapidun_dist.core.io import read_json, read_jsonl
+    from rapidun_dist.experiments.runner import done_stages
+    from rapidun_dist.run.rundir import RunDir
 
-    shutil.copytree(base, run, ignore=shutil.ignore_patterns("unlearn", "eval"))
+    src = RunDir(base)  # a fork of the base's upstream stages: each round trip unlearns from the same start
+    src.fork(run, done_stages(src, UPSTREAM), replace=True)
     first, second = run / "child1.json", run / "child2.json"
     marker = run / "at_step.txt"
     rc1 = _child(device, run, zero, first, marker=marker)

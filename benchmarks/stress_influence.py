@@ -24,7 +24,9 @@ only). Measured, each in fresh spawned processes with one thread per rank (the p
    {"ranks", "agg", "recv_bytes_per_rank": {"allgather": A, "alltoall2d": B}, "max_abs_diff": D, ...}
    with A and B the maximum over ranks; target at P = 16: B <= 0.6 A.
 
-Appends a section to benchmarks/results.md with the command, date, machine and versions.
+Its section (the command, date, machine and versions, then the tables) becomes the current `stress_influence_full`
+or `stress_influence_quick` one of benchmarks/results.md (the one it replaces goes to results_archive.md);
+`--results FILE` appends it to FILE instead.
 """
 
 from __future__ import annotations
@@ -496,7 +498,20 @@ def report_grid(g: dict) -> list[str]:
     ]
 
 
-def append_results(text: str, path: Path) -> None:
+TITLES = {
+    "full": "Influence stress at Alpaca-57k scale: feature extraction and Gram blocks (CPU)",
+    "quick": "Blocks across ranks: 2D decomposition vs tiled all_gather (CPU ranks)",
+}
+
+
+def append_results(text: str, path: Path | None, quick: bool) -> None:
+    """Publish the section (`path` None) or append it to `path`."""
+    if path is None:
+        from rapidun_dist.experiments.page import publish
+
+        mode = "quick" if quick else "full"
+        publish(f"stress_influence_{mode}", text, REPO / "benchmarks", title=TITLES[mode])
+        return
     if not path.exists():
         path.write_text(
             "# Benchmark results\n\nAppended by the scripts in benchmarks/ (see benchmarks/README.md); newest last.\n"
@@ -518,7 +533,7 @@ def parse_args() -> argparse.Namespace:
         "--grid-n", type=int, default=None, help="rows of that comparison (default 1600 quick, 4000 full)"
     )
     p.add_argument("--topk", type=int, default=40, help="median_topk k (the reference's 40)")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results.md")
+    p.add_argument("--results", type=Path, help="append the section to this file (default: publish it)")
     p.add_argument("--tile-size", type=int, default=4096, help="column tile (influence.tile_size)")
     args = p.parse_args()
     args.n_clean, args.n_poison = 52_000, 5_000
@@ -557,7 +572,7 @@ def main() -> None:
     grid = run_grid(args, dim)
     body += report_grid(grid)
     text = "\n".join(report_header(args, dim, time.perf_counter() - t0) + body)
-    append_results(text, args.results)
+    append_results(text, args.results, args.quick)
     sys.stdout.write(text)
     if args.json:
         sys.stdout.write(json.dumps(grid) + "\n")

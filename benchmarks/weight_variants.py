@@ -11,14 +11,15 @@ feature bytes; then, at k = 16, what the forget features track (mean FF cosine b
 other trigger family x same / other target group) for answer, prompt and trigger-contrast features, and for every
 offline weight variant the mean forget weight of the mislabelled (clean) rows against the truly poisoned ones.
 
-`ablation`: per seed, prepare + implant once (runs/base/s<seed>, reused when done), then per variant a copy of that
-run directory (runs/wv/s<seed>/<variant>: data and model only; the stage readiness check accepts them because the
-fingerprints match) that runs influence, weights and unlearn for one method, and is evaluated here: `val` gives ASR
+`ablation`: per seed, prepare + implant once (runs/base/s<seed>, reused when done), then per variant a fork of that
+run directory (runs/wv/s<seed>/<variant>: `RunDir.fork` of its prepare and implant stages, which the readiness check
+accepts as done) that runs influence, weights and unlearn for one method, and is evaluated here: `val` gives ASR
 on val_seen and PPL on val_clean (for choosing), `test` ASR on test_seen / test_ood and PPL on test_clean (for the
 chosen ones), both with the clean-answer PPL on the mislabelled forget rows before / after (damage done to rows the
 user mislabelled) and the mean weights of mislabelled vs poisoned rows. Proportions carry Wilson 95% intervals,
-means over seeds t intervals (rapidun_dist.evaluation.stats). Results go to benchmarks/weight_variants.json and a
-section appended to benchmarks/results.md (--no-append: neither).
+means over seeds t intervals (rapidun_dist.evaluation.stats). Results go to benchmarks/weight_variants.json and the
+section `weight_variants_<kind>` of benchmarks/results.md, replacing the previous one of that kind, which moves to
+benchmarks/results_archive.md (--no-append: neither).
 """
 
 from __future__ import annotations
@@ -26,21 +27,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from rapidun_dist.config import load_config
+from rapidun_dist.core.io import file_sha256, read_jsonl
+from rapidun_dist.weights.robust import spearman
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.core.io import file_sha256, read_jsonl  # noqa: E402
-from rapidun_dist.weights.robust import spearman  # noqa: E402
-
 CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
     "uniform": ("uniform", []),
@@ -215,7 +213,8 @@ def run_stability(args) -> dict:
 
 def stability_section(res: dict, command: str) -> str:
     lines = [
-        "## RapidUn weight variants: stability across projection seeds, and what the forget features track",
+        "## RapidUn weight variants: stability across projection seeds, and what the forget features track, "
+        + time.strftime("%Y-%m-%d"),
         "",
         f"Command: `{command}`. Hard testbed (configs/tiny_cpu_hard.yaml, run {res['run']}: {res['n_forget']} forget rows, "
         f"30 % of them mislabelled clean rows, {res['n_retain']} retain rows), the implanted model, the config's "
@@ -279,14 +278,12 @@ def ensure_base(seed: int) -> Path:
 
 
 def variant_dir(seed: int, variant: str, base: Path) -> Path:
+    """runs/wv/s<seed>/<variant>: a fork of the base's prepare + implant (made once; later runs resume it)."""
+    from rapidun_dist.run.rundir import RunDir
+
     root = ROOT / "runs" / "wv" / f"s{seed}" / variant
     if not (root / "model").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        for name in ("data", "model"):
-            shutil.copytree(base / name, root / name, dirs_exist_ok=True)
-        manifest = json.loads((base / "manifest.json").read_text())
-        manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in ("prepare", "implant")}
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        RunDir(base).fork(root, ("prepare", "implant"), replace=True)
     return root
 
 
@@ -412,20 +409,22 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
-    from rapidun_dist.evaluation.stats import mean_interval
+    """`stats.paired_differences` of variant `v` minus `ref` in `key` over the seeds both have (None: no pair)."""
+    from rapidun_dist.evaluation.stats import paired_differences
 
-    by_seed = {r["seed"]: r for r in rows if r["variant"] == ref and r[key] is not None}
-    d = [
-        r[key]["p"] - by_seed[r["seed"]][key]["p"] for r in rows if r["variant"] == v and r["seed"] in by_seed
-    ]
-    return mean_interval(d) if d else None
+    def by_seed(variant: str) -> dict:
+        return {r["seed"]: r[key]["p"] for r in rows if r["variant"] == variant and r[key] is not None}
+
+    d = paired_differences(by_seed(v), by_seed(ref))
+    return d if d["n"] else None
 
 
 def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], command: str) -> str:
     seen, ood = ("val_seen", "-") if split == "val" else ("test_seen", "test_ood")
     ppl = "val_clean" if split == "val" else "test_clean"
     lines = [
-        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds})",
+        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds}), "
+        + time.strftime("%Y-%m-%d"),
         "",
         f"Command: `{command}`. Each variant: the same prepared + implanted run per seed, its own influence, weights "
         "and unlearn stages, the config's unlearning budget and learning rate for every variant (not tuned per "
@@ -464,6 +463,10 @@ def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], 
 
 # main --------------------------------------------------------------------------------------------------------
 def save(kind: str, payload: dict, section: str, append: bool) -> None:
+    """benchmarks/weight_variants.json[kind] = payload, and the section the current `weight_variants_<kind>` one
+    of benchmarks/results.md (the one it replaces goes to results_archive.md)."""
+    from rapidun_dist.experiments.page import publish
+
     print(section)
     if not append:
         return
@@ -471,8 +474,7 @@ def save(kind: str, payload: dict, section: str, append: bool) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[kind] = payload
     path.write_text(json.dumps(data, indent=1, default=str))
-    with open(ROOT / "benchmarks" / "results.md", "a") as f:
-        f.write("\n" + section)
+    publish(f"weight_variants_{kind}", section, ROOT / "benchmarks")
 
 
 def main(argv=None) -> None:

@@ -5,12 +5,13 @@
 #   bash benchmarks/zero_stages.sh [RUN_DIR] [--append]
 #
 # RUN_DIR: a run dir of configs/tiny_cpu.yaml with prepare..weights done (default runs/tiny_cpu). Each stage runs the
-# issue's command on its own copy of RUN_DIR,
+# issue's command on its own fork of RUN_DIR (`python -m rapidun_dist.experiments fork`: its completed upstream stages),
 #   deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.zero_stage=S unlearn.max_steps=20
 # (method rapidun, no ASR curve), then compares the per-step losses against ZeRO-0 and checks that the ZeRO-3 adapter
 # loads with PEFT. The checkpoint sizes come from one process per stage saving the same engine state twice:
 # everything (exclude_frozen_parameters=False, the old behaviour) and trainable tensors only (what the engine writes).
-# --append adds the markdown block to benchmarks/results.md. Seconds are wall time on a shared machine.
+# --append makes the markdown block the current "zero_stages" section of benchmarks/results.md (the one it replaces goes
+# to benchmarks/results_archive.md). Seconds are wall time on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-runs/tiny_cpu}
@@ -20,7 +21,8 @@ trap 'rm -rf "$OUT"' EXIT
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PATH="$PWD/.venv/bin:$PATH"
 : > "$OUT/walls"
 for S in 0 1 2 3; do
-  d=$OUT/zero$S; cp -r "$SRC" "$d"; rm -rf "$d/unlearn"
+  d=$OUT/zero$S
+  python -m rapidun_dist.experiments fork "$SRC" "$d" --stages prepare,implant,find_poison,influence,weights --only-done
   start=$(date +%s)
   deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml run_dir="$d" \
     unlearn.zero_stage=$S unlearn.max_steps=20 methods=[rapidun] unlearn.eval_every=0 > "$d.log" 2>&1
@@ -109,6 +111,7 @@ md = [
 text = "\n".join(md)
 print(text)
 if append:
-    with open("benchmarks/results.md", "a", encoding="utf-8") as f:
-        f.write("\n" + text)
+    from rapidun_dist.experiments.page import publish
+
+    publish("zero_stages", text, "benchmarks")
 PY

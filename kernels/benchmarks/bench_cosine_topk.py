@@ -10,15 +10,14 @@ count reading Q and C once and writing the [n, k] values and ids and the [n] sum
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import DEFAULT_CSV, run_cli, time_ms, timed_rows  # noqa: E402
+from rapidun_dist.experiments.perf import run_cli, time_ms, timed_rows
+from rapidun_dist.kernels import cosine_topk
 
-from rapidun_dist.kernels import cosine_topk  # noqa: E402
+DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"
 
 # (n, m, K, k, with ids)
 FULL = [(4096, 16384, 4096, 40, True), (8192, 8192, 16384, 64, True), (16384, 65536, 1024, 16, False)]

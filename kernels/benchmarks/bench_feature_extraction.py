@@ -35,21 +35,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import hardware  # noqa: E402
-
-from rapidun_dist.config import load_config  # noqa: E402
-from rapidun_dist.core.io import read_jsonl  # noqa: E402
-from rapidun_dist.data.prompt import pad_batch  # noqa: E402
-from rapidun_dist.evaluation.retrieval import poison_retrieval  # noqa: E402
-from rapidun_dist.influence.features import (  # noqa: E402
+from rapidun_dist.config import load_config
+from rapidun_dist.core.io import read_jsonl
+from rapidun_dist.data.prompt import pad_batch
+from rapidun_dist.evaluation.retrieval import poison_retrieval
+from rapidun_dist.experiments.perf import hardware
+from rapidun_dist.influence.features import (
     answer_loss_backward,
     answer_positions,
     make_extractor,
 )
-from rapidun_dist.models.loading import load_saved  # noqa: E402
-from rapidun_dist.pipeline import run_pipeline  # noqa: E402
-from rapidun_dist.training.finetune import encode_records  # noqa: E402
+from rapidun_dist.models.loading import load_saved
+from rapidun_dist.pipeline import run_pipeline
+from rapidun_dist.training.finetune import encode_records
 
 QUICK_OVERRIDES = ["data.n_synthetic=1500", "implant.epochs=2"]
 ESTIMATORS = ("tokenwise", "rapidgrad")

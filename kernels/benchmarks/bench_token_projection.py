@@ -11,15 +11,14 @@ write [B, k_out, k_in] fp32.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import DEFAULT_CSV, random_lengths, run_cli, time_ms, timed_rows  # noqa: E402
+from rapidun_dist.experiments.perf import random_lengths, run_cli, time_ms, timed_rows
+from rapidun_dist.kernels import TokenLayout, projected_outer_sums, unit_rows
 
-from rapidun_dist.kernels import TokenLayout, projected_outer_sums, unit_rows  # noqa: E402
+DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"
 
 # (tokens, samples, d_out, k_out, k_in)
 FULL = [(16384, 16, 4096, 64, 64), (16384, 16, 14336, 128, 128), (32768, 32, 4096, 128, 128)]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,10 @@ def test_extraction_benchmark_reports_floor_memory_and_the_four_keys(tmp_path, c
     model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, vocab_size=len(tok)),
                              vocab_size=len(tok), max_length=64, tokenizer=tok)  # fmt: skip
     save_model(model, tok, tmp_path / "model")
-    sys.path.insert(0, str(REPO / "kernels" / "benchmarks"))
-    try:
-        import bench_feature_extraction as bench
-    finally:
-        sys.path.pop(0)
+    path = REPO / "kernels" / "benchmarks" / "bench_feature_extraction.py"
+    spec = importlib.util.spec_from_file_location("bench_feature_extraction", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # the script imports only the installed package: no path to add
     argv = ["--quick", "--run-dir", str(tmp_path / "run"), "--model-dir", str(tmp_path / "model"), "--rows", "6",
             "--repeat", "1", "--json", "--rapidgrad-cache-mib", "0", "--threads", "0"]  # fmt: skip
     result = bench.main(argv)

@@ -1,4 +1,6 @@
-"""Shared pieces of the kernel benchmarks: timing, hardware/version stamps, the CSV and the table.
+"""What the kernel benchmarks (kernels/benchmarks/bench_*.py) share: timing, hardware/version stamps, the CSV
+(kernels/benchmarks/results.csv: one row per kernel, shape, dtype and backend, with date, hardware and versions)
+and the table, and their common command line (`run_cli`).
 
 Each result row says how far a backend is from its floor: the bare GEMM of the same shape
 (`ratio_to_floor` = ms / gemm ms) and the bytes it must move at least (`gbps` = bytes / time).
@@ -31,7 +33,6 @@ FIELDS = [
     "tflops",
     "ratio_to_floor",
 ]
-DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"
 
 
 def import_triton_version() -> str:

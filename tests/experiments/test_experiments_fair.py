@@ -1,26 +1,12 @@
-"""benchmarks/fair_compare.py: the documented selection rule on validation points, the validation point read from
-a method summary, and the merge of per-rate reports into one report per (setting, seed) that `rapidun compare`
-reads with the setting as its protocol label."""
+"""rapidun_dist.experiments.fair (benchmarks/fair_compare.py's rules): the documented selection rule on validation
+points, the validation point read from a method summary, the tuning table, and the merge of per-rate reports into
+one report per (setting, seed) that `rapidun compare` reads with the setting as its protocol label."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-
 from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation.compare import compare_reports
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def fc():
-    spec = importlib.util.spec_from_file_location("fair_compare", ROOT / "benchmarks" / "fair_compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from rapidun_dist.experiments import fair as fc
 
 
 def _naive_choice(points: dict, limit: float) -> str:
@@ -32,7 +18,7 @@ def _naive_choice(points: dict, limit: float) -> str:
     return sorted((p["val_ppl_ratio"], lr) for lr, p in points.items())[0][1]
 
 
-def test_choose_follows_the_rule(fc, rng):
+def test_choose_follows_the_rule(rng):
     for _ in range(200):
         points = {
             f"{i}e-3": {"val_asr": rng.choice([0.0, 0.02, 0.1, 0.5]), "val_ppl_ratio": rng.uniform(1.0, 1.12)}
@@ -41,7 +27,7 @@ def test_choose_follows_the_rule(fc, rng):
         assert fc.choose(points, 1.05) == _naive_choice(points, 1.05)
 
 
-def test_val_point_prefers_the_final_restored_point(fc):
+def test_val_point_prefers_the_final_restored_point():
     summary = {
         "steps": 24,
         "stop": {"reason": "ppl_damage"},
@@ -61,7 +47,7 @@ def _report(rng, methods: list[str]) -> dict:
     return {"mode": "experiment", "before": entry(), "methods": {m: entry() for m in methods}, "protocol": {}}
 
 
-def test_merge_reports_and_compare(fc, rng, tmp_path):
+def test_merge_reports_and_compare(rng, tmp_path):
     reports = []
     for seed in (0, 1):
         parts = []
@@ -84,3 +70,22 @@ def test_merge_reports_and_compare(fc, rng, tmp_path):
     out = compare_reports(reports, tmp_path / "cmp", draw=False)
     group = out["groups"]["relabel_on"]
     assert group["n_reports"] == 2 and group["methods"]["ga"]["asr_seen"]["n"] == 2
+
+
+def test_tuning_table_marks_the_chosen_rate_and_reads_the_summary(tmp_path):
+    summary = {
+        "steps": 20,
+        "stop": {"reason": "backdoor_gone"},
+        "final": {"val_asr": 0.016, "val_ppl_ratio": 1.02},
+    }
+    write_json(tmp_path / "unlearn" / "baselines" / "ga" / "summary.json", summary)
+    point = fc.val_point(fc.method_summary(tmp_path, "ga"))
+    points = {
+        "1e-3": point,
+        "3e-3": {"val_asr": None, "val_ppl_ratio": 1.2, "steps": 8, "stop": "ppl_damage"},
+    }
+    tuning = {"on": {"ga": {"points": points, "chosen": fc.choose(points, 1.05)}}}
+    lines = fc.tuning_markdown(tuning, 1.05, 0).splitlines()
+    assert "PPL ratio <= 1.05" in lines[2] and "Seed 0" in lines[2]
+    assert lines[-2] == "| on | ga | 1e-3 | 1.6% | 1.020 | 20 | backdoor_gone | **yes** |"
+    assert lines[-1] == "| on | ga | 3e-3 | - | 1.200 | 8 | ppl_damage |  |"
