@@ -39,8 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from rapidun_dist.config import ALL_METHODS, load_config
-from rapidun_dist.config.methods import RETRAIN_METHODS
+from rapidun_dist.config import load_config
+from rapidun_dist.config.methods import ENGINE_METHODS, METHOD_SPECS
 from rapidun_dist.core.io import read_json, write_json, write_text
 from rapidun_dist.core.logging import get_logger
 from rapidun_dist.experiments.fair import choose, merge_reports, method_summary, tuning_markdown, val_point
@@ -49,8 +49,9 @@ from rapidun_dist.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 log = get_logger("fair")
-ALL = tuple(m for m in ALL_METHODS if m not in RETRAIN_METHODS)  # the engine methods, one file each
-ASCENT = ("rapidun", "uniform", "self_only", "ga", "graddiff", "npo", "simnpo", "fisher", "loreun")
+ALL = ENGINE_METHODS  # the engine methods, one file each (the registry)
+# the methods with an ascent term (registry), less the placebo control: the relabel-off sweep is about methods
+ASCENT = tuple(m for m in ENGINE_METHODS if METHOD_SPECS[m].ascent and m != "rapidun_placebo")
 UPSTREAM = ("prepare", "implant", "influence", "weights")
 FORKED = ("prepare", "implant", "find_poison", "influence", "weights")  # what a base run dir may hold done
 
