@@ -188,3 +188,15 @@ def test_design_references_resolve_to_docs_design():
     assert len(refs) >= 30  # the code does point into the design
     missing = [f"{p}: section {n}" for p, n in refs if n not in sections]
     assert missing == []
+
+
+def test_every_file_docs_design_names_exists():
+    """A path in backquotes in docs/DESIGN.md (`influence/gram/blocks.py`, `rapidun_dist/run/layout.py: fn`) names
+    a file of the repository: the design moves with the code."""
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    folders = ("rapidun_dist", "launch", "benchmarks", "kernels", "tests", "scripts")
+    files = [str(p.relative_to(ROOT)) for d in folders for p in (ROOT / d).rglob("*.py")]
+    named = set(re.findall(r"`([\w/]+\.py)", design))
+    assert len(named) > 20
+    missing = sorted(n for n in named if not any(f == n or f.endswith("/" + n) for f in files))
+    assert missing == []

@@ -3,7 +3,7 @@
 Every training row (n up to ~57k, sharded over ranks in any subsets) is scored against each group (the
 forget set, a clean reference, ...; each a few hundred to a few thousand rows, also sharded in any way,
 and may or may not be training rows themselves: a row and a member with the same id are one sample and
-that pair is left out unless `include_self`). Aggregations as in `weights.scores.dense_group_scores`,
+that pair is left out unless `include_self`). Aggregations as in `influence.scores.dense_group_scores`,
 the single-process oracle: the result does not depend on the world size, the grid shape or the shards.
 
 Methods: "linear" (mean only; the default for mean) sums unit features per group, one all_reduce of

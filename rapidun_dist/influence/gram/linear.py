@@ -26,7 +26,7 @@ F64 = torch.float64
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    """Unit float64 rows; a zero row stays zero (0 / tiny), as in `weights.scores.normalize_rows`."""
+    """Unit float64 rows; a zero row stays zero (0 / tiny), as in `influence.scores.normalize_rows`."""
     x = x.to(F64)
     return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
 
