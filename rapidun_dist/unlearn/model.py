@@ -13,7 +13,12 @@ import torch
 
 from rapidun_dist.config import RunConfig
 from rapidun_dist.models.loading import load_saved, torch_dtype
-from rapidun_dist.training.engine import ZERO_DIR, Zero3Init, deepspeed_config, is_partitioned  # noqa: F401
+from rapidun_dist.training.engine import (  # noqa: F401 (ZERO_DIR, is_partitioned: tests import them from here)
+    ZERO_DIR,
+    Zero3Init,
+    deepspeed_config,
+    is_partitioned,
+)
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
