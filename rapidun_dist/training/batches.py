@@ -22,7 +22,7 @@ import random
 from rapidun_dist.core.errors import ConfigError
 
 
-def check_divisible(batch_size: int, *, world_size: int, grad_accum: int, section: str = "unlearn") -> None:
+def check_divisible(batch_size: int, *, world_size: int, grad_accum: int, section: str) -> None:
     """ConfigError unless `<section>.batch_size` splits into world_size x grad_accum equal micro-batches."""
     parts = world_size * grad_accum
     if batch_size % parts:

@@ -64,10 +64,10 @@ def deepspeed_config(
     split: Literal["even", "ceil"] = "even",
     overlap_comm: bool | None = None,
     reduce_bucket_size: int | None = None,
-    section: str = "unlearn",
+    section: str,
 ) -> dict:
-    """The DeepSpeed config of one engine (module docstring: what each parameter chooses). `section` names the config
-    section in the divisibility error of an even split."""
+    """The DeepSpeed config of one engine (module docstring: what each parameter chooses). `section` is the config
+    section the numbers come from (implant, unlearn), named in the error when an even split is impossible."""
     ds = zero_template(zero_stage)
     parts = world_size * grad_accum
     if split == "even":

@@ -77,6 +77,7 @@ def ds_config(cfg: TrainConfig, *, world_size: int, dtype: torch.dtype, on_cuda:
         split="ceil",
         overlap_comm=on_cuda,
         reduce_bucket_size=DEEPSPEED_REDUCE_BUCKET,
+        section="implant",
     )
 
 

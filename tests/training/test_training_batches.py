@@ -61,7 +61,7 @@ def test_micro_batch_is_the_even_split_and_refuses_a_remainder():
 
 
 def test_check_divisible_names_the_section_and_the_numbers():
-    check_divisible(24, world_size=4, grad_accum=3)
+    check_divisible(24, world_size=4, grad_accum=3, section="unlearn")
     with pytest.raises(ConfigError, match=r"implant.batch_size=10: .* implant.grad_accum = 2 x 2 = 4"):
         check_divisible(10, world_size=2, grad_accum=2, section="implant")
 

@@ -21,7 +21,7 @@ COMMON = {"steps_per_print": 1000000, "wall_clock_breakdown": False}
 
 def test_even_split_zero2_as_unlearning_builds_it():
     ds = deepspeed_config(
-        zero_stage=2, batch_size=16, world_size=4, grad_accum=2, clip_grad=0.5, bf16=True, split="even"
+        zero_stage=2, batch_size=16, world_size=4, grad_accum=2, clip_grad=0.5, bf16=True, section="unlearn"
     )
     assert ds == {
         "train_micro_batch_size_per_gpu": 2,
@@ -42,6 +42,7 @@ def test_even_split_zero2_as_unlearning_builds_it():
 def test_ceil_split_zero2_as_full_fine_tuning_builds_it():
     # batch 7 over 2 ranks x 2 steps: micro-batch ceil(7 / 4) = 2 (an upper bound), DeepSpeed sees 8
     ds = deepspeed_config(
+        section="implant",
         zero_stage=2,
         batch_size=7,
         world_size=2,
@@ -73,6 +74,7 @@ def test_ceil_split_zero2_as_full_fine_tuning_builds_it():
 @pytest.mark.parametrize("stage", [0, 1])
 def test_communication_overrides_touch_only_stages_that_have_them(stage):
     ds = deepspeed_config(
+        section="implant",
         zero_stage=stage,
         batch_size=32,
         world_size=3,
@@ -89,7 +91,9 @@ def test_communication_overrides_touch_only_stages_that_have_them(stage):
 
 
 def test_zero3_keeps_its_template_fields():
-    ds = deepspeed_config(zero_stage=3, batch_size=8, world_size=2, grad_accum=1, clip_grad=1.0, bf16=False)
+    ds = deepspeed_config(
+        section="unlearn", zero_stage=3, batch_size=8, world_size=2, grad_accum=1, clip_grad=1.0, bf16=False
+    )
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert ds["zero_optimization"]["overlap_comm"] is False
     assert ds["train_micro_batch_size_per_gpu"] == 4
@@ -97,9 +101,25 @@ def test_zero3_keeps_its_template_fields():
 
 def test_even_split_and_stage_errors():
     with pytest.raises(ConfigError, match=r"unlearn.batch_size=10: must be divisible .* = 3 x 2 = 6"):
-        deepspeed_config(zero_stage=0, batch_size=10, world_size=3, grad_accum=2, clip_grad=1.0, bf16=False)
+        deepspeed_config(
+            section="unlearn",
+            zero_stage=0,
+            batch_size=10,
+            world_size=3,
+            grad_accum=2,
+            clip_grad=1.0,
+            bf16=False,
+        )
     with pytest.raises(ConfigError, match="expected 0, 1, 2 or 3, found 4"):
-        deepspeed_config(zero_stage=4, batch_size=8, world_size=1, grad_accum=1, clip_grad=1.0, bf16=False)
+        deepspeed_config(
+            section="unlearn",
+            zero_stage=4,
+            batch_size=8,
+            world_size=1,
+            grad_accum=1,
+            clip_grad=1.0,
+            bf16=False,
+        )
 
 
 def test_total_steps_rounding_and_max_steps():
