@@ -22,6 +22,7 @@ from rapidun_dist.config.methods import (
 )
 from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.core.logging import get_logger
+from rapidun_dist.training.batches import check_divisible
 
 log = get_logger("validate")
 
@@ -29,12 +30,7 @@ log = get_logger("validate")
 def check_rules(cfg: RunConfig, world_size: int = 1) -> None:
     """Cross-field rules (ConfigError naming the keys)."""
     u = cfg.unlearn
-    parts = world_size * u.grad_accum
-    if u.batch_size % parts:
-        raise ConfigError(
-            f"unlearn.batch_size={u.batch_size}: must be divisible by world size x unlearn.grad_accum = "
-            f"{world_size} x {u.grad_accum} = {parts}"
-        )
+    check_divisible(u.batch_size, world_size=world_size, grad_accum=u.grad_accum, section="unlearn")
     if u.batch_size % (1 + u.retain_per_forget):
         raise ConfigError(
             f"unlearn.batch_size={u.batch_size}: must be a multiple of 1 + unlearn.retain_per_forget = "

@@ -11,6 +11,10 @@ the validation splits are measured (validation.py, not counted as unlearning tim
 backdoor signal is gone (adaptive budget) or the clean-PPL ratio passes unlearn.max_ppl_ratio (restoring the best
 earlier adapter); also on the forget-CE threshold; and on a preemption request (checkpoint, then StageError).
 
+The DeepSpeed stack is the package's one (training/): the config builder and start-up (training/engine.py, through
+unlearn/model.py), the micro-batches (training/batches.py) and the resume protocol with its `ready.json` marker
+(training/checkpoint.py); this module keeps the unlearning loop.
+
 World-size invariance: the global batches, the LoRA initialisation (seeded before get_peft_model on every rank),
 the loss normalisation and every hook's computation (fixed batches over whole packs) do not depend on
 (world_size, grad_accum), so 1 rank x 2 accumulation steps and 2 ranks x 1 step give the same updates up to float
@@ -23,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,14 +40,15 @@ from rapidun_dist.core.io import read_jsonl, save_safetensors
 from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import pad_batch
 from rapidun_dist.distributed import env as dist_env
-from rapidun_dist.training import checkpoint as ckpt
-from rapidun_dist.training.finetune import cosine_schedule
+from rapidun_dist.training.batches import micro_batch
+from rapidun_dist.training.checkpoint import READY, Checkpoints
+from rapidun_dist.training.engine import start_engine, total_steps
 from rapidun_dist.training.losses import per_sample_nll, unlearning_objective
 from rapidun_dist.unlearn.budget import Decision, StopRule, ValPoint
 from rapidun_dist.unlearn.methods import BatchShape, ForgetTerms, build_method, check_zero_stage
 from rapidun_dist.unlearn.model import ZERO_DIR, build_ds_config, load_backbone  # noqa: F401 (re-export)
 from rapidun_dist.unlearn.packs import Packs, encode_packs
-from rapidun_dist.unlearn.sampler import GlobalBatchSchedule, micro_batch
+from rapidun_dist.unlearn.sampler import GlobalBatchSchedule
 
 log = get_logger("unlearn")
 # The adapter update dW = s * B @ A counts as "not moved" when a bound on its largest entry, s * r * max|B| * max|A|,
@@ -52,25 +56,15 @@ log = get_logger("unlearn")
 ADAPTER_MOVE_TOL = 1e-9
 
 
-def single_process_rendezvous() -> None:
-    """deepspeed.initialize always builds a process group; without a launcher it would take MASTER_PORT 29500,
-    often taken on a shared machine. Give a lone process a free local port instead."""
-    if "RANK" in os.environ and "MASTER_PORT" in os.environ:
-        return
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(dist_env.free_port()))
-
-
 def warm_up() -> None:
-    """Process-level set-up shared by every method (imports, DeepSpeed's communication backend), done once
-    before any method is timed, so the first method measured does not carry it."""
+    """Process-level set-up shared by every method (imports, the process group - one of one rank too, on a free
+    port - and DeepSpeed's communication backend), done once before any method is timed, so the first method
+    measured does not carry it."""
     import deepspeed
     import peft  # noqa: F401
 
     info = dist_env.init_distributed()
-    if info.world_size == 1:
-        single_process_rendezvous()
+    dist_env.ensure_process_group(info)
     deepspeed.init_distributed(dist_backend="nccl" if info.device.type == "cuda" else "gloo")
 
 
@@ -104,13 +98,10 @@ class UnlearnRunner:
         """Model (zero.Init under ZeRO-3), LoRA, packs, the shared batch schedule, DeepSpeed, the method's setup
         hook, the stop rule, the starting model's validation PPL, and a resume if a ready checkpoint of this
         config exists."""
-        import deepspeed
-
         u = self.cfg.unlearn
         check_zero_stage(self.method, u.zero_stage)
         self.info = dist_env.init_distributed(config=self.cfg.distributed)
-        if self.info.world_size == 1:
-            single_process_rendezvous()
+        dist_env.ensure_process_group(self.info)  # zero.Init (ZeRO-3 loading) and DeepSpeed need one
         self.seconds = {"validation": 0.0, "curve_eval": 0.0, "method_hooks": 0.0}
         ds_config = build_ds_config(self.cfg, self.info.world_size)
         model = self._lora_model(ds_config)
@@ -122,13 +113,15 @@ class UnlearnRunner:
             retain_per_forget=u.retain_per_forget,
             seed=u.seed,
         )
-        self.total_steps = u.max_steps or max(1, math.ceil(self.schedule.steps_per_epoch * u.epochs))
-        opt = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=u.lr, weight_decay=u.weight_decay
-        )
-        sched = cosine_schedule(opt, self.total_steps, u.warmup_ratio)
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=opt, lr_scheduler=sched, config=ds_config
+        self.total_steps = total_steps(self.schedule.steps_per_epoch, u.epochs, u.max_steps, rounding="ceil")
+        self.engine = start_engine(
+            model,
+            ds_config,
+            self.info,
+            lr=u.lr,
+            weight_decay=u.weight_decay,
+            total=self.total_steps,
+            warmup_ratio=u.warmup_ratio,
         )
         self.device = self.engine.device
         self._trainable_only = False
@@ -141,6 +134,14 @@ class UnlearnRunner:
         self.rule = self._stop_rule()
         self.base_ppl = self._timed("validation", self._base_ppl)
         self.best_adapter: dict[str, torch.Tensor] | None = None
+        self.ckpts = Checkpoints(
+            self.ckpt_dir,
+            self.fingerprint,
+            self.info,
+            u.zero_stage,
+            marker=READY,
+            desc=f"unlearn[{self.method}]",
+        )
         self.start_step = self._maybe_resume()
         log.info(
             f"unlearn[{self.method}]: {self.total_steps} steps at most, budget {self.rule.mode}, "
@@ -392,14 +393,11 @@ class UnlearnRunner:
             self.metrics.append(row)
             self._append_metrics(row)
             progress.update(loss=row["loss"], forget_ce=row["forget_ce"])
+            if preempted:  # checkpoint, then stop
+                self.ckpts.stop(done, self.save_checkpoint)
             # No checkpoint at a stopping step: a run killed before it finishes replays to the same decision.
-            if (u.save_every and done % u.save_every == 0 and not decision.stop) or preempted:
+            if u.save_every and done % u.save_every == 0 and not decision.stop:
                 self.save_checkpoint(done)
-            if preempted:
-                raise StageError(
-                    f"unlearn[{self.method}] preempted at step {done}: checkpoint saved to {self.ckpt_dir}; "
-                    "rerun the same command to resume from it"
-                )
             if decision.stop:
                 break
         excluded = self.seconds["validation"] + self.seconds["curve_eval"] - excluded0
@@ -555,44 +553,32 @@ class UnlearnRunner:
             with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    # checkpoints ------------------------------------------------------------------------------------
+    # checkpoints (training/checkpoint.py: the shared protocol, marker ready.json) --------------------------
     @property
     def ckpt_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
     def save_checkpoint(self, step: int) -> None:
         """DeepSpeed's shards (trainable state only), the method's and the stop rule's state, then ready.json."""
-        tag = f"step{step}"
         self._trainable_only = True
         try:
-            self.engine.save_checkpoint(
-                str(self.ckpt_dir),
-                tag=tag,
-                client_state={"step": step},
-                save_latest=False,
-                exclude_frozen_parameters=True,
+            self.ckpts.save(
+                self.engine,
+                step,
+                exclude_frozen=True,
+                extra_meta={"method": self.method, "rule": self.rule.state()},
+                write_extra=self._write_extra_state,
             )
         finally:
             self._trainable_only = False
-        if self.info.rank == 0:
-            state = self.m.state_dict()
-            if state:
-                save_safetensors(self.ckpt_dir / tag / "method_state.safetensors", state)
-            if self.best_adapter is not None:
-                save_safetensors(self.ckpt_dir / tag / "best_adapter.safetensors", self.best_adapter)
-        dist_env.barrier()  # every rank's shards are on disk before the checkpoint counts
-        if self.info.rank == 0:
-            meta = {
-                "tag": tag,
-                "step": step,
-                "world_size": self.info.world_size,
-                "zero_stage": self.cfg.unlearn.zero_stage,
-                "fingerprint": self.fingerprint,
-                "method": self.method,
-                "rule": self.rule.state(),
-            }
-            ckpt.mark_ready(self.ckpt_dir, meta)
-        dist_env.barrier()
+
+    def _write_extra_state(self, tag_dir: Path) -> None:
+        """Rank 0, beside DeepSpeed's shards: the method's own tensors and the best adapter so far."""
+        state = self.m.state_dict()
+        if state:
+            save_safetensors(tag_dir / "method_state.safetensors", state)
+        if self.best_adapter is not None:
+            save_safetensors(tag_dir / "best_adapter.safetensors", self.best_adapter)
 
     def _drop_frozen_entries(self, module, state_dict, prefix, local_metadata) -> None:
         """While a checkpoint is written: keep only trainable tensors. `exclude_frozen_parameters` drops frozen
@@ -605,28 +591,14 @@ class UnlearnRunner:
             del state_dict[key]
 
     def _maybe_resume(self) -> int:
-        """Rank 0 decides (ready checkpoint of this config, complete shards, a world size it can resume at) and
-        broadcasts the plan, or the error, so every rank resumes from the same tag or stops with the same message."""
-        plan: object = None
-        if self.info.rank == 0:
-            try:
-                plan = ckpt.plan_resume(
-                    self.ckpt_dir,
-                    fingerprint=self.fingerprint,
-                    world_size=self.info.world_size,
-                    zero_stage=self.cfg.unlearn.zero_stage,
-                )
-            except StageError as e:
-                plan = str(e)
-        plan = dist_env.broadcast_object(plan)
-        if isinstance(plan, str):
-            raise StageError(plan)
-        log.info(f"unlearn[{self.method}]: {plan.note}")
+        """The shared protocol decides (a ready checkpoint of this config, complete shards, a world size it can
+        resume at) and loads DeepSpeed's state; then the method's and the stop rule's state, and metrics.jsonl
+        cut back to the resumed step (removed on a fresh start)."""
+        plan = self.ckpts.resume(self.engine, strict=False)
         if plan.tag is None:
             if self.info.rank == 0 and (self.out_dir / "metrics.jsonl").exists():
                 (self.out_dir / "metrics.jsonl").unlink()
             return 0
-        self.engine.load_checkpoint(str(self.ckpt_dir), tag=plan.tag, load_module_strict=False)
         self._load_extra_state(self.ckpt_dir / plan.tag, plan.meta)
         if self.info.rank == 0:
             self._truncate_metrics(plan.step)
@@ -665,8 +637,8 @@ class UnlearnRunner:
                 if self.cfg.unlearn.merge:
                     self._save_merged()
         dist_env.barrier()
-        if not keep_checkpoints and self.info.rank == 0:
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        if not keep_checkpoints:
+            self.ckpts.remove()
         return adapter
 
     def _save_merged(self) -> None:

@@ -1,52 +1,41 @@
-"""The model under unlearning as DeepSpeed wants it: the ZeRO config for a world size, and the backbone loaded
-fully on every rank (ZeRO 0-2: the LoRA default, the frozen backbone fits a GPU) or partitioned at load time
-through zero.Init (ZeRO-3, where it does not): `HfDeepSpeedConfig` alive while `from_pretrained` runs makes
-transformers build the model inside `deepspeed.zero.Init`, and while it stays alive `generate` runs with
-`synced_gpus` on several ranks (every rank steps until all are done: the partitioned forward is collective)."""
+"""The model under unlearning as DeepSpeed wants it, on the shared stack (training/engine.py): the DeepSpeed config of
+the `unlearn` section, and the backbone loaded fully on every rank (ZeRO 0-2: the LoRA default, the frozen backbone
+fits a GPU) or partitioned at load time through zero.Init (ZeRO-3, where it does not): `Zero3Init` alive while
+`from_pretrained` runs makes transformers build the model inside `deepspeed.zero.Init`, and while it stays alive
+`generate` runs with `synced_gpus` on several ranks (every rank steps until all are done: the partitioned forward is
+collective)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from rapidun_dist.config import RunConfig
-from rapidun_dist.core.errors import StageError
 from rapidun_dist.models.loading import load_saved, torch_dtype
-
-ZERO_DIR = Path(__file__).resolve().parents[1] / "models" / "zero"  # package data: shipped in the wheel
+from rapidun_dist.training.engine import (  # noqa: F401 (ZERO_DIR, is_partitioned: tests import them from here)
+    ZERO_DIR,
+    Zero3Init,
+    deepspeed_config,
+    is_partitioned,
+)
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
+    """Unlearning's DeepSpeed config: the global batch split into world x grad_accum equal micro-batches (checked),
+    bf16 iff `model.dtype` resolves to bfloat16, no fp16 section (the LoRA adapters stay fp32 under an fp16
+    backbone), the ZeRO template's communication settings as they are."""
     u = cfg.unlearn
-    ds = json.loads((ZERO_DIR / f"zero{u.zero_stage}.json").read_text())
-    parts = world_size * u.grad_accum
-    if u.batch_size % parts:
-        raise StageError(
-            f"unlearn.batch_size={u.batch_size} must be divisible by world_size x grad_accum = {parts}"
-        )
-    ds["train_micro_batch_size_per_gpu"] = u.batch_size // parts
-    ds["gradient_accumulation_steps"] = u.grad_accum
-    ds["train_batch_size"] = u.batch_size
-    ds["gradient_clipping"] = u.clip_grad
-    ds["bf16"] = {"enabled": torch_dtype(cfg.model.dtype) == torch.bfloat16}
-    return ds
-
-
-class Zero3Init:
-    """Keeps transformers' DeepSpeed config alive (zero.Init loading, synced_gpus generation) until `release`."""
-
-    def __init__(self, ds_config: dict):
-        from transformers.integrations.deepspeed import HfDeepSpeedConfig
-
-        self._hf = HfDeepSpeedConfig(ds_config)
-
-    def release(self) -> None:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-        self._hf = None
+    return deepspeed_config(
+        zero_stage=u.zero_stage,
+        batch_size=u.batch_size,
+        world_size=world_size,
+        grad_accum=u.grad_accum,
+        clip_grad=u.clip_grad,
+        bf16=torch_dtype(cfg.model.dtype) == torch.bfloat16,
+        split="even",
+        section="unlearn",
+    )
 
 
 def load_backbone(cfg: RunConfig, model_dir: Path, ds_config: dict, device=None):
@@ -60,8 +49,3 @@ def load_backbone(cfg: RunConfig, model_dir: Path, ds_config: dict, device=None)
             z3.release()
         raise
     return model, tok, z3
-
-
-def is_partitioned(param) -> bool:
-    """A ZeRO-3 parameter whose local tensor holds only this rank's share (or nothing)."""
-    return hasattr(param, "ds_numel") and param.numel() < param.ds_numel

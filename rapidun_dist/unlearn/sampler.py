@@ -3,9 +3,10 @@
 The sequence of GLOBAL batches is a function of the seed only: each global batch holds
 `n_forget_per_batch` forget rows and `retain_per_forget` x as many retain rows, drawn by epochs over
 shuffled forget and retain lists. A global batch is cut into `world_size x grad_accum` equal
-micro-batches; rank r at accumulation step a takes micro-batch a * world_size + r. With the loss
-(1/|B_global|) sum w_i l_i, DeepSpeed's gradient averaging (over ranks and accumulation steps) then
-gives the same update for any (world_size, grad_accum) with the same global batch.
+micro-batches (`training.batches.micro_batch`, re-exported here); rank r at accumulation step a takes
+micro-batch a * world_size + r. With the loss (1/|B_global|) sum w_i l_i, DeepSpeed's gradient averaging
+(over ranks and accumulation steps) then gives the same update for any (world_size, grad_accum) with the
+same global batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 from rapidun_dist.core.errors import ConfigError
+from rapidun_dist.training.batches import micro_batch  # noqa: F401 (the unlearning loop's split)
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,3 @@ class GlobalBatchSchedule:
             items += [Item("retain", next(rs)) for _ in range(self.r_per_batch)] if rs else []
             out.append(items)
         return out
-
-
-def micro_batch(global_batch: list, *, rank: int, world_size: int, accum_step: int, grad_accum: int) -> list:
-    parts = world_size * grad_accum
-    if len(global_batch) % parts:
-        raise ConfigError(
-            f"global batch {len(global_batch)} is not divisible by world_size x grad_accum = {parts}"
-        )
-    size = len(global_batch) // parts
-    k = accum_step * world_size + rank
-    return global_batch[k * size : (k + 1) * size]

@@ -28,11 +28,12 @@ STEPS, EVERY = 14, 4  # checkpoints at steps 4, 8 and 12
 
 
 def _install_hooks() -> None:
+    import rapidun_dist.training.checkpoint as checkpoint
     import rapidun_dist.training.finetune as train
 
     pause_at = int(os.environ.get("RAPIDUN_TEST_PAUSE_AT", "0"))
     kill_in_save = int(os.environ.get("RAPIDUN_TEST_KILL_IN_SAVE", "0"))
-    base_progress, base_mark = train.Progress, train._mark_ready
+    base_progress, base_mark = train.Progress, checkpoint.mark_ready
 
     class PausingProgress(base_progress):
         def update(self, n: int = 1, **extra) -> None:
@@ -42,14 +43,14 @@ def _install_hooks() -> None:
                 while True:
                     time.sleep(1)
 
-    def killing_mark(ckpt_dir: Path, meta: dict) -> None:
+    def killing_mark(ckpt_dir: Path, meta: dict, marker: str = checkpoint.READY) -> None:
         if meta["step"] == kill_in_save:
             states = ckpt_dir / meta["tag"] / "mp_rank_00_model_states.pt"
             os.truncate(states, states.stat().st_size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
-        base_mark(ckpt_dir, meta)
+        base_mark(ckpt_dir, meta, marker)
 
-    train.Progress, train._mark_ready = PausingProgress, killing_mark
+    train.Progress, checkpoint.mark_ready = PausingProgress, killing_mark
 
 
 def _worker_main() -> int:
