@@ -46,7 +46,7 @@ from rapidun_dist.training.engine import start_engine, total_steps
 from rapidun_dist.training.losses import per_sample_nll, unlearning_objective
 from rapidun_dist.unlearn.budget import Decision, StopRule, ValPoint
 from rapidun_dist.unlearn.methods import BatchShape, ForgetTerms, build_method, check_zero_stage
-from rapidun_dist.unlearn.model import ZERO_DIR, build_ds_config, load_backbone  # noqa: F401 (re-export)
+from rapidun_dist.unlearn.model import build_ds_config, load_backbone
 from rapidun_dist.unlearn.packs import Packs, encode_packs
 from rapidun_dist.unlearn.sampler import GlobalBatchSchedule
 

@@ -13,12 +13,7 @@ import torch
 
 from rapidun_dist.config import RunConfig
 from rapidun_dist.models.loading import load_saved, torch_dtype
-from rapidun_dist.training.engine import (  # noqa: F401 (ZERO_DIR, is_partitioned: tests import them from here)
-    ZERO_DIR,
-    Zero3Init,
-    deepspeed_config,
-    is_partitioned,
-)
+from rapidun_dist.training.engine import Zero3Init, deepspeed_config
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict:

@@ -3,7 +3,7 @@
 The sequence of GLOBAL batches is a function of the seed only: each global batch holds
 `n_forget_per_batch` forget rows and `retain_per_forget` x as many retain rows, drawn by epochs over
 shuffled forget and retain lists. A global batch is cut into `world_size x grad_accum` equal
-micro-batches (`training.batches.micro_batch`, re-exported here); rank r at accumulation step a takes
+micro-batches (`training.batches.micro_batch`); rank r at accumulation step a takes
 micro-batch a * world_size + r. With the loss (1/|B_global|) sum w_i l_i, DeepSpeed's gradient averaging
 (over ranks and accumulation steps) then gives the same update for any (world_size, grad_accum) with the
 same global batch.
@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass
 
 from rapidun_dist.core.errors import ConfigError
-from rapidun_dist.training.batches import micro_batch  # noqa: F401 (the unlearning loop's split)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ for name in names:
         continue
     if not getattr(mod, "__file__", "").startswith({str(installed)!r}):
         outside.append(name)
-from rapidun_dist.unlearn.model import ZERO_DIR
+from rapidun_dist.training.engine import ZERO_DIR
 print(json.dumps({{"n": len(names), "bad": bad, "outside": outside, "zero": str(ZERO_DIR)}}))
 """
     run = _run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(), timeout=600)

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from rapidun_dist.config import load_config
-from rapidun_dist.unlearn.engine import ZERO_DIR, build_ds_config
+from rapidun_dist.training.engine import ZERO_DIR
+from rapidun_dist.unlearn.model import build_ds_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from rapidun_dist.core.errors import ConfigError
-from rapidun_dist.unlearn.sampler import GlobalBatchSchedule, micro_batch
+from rapidun_dist.training.batches import micro_batch
+from rapidun_dist.unlearn.sampler import GlobalBatchSchedule
 
 
 def _schedule(seed=0, n_forget=7, n_retain=23, batch_size=8, rpf=3):

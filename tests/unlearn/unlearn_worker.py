@@ -49,7 +49,7 @@ def _probe(runner: UnlearnRunner) -> None:
 def _load_probe(out_dir: Path, model) -> None:
     import json
 
-    from rapidun_dist.unlearn.model import is_partitioned
+    from rapidun_dist.training.engine import is_partitioned
 
     params = list(model.parameters())
     rec = {
