@@ -1,0 +1,257 @@
+"""Golden numbers: the whole pipeline (prepare, implant, find_poison, influence, weights, unlearn for four
+methods, evaluate) through the real CLI on a setting small enough for about a minute on 2 CPU cores, checked
+against numbers recorded from the reference checkout (tests/e2e/golden/tiny_golden.json).
+
+A layout change or refactor must leave these numbers alone; a change that moves them on purpose regenerates the
+file explicitly and says why in its commit:
+
+    pytest tests/e2e --update-golden          # rewrites golden/*.json from this run, then checks against it
+
+To record from a reference commit (these numbers came from efd8928, main before the layout sweep), put its
+checkout first on the path and run this file against it:
+
+    git worktree add ../ref COMMIT --detach && cd ../ref
+    PYTHONPATH=$PWD pytest CHECKOUT/tests/e2e --update-golden   # recorded_with in the file names the commit
+
+The run is its own, not the pipeline fixture of tests/core/test_core_pipeline.py: that one reruns stages with
+changed keys (weights.tau_f, implant.seed) in the run directory it shares, its 30 implant steps leave no
+backdoor to remove (ASR before is ~0), and it unlearns rapidun / ga / retrain, not rapidun next to uniform. The
+setting keeps tiny_cpu.yaml's model size and recipe and shrinks the data and the step counts.
+
+Tolerances: two runs on one machine (torch CPU 2.13, one thread) agree to the last bit, file hashes included, and so
+did the reference checkout's run with this one's; every tolerance is zero, each with its reason beside it. Another
+CPU or torch build may round differently: record the reference checkout's numbers there before reading a failure
+as a behaviour change (`python tests/e2e/e2e_compare.py OLD_RUN NEW_RUN` compares two whole run directories).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "tiny_golden.json"
+METHODS = ["rapidun", "uniform", "self_only", "ga"]
+OVERRIDES = [
+    "data.n_synthetic=1500",  # 1,240 train rows, 10% poisoned: 26 forget rows (forget_fraction 0.2), 78 retain
+    "data.n_val=40",
+    "data.n_test_clean=40",
+    "data.n_test_seen=60",
+    "data.n_test_ood=60",
+    "data.forget_fraction=0.2",
+    "model.max_length=64",
+    "implant.max_steps=400",  # ~5 epochs: the backdoor takes (ASR seen ~0.85 before unlearning)
+    "implant.batch_size=16",
+    "influence.k_in=8",
+    "influence.k_out=8",
+    "unlearn.max_steps=40",  # the adaptive budget stops every method earlier, once validation ASR <= 2%
+    "unlearn.lr=3e-3",
+    "unlearn.val_rows=32",
+    "eval.max_new_tokens=16",
+    "eval.retrieval_rows=40",
+    f"methods=[{','.join(METHODS)}]",
+]
+# Stage outputs whose bytes change from run to run, left out of the hash check (their numbers are checked
+# instead), with what changes in them.
+VOLATILE_FILES = {
+    "suspects/summary.json": "seconds and rows/s of the scoring",
+    "features/index.json": "the shards' mtime_ns",
+    "unlearn/summary.json": "seconds; a fingerprint over upstream hashes (suspects/summary.json's among them)",
+    **{f"unlearn/baselines/{m}/summary.json": "as unlearn/summary.json" for m in METHODS},
+    "eval/report.json": "seconds per stage and method",
+    "eval/report.md": "seconds per stage and method",
+}
+
+# Tolerances. Two runs on one machine agree bit for bit (torch CPU, one thread; see the module docstring), so each
+# is zero, and math.isclose with zero tolerances is plain equality. Why zero is also the right size for each:
+ASR_ABS = 0.0  # ASR is k/60 prompts under greedy decoding: one prompt flipping (0.017) is a behaviour change
+PPL_REL = 0.0  # a forward pass over 40 fixed prompts on bit-identical weights (the adapter hashes below)
+WEIGHT_REL = 0.0  # a deterministic function of influence scores and blocks that are hash-checked below
+FIND_POISON_REL = 0.0  # counts over 1,240 rows, flagged above a robust z of hash-checked scores
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_close(got: dict, want: dict, what: str, *, rel: float = 0.0, abs_: float = 0.0) -> None:
+    """Every key of `want` in `got`, numbers within the tolerance and anything else equal."""
+
+    def close(a, b) -> bool:
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_) if numbers else a == b
+
+    bad = [k for k in want if k not in got or not close(got[k], want[k])]
+    assert not bad, f"{what}: " + "; ".join(f"{k}: golden {want[k]!r}, now {got.get(k)!r}" for k in bad)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _head(path: Path, n: int = 5) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()[:n]]
+
+
+def _summary(run_dir: Path, method: str) -> dict:
+    path = (
+        run_dir / "unlearn" / ("summary.json" if method == "rapidun" else f"baselines/{method}/summary.json")
+    )
+    return _read_json(path)
+
+
+def _adapter(method: str) -> str:
+    return "unlearn/adapter" if method == "rapidun" else f"unlearn/baselines/{method}/adapter"
+
+
+def observe(run_dir: Path) -> dict:
+    """The numbers this tier pins, read from a finished run directory."""
+    report = _read_json(run_dir / "eval" / "report.json")
+    metrics = ("asr_seen", "asr_ood", "clean_ppl", "n_seen", "n_ood", "n_clean")
+    methods = {}
+    for m in METHODS:
+        summary = _summary(run_dir, m)
+        methods[m] = {k: report["methods"][m][k] for k in (*metrics, "ppl_ratio")}
+        methods[m] |= {"steps": summary["steps"], "stop": summary["stop"]["reason"]}
+    fp = report["find_poison"]
+    manifest = _read_json(run_dir / "manifest.json")["stages"]
+    hashes = {  # in stage order, so the first hash that differs names the first stage that changed
+        rel: digest
+        for stage in manifest.values()
+        for rel, digest in stage["outputs"].items()
+        if rel not in VOLATILE_FILES
+    }
+    for m in METHODS:  # the unlearned adapters themselves (not manifest outputs)
+        rel = f"{_adapter(m)}/adapter_model.safetensors"
+        hashes[rel] = _sha256(run_dir / rel)
+    return {
+        "before": {k: report["before"][k] for k in metrics},
+        "methods": methods,
+        "find_poison": {
+            **{k: fp[k] for k in ("recall", "precision", "auroc", "n_poisoned")},
+            **{k: fp["counts"][k] for k in ("train", "forget", "flagged")},
+            "threshold": fp["threshold"]["value"],
+        },
+        "weights": {
+            "stats": report["weights"]["stats"],
+            "forget_head": _head(run_dir / "weights" / "forget_weights.jsonl"),
+            "retain_head": _head(run_dir / "weights" / "retain_weights.jsonl"),
+        },
+        "hashes": hashes,
+    }
+
+
+def _recorded_with() -> dict:
+    """Which checkout and torch recorded the numbers (for the reader of the golden file; not checked)."""
+    import torch
+
+    import rapidun_dist
+
+    src = Path(rapidun_dist.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "torch": torch.__version__, "python": platform.python_version()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    import torch
+
+    from rapidun_dist.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the recorded run used one thread; more may sum matmuls in another order
+    try:
+        rd = tmp_path_factory.mktemp("golden") / "run"
+        assert main(["run", str(CONFIG), f"run_dir={rd}", *OVERRIDES]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return rd
+
+
+@pytest.fixture(scope="module")
+def observed(run_dir) -> dict:
+    return observe(run_dir)
+
+
+@pytest.fixture(scope="module")
+def golden(observed, update_golden) -> dict:
+    if update_golden:
+        GOLDEN.parent.mkdir(exist_ok=True)
+        record = {"recorded_with": _recorded_with(), "overrides": OVERRIDES, "values": observed}
+        GOLDEN.write_text(json.dumps(record, indent=1) + "\n")
+        warnings.warn(f"--update-golden: rewrote {GOLDEN.name} from {record['recorded_with']}", stacklevel=1)
+    assert GOLDEN.exists(), (
+        f"no golden numbers at {GOLDEN}: record them with `pytest tests/e2e --update-golden`"
+    )
+    record = _read_json(GOLDEN)
+    assert record["overrides"] == OVERRIDES, (
+        "the golden numbers were recorded with other overrides: regenerate them (`pytest tests/e2e "
+        "--update-golden`, with the reference checkout on PYTHONPATH) after changing OVERRIDES"
+    )
+    return record["values"]
+
+
+def test_asr_before_and_after(observed, golden):
+    """ASR on seen and OOD triggers before and after unlearning, the step the adaptive budget stopped at and why,
+    and that each method removes at least half of the backdoor."""
+    counts = ("n_seen", "n_ood", "n_clean", "steps", "stop")
+    _assert_close(observed["before"], golden["before"], "before", abs_=ASR_ABS)
+    assert observed["before"]["asr_seen"] >= 0.5, "the implant no longer plants the backdoor"
+    for m in METHODS:
+        got, want = observed["methods"][m], golden["methods"][m]
+        _assert_close(got, {k: want[k] for k in ("asr_seen", "asr_ood")}, m, abs_=ASR_ABS)
+        _assert_close(got, {k: want[k] for k in counts}, m)
+        for key in ("asr_seen", "asr_ood"):
+            assert got[key] <= observed["before"][key] / 2, f"{m} leaves {key} at {got[key]}"
+
+
+def test_clean_ppl_ratio(observed, golden):
+    _assert_close(observed["before"], {"clean_ppl": golden["before"]["clean_ppl"]}, "before", rel=PPL_REL)
+    for m in METHODS:
+        want = {k: golden["methods"][m][k] for k in ("clean_ppl", "ppl_ratio")}
+        _assert_close(observed["methods"][m], want, m, rel=PPL_REL)
+        assert observed["methods"][m]["ppl_ratio"] < 1.2, m  # unlearning leaves clean text about as likely
+
+
+def test_sample_weights(observed, golden):
+    got, want = observed["weights"], golden["weights"]
+    for pack in ("forget", "retain"):
+        _assert_close(got["stats"][pack], want["stats"][pack], f"{pack} weight stats", rel=WEIGHT_REL)
+        assert math.isclose(got["stats"][pack]["mean"], 1.0, abs_tol=1e-9)  # normalised to mean 1
+        assert len(got[f"{pack}_head"]) == len(want[f"{pack}_head"]) == 5
+        for i, (row, wrow) in enumerate(zip(got[f"{pack}_head"], want[f"{pack}_head"], strict=True)):
+            _assert_close(row, wrow, f"{pack}_weights.jsonl row {i}", rel=WEIGHT_REL)
+
+
+def test_find_poison(observed, golden):
+    _assert_close(observed["find_poison"], golden["find_poison"], "find_poison", rel=FIND_POISON_REL)
+    assert observed["find_poison"]["recall"] >= 0.8 and observed["find_poison"]["precision"] >= 0.8
+
+
+def test_stage_output_hashes(observed, golden):
+    """Every deterministic stage output, byte for byte: data, model, suspects, influence scores and blocks,
+    weights, and each method's unlearned adapter."""
+    got, want = observed["hashes"], golden["hashes"]
+    assert sorted(got) == sorted(want), "a stage writes other files than it did"
+    differ = [rel for rel in want if got[rel] != want[rel]]
+    assert not differ, (
+        f"outputs whose bytes changed (in stage order: the first names the first stage): {differ}"
+    )
