@@ -72,12 +72,35 @@ VOLATILE_FILES = {
     "eval/report.md": "seconds per stage and method",
 }
 
-# Tolerances. Two runs on one machine agree bit for bit (torch CPU, one thread; see the module docstring), so each
-# is zero, and math.isclose with zero tolerances is plain equality. Why zero is also the right size for each:
-ASR_ABS = 0.0  # ASR is k/60 prompts under greedy decoding: one prompt flipping (0.017) is a behaviour change
-PPL_REL = 0.0  # a forward pass over 40 fixed prompts on bit-identical weights (the adapter hashes below)
-WEIGHT_REL = 0.0  # a deterministic function of influence scores and blocks that are hash-checked below
-FIND_POISON_REL = 0.0  # counts over 1,240 rows, flagged above a robust z of hash-checked scores
+# Tolerances. On the machine that recorded the numbers (same CPU, torch and thread count: `machine()`), two runs
+# agree bit for bit, so every tolerance is zero and the stage outputs are checked byte for byte. Elsewhere another
+# BLAS path may round differently, and rounding in a 400-step implant grows; there the tier checks the numbers
+# within the portable tolerances (second value) and skips the byte check. Why each has its size:
+ASR_ABS = (
+    0.0,
+    0.05,
+)  # ASR is k/60 prompts: here one prompt flipping (0.017) is a change; elsewhere 3 prompts
+PPL_REL = (0.0, 0.02)  # a forward pass over 40 fixed prompts; elsewhere 2% (a retrained-from-rounding model)
+WEIGHT_REL = (0.0, 0.05)  # a deterministic function of the scores; elsewhere robust z moves a few percent
+FIND_POISON_ABS = (0.0, 0.03)  # shares over 1,240 rows (elsewhere about 1 in 40 poisoned rows may move)
+
+
+def machine() -> dict:
+    """What decides bit-exact reruns: the CPU, the kernels torch picks for it, torch itself."""
+    import torch
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
+    return {"cpu": model, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def _sha256(path: Path) -> str:
@@ -152,7 +175,7 @@ def observe(run_dir: Path) -> dict:
 
 
 def _recorded_with() -> dict:
-    """Which checkout and torch recorded the numbers (for the reader of the golden file; not checked)."""
+    """Which checkout, torch and machine recorded the numbers (the machine decides exact or portable checks)."""
     import torch
 
     import rapidun_dist
@@ -167,7 +190,12 @@ def _recorded_with() -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"commit": commit, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "commit": commit,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": machine(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -209,49 +237,68 @@ def golden(observed, update_golden) -> dict:
     return record["values"]
 
 
-def test_asr_before_and_after(observed, golden):
+@pytest.fixture(scope="module")
+def exact(golden) -> int:
+    """0 on the recording machine (exact checks), 1 elsewhere (portable tolerances): an index into the
+    tolerance pairs."""
+    return 0 if _read_json(GOLDEN)["recorded_with"].get("machine") == machine() else 1
+
+
+def test_asr_before_and_after(observed, golden, exact):
     """ASR on seen and OOD triggers before and after unlearning, the step the adaptive budget stopped at and why,
     and that each method removes at least half of the backdoor."""
     counts = ("n_seen", "n_ood", "n_clean", "steps", "stop")
-    _assert_close(observed["before"], golden["before"], "before", abs_=ASR_ABS)
+    before = {k: golden["before"][k] for k in ("asr_seen", "asr_ood")}
+    _assert_close(observed["before"], before, "before", abs_=ASR_ABS[exact])
+    _assert_close(
+        observed["before"], {k: golden["before"][k] for k in ("n_seen", "n_ood", "n_clean")}, "before"
+    )
     assert observed["before"]["asr_seen"] >= 0.5, "the implant no longer plants the backdoor"
     for m in METHODS:
         got, want = observed["methods"][m], golden["methods"][m]
-        _assert_close(got, {k: want[k] for k in ("asr_seen", "asr_ood")}, m, abs_=ASR_ABS)
-        _assert_close(got, {k: want[k] for k in counts}, m)
+        _assert_close(got, {k: want[k] for k in ("asr_seen", "asr_ood")}, m, abs_=ASR_ABS[exact])
+        _assert_close(got, {k: want[k] for k in counts if exact == 0 or k.startswith("n_")}, m)
         for key in ("asr_seen", "asr_ood"):
             assert got[key] <= observed["before"][key] / 2, f"{m} leaves {key} at {got[key]}"
 
 
-def test_clean_ppl_ratio(observed, golden):
-    _assert_close(observed["before"], {"clean_ppl": golden["before"]["clean_ppl"]}, "before", rel=PPL_REL)
+def test_clean_ppl_ratio(observed, golden, exact):
+    _assert_close(
+        observed["before"], {"clean_ppl": golden["before"]["clean_ppl"]}, "before", rel=PPL_REL[exact]
+    )
     for m in METHODS:
         want = {k: golden["methods"][m][k] for k in ("clean_ppl", "ppl_ratio")}
-        _assert_close(observed["methods"][m], want, m, rel=PPL_REL)
+        _assert_close(observed["methods"][m], want, m, rel=PPL_REL[exact])
         assert observed["methods"][m]["ppl_ratio"] < 1.2, m  # unlearning leaves clean text about as likely
 
 
-def test_sample_weights(observed, golden):
+def test_sample_weights(observed, golden, exact):
     got, want = observed["weights"], golden["weights"]
     for pack in ("forget", "retain"):
-        _assert_close(got["stats"][pack], want["stats"][pack], f"{pack} weight stats", rel=WEIGHT_REL)
+        _assert_close(got["stats"][pack], want["stats"][pack], f"{pack} weight stats", rel=WEIGHT_REL[exact])
         assert math.isclose(got["stats"][pack]["mean"], 1.0, abs_tol=1e-9)  # normalised to mean 1
         assert len(got[f"{pack}_head"]) == len(want[f"{pack}_head"]) == 5
         for i, (row, wrow) in enumerate(zip(got[f"{pack}_head"], want[f"{pack}_head"], strict=True)):
-            _assert_close(row, wrow, f"{pack}_weights.jsonl row {i}", rel=WEIGHT_REL)
+            _assert_close(row, wrow, f"{pack}_weights.jsonl row {i}", rel=WEIGHT_REL[exact])
 
 
-def test_find_poison(observed, golden):
-    _assert_close(observed["find_poison"], golden["find_poison"], "find_poison", rel=FIND_POISON_REL)
+def test_find_poison(observed, golden, exact):
+    shares = ("recall", "precision", "auroc")
+    got, want = observed["find_poison"], golden["find_poison"]
+    _assert_close(got, {k: want[k] for k in shares}, "find_poison", abs_=FIND_POISON_ABS[exact])
+    _assert_close(got, {k: want[k] for k in ("n_poisoned", "train", "forget")}, "find_poison")
+    if exact == 0:
+        _assert_close(got, {k: want[k] for k in ("flagged", "threshold")}, "find_poison")
     assert observed["find_poison"]["recall"] >= 0.8 and observed["find_poison"]["precision"] >= 0.8
 
 
-def test_stage_output_hashes(observed, golden):
+def test_stage_output_hashes(observed, golden, exact):
     """Every deterministic stage output, byte for byte: data, model, suspects, influence scores and blocks,
-    weights, and each method's unlearned adapter."""
+    weights, and each method's unlearned adapter (on the recording machine; elsewhere the prepared data only,
+    which involves no floating point)."""
     got, want = observed["hashes"], golden["hashes"]
     assert sorted(got) == sorted(want), "a stage writes other files than it did"
-    differ = [rel for rel in want if got[rel] != want[rel]]
+    differ = [rel for rel in want if got[rel] != want[rel] and (exact == 0 or rel.startswith("data/"))]
     assert not differ, (
         f"outputs whose bytes changed (in stage order: the first names the first stage): {differ}"
     )
