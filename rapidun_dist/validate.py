@@ -23,6 +23,7 @@ from rapidun_dist.config.methods import (
 from rapidun_dist.core.errors import ConfigError
 from rapidun_dist.core.logging import get_logger
 from rapidun_dist.training.batches import check_divisible
+from rapidun_dist.training.engine import total_steps
 
 log = get_logger("validate")
 
@@ -141,7 +142,9 @@ def derived(cfg: RunConfig, world_size: int = 1, counts: dict | None = None) -> 
     u, inf = cfg.unlearn, cfg.influence
     nf, nr = _pack_sizes(cfg, counts or {})
     f_per_batch = u.batch_size // (1 + u.retain_per_forget)
-    steps = u.max_steps or (None if nf is None else max(1, math.ceil(math.ceil(nf / f_per_batch) * u.epochs)))
+    steps = u.max_steps or (
+        None if nf is None else total_steps(math.ceil(nf / f_per_batch), u.epochs, None, rounding="ceil")
+    )
     layers = _n_layers(cfg)
     k = None if layers is None else layers * inf.k_in * inf.k_out
     return {

@@ -112,6 +112,11 @@ class UnlearnConfig:
     seed: int = 0
     """Seeds the batch schedule, the LoRA initialisation, the placebo's permutation and the relearn attack's
     batches; the top-level `seed` is added to it."""
+    max_seconds: float | None = None
+    """Wall-time cap of one method's step loop in seconds (steps, hooks and validation; null = none): the loop stops
+    at the first step that ends past it (reason `time_budget`), any budget. Counted per launch: a resumed run starts
+    its clock again. With `max_steps`, the adaptive budget's cap is in steps and seconds, not in passes over the
+    (possibly few) known rows."""
 
     def __post_init__(self):
         check(type(self.zero_stage) is int, "unlearn.zero_stage", f"expected 0-3, found {self.zero_stage!r}")
@@ -129,6 +134,11 @@ class UnlearnConfig:
             f"expected in [0, 1), found {self.warmup_ratio}",
         )
         check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
+        check(
+            self.max_seconds is None or self.max_seconds > 0,
+            "unlearn.max_seconds",
+            f"expected > 0 seconds (or null for no cap), found {self.max_seconds}",
+        )
         check(len(self.target_modules) > 0, "unlearn.target_modules", "needs at least one module name")
         for name in (
             "eval_every",

@@ -13,7 +13,11 @@ deterministic function of it):
   memorised backdoor often sits flat for a while first), and none of the last unlearn.patience points is below the
   best before them (0 = never) -> stop, restoring the best point's adapter when it is an earlier one. So the step
   budget can be generous without a run that has stopped improving paying it all;
-- otherwise run on, up to the step budget (unlearn.max_steps or unlearn.epochs).
+- otherwise run on, up to the step budget (unlearn.max_steps, else unlearn.epochs passes over the forget set).
+
+The engine adds two stops of its own (unlearn/engine.py), any budget: the forget-batch poisoned CE reaching
+unlearn.stop_forget_ce (`forget_ce_threshold`) and the loop's wall time passing unlearn.max_seconds
+(`time_budget`). A run that reaches none of them ends with `budget_exhausted`.
 
 No decision is taken at step 0 (the starting model). Without a signal (an empty val_seen) an adaptive budget
 falls back to the fixed one and says so; without val_clean there is no damage guard.
@@ -36,7 +40,7 @@ class ValPoint:
 @dataclass(frozen=True)
 class Decision:
     stop: bool
-    reason: str = ""  # backdoor_gone | ppl_damage | "" (run on)
+    reason: str = ""  # backdoor_gone | ppl_damage | plateau | forget_ce_threshold | time_budget | "" (run on)
     detail: str = ""
     restore_step: int | None = None  # the adapter to restore (damage stop with a usable earlier point)
     new_best: bool = False  # this point is now the one a damage stop would restore

@@ -383,6 +383,8 @@ class UnlearnRunner:
                     reason="forget_ce_threshold",
                     detail=f"forget poisoned CE {row['forget_ce']:.3f} >= unlearn.stop_forget_ce={u.stop_forget_ce}",
                 )
+            if u.max_seconds is not None and not decision.stop and not last:
+                decision = self._time_budget(done, time.perf_counter() - t0)
             if decision.stop:
                 self.stop = {"reason": decision.reason, "step": done, "detail": decision.detail}
                 log.info(f"unlearn[{self.method}]: stop at step {done}: {decision.detail}")
@@ -406,6 +408,17 @@ class UnlearnRunner:
             self._restore_best(decision.restore_step)
         self._check_adapter_moved()
         return self.metrics
+
+    def _time_budget(self, done: int, elapsed: float) -> Decision:
+        """Stop once the loop's wall time passes unlearn.max_seconds; the ranks agree (any rank past it counts)."""
+        cap = self.cfg.unlearn.max_seconds
+        if dist_env.all_reduce_max(int(elapsed > cap)) == 0:
+            return Decision(stop=False)
+        return Decision(
+            stop=True,
+            reason="time_budget",
+            detail=f"{elapsed:.1f} s of unlearning passed unlearn.max_seconds={cap:g} at step {done}",
+        )
 
     def _optimizer_step(self, batch, done: int) -> dict:
         u, totals = self.cfg.unlearn, {}

@@ -235,3 +235,25 @@ def test_decisions_read_no_test_split_and_the_curve_changes_nothing(single_proce
     assert a["stop"] == b["stop"] and [p["asr"] for p in a["validation"]["points"]] == [
         p["asr"] for p in b["validation"]["points"]
     ]
+
+
+def test_wall_time_cap_stops_the_loop_with_its_reason(single_process, prepared_run, tmp_path):
+    """unlearn.max_seconds: the first step that ends past the cap is the last one, any budget; without a cap the
+    same run spends its whole step budget."""
+    run = fresh_run(prepared_run, tmp_path / "run")
+    rd = RunDir(run)
+    base = [
+        f"run_dir={run}",
+        *TINY,
+        *BASE,
+        "unlearn.max_steps=4",
+        "unlearn.val_every=0",
+        "unlearn.budget=fixed",
+    ]
+    capped = load_config(CONFIG, [*base, "unlearn.max_seconds=1e-6"])
+    s = run_method(stage_context(capped, rd, "unlearn"), "uniform", method_dir(rd, "uniform"))
+    assert s["stop"]["reason"] == "time_budget" and s["stop"]["step"] == 1 and s["steps"] == 1
+    assert "unlearn.max_seconds=1e-06" in s["stop"]["detail"]
+    free = load_config(CONFIG, base)
+    s = run_method(stage_context(free, rd, "unlearn"), "uniform", method_dir(rd, "uniform") / "free")
+    assert s["stop"]["reason"] == "budget_exhausted" and s["steps"] == 4
