@@ -190,8 +190,8 @@ class KnownThreshold:
         return (scores.to(torch.float64) - self.center) / self.scale
 
     def expected_fp(self, n_unflagged: int) -> float:
-        """An upper bound: a clean row exchangeable with the reference rows scores above all of them with
-        probability at most 1 / (n_reference + 1); times the rows not flagged."""
+        """In expectation: a clean row exchangeable with the reference rows scores above all of them with
+        probability at most 1 / (n_reference + 1) (over the draw of the reference); times the rows not flagged."""
         return n_unflagged / (self.n_reference + 1.0)
 
     def to_dict(self) -> dict:
