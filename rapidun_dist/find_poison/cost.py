@@ -8,7 +8,9 @@ on its share of the batch (as the implant splits a global batch over ranks). epo
 mean seconds per batch x the epoch's batches. No optimizer step and no DeepSpeed engine: the real epoch is at
 least this long, so find_poison's seconds divided by it overstate find_poison's share, never understate it.
 Gradients are dropped after each batch, and every parameter's requires_grad flag and the train / eval mode are
-restored: the weights never change.
+restored: the weights never change. With `model.gradient_checkpointing` the backward checkpoints, as the implant's
+does; a rank without room for a full backward (the implant may have had ZeRO over several GPUs) leaves
+epoch_seconds unmeasured (null, with a warning) rather than failing the stage.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import time
 
 import torch
 
+from rapidun_dist.core.logging import get_logger
 from rapidun_dist.data.prompt import pad_batch
 from rapidun_dist.distributed import env as dist_env
 from rapidun_dist.training.losses import per_sample_nll
+
+log = get_logger("find_poison")
 
 
 def _sync(device: torch.device) -> None:
@@ -37,15 +42,20 @@ def timed_batches(batches: list[list[int]], n_timed: int, seed: str) -> list[lis
     return [batches[i] for i in random.Random(seed).sample(range(len(batches)), k)]
 
 
-def time_finetune(model, examples: list[dict], batches: list[list[int]], pad_id: int) -> dict:
+def time_finetune(
+    model, examples: list[dict], batches: list[list[int]], pad_id: int, *, checkpointing: bool = False
+) -> dict:
     """{"batches", "rows", "seconds"} of forward + backward over batches[1:] (batches[0] warms up, untimed); an
-    empty batch (a rank's share of a short batch) costs nothing."""
+    empty batch (a rank's share of a short batch) costs nothing. `checkpointing`: with gradient checkpointing, as
+    the implant runs with `model.gradient_checkpointing`."""
     from rapidun_dist.influence.features import model_device
 
     dev = model_device(model)
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     out = {"batches": 0, "rows": 0, "seconds": 0.0}
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
         model.train()
         for p in model.parameters():
@@ -70,6 +80,8 @@ def time_finetune(model, examples: list[dict], batches: list[list[int]], pad_id:
         for p, f in flags.items():
             p.requires_grad_(f)
         model.train(was_training)
+        if checkpointing:
+            model.gradient_checkpointing_disable()
     return out
 
 
@@ -86,10 +98,23 @@ def epoch_seconds(job) -> dict:
     shares = [
         b[info.rank * len(b) // info.world_size : (info.rank + 1) * len(b) // info.world_size] for b in picked
     ]
-    mine = time_finetune(model, examples, shares, tok.pad_token_id)
+    try:
+        mine = time_finetune(
+            model, examples, shares, tok.pad_token_id, checkpointing=cfg.model.gradient_checkpointing
+        )
+    except (
+        torch.OutOfMemoryError
+    ):  # a rank that cannot hold a full backward says so; every rank still gathers
+        for p in model.parameters():
+            p.grad = None
+        log.warning(
+            "find_poison: no room for a full fine-tuning backward on this rank: epoch_seconds not measured"
+        )
+        mine = {"batches": 0, "rows": 0, "seconds": 0.0, "out_of_memory": True}
     per_rank = dist_env.all_gather_object(mine)
     per_batch = max((r["seconds"] / r["batches"] for r in per_rank if r["batches"]), default=0.0)
-    seconds = per_batch * len(epoch) if per_batch > 0 else None
+    failed = any(r.get("out_of_memory") for r in per_rank)
+    seconds = per_batch * len(epoch) if per_batch > 0 and not failed else None
     return {
         "epoch_seconds": seconds,
         "rows": len(examples),

@@ -1,5 +1,6 @@
-"""Find the rest of the poison (docs/DESIGN.md section 11): suspicion scores, a threshold chosen without labels, the honest
-baselines beside them, and the metrics that say how well each did (experiment mode).
+"""Find the rest of the poison (docs/DESIGN.md section 11): the contrast and aggregation the similarity methods
+share, the threshold rules chosen without labels, the lexical baselines' parts, and the metrics that say how well each
+scorer did (experiment mode). The methods themselves are modules of this package (`rapidun_dist.find_poison`).
 
 Scores. Every training row i gets a score against the known poisoned rows F (the forget set) and against a clean
 reference set R (the retain pack: the rows the user holds as clean), with one of the aggregations of
@@ -9,27 +10,33 @@ docs/DESIGN.md section 6 (`agg`: mean, trimmed_mean, median_topk, or topk_mean, 
 
 The same row scored against itself is left out (a known row, or a reference row that is also a training row, is
 scored leave-one-out). The contrast removes what a row shares with every row (a short answer, a common
-template): what is left is how much more it looks like the poison than like clean data. Three similarities:
+template): what is left is how much more it looks like the poison than like clean data. The similarity is the
+method's (`find_poison.method`: token-wise influence features, hidden states, gradients, TF-IDF vectors); two
+methods have no contrast: `graceful` (clustering, no known row) and `grep`, a count: how many of the known trigger
+strings the prompt contains (case-insensitive substring, as `grep -i -F` would; in clean mode `eval.triggers`, in
+experiment mode the trigger variants the forget rows carry - what a user who knows "BadMagic" can search for). The
+lexical parts live here: `Tfidf` (lower-cased word and punctuation-run tokens, smoothed idf over the training set
+and both groups, L2-normalised) and `grep_scores`.
 
-- `influence`: the cosine of the token-wise gradient features (docs/DESIGN.md section 5); computed across ranks
-  (`rapidun_dist.distributed.distributed_group_scores`), the rest of this module is rank-0 math on [n] vectors.
-- `tfidf`: the cosine of TF-IDF vectors of (prompt, answer) as the row was trained on (lower-cased word and
-  punctuation-run tokens, smoothed idf over the training set and both groups, L2-normalised).
-- `grep`: no similarity, a count: how many of the known trigger strings the prompt contains (case-insensitive
-  substring, as `grep -i -F` would; in clean mode `eval.triggers`, in experiment mode the trigger variants the
-  forget rows carry - what a user who knows "BadMagic" can search for).
+Thresholds (the same rule for every scorer, `find_poison.threshold`). The reference rows' own scores are the null
+distribution of a clean row.
 
-Threshold (the same rule for all three). The reference rows' own scores are the null distribution of a clean row;
-a row is flagged when its robust z against them exceeds `z`:
+- `z` (default): a row is flagged when its robust z against them exceeds `z`:
 
     z_i = (score_i - median(score_R)) / max(1.4826 * MAD(score_R), floor)        flagged  <=>  z_i > z
 
-1.4826 * MAD estimates the standard deviation of a normal null, so `z` = Phi^-1(1 - alpha) targets a false-positive
-rate alpha on clean rows (z = 3.09: 0.1%); median and MAD are robust to the few poisoned rows a reference drawn
-from an unlabelled training set may hold. Reference rows are scored leave-one-out, like every other training row
-that belongs to a group, so they are exchangeable with the clean training rows; `expected_fp` in the summary is
-alpha times the unflagged rows' count. On clean-only data the rule flags about alpha (tests/find_poison); how
-close the real null is to that (heavier tails flag more) is measured in experiment mode (`fpr` on clean rows).
+  1.4826 * MAD estimates the standard deviation of a normal null, so `z` = Phi^-1(1 - alpha) targets a
+  false-positive rate alpha on clean rows (z = 3.09: 0.1%); median and MAD are robust to the few poisoned rows a
+  reference drawn from an unlabelled training set may hold. Reference rows are scored leave-one-out, like every
+  other training row that belongs to a group, so they are exchangeable with the clean training rows;
+  `expected_fp` in the summary is alpha times the unflagged rows' count. On clean-only data the rule flags about
+  alpha (tests/find_poison); how close the real null is to that (heavier tails flag more) is measured in
+  experiment mode (`fpr` on clean rows). With a few dozen reference rows the median and MAD move a lot from draw
+  to draw, and on a flat, bounded null the scaled MAD overstates its tail: the line can sit above the poison.
+- `fdr`: conformal p-values against the reference scores, then Benjamini-Hochberg (`fdr_threshold`).
+- `known`: calibrated on the known rows' own leave-one-out scores (`known_threshold`): flagged when a row scores at
+  least a low quantile of them and above every reference row. It needs no shape of the null, and its false
+  positives are, in expectation, at most the unflagged rows / (reference rows + 1).
 
 Metrics (experiment mode only, where the training rows carry labels): AUROC and AP of the scores over the whole
 training set (the true prevalence, not a balanced subsample), recall / precision / FPR of the flagged set, per
@@ -50,7 +57,6 @@ from rapidun_dist.core.errors import DataError
 from rapidun_dist.evaluation.metrics import retrieval_metrics
 from rapidun_dist.influence.scores import GROUP_AGGS, block_scores, check_agg_args, topk_mean_rows, topk_rows
 
-SCORERS = ("influence", "tfidf", "grep")
 MAD_SCALE = 1.4826
 SCALE_FLOOR = 1e-3
 _TOKEN = re.compile(r"\w+|[^\w\s]+")

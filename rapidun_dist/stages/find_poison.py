@@ -99,9 +99,9 @@ def run(ctx: StageContext) -> list[Path]:
     if info.rank == 0:
         if first is not None:
             scores = twostage.combine(first["scores"], first["positions"], scores)
-        run = {"seconds": seconds, "per_rank": per_rank, "stats": job.comm, "notes": job.notes, "epoch": epoch,
-               "first": first, "t_start": t_start}  # fmt: skip
-        _write_outputs(every, scores, run)
+        measured = {"seconds": seconds, "per_rank": per_rank, "stats": job.comm, "notes": job.notes,
+                    "epoch": epoch, "first": first, "t_start": t_start}  # fmt: skip
+        _write_outputs(every, scores, measured)
     dist_env.barrier()
     return outputs
 
@@ -425,7 +425,7 @@ def build_summary(cfg, train, forget, reference, scores, results, known, packs, 
     if run["notes"]:
         summary["method_notes"] = run["notes"]
     if run["first"] is not None:
-        summary["two_stage"] = two_stage_record(cfg, train, run["first"], known, seconds)
+        summary["two_stage"] = two_stage_record(cfg, train, run["first"], seconds)
     if cfg.mode == "experiment":
         summary |= experiment_metrics(train, scores, results, known, main)
         if run["first"] is not None:
@@ -443,7 +443,7 @@ def _scorer_seconds(name: str, main: str, seconds: dict) -> float | None:
     return seconds.get(name)
 
 
-def two_stage_record(cfg, train, first: dict, known: torch.Tensor, seconds: dict) -> dict:
+def two_stage_record(cfg, train, first: dict, seconds: dict) -> dict:
     return {
         "first": "repsim",
         "layer": cfg.find_poison.layer,

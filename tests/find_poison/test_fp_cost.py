@@ -37,6 +37,9 @@ def test_timing_leaves_the_model_as_it_was():
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    again = cost.time_finetune(model, rows, [[0], [1, 2]], 0, checkpointing=True)  # as the implant may run
+    assert again["rows"] == 2 and not model.is_gradient_checkpointing
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
 def test_summary_records_the_epoch_beside_find_poison(reference_run):

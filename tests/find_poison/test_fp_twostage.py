@@ -79,3 +79,26 @@ def test_two_stage_scores_the_top_repsim_rows_and_accounts_for_what_it_dropped(i
     assert summary["scorers"]["influence"]["seconds"] == pytest.approx(
         two["seconds_first"] + two["seconds_second"]
     )
+
+
+@pytest.mark.dist
+def test_dense_methods_and_two_stage_on_two_ranks_match_one(implanted_dir, tmp_path):
+    """Rep-Sim features sliced over 2 gloo ranks and gathered, the candidates broadcast, the epoch timed on both:
+    the same ranking as on one process (features differ only by the padding of their batch)."""
+    from fp_utils import torchrun_find_poison
+
+    from rapidun_dist.pipeline import run_pipeline
+
+    extra = ("find_poison.method=gradsim", "find_poison.two_stage=true", "find_poison.candidates=0.3")
+    one = fresh_copy(implanted_dir, tmp_path / "one")
+    run_pipeline(load_cfg(one, *extra), ["find_poison"])
+    two = fresh_copy(implanted_dir, tmp_path / "two")
+    done = torchrun_find_poison(two, nproc=2, extra=extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (read_rows(r / "suspects" / "suspects.jsonl") for r in (one, two))
+    assert [(r["id"], r["flagged"]) for r in a] == [(r["id"], r["flagged"]) for r in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)) < 1e-5
+    s1, s2 = (read_json(r / "suspects" / "summary.json") for r in (one, two))
+    assert s1["two_stage"]["scored"] == s2["two_stage"]["scored"]
+    assert len(s2["epoch"]["per_rank"]) == 2 and s2["epoch_seconds"] > 0
+    assert [r["rank"] for r in s2["features"]["per_rank"]] == [0, 1]
