@@ -43,4 +43,5 @@ def pooled_hidden(model, layer: int, pad_id: int):
 def score(job: ScoreJob) -> torch.Tensor | None:
     model, tok = job.model()
     layer = resolve_layer(model, job.cfg.find_poison.layer)
+    job.notes["repsim_layer"] = layer
     return group_method_scores(job, pooled_hidden(model, layer, tok.pad_token_id), f"repsim layer {layer}")

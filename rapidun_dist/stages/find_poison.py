@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> list[Path]:
     if info.rank == 0:
         if first is not None:
             scores = twostage.combine(first["scores"], first["positions"], scores)
-        measured = {"seconds": seconds, "per_rank": per_rank, "stats": job.comm, "notes": job.notes,
+        measured = {"seconds": seconds, "per_rank": per_rank, "stats": job.comm, "notes": every.notes | job.notes,
                     "epoch": epoch, "first": first, "t_start": t_start}  # fmt: skip
         _write_outputs(every, scores, measured)
     dist_env.barrier()
@@ -125,7 +125,8 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
         cand = twostage.candidate_mask(first, keep)
         known = known_mask(every.train, every.forget)
         positions = twostage.scored_positions(cand, known, reference_positions(every))
-        record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep}
+        layer = every.notes["repsim_layer"]
+        record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "layer": layer}
     positions = dist_env.broadcast_object(positions)
     seconds["first_stage"] = time.perf_counter() - t0
     job = ScoreJob(
@@ -446,7 +447,7 @@ def _scorer_seconds(name: str, main: str, seconds: dict) -> float | None:
 def two_stage_record(cfg, train, first: dict, seconds: dict) -> dict:
     return {
         "first": "repsim",
-        "layer": cfg.find_poison.layer,
+        "layer": first["layer"],
         "candidates": first["keep"],
         "scored": len(first["positions"]),
         "rows": len(train),
