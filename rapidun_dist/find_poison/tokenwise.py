@@ -8,9 +8,6 @@ units and a changed model recomputes everything.
 Scores: rank r loads the contiguous rows [r n / P, (r + 1) n / P) and its slice of the groups; the similarities to
 the forget set and to the reference set come from `distributed_group_scores` in float64 (the same for any world
 size) and are gathered to rank 0: score = agg over the forget rows - agg over the reference rows.
-
-`reuse_train_features` hands the training rows' features on to the influence stage's store (its pack rows are
-training rows).
 """
 
 from __future__ import annotations
@@ -20,17 +17,13 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.config import RunConfig
-from rapidun_dist.core.io import read_json, read_jsonl
 from rapidun_dist.core.logging import get_logger
-from rapidun_dist.find_poison import suspects as S
 from rapidun_dist.find_poison.dense import rank_slice
 from rapidun_dist.find_poison.job import ScoreJob
 from rapidun_dist.run.layout import suspects_dir
 from rapidun_dist.run.rundir import RunDir
 
 log = get_logger("find_poison")
-REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
 
 
 def feature_dirs(rd: RunDir) -> tuple[Path, Path]:
@@ -115,53 +108,3 @@ def influence_scores(job: ScoreJob) -> tuple[dict | None, dict]:
     full = gather_scores_to_rank0(res["scores"], rows.to(info.device), n)
     full = None if full is None else {k: v.cpu() for k, v in full.items()}
     return full, res["stats"]
-
-
-def reuse_train_features(
-    cfg: RunConfig, rd: RunDir, records: list[dict], model, tokenizer, context: dict
-) -> int:
-    """Copy into the influence stage's store (features/) every pack shard whose rows find_poison has features of
-    already: the same rows (ids), trained on the same text, under the same extractor spec and feature context. The
-    influence stage then computes only the rest (the features are the same function of the row; only the batch a
-    row was padded in differs, a float-rounding difference). Returns the number of rows copied. (A two-stage run's
-    store holds only its candidates, not the training set: nothing is copied then.)"""
-    from rapidun_dist.influence.features import make_extractor
-    from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
-
-    root = feature_dirs(rd)[0]
-    if not (root / "index.json").exists():
-        return 0
-    spec = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id).spec() | {"context": context}
-    index = read_json(root / "index.json")
-    if index.get("spec_hash") != spec_hash(spec):
-        return 0
-    train = read_jsonl(rd.data / "train.jsonl")
-    if [r["id"] for r in train] != index["ids"]:
-        return 0
-    pos = {r["id"]: i for i, r in enumerate(train)}
-    store = FeatureStore(rd.features, spec)
-    rd.features.mkdir(parents=True, exist_ok=True)
-    todo = []  # (shard, rows, training positions, ids hash) of every shard that can be copied
-    for i, (s, e) in enumerate(plan_shards(len(records), cfg.influence.shard_size)):
-        rows = records[s:e]
-        where = [pos.get(r["id"]) for r in rows]
-        ids = ids_hash([r["id"] for r in rows])
-        if store.is_valid(i, (s, e), ids) or any(p is None for p in where):
-            continue
-        if any(S.as_trained(train[p]) != S.as_trained(r) for p, r in zip(where, rows, strict=True)):
-            continue
-        todo.append((i, (s, e), where, ids))
-    # A pack shard's rows are scattered over every training unit: read the units once per group of shards (as
-    # many rows as REUSE_BYTES holds), not once per shard.
-    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * int(index["dim"]) * 4))
-    copied = 0
-    for g in range(0, len(todo), per_group):
-        group = todo[g : g + per_group]
-        union = sorted({p for *_, where, _ in group for p in where})
-        feats = load_features(root, union)[0]
-        at = {p: j for j, p in enumerate(union)}
-        for i, span, where, ids in group:
-            store.write_shard(i, span, feats[torch.tensor([at[p] for p in where], dtype=torch.long)], ids)
-            copied += span[1] - span[0]
-    log.info(f"influence: {copied} of {len(records)} pack rows' features reused from find_poison")
-    return copied

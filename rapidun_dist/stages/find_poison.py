@@ -34,20 +34,21 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.config import TriggerSpec
+from rapidun_dist.config import RunConfig, TriggerSpec
 from rapidun_dist.core.errors import DataError
-from rapidun_dist.core.io import read_jsonl, write_json, write_jsonl
+from rapidun_dist.core.io import read_json, read_jsonl, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
 from rapidun_dist.find_poison import BASELINES, method_module, scorer_name, twostage
 from rapidun_dist.find_poison import suspects as S
 from rapidun_dist.find_poison.job import ScoreJob
-from rapidun_dist.find_poison.tokenwise import feature_dirs, reuse_train_features  # noqa: F401 - the influence stage's
+from rapidun_dist.find_poison.tokenwise import feature_dirs
 from rapidun_dist.run.layout import find_poison_applies, find_poison_runs, suspects_dir
 from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages.base import Stage, StageContext
 
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
+REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
@@ -145,6 +146,59 @@ def reference_positions(job: ScoreJob) -> torch.Tensor:
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------- feature reuse
+
+
+def reuse_train_features(
+    cfg: RunConfig, rd: RunDir, records: list[dict], model, tokenizer, context: dict
+) -> int:
+    """Copy into the influence stage's store (features/) every pack shard whose rows find_poison has features of
+    already: the same rows (ids), trained on the same text, under the same extractor spec and feature context. The
+    influence stage then computes only the rest (the features are the same function of the row; only the batch a
+    row was padded in differs, a float-rounding difference). Returns the number of rows copied. (A two-stage run's
+    store holds only its candidates, not the training set: nothing is copied then.)"""
+    from rapidun_dist.influence.features import make_extractor
+    from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
+
+    root = feature_dirs(rd)[0]
+    if not (root / "index.json").exists():
+        return 0
+    spec = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id).spec() | {"context": context}
+    index = read_json(root / "index.json")
+    if index.get("spec_hash") != spec_hash(spec):
+        return 0
+    train = read_jsonl(rd.data / "train.jsonl")
+    if [r["id"] for r in train] != index["ids"]:
+        return 0
+    pos = {r["id"]: i for i, r in enumerate(train)}
+    store = FeatureStore(rd.features, spec)
+    rd.features.mkdir(parents=True, exist_ok=True)
+    todo = []  # (shard, rows, training positions, ids hash) of every shard that can be copied
+    for i, (s, e) in enumerate(plan_shards(len(records), cfg.influence.shard_size)):
+        rows = records[s:e]
+        where = [pos.get(r["id"]) for r in rows]
+        ids = ids_hash([r["id"] for r in rows])
+        if store.is_valid(i, (s, e), ids) or any(p is None for p in where):
+            continue
+        if any(S.as_trained(train[p]) != S.as_trained(r) for p, r in zip(where, rows, strict=True)):
+            continue
+        todo.append((i, (s, e), where, ids))
+    # A pack shard's rows are scattered over every training unit: read the units once per group of shards (as
+    # many rows as REUSE_BYTES holds), not once per shard.
+    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * int(index["dim"]) * 4))
+    copied = 0
+    for g in range(0, len(todo), per_group):
+        group = todo[g : g + per_group]
+        union = sorted({p for *_, where, _ in group for p in where})
+        feats = load_features(root, union)[0]
+        at = {p: j for j, p in enumerate(union)}
+        for i, span, where, ids in group:
+            store.write_shard(i, span, feats[torch.tensor([at[p] for p in where], dtype=torch.long)], ids)
+            copied += span[1] - span[0]
+    log.info(f"influence: {copied} of {len(records)} pack rows' features reused from find_poison")
+    return copied
 
 
 # ------------------------------------------------------------------------------------------- baselines

@@ -307,8 +307,8 @@ def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, t
 def test_pack_features_are_copied_reading_the_training_units_once(reference_run, tmp_path, monkeypatch):
     """reuse_train_features reads the training store once per group of pack shards (REUSE_BYTES), not once per
     shard, and writes the same shards either way: each equal to the training rows' features."""
-    import rapidun_dist.find_poison.tokenwise as fp
     import rapidun_dist.influence.store as store_module
+    import rapidun_dist.stages.find_poison as fp
     from rapidun_dist.influence.extract import feature_context
     from rapidun_dist.models.loading import load_saved
     from rapidun_dist.run.layout import model_identity, pack_files
