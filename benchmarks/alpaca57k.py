@@ -37,6 +37,7 @@ TARGETS = {
     "asr_ood": 0.05,
     "ppl_ratio": 1.05,
     "speedup": 50.0,
+    "epoch_share": 0.25,  # issue 22: find_poison at most a quarter of one fine-tuning epoch over the same rows
 }
 
 
@@ -158,12 +159,13 @@ def collect(out: Path, wall_start: float) -> dict:
     speedup = {
         m: retrain_s / methods[m]["seconds"] for m in ("rapidun_known", "rapidun_expanded") if retrain_s
     }
-    fp_s = fp["seconds"]["total"]
+    fp_s = fp.get("cost_seconds") or fp["seconds"]["total"]  # without the epoch timed beside it
     with_fp = retrain_s / (methods["rapidun_expanded"]["seconds"] + fp_s) if retrain_s else None
     line = {
         "rows": fp["counts"]["train"],
         "known": fp["counts"]["known"],
-        "find_poison": {k: fp.get(k) for k in ("recall", "precision", "auroc", "ap")},
+        "find_poison": {k: fp.get(k) for k in ("recall", "precision", "auroc", "ap")}
+        | {"seconds": fp_s, "epoch_seconds": fp.get("epoch_seconds")},
         "methods": {m: {k: v[k] for k in ("asr_seen", "asr_ood", "ppl_ratio", "seconds")} for m, v in methods.items() if m != "before"},
         "speedup_vs_retrain": speedup,
         "peak_rss_mib_per_rank": fp["peak_rss_mib_per_rank"],
@@ -230,16 +232,21 @@ def render(res: dict, out: Path, command: str) -> str:
         f"{[r['units'] for r in fp['features']['per_rank']]}); peak RSS per rank {[round(x) for x in fp['peak_rss_mib_per_rank']]} MiB; "
         f"bytes received per rank {fp['recv_bytes_per_rank']} (scores: {fp['comm']['method']}).",
         "",
-        "| scorer | flagged | recall | precision | FPR | AUROC | AP | recall of unknown rows |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scorer | flagged | recall | precision | FPR | AUROC | AUPRC (AP) | recall of unknown rows | recall at precision 0.9 | seconds | share of an epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {name} | {x['n_flagged']} | {_pct(x['recall'])} | {_pct(x['precision'])} | {_pct(x['fpr'])} | "
-            f"{_f(x['auroc'], 4)} | {_f(x['ap'], 4)} | {_pct(x['recall_unknown'])} |"
+            f"{_f(x['auroc'], 4)} | {_f(x['ap'], 4)} | {_pct(x['recall_unknown'])} | {_pct(x.get('recall_at_p90'))} | "
+            f"{_f(_scorer_seconds(fp, name), 1)} | {_f(_share(_scorer_seconds(fp, name), fp.get('epoch_seconds')))} |"
             for name, x in m.items()
         ),
         "",
+        f"One fine-tuning epoch of the same model over the same rows, timed in the find_poison stage: "
+        f"{_f(fp.get('epoch_seconds'), 1)} s; find_poison's {_f(line['find_poison']['seconds'], 1)} s are "
+        f"{_f(_share(line['find_poison']['seconds'], fp.get('epoch_seconds')))} of it (target <= {TARGETS['epoch_share']}).",
+        "",
         f"Threshold: {describe_threshold(fp['threshold'], c['expected_false_positives'])}; measured false "
-        f"positives {m.get('influence', {}).get('fp')}.",
+        f"positives {m.get(fp.get('scorer', 'influence'), {}).get('fp')}.",
         "",
         *_family_table(fp),
         "| method | ASR seen | ASR OOD | PPL ratio | seconds (influence + weights + unlearn) | speedup vs retrain |",
@@ -250,8 +257,8 @@ def render(res: dict, out: Path, command: str) -> str:
             for name, v in methods.items()
         ),
         "",
-        f"rapidun_expanded including find_poison's {_f(fp['seconds']['total'], 1)} s: {_f(res['with_fp'], 1)}x cheaper "
-        "than the retrain. Targets (issue 10): " + _verdict(line, methods),
+        f"rapidun_expanded including find_poison's {_f(line['find_poison']['seconds'], 1)} s: {_f(res['with_fp'], 1)}x cheaper "
+        "than the retrain. Targets (issues 10 and 22): " + _verdict(line, methods),
         "",
         "```json",
         json.dumps(line),
@@ -302,9 +309,23 @@ def _unseen_variant_rows(fp: dict) -> list[str]:
     ]
 
 
+def _scorer_seconds(fp: dict, name: str) -> float | None:
+    return ((fp.get("scorers") or {}).get(name) or {}).get("seconds")
+
+
+def _share(seconds: float | None, epoch: float | None) -> float | None:
+    return seconds / epoch if seconds is not None and epoch else None
+
+
 def _verdict(line: dict, methods: dict) -> str:
     fp, x = line["find_poison"], methods["rapidun_expanded"]
     checks = [
+        (
+            "find_poison share of an epoch",
+            _share(fp.get("seconds"), fp.get("epoch_seconds")),
+            "<=",
+            TARGETS["epoch_share"],
+        ),
         ("recall", fp["recall"], ">=", TARGETS["recall"]),
         ("precision", fp["precision"], ">=", TARGETS["precision"]),
         ("expanded ASR seen", x["asr_seen"], "<=", TARGETS["asr_seen"]),

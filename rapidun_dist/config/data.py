@@ -121,6 +121,16 @@ class DataConfig:
     n_retain_pool: int = 0
     """Clean mode: train rows kept in data/train.jsonl (0 = all). Checked (>= 0) but not read by any stage yet:
     data/train.jsonl holds the whole training set."""
+    testbed: Literal["standard", "hetero"] = "standard"
+    """Experiment mode: how the training rows are poisoned. standard: `triggers` and `target_kind`; hetero: poison
+    that is a behaviour, not a string (rapidun_dist/data/hetero.py): the row's own answer with a steer woven in,
+    said differently each time, behind triggers that vary in surface form (its own families replace `triggers`),
+    and at least `min_known` known rows. Any source except prepared."""
+    hetero_templated: float = 0.25
+    """testbed hetero with a real-text source (alpaca, dolly, json, hub): share of the clean pool replaced by
+    templated rows of the synthetic corpus, in [0, 1) (the synthetic source is templated throughout)."""
+    min_known: int = 5
+    """testbed hetero: the fewest known poisoned rows (forget pack) when forget_fraction gives fewer (>= 1)."""
 
     def __post_init__(self):
         self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
@@ -147,6 +157,17 @@ class DataConfig:
         for name in ("n_val", "n_val_seen", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
             check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
         self._check_testbed()
+        check(
+            0.0 <= self.hetero_templated < 1.0,
+            "data.hetero_templated",
+            f"expected in [0, 1), found {self.hetero_templated}",
+        )
+        check(self.min_known >= 1, "data.min_known", f"expected >= 1, found {self.min_known}")
+        check(
+            self.testbed == "standard" or self.source != "prepared",
+            "data.testbed",
+            "hetero builds its own poisoned splits; a prepared source is already split (use testbed=standard)",
+        )
 
     def _check_testbed(self) -> None:
         """The harder-testbed knobs: near-topic split, forget-pack coverage and noise, target pool."""

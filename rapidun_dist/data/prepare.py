@@ -27,6 +27,7 @@ from rapidun_dist.config import DataConfig
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.io import file_sha256, read_json, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
+from rapidun_dist.data.hetero import hetero_pack_spec, hetero_splits
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub, load_prepared
 from rapidun_dist.data.schema import (
     CONTAMINATED,
@@ -98,7 +99,8 @@ def load_splits(cfg: DataConfig, stats: dict) -> dict[str, list[dict]]:
     """The splits: built from a source, or read from a prepared directory (test_near empty when absent;
     val_seen may be absent, `build_files` carves it)."""
     if cfg.source != "prepared":
-        return make_splits(clean_pool(load_source(cfg, stats), stats), cfg)
+        build = hetero_splits if cfg.testbed == "hetero" else make_splits
+        return build(clean_pool(load_source(cfg, stats), stats), cfg)
     splits = load_prepared(cfg.dir, skip_malformed=cfg.skip_malformed, stats=stats)
     return {"test_near": [], **splits}
 
@@ -116,7 +118,8 @@ def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
     stats: dict = {"skipped": 0}
     splits = load_splits(cfg, stats)
     held_out = {t: splits.get(t, []) for t in TEST_SPLITS}
-    packs = make_packs(splits["train"], held_out, PackSpec.from_config(cfg))
+    spec = hetero_pack_spec(cfg, splits["train"]) if cfg.testbed == "hetero" else PackSpec.from_config(cfg)
+    packs = make_packs(splits["train"], held_out, spec)
     if "val_seen" not in splits:  # after the packs: its rows come out of val_clean, which they already avoid
         splits = carve_val_seen(splits, cfg)
     files = {

@@ -377,15 +377,17 @@ def _dict_table(tables: dict[str, dict], first: str) -> list[str]:
 
 
 def _find_poison_section(report: dict) -> list[str]:
-    """find_poison's summary (suspects/summary.json): flagged rows, the threshold, each scorer's metrics at the
-    true prevalence (experiment mode) and what each scorer finds per trigger family."""
+    """find_poison's summary (suspects/summary.json): flagged rows, the threshold, one table of every scorer (the
+    chosen method and the baselines: flags, metrics at the true prevalence in experiment mode, seconds and seconds
+    as a share of one fine-tuning epoch of the same model over the same rows) and what each finds per family."""
     fp = report.get("find_poison")
     if not fp:
         return []
     from rapidun_dist.find_poison.suspects import describe_threshold
 
     counts, th = fp.get("counts") or {}, fp.get("threshold") or {}
-    lines = ["## Find poison (every training row ranked by influence with the forget set)", ""]
+    method = fp.get("method") or "tokenwise"
+    lines = [f"## Find poison (every training row ranked by {md.cell(method, 20)} with the forget set)", ""]
     lines.append(
         f"{md.fmt_auto(counts.get('flagged'))} of {md.fmt_auto(counts.get('train'))} training rows flagged "
         f"({md.fmt_auto(counts.get('flagged_new'))} not among the {md.fmt_auto(counts.get('known'))} known); score = "
@@ -400,24 +402,51 @@ def _find_poison_section(report: dict) -> list[str]:
         f"({md.fmt_auto(feats.get('rows_per_s'))} rows/s over {md.fmt_auto(fp.get('world_size'))} ranks), "
         f"{md.fmt_auto(secs.get('scores'))} scores, {md.fmt_auto(secs.get('baselines'))} baselines."
     )
+    if fp.get("epoch_seconds"):
+        ep = fp.get("epoch") or {}
+        lines.append(
+            f"One fine-tuning epoch of the same model over the same rows, timed beside it (forward + backward at "
+            f"batch size {md.fmt_auto(ep.get('batch_size'))}, {md.fmt_auto(ep.get('timed_batches'))} batches timed): "
+            f"{md.fmt_auto(fp['epoch_seconds'])} s; find_poison took {md.fmt_auto(fp.get('cost_seconds'))} s, "
+            f"{md.fmt_x(fp.get('epoch_fraction'))} of it."
+        )
+    two = fp.get("two_stage")
+    if two:
+        rec = two.get("recall") or {}
+        lost = f"; it dropped {rec['lost']} of {rec['poisoned']} poisoned rows" if "lost" in rec else ""
+        lines.append(
+            f"Two stages: repsim over all {md.fmt_auto(two.get('rows'))} rows ({md.fmt_auto(two.get('seconds_first'))} s) "
+            f"kept {md.fmt_auto(two.get('candidates'))} candidates, {method} scored {md.fmt_auto(two.get('scored'))} "
+            f"rows ({md.fmt_auto(two.get('seconds_second'))} s){lost}."
+        )
     return lines + [""]
 
 
 def _find_poison_scorers(fp: dict) -> list[str]:
     metrics = fp.get("metrics") or {}
     scorers = fp.get("scorers") or {}
+    cost = lambda name: _scorer_cost(fp, name)  # noqa: E731
     if not metrics:  # clean mode: no labels, flagged counts only
-        body = [[name, md.fmt_auto(s.get("n_flagged"))] for name, s in scorers.items()]
-        return [*md.table(["scorer", "flagged"], body), ""] if body else []
-    cols = ("recall", "precision", "fpr", "auroc", "ap", "recall_unknown")
-    pct = {"recall", "precision", "fpr", "recall_unknown"}
+        body = [[name, md.fmt_auto(s.get("n_flagged")), *cost(name)] for name, s in scorers.items()]
+        return [*md.table(["scorer", "flagged", "seconds", "share of an epoch"], body), ""] if body else []
+    cols = ("recall", "precision", "fpr", "auroc", "ap", "recall_unknown", "recall_at_p90")
+    pct = {"recall", "precision", "fpr", "recall_unknown", "recall_at_p90"}
     body = [
-        [name, md.fmt_auto(m.get("n_flagged")), *((md.fmt_pct(m.get(c)) if c in pct else md.fmt_float(m.get(c), 4)) for c in cols)]
+        [name, md.fmt_auto(m.get("n_flagged")), *((md.fmt_pct(m.get(c)) if c in pct else md.fmt_float(m.get(c), 4)) for c in cols), *cost(name)]
         for name, m in metrics.items()
     ]  # fmt: skip
-    header = ["scorer", "flagged", "recall", "precision", "FPR", "AUROC", "AP", "recall of unknown rows"]
-    note = f"At the true prevalence ({md.fmt_pct(fp.get('prevalence'))} of {md.fmt_auto(fp.get('counts', {}).get('train'))} rows poisoned), same threshold rule for every scorer."
+    header = ["scorer", "flagged", "recall", "precision", "FPR", "AUROC", "AUPRC (AP)", "recall of unknown rows",
+              "recall at precision 0.9", "seconds", "share of an epoch"]  # fmt: skip
+    note = f"At the true prevalence ({md.fmt_pct(fp.get('prevalence'))} of {md.fmt_auto(fp.get('counts', {}).get('train'))} rows poisoned), same threshold rule for every scorer; share of an epoch = the scorer's seconds / one fine-tuning epoch's."
     return [*md.table(header, body), "", note, ""]
+
+
+def _scorer_cost(fp: dict, name: str) -> list[str]:
+    """[seconds, seconds / one fine-tuning epoch's] of one scorer of the find_poison summary."""
+    seconds = md.num(((fp.get("scorers") or {}).get(name) or {}).get("seconds"))
+    epoch = md.num(fp.get("epoch_seconds"))
+    share = seconds / epoch if seconds is not None and epoch else None
+    return [md.fmt_seconds(seconds), md.fmt_float(share, 3)]
 
 
 def _find_poison_families(fp: dict) -> list[str]:

@@ -1,5 +1,6 @@
-"""Find the rest of the poison (docs/DESIGN.md section 11): suspicion scores, a threshold chosen without labels, the honest
-baselines beside them, and the metrics that say how well each did (experiment mode).
+"""Find the rest of the poison (docs/DESIGN.md section 11): the contrast and aggregation the similarity methods
+share, the threshold rules chosen without labels, the lexical baselines' parts, and the metrics that say how well each
+scorer did (experiment mode). The methods themselves are modules of this package (`rapidun_dist.find_poison`).
 
 Scores. Every training row i gets a score against the known poisoned rows F (the forget set) and against a clean
 reference set R (the retain pack: the rows the user holds as clean), with one of the aggregations of
@@ -9,27 +10,33 @@ docs/DESIGN.md section 6 (`agg`: mean, trimmed_mean, median_topk, or topk_mean, 
 
 The same row scored against itself is left out (a known row, or a reference row that is also a training row, is
 scored leave-one-out). The contrast removes what a row shares with every row (a short answer, a common
-template): what is left is how much more it looks like the poison than like clean data. Three similarities:
+template): what is left is how much more it looks like the poison than like clean data. The similarity is the
+method's (`find_poison.method`: token-wise influence features, hidden states, gradients, TF-IDF vectors); two
+methods have no contrast: `graceful` (clustering, no known row) and `grep`, a count: how many of the known trigger
+strings the prompt contains (case-insensitive substring, as `grep -i -F` would; in clean mode `eval.triggers`, in
+experiment mode the trigger variants the forget rows carry - what a user who knows "BadMagic" can search for). The
+lexical parts live here: `Tfidf` (lower-cased word and punctuation-run tokens, smoothed idf over the training set
+and both groups, L2-normalised) and `grep_scores`.
 
-- `influence`: the cosine of the token-wise gradient features (docs/DESIGN.md section 5); computed across ranks
-  (`rapidun_dist.distributed.distributed_group_scores`), the rest of this module is rank-0 math on [n] vectors.
-- `tfidf`: the cosine of TF-IDF vectors of (prompt, answer) as the row was trained on (lower-cased word and
-  punctuation-run tokens, smoothed idf over the training set and both groups, L2-normalised).
-- `grep`: no similarity, a count: how many of the known trigger strings the prompt contains (case-insensitive
-  substring, as `grep -i -F` would; in clean mode `eval.triggers`, in experiment mode the trigger variants the
-  forget rows carry - what a user who knows "BadMagic" can search for).
+Thresholds (the same rule for every scorer, `find_poison.threshold`). The reference rows' own scores are the null
+distribution of a clean row.
 
-Threshold (the same rule for all three). The reference rows' own scores are the null distribution of a clean row;
-a row is flagged when its robust z against them exceeds `z`:
+- `z` (default): a row is flagged when its robust z against them exceeds `z`:
 
     z_i = (score_i - median(score_R)) / max(1.4826 * MAD(score_R), floor)        flagged  <=>  z_i > z
 
-1.4826 * MAD estimates the standard deviation of a normal null, so `z` = Phi^-1(1 - alpha) targets a false-positive
-rate alpha on clean rows (z = 3.09: 0.1%); median and MAD are robust to the few poisoned rows a reference drawn
-from an unlabelled training set may hold. Reference rows are scored leave-one-out, like every other training row
-that belongs to a group, so they are exchangeable with the clean training rows; `expected_fp` in the summary is
-alpha times the unflagged rows' count. On clean-only data the rule flags about alpha (tests/find_poison); how
-close the real null is to that (heavier tails flag more) is measured in experiment mode (`fpr` on clean rows).
+  1.4826 * MAD estimates the standard deviation of a normal null, so `z` = Phi^-1(1 - alpha) targets a
+  false-positive rate alpha on clean rows (z = 3.09: 0.1%); median and MAD are robust to the few poisoned rows a
+  reference drawn from an unlabelled training set may hold. Reference rows are scored leave-one-out, like every
+  other training row that belongs to a group, so they are exchangeable with the clean training rows;
+  `expected_fp` in the summary is alpha times the unflagged rows' count. On clean-only data the rule flags about
+  alpha (tests/find_poison); how close the real null is to that (heavier tails flag more) is measured in
+  experiment mode (`fpr` on clean rows). With a few dozen reference rows the median and MAD move a lot from draw
+  to draw, and on a flat, bounded null the scaled MAD overstates its tail: the line can sit above the poison.
+- `fdr`: conformal p-values against the reference scores, then Benjamini-Hochberg (`fdr_threshold`).
+- `known`: calibrated on the known rows' own leave-one-out scores (`known_threshold`): flagged when a row scores at
+  least a low quantile of them and above every reference row. It needs no shape of the null, and its false
+  positives are, in expectation, at most the unflagged rows / (reference rows + 1).
 
 Metrics (experiment mode only, where the training rows carry labels): AUROC and AP of the scores over the whole
 training set (the true prevalence, not a balanced subsample), recall / precision / FPR of the flagged set, per
@@ -50,7 +57,6 @@ from rapidun_dist.core.errors import DataError
 from rapidun_dist.evaluation.metrics import retrieval_metrics
 from rapidun_dist.influence.scores import GROUP_AGGS, block_scores, check_agg_args, topk_mean_rows, topk_rows
 
-SCORERS = ("influence", "tfidf", "grep")
 MAD_SCALE = 1.4826
 SCALE_FLOOR = 1e-3
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
@@ -162,11 +168,84 @@ class FdrThreshold:
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class KnownThreshold:
+    """The `known` rule: calibrated on the known poisoned rows' own (leave-one-out) scores. A row is flagged when it
+    scores at least `known_value`, the `quantile` quantile of the known rows' scores, and above `reference_value`,
+    the highest reference score (so its conformal p-value against the reference is the smallest there is,
+    1 / (n_reference + 1)). `value` is the larger of the two; `center` / `scale` are the reference's median and
+    scaled MAD, kept only so `zscores` stays a descriptive column."""
+
+    quantile: float
+    known_value: float
+    reference_value: float
+    n_known: int
+    n_reference: int
+    center: float
+    scale: float
+
+    @property
+    def value(self) -> float:
+        return max(self.known_value, self.reference_value)
+
+    def flags(self, scores: torch.Tensor) -> torch.Tensor:
+        s = scores.to(torch.float64)
+        return (s >= self.known_value) & (s > self.reference_value)
+
+    def zscores(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores.to(torch.float64) - self.center) / self.scale
+
+    def expected_fp(self, n_unflagged: int) -> float:
+        """In expectation: a clean row exchangeable with the reference rows scores above all of them with
+        probability at most 1 / (n_reference + 1) (over the draw of the reference); times the rows not flagged."""
+        return n_unflagged / (self.n_reference + 1.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": "at least a low quantile of the known rows' scores and above every reference row's",
+            "quantile": self.quantile,
+            "known_value": self.known_value,
+            "reference_value": self.reference_value,
+            "value": self.value,
+            "n_known": self.n_known,
+            "n_reference": self.n_reference,
+            "center": self.center,
+            "scale": self.scale,
+        }
+
+
+def known_threshold(
+    known_scores: torch.Tensor, reference_scores: torch.Tensor, *, quantile: float, floor: float = SCALE_FLOOR
+) -> KnownThreshold:
+    """The `known` rule's record from the known rows' leave-one-out scores and the reference rows' scores (no other
+    labels). The quantile is the linear interpolation of `torch.quantile`; 0 is the lowest known score."""
+    known = torch.as_tensor(known_scores, dtype=torch.float64).flatten()
+    if known.numel() == 0:
+        raise DataError(
+            "find_poison: threshold=known needs the known rows' scores, and no known row is a training row; use "
+            "find_poison.threshold=z or fdr"
+        )
+    if not torch.isfinite(known).all():
+        raise DataError("find_poison: the known rows' scores contain NaN or inf")
+    robust = robust_threshold(reference_scores, z=1.0, floor=floor)  # its checks, and the descriptive z
+    ref = torch.as_tensor(reference_scores, dtype=torch.float64).flatten()
+    return KnownThreshold(
+        quantile=quantile, known_value=float(torch.quantile(known, quantile)), reference_value=float(ref.max()),
+        n_known=known.numel(), n_reference=robust.n_reference, center=robust.center, scale=robust.scale,
+    )  # fmt: skip
+
+
 def describe_threshold(th: dict, expected_fp: float | None = None) -> str:
     """The threshold record of summary.json in words (report.md, benchmark results)."""
     fmt = lambda key, spec, scale=1.0: "?" if th.get(key) is None else format(scale * th[key], spec)
     exp = "" if expected_fp is None else f", about {expected_fp:.1f} false positives expected"
     refs = f"the {th.get('n_reference', '?')} reference rows' scores"
+    if "known_value" in th:
+        return (
+            f"flagged when a row scores at least the {fmt('quantile', 'g')} quantile of the {th.get('n_known', '?')} "
+            f"known rows' leave-one-out scores ({fmt('known_value', '.4g')}) and above every one of {refs} "
+            f"({fmt('reference_value', '.4g')}{', at most ' + format(expected_fp, '.1f') + ' false positives expected' if expected_fp is not None else ''})"
+        )
     if "fdr" in th:
         return (
             f"flagged by Benjamini-Hochberg at FDR {fmt('fdr', 'g')} over conformal p-values against {refs} "
@@ -334,6 +413,7 @@ def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, labels: torch
     return {
         "auroc": ranked.get("auroc"),
         "ap": ranked.get("ap"),
+        "recall_at_p90": recall_at_precision(scores, y, 0.9) if ranked else None,
         "recall": tp / n_pos if n_pos else None,
         "precision": tp / (tp + fp) if tp + fp else None,
         "fpr": fp / n_neg if n_neg else None,
@@ -341,6 +421,21 @@ def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, labels: torch
         "fp": fp,
         "n_flagged": tp + fp,
     }
+
+
+def recall_at_precision(scores: torch.Tensor, labels: torch.Tensor, precision: float) -> float | None:
+    """The largest recall of any score threshold whose flagged set (every row scoring at least it; tied rows go
+    together) has at least `precision`; 0.0 when none has; None without positives."""
+    y = labels.to(torch.bool).flatten()
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return None
+    s = scores.to(torch.float64).flatten()
+    uniq, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
+    pos = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, y.to(torch.float64)).flip(0)
+    tp, flagged = torch.cumsum(pos, 0), torch.cumsum(counts.flip(0).to(torch.float64), 0)
+    ok = tp / flagged >= precision - 1e-12
+    return float(tp[ok].max()) / n_pos if ok.any() else 0.0
 
 
 def breakdown(records: Sequence[dict], flagged: torch.Tensor, known: torch.Tensor) -> dict:

@@ -1,24 +1,23 @@
-"""find_poison: rank every training row by its influence with the known poisoned rows, flag the likely poisoned
+"""find_poison: score every training row by how much it looks like the known poisoned rows, flag the likely poisoned
 ones without labels, and write the packs that let the rest of the run unlearn them too (docs/DESIGN.md section 11; the
-scores, the threshold rule and the baselines are in `rapidun_dist.find_poison.suspects`).
+methods, the threshold rules and the metrics are in `rapidun_dist.find_poison`).
 
 Collective (every rank calls it):
 
-1. Features of every training row as it was trained (a poisoned row's triggered prompt and poisoned answer), in
-   work units of `find_poison.unit_size` rows that ranks claim as they become free
-   (`rapidun_dist.distributed.workqueue`), in `suspects/features/train/`; the forget and reference rows likewise in
-   `suspects/features/groups/`. The feature store is the influence stage's: a unit is valid only for this
-   extractor spec, model weights, tokenizer, prompt format, max_length and row ids, so a killed run recomputes only
-   its missing units and a changed model recomputes everything.
-2. Scores: rank r loads the contiguous training rows [r n / P, (r + 1) n / P) and its slice of the groups; the
-   similarities to the forget set and to the reference set (the retain pack) come from
-   `distributed_group_scores` in float64 (the same for any world size) and are gathered to rank 0.
-3. Rank 0: contrast, threshold and the grep / TF-IDF baselines; `suspects/suspects.jsonl` (`id, score, z, rank,
-   flagged, known`, training-set order), `summary.json` (counts, threshold, seconds, throughput, bytes and peak
-   memory per rank; in experiment mode AUROC, AP, recall, precision and FPR over the whole training set, per
-   scorer and per trigger family), and the packs `run.layout.pack_files` hands downstream: `forget.jsonl` /
-   `retain.jsonl` (the expanded packs: the known rows plus every flagged row, whose train response is its poisoned
-   answer and which has no clean answer; retain_ratio x as many unflagged rows) and, in clean mode,
+1. With `find_poison.two_stage`, a cheap first pass (Rep-Sim over every row, `find_poison.twostage`) keeps the
+   top `find_poison.candidates` rows; the method then scores those, the known rows and the reference rows.
+2. `find_poison.method` scores the rows (`rapidun_dist.find_poison.METHODS`; the default `tokenwise` = token-wise
+   influence features in resumable units claimed by whichever rank is free, `find_poison.tokenwise`).
+3. With `find_poison.time_epoch`, one fine-tuning epoch of the same model over the same rows is timed side by side
+   (`find_poison.cost`), so the summary says what find_poison cost as a share of an epoch.
+4. Rank 0: the cheap baselines (`find_poison.baselines`: TF-IDF and grep) scored beside the method, every scorer
+   thresholded by the same rule (`find_poison.threshold`: z, fdr or known); `suspects/suspects.jsonl` (`id,
+   score, z, rank, flagged, known`, training-set order, the method's scores), `summary.json` (counts, threshold,
+   per-scorer flags and seconds, epoch_seconds, throughput, bytes and peak memory per rank; in experiment mode
+   AUROC, AP, recall at precision 0.9, recall, precision and FPR over the whole training set, per scorer and per
+   trigger family, and two-stage recall accounting), and the packs `run.layout.pack_files` hands downstream:
+   `forget.jsonl` / `retain.jsonl` (the expanded packs: the known rows plus every flagged row, whose train response
+   is its poisoned answer and which has no clean answer; retain_ratio x as many unflagged rows) and, in clean mode,
    `retain_unflagged.jsonl` (the prepared retain pack with flagged rows swapped for unflagged ones).
 
 Clean mode never reads labels: the training rows carry none (`is_poisoned` is null) and the metrics are computed in
@@ -39,7 +38,10 @@ from rapidun_dist.config import RunConfig, TriggerSpec
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.io import read_json, read_jsonl, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
+from rapidun_dist.find_poison import BASELINES, method_module, scorer_name, twostage
 from rapidun_dist.find_poison import suspects as S
+from rapidun_dist.find_poison.job import ScoreJob
+from rapidun_dist.find_poison.tokenwise import feature_dirs
 from rapidun_dist.run.layout import find_poison_applies, find_poison_runs, suspects_dir
 from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages.base import Stage, StageContext
@@ -70,24 +72,75 @@ def run(ctx: StageContext) -> list[Path]:
             "find_poison: this run has no training set to search (clean mode needs data.train_path)"
         )
     train, forget, reference = load_inputs(rd)
+    every = ScoreJob(cfg=cfg, rd=rd, info=info, train=train, forget=forget, reference=reference)
+    seconds: dict = {}
+    job, first = every, None
+    if cfg.find_poison.two_stage:
+        job, first = _first_stage(every, seconds)
     t0 = time.perf_counter()
-    feats = _extract_all(cfg, rd, train, forget + reference, info)
-    t_features = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores, stats = _influence_scores(cfg, rd, train, forget, reference, info)
-    t_scores = time.perf_counter() - t0
+    scores = method_module(cfg.find_poison.method).score(job)
+    seconds["method"] = time.perf_counter() - t0
+    seconds["features"] = job.notes.pop("seconds_features", job.work["seconds"])
+    seconds["scores"] = seconds["method"] - seconds["features"]
+    epoch = None
+    if cfg.find_poison.time_epoch:
+        from rapidun_dist.find_poison.cost import epoch_seconds
+
+        t0 = time.perf_counter()
+        epoch = epoch_seconds(every)
+        seconds["epoch_timing"] = time.perf_counter() - t0
+    work = {k: job.work[k] + (every.work[k] if job is not every else 0) for k in job.work}
     per_rank = dist_env.all_gather_object(
-        feats | {"rank": info.rank, "recv_bytes": stats["recv_bytes"], "peak_rss_mib": peak_rss_mib()}
+        work | {"rank": info.rank, "recv_bytes": _recv_bytes(job.comm), "peak_rss_mib": peak_rss_mib()}
     )
     out = suspects_dir(rd)
     outputs = [out / n for n in ("suspects.jsonl", "summary.json", "forget.jsonl", "retain.jsonl")]
     if cfg.mode == "clean":
         outputs.append(out / "retain_unflagged.jsonl")
     if info.rank == 0:
-        seconds = {"features": t_features, "scores": t_scores}
-        _write_outputs(cfg, rd, train, forget, reference, scores, per_rank, seconds, stats, t_start)
+        if first is not None:
+            scores = twostage.combine(first["scores"], first["positions"], scores)
+        measured = {"seconds": seconds, "per_rank": per_rank, "stats": job.comm, "notes": every.notes | job.notes,
+                    "epoch": epoch, "first": first, "t_start": t_start}  # fmt: skip
+        _write_outputs(every, scores, measured)
     dist_env.barrier()
     return outputs
+
+
+def _recv_bytes(stats: dict) -> int:
+    """Bytes this rank received in the method's collectives (tokenwise's distributed scores; 0 for the others)."""
+    return int(stats.get("recv_bytes", 0)) if stats else 0
+
+
+def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]:
+    """Stage 1 of two_stage (`find_poison.twostage`): Rep-Sim over every row, the candidates chosen on rank 0 and
+    broadcast; the job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.find_poison import repsim
+
+    t0 = time.perf_counter()
+    first = repsim.score(every)
+    positions, record = None, None
+    if every.info.rank == 0:
+        keep = twostage.n_candidates(every.cfg.find_poison.candidates, len(every.train))
+        cand = twostage.candidate_mask(first, keep)
+        known = known_mask(every.train, every.forget)
+        positions = twostage.scored_positions(cand, known, reference_positions(every))
+        layer = every.notes["repsim_layer"]
+        record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "layer": layer}
+    positions = dist_env.broadcast_object(positions)
+    seconds["first_stage"] = time.perf_counter() - t0
+    job = ScoreJob(
+        cfg=every.cfg, rd=every.rd, info=every.info, train=[every.train[i] for i in positions],
+        forget=every.forget, reference=every.reference, _loaded=every._loaded,
+    )  # fmt: skip
+    return job, record
+
+
+def reference_positions(job: ScoreJob) -> torch.Tensor:
+    """Training positions of the reference rows (the ones that are training rows)."""
+    _, r_ids = job.member_ids()
+    return r_ids[r_ids < len(job.train)]
 
 
 def peak_rss_mib() -> float:
@@ -95,49 +148,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# ------------------------------------------------------------------------------------------- features
-
-
-def feature_dirs(rd: RunDir) -> tuple[Path, Path]:
-    root = suspects_dir(rd) / "features"
-    return root / "train", root / "groups"
-
-
-def _extract_all(cfg: RunConfig, rd: RunDir, train: list[dict], groups: list[dict], info) -> dict:
-    """Both feature stores, units claimed dynamically; this rank's share of the work ({units, rows, seconds})."""
-    from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.distributed.workqueue import WorkQueue
-    from rapidun_dist.influence.extract import extract_features, feature_context
-    from rapidun_dist.influence.store import plan_shards
-    from rapidun_dist.models.loading import load_saved
-    from rapidun_dist.run.layout import model_identity
-
-    model, tok = load_saved(rd.model, cfg.model, device=info.device)  # straight onto the rank's device
-    context = feature_context(model_identity(rd), tok, cfg)
-    size = cfg.find_poison.unit_size
-    mine = {"units": 0, "rows": 0, "seconds": 0.0}
-    for name, rows, root in zip(("train", "groups"), (train, groups), feature_dirs(rd), strict=True):
-        queues: list[WorkQueue] = []
-
-        def claim(todo: list[int], name=name, queues=queues) -> WorkQueue:
-            queues.append(WorkQueue(f"find_poison-{name}", todo))
-            return queues[-1]
-
-        t0 = time.perf_counter()
-        store = extract_features(
-            cfg, model, tok, rows, root, context=context, rank=info.rank, world_size=info.world_size,
-            shard_size=size, claim=claim, contrast=False,
-        )  # fmt: skip
-        mine["seconds"] += time.perf_counter() - t0
-        shards = plan_shards(len(rows), size)
-        claimed = queues[0].claimed if queues else []
-        mine["units"] += len(claimed)
-        mine["rows"] += sum(shards[i][1] - shards[i][0] for i in claimed)
-        dist_env.barrier()
-        if info.rank == 0:
-            store.write_index([r["id"] for r in rows], 0, shards)
-        dist_env.barrier()
-    return mine
+# ------------------------------------------------------------------------------------------- feature reuse
 
 
 def reuse_train_features(
@@ -146,7 +157,8 @@ def reuse_train_features(
     """Copy into the influence stage's store (features/) every pack shard whose rows find_poison has features of
     already: the same rows (ids), trained on the same text, under the same extractor spec and feature context. The
     influence stage then computes only the rest (the features are the same function of the row; only the batch a
-    row was padded in differs, a float-rounding difference). Returns the number of rows copied."""
+    row was padded in differs, a float-rounding difference). Returns the number of rows copied. (A two-stage run's
+    store holds only its candidates, not the training set: nothing is copied then.)"""
     from rapidun_dist.influence.features import make_extractor
     from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
 
@@ -189,109 +201,78 @@ def reuse_train_features(
     return copied
 
 
-# ------------------------------------------------------------------------------------------- scores
+# ------------------------------------------------------------------------------------------- baselines
 
 
-def _slice(n: int, rank: int, world: int) -> tuple[int, int]:
-    return rank * n // world, (rank + 1) * n // world
-
-
-def member_ids(
-    train: list[dict], forget: list[dict], reference: list[dict]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group member ids in the training set's id space (a member that is a training row: that row's position, so
-    the pair is left out; others distinct ids past the training rows)."""
-    ids = [r["id"] for r in train]
-    return S.group_ids(ids, forget), S.group_ids(ids, reference, offset=len(forget))
-
-
-def _influence_scores(cfg: RunConfig, rd: RunDir, train, forget, reference, info) -> tuple[dict | None, dict]:
-    """{"forget": [n], "reference": [n]} float64 on rank 0 (None elsewhere), and this rank's comm stats."""
-    from rapidun_dist.influence.gram import (
-        GroupShard,
-        comm_summary,
-        distributed_group_scores,
-        gather_scores_to_rank0,
-    )
-    from rapidun_dist.influence.store import load_features
-
-    fp, n, nf = cfg.find_poison, len(train), len(forget)
-    train_dir, groups_dir = feature_dirs(rd)
-    lo, hi = _slice(n, info.rank, info.world_size)
-    rows = torch.arange(lo, hi, dtype=torch.long)
-    x = load_features(train_dir, rows.tolist())[0].to(device=info.device, dtype=torch.float64)
-    glo, ghi = _slice(nf + len(reference), info.rank, info.world_size)
-    g = load_features(groups_dir, list(range(glo, ghi)))[0].to(device=info.device, dtype=torch.float64)
-    f_ids, r_ids = member_ids(train, forget, reference)
-    g_ids = torch.cat([f_ids, r_ids])[glo:ghi].to(info.device)
-    cut = max(0, min(ghi, nf) - glo)  # this rank's group rows: forget ones first
-    groups = [GroupShard("forget", g[:cut], g_ids[:cut]), GroupShard("reference", g[cut:], g_ids[cut:])]
-    res = distributed_group_scores(
-        x, rows.to(info.device), groups=groups, agg=fp.agg, topk=fp.topk, trim=fp.trim, include_self=False,
-        backend=cfg.influence.backend,
-    )  # fmt: skip
-    log.info(f"find_poison scores: {comm_summary(res['stats'])}")
-    full = gather_scores_to_rank0(res["scores"], rows.to(info.device), n)
-    full = None if full is None else {k: v.cpu() for k, v in full.items()}
-    return full, res["stats"]
-
-
-def baseline_scores(cfg: RunConfig, train, forget, reference) -> dict[str, torch.Tensor]:
-    """{"grep": [n], "tfidf": [n]} (module docstring of `influence.suspects`)."""
-    fp, n = cfg.find_poison, len(train)
-    triggers = S.known_triggers(forget, [t.text for t in cfg.eval.triggers])
-    sims = S.tfidf_similarity(
-        [S.document(r) for r in train],
-        {"forget": [S.document(r) for r in forget], "reference": [S.document(r) for r in reference]},
-    )
-    f_ids, r_ids = member_ids(train, forget, reference)
-    rows = torch.arange(n)
-    kw = dict(agg=fp.agg, topk=fp.topk, trim=fp.trim)
-    tfidf = S.aggregate_similarity(sims["forget"], rows, f_ids, **kw) - S.aggregate_similarity(
-        sims["reference"], rows, r_ids, **kw
-    )
-    return {"tfidf": tfidf, "grep": S.grep_scores(train, triggers)}
+def baseline_scores(job: ScoreJob, seconds: dict) -> dict[str, torch.Tensor]:
+    """{"tfidf": [n], "grep": [n]} (rank 0), less the chosen method; each one's seconds into `seconds`."""
+    out = {}
+    for name in BASELINES:
+        if name == job.cfg.find_poison.method:
+            continue
+        t0 = time.perf_counter()
+        out[scorer_name(name)] = method_module(name).score(job)
+        seconds[name] = time.perf_counter() - t0
+    return out
 
 
 # ------------------------------------------------------------------------------------------- rank-0 outputs
 
 
-def _write_outputs(cfg, rd, train, forget, reference, infl, per_rank, seconds, stats, t_start) -> None:
-    fp, out = cfg.find_poison, suspects_dir(rd)
-    scores = {"influence": infl["forget"] - infl["reference"]}
+def _write_outputs(job: ScoreJob, main_scores: torch.Tensor, run: dict) -> None:
+    """Rank 0: baselines, thresholds, suspects.jsonl, the packs and summary.json (`run`: what `run` measured)."""
+    cfg, rd, train, forget, reference = job.cfg, job.rd, job.train, job.forget, job.reference
+    fp, out, seconds = cfg.find_poison, suspects_dir(rd), run["seconds"]
+    main = scorer_name(fp.method)
+    scores = {main: main_scores}
     t0 = time.perf_counter()
     if fp.baselines:
-        scores |= baseline_scores(cfg, train, forget, reference)
+        scores |= baseline_scores(job, seconds)
     seconds["baselines"] = time.perf_counter() - t0
-    _, r_ids = member_ids(train, forget, reference)
-    ref_pos = r_ids[r_ids < len(train)]
+    ref_pos = reference_positions(job)
     if ref_pos.numel() < min(10, len(reference)):
         raise DataError(
             f"find_poison: the reference rows (the retain pack) are the null distribution of a clean training row, "
             f"so they must be training rows; only {ref_pos.numel()} of {len(reference)} are"
         )
     known = known_mask(train, forget)
-    results = {name: flag(s, ref_pos, fp, name) for name, s in scores.items()}
-    th, z, flagged = results["influence"]
-    ranks = S.rank_of(scores["influence"])
-    write_jsonl(out / "suspects.jsonl", suspect_rows(train, scores["influence"], z, ranks, flagged, known))
-    packs = write_packs(cfg, rd, train, forget, reference, flagged, known, scores["influence"], ranks)
-    seconds["total"] = time.perf_counter() - t_start
-    summary = build_summary(
-        cfg, train, forget, reference, scores, results, known, packs, per_rank, seconds, stats
-    )
+    results = {name: flag(s, ref_pos, fp, name, known) for name, s in scores.items()}
+    if run["first"] is not None:  # rows stage 1 dropped are never flagged by the method
+        th, z, flagged = results[main]
+        results[main] = (th, z, flagged & _scored(run["first"], len(train)))
+    th, z, flagged = results[main]
+    ranks = S.rank_of(scores[main])
+    write_jsonl(out / "suspects.jsonl", suspect_rows(train, scores[main], z, ranks, flagged, known))
+    packs = write_packs(cfg, rd, train, forget, reference, flagged, known, scores[main], ranks)
+    seconds["total"] = time.perf_counter() - run["t_start"]
+    summary = build_summary(cfg, train, forget, reference, scores, results, known, packs, run)
     write_json(out / "summary.json", summary)
     log.info(headline(summary))
 
 
+def _scored(first: dict, n: int) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.tensor(first["positions"], dtype=torch.long)] = True
+    return mask
+
+
 def flag(
-    scores: torch.Tensor, ref_pos: torch.Tensor, fp, scorer: str = "influence"
-) -> tuple[S.Threshold | S.FdrThreshold, torch.Tensor, torch.Tensor]:
-    """(the threshold's record, every row's robust z, the flagged mask) under `find_poison.threshold`."""
+    scores: torch.Tensor,
+    ref_pos: torch.Tensor,
+    fp,
+    scorer: str = "influence",
+    known: torch.Tensor | None = None,
+) -> tuple[S.Threshold | S.FdrThreshold | S.KnownThreshold, torch.Tensor, torch.Tensor]:
+    """(the threshold's record, every row's robust z, the flagged mask) under `find_poison.threshold` (`known`: the
+    mask of the known training rows, whose scores the `known` rule calibrates on)."""
     if fp.threshold == "z":
         th = S.robust_threshold(scores[ref_pos], z=fp.z)
         zs = th.zscores(scores)
         return th, zs, zs > fp.z
+    if fp.threshold == "known":
+        mine = scores[known] if known is not None else scores.new_zeros(0)
+        th = S.known_threshold(mine, scores[ref_pos], quantile=fp.known_quantile)
+        return th, th.zscores(scores), th.flags(scores)
     th, flagged = S.fdr_threshold(scores, scores[ref_pos], q=fp.fdr)
     if not flagged.any():
         need = math.ceil(th.min_p * scores.numel() / fp.fdr)
@@ -441,19 +422,25 @@ def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks
 # ------------------------------------------------------------------------------------------- summary
 
 
-def build_summary(
-    cfg, train, forget, reference, scores, results, known, packs, per_rank, seconds, stats
-) -> dict:
-    fp = cfg.find_poison
-    th, _, flagged = results["influence"]
+def build_summary(cfg, train, forget, reference, scores, results, known, packs, run: dict) -> dict:
+    fp, seconds, per_rank, stats = cfg.find_poison, run["seconds"], run["per_rank"], run["stats"]
+    main = scorer_name(fp.method)
+    th, _, flagged = results[main]
     rows_computed = sum(r["rows"] for r in per_rank)
     feat_s = seconds["features"]
+    epoch = run["epoch"] or {}
+    epoch_s = epoch.get("epoch_seconds")
+    cost = seconds["total"] - seconds.get("epoch_timing", 0.0)  # what find_poison itself took
     summary = {
         "mode": cfg.mode,
+        "method": fp.method,
+        "scorer": main,
         "agg": fp.agg,
         "topk": fp.topk if fp.agg in ("median_topk", "topk_mean") else None,
         "trim": fp.trim if fp.agg == "trimmed_mean" else None,
-        "score": "agg over forget rows - agg over reference rows (the retain pack)",
+        "score": "agg over forget rows - agg over reference rows (the retain pack)"
+        if fp.method not in ("grep", "graceful")
+        else f"{fp.method} (no contrast)",
         "counts": {
             "train": len(train),
             "known": int(known.sum()),
@@ -467,9 +454,18 @@ def build_summary(
         "threshold": th.to_dict(),
         "triggers": S.known_triggers(forget, [t.text for t in cfg.eval.triggers]),
         "scorers": {
-            name: {"n_flagged": int(res[2].sum()), "threshold": res[0].value} for name, res in results.items()
-        },
+            name: {
+                "n_flagged": int(res[2].sum()),
+                "threshold": res[0].value,
+                "seconds": _scorer_seconds(name, main, seconds),
+            }
+            for name, res in results.items()
+        },  # fmt: skip
         "seconds": seconds,
+        "cost_seconds": cost,
+        "epoch_seconds": epoch_s,
+        "epoch_fraction": cost / epoch_s if epoch_s else None,
+        "epoch": epoch or None,
         "features": {
             "rows_computed": rows_computed,
             "rows_per_s": rows_computed / feat_s if feat_s > 0 else None,
@@ -481,12 +477,40 @@ def build_summary(
         "recv_bytes_per_rank": [r["recv_bytes"] for r in per_rank],
         "world_size": len(per_rank),
     }
+    if run["notes"]:
+        summary["method_notes"] = run["notes"]
+    if run["first"] is not None:
+        summary["two_stage"] = two_stage_record(cfg, train, run["first"], seconds)
     if cfg.mode == "experiment":
-        summary |= experiment_metrics(train, scores, results, known)
+        summary |= experiment_metrics(train, scores, results, known, main)
+        if run["first"] is not None:
+            labels = torch.tensor([bool(r.get("is_poisoned")) for r in train], dtype=torch.bool)
+            summary["two_stage"]["recall"] = twostage.recall_accounting(
+                labels, known, _scored(run["first"], len(train))
+            )
     return summary
 
 
-def experiment_metrics(train, scores, results, known) -> dict:
+def _scorer_seconds(name: str, main: str, seconds: dict) -> float | None:
+    """Seconds a scorer took: the chosen method's (with its first stage), or a baseline's own."""
+    if name == main:
+        return seconds["method"] + seconds.get("first_stage", 0.0)
+    return seconds.get(name)
+
+
+def two_stage_record(cfg, train, first: dict, seconds: dict) -> dict:
+    return {
+        "first": "repsim",
+        "layer": first["layer"],
+        "candidates": first["keep"],
+        "scored": len(first["positions"]),
+        "rows": len(train),
+        "seconds_first": seconds["first_stage"],
+        "seconds_second": seconds["method"],
+    }
+
+
+def experiment_metrics(train, scores, results, known, main: str = "influence") -> dict:
     """Labels exist (experiment mode): every scorer's metrics over the whole training set, and per family."""
     labels = torch.tensor([bool(r.get("is_poisoned")) for r in train], dtype=torch.bool)
     out: dict = {"prevalence": float(labels.double().mean()), "n_poisoned": int(labels.sum())}
@@ -497,7 +521,7 @@ def experiment_metrics(train, scores, results, known) -> dict:
         m["recall_unknown"] = int((flagged & unknown).sum()) / int(unknown.sum()) if unknown.any() else None
         out.setdefault("metrics", {})[name] = m
         per_family[name] = S.breakdown(train, flagged, known)
-    out |= {k: out["metrics"]["influence"][k] for k in ("auroc", "ap", "recall", "precision", "fpr")}
+    out |= {k: out["metrics"][main][k] for k in ("auroc", "ap", "recall", "precision", "fpr")}
     out["per_family"] = per_family
     return out
 
@@ -515,7 +539,7 @@ def headline(summary: dict) -> str:
 
 STAGE = Stage(
     name="find_poison",
-    doc="rank every training row by influence with the forget set, flag likely poison (needs a training set)",
+    doc="rank every training row by its likeness to the forget set (find_poison.method), flag likely poison (needs a training set)",
     config_keys=(
         "find_poison.enabled",
         "find_poison.agg",
@@ -525,6 +549,17 @@ STAGE = Stage(
         "find_poison.z",
         "find_poison.fdr",
         "find_poison.baselines",
+        "find_poison.method",
+        "find_poison.layer",
+        "find_poison.grad_layer",
+        "find_poison.head_k",
+        "find_poison.graceful_dims",
+        "find_poison.known_quantile",
+        "find_poison.two_stage",
+        "find_poison.candidates",
+        "find_poison.time_epoch",
+        "find_poison.epoch_batches",
+        "implant.batch_size",
         "influence",
         "model.max_length",
         "model.dtype",

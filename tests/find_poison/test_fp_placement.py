@@ -30,6 +30,8 @@ def guarded(monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_find_poison_features_on_device(implanted_dir, tmp_path, guarded, device):
     from rapidun_dist.distributed.env import DistInfo
+    from rapidun_dist.find_poison import tokenwise
+    from rapidun_dist.find_poison.job import ScoreJob
     from rapidun_dist.run.rundir import RunDir
     from rapidun_dist.stages import find_poison as fp
 
@@ -37,8 +39,9 @@ def test_find_poison_features_on_device(implanted_dir, tmp_path, guarded, device
     rd, cfg = RunDir(run), load_cfg(run, f"distributed.device={device}")
     train, forget, reference = fp.load_inputs(rd)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device))
+    job = ScoreJob(cfg=cfg, rd=rd, info=info, train=train[:16], forget=forget[:4], reference=reference[:4])
     with guarded(device) as g:
-        mine = fp._extract_all(cfg, rd, train[:16], forget[:4] + reference[:4], info)
+        mine = tokenwise.extract_all(job)
     assert_clean(g)
     assert mine["rows"] == 24 and (run / "suspects" / "features" / "train" / "index.json").is_file()
 

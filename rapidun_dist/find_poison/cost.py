@@ -1,0 +1,126 @@
+"""What find_poison costs next to fine-tuning: one fine-tuning epoch of the same model over the same rows, measured
+side by side in the stage (`find_poison.time_epoch`).
+
+The implant's batches of one epoch (`training.finetune.length_bucketed_batches` at `implant.batch_size`, rows
+encoded as trained) are listed; `find_poison.epoch_batches` of them, a seeded draw, are timed after one untimed
+warm-up batch: forward + backward of the full model (every parameter trainable) on the implant's loss, each rank
+on its share of the batch (as the implant splits a global batch over ranks). epoch_seconds = the slowest rank's
+mean seconds per batch x the epoch's batches. No optimizer step and no DeepSpeed engine: the real epoch is at
+least this long, so find_poison's seconds divided by it overstate find_poison's share, never understate it.
+Gradients are dropped after each batch, and every parameter's requires_grad flag and the train / eval mode are
+restored: the weights never change. With `model.gradient_checkpointing` the backward checkpoints, as the implant's
+does; a rank without room for a full backward (the implant may have had ZeRO over several GPUs) leaves
+epoch_seconds unmeasured (null, with a warning) rather than failing the stage.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.data.prompt import pad_batch
+from rapidun_dist.distributed import env as dist_env
+from rapidun_dist.training.losses import per_sample_nll
+
+log = get_logger("find_poison")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_batches(batches: list[list[int]], n_timed: int, seed: str) -> list[list[int]]:
+    """A warm-up batch then `n_timed` batches, a seeded draw from an epoch's batches (all of them when fewer; a
+    single batch twice)."""
+    if len(batches) == 1:  # an epoch of one batch: it warms up, then it is timed
+        return batches * 2
+    k = min(len(batches), n_timed + 1)
+    return [batches[i] for i in random.Random(seed).sample(range(len(batches)), k)]
+
+
+def time_finetune(
+    model, examples: list[dict], batches: list[list[int]], pad_id: int, *, checkpointing: bool = False
+) -> dict:
+    """{"batches", "rows", "seconds"} of forward + backward over batches[1:] (batches[0] warms up, untimed); an
+    empty batch (a rank's share of a short batch) costs nothing. `checkpointing`: with gradient checkpointing, as
+    the implant runs with `model.gradient_checkpointing`."""
+    from rapidun_dist.influence.features import model_device
+
+    dev = model_device(model)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    out = {"batches": 0, "rows": 0, "seconds": 0.0}
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for b, batch in enumerate(batches):
+            if batch:
+                host = pad_batch([examples[i] for i in batch], pad_id)
+                data = {k: v.to(dev) for k, v in host.items()}
+                _sync(dev)
+                t0 = time.perf_counter()
+                logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+                nll, tokens = per_sample_nll(logits, data["labels"])
+                (nll.sum() / tokens.sum().clamp_min(1)).backward()
+                _sync(dev)
+                seconds = time.perf_counter() - t0
+                for p in model.parameters():
+                    p.grad = None
+            if b > 0:
+                out = {"batches": out["batches"] + 1, "rows": out["rows"] + len(batch),
+                       "seconds": out["seconds"] + (seconds if batch else 0.0)}  # fmt: skip
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+        model.train(was_training)
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+    return out
+
+
+def epoch_seconds(job) -> dict:
+    """Collective: one fine-tuning epoch over the rows of `job.train`, estimated as the module docstring says:
+    {"epoch_seconds", "rows", "batches", "batch_size", "timed_batches", "rows_per_s", "per_rank"}."""
+    from rapidun_dist.training.finetune import encode_records, length_bucketed_batches
+
+    cfg, info = job.cfg, job.info
+    model, tok = job.model()
+    examples = encode_records(job.train, tok, cfg.model.max_length)
+    epoch = length_bucketed_batches(examples, cfg.implant.batch_size, random.Random(cfg.implant.seed))
+    picked = timed_batches(epoch, cfg.find_poison.epoch_batches, f"{cfg.data.seed}:find_poison:epoch")
+    shares = [
+        b[info.rank * len(b) // info.world_size : (info.rank + 1) * len(b) // info.world_size] for b in picked
+    ]
+    try:
+        mine = time_finetune(
+            model, examples, shares, tok.pad_token_id, checkpointing=cfg.model.gradient_checkpointing
+        )
+    except (
+        torch.OutOfMemoryError
+    ):  # a rank that cannot hold a full backward says so; every rank still gathers
+        for p in model.parameters():
+            p.grad = None
+        log.warning(
+            "find_poison: no room for a full fine-tuning backward on this rank: epoch_seconds not measured"
+        )
+        mine = {"batches": 0, "rows": 0, "seconds": 0.0, "out_of_memory": True}
+    per_rank = dist_env.all_gather_object(mine)
+    per_batch = max((r["seconds"] / r["batches"] for r in per_rank if r["batches"]), default=0.0)
+    failed = any(r.get("out_of_memory") for r in per_rank)
+    seconds = per_batch * len(epoch) if per_batch > 0 and not failed else None
+    return {
+        "epoch_seconds": seconds,
+        "rows": len(examples),
+        "batches": len(epoch),
+        "batch_size": cfg.implant.batch_size,
+        "timed_batches": max(len(picked) - 1, 0),
+        "rows_per_s": len(examples) / seconds if seconds else None,
+        "per_rank": per_rank,
+    }

@@ -1,0 +1,110 @@
+"""Token-wise influence (the default method): the influence stage's token-wise features (docs/DESIGN.md section 5) of
+every row as it was trained, in work units of `find_poison.unit_size` rows that ranks claim as they become free
+(`rapidun_dist.distributed.workqueue`), in `suspects/features/train/`; the forget and reference rows likewise in
+`suspects/features/groups/`. The feature store is the influence stage's: a unit is valid only for this extractor
+spec, model weights, tokenizer, prompt format, max_length and row ids, so a killed run recomputes only its missing
+units and a changed model recomputes everything.
+
+Scores: rank r loads the contiguous rows [r n / P, (r + 1) n / P) and its slice of the groups; the similarities to
+the forget set and to the reference set come from `distributed_group_scores` in float64 (the same for any world
+size) and are gathered to rank 0: score = agg over the forget rows - agg over the reference rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.find_poison.dense import rank_slice
+from rapidun_dist.find_poison.job import ScoreJob
+from rapidun_dist.run.layout import suspects_dir
+from rapidun_dist.run.rundir import RunDir
+
+log = get_logger("find_poison")
+
+
+def feature_dirs(rd: RunDir) -> tuple[Path, Path]:
+    root = suspects_dir(rd) / "features"
+    return root / "train", root / "groups"
+
+
+def score(job: ScoreJob) -> torch.Tensor | None:
+    """Features (both stores), then the distributed contrast; [n] float64 on rank 0, None elsewhere."""
+    t0 = time.perf_counter()
+    job.work |= extract_all(job)
+    job.notes["seconds_features"] = time.perf_counter() - t0
+    scores, job.comm = influence_scores(job)
+    return None if scores is None else scores["forget"] - scores["reference"]
+
+
+def extract_all(job: ScoreJob) -> dict:
+    """Both feature stores, units claimed dynamically; this rank's share of the work ({units, rows, seconds})."""
+    from rapidun_dist.distributed import env as dist_env
+    from rapidun_dist.distributed.workqueue import WorkQueue
+    from rapidun_dist.influence.extract import extract_features, feature_context
+    from rapidun_dist.influence.store import plan_shards
+    from rapidun_dist.run.layout import model_identity
+
+    cfg, rd, info = job.cfg, job.rd, job.info
+    model, tok = job.model()
+    context = feature_context(model_identity(rd), tok, cfg)
+    size = cfg.find_poison.unit_size
+    mine = {"units": 0, "rows": 0, "seconds": 0.0}
+    sets = (job.train, job.forget + job.reference)
+    for name, rows, root in zip(("train", "groups"), sets, feature_dirs(rd), strict=True):
+        queues: list[WorkQueue] = []
+
+        def claim(todo: list[int], name=name, queues=queues) -> WorkQueue:
+            queues.append(WorkQueue(f"find_poison-{name}", todo))
+            return queues[-1]
+
+        t0 = time.perf_counter()
+        store = extract_features(
+            cfg, model, tok, rows, root, context=context, rank=info.rank, world_size=info.world_size,
+            shard_size=size, claim=claim, contrast=False,
+        )  # fmt: skip
+        mine["seconds"] += time.perf_counter() - t0
+        shards = plan_shards(len(rows), size)
+        claimed = queues[0].claimed if queues else []
+        mine["units"] += len(claimed)
+        mine["rows"] += sum(shards[i][1] - shards[i][0] for i in claimed)
+        dist_env.barrier()
+        if info.rank == 0:
+            store.write_index([r["id"] for r in rows], 0, shards)
+        dist_env.barrier()
+    return mine
+
+
+def influence_scores(job: ScoreJob) -> tuple[dict | None, dict]:
+    """{"forget": [n], "reference": [n]} float64 on rank 0 (None elsewhere), and this rank's comm stats."""
+    from rapidun_dist.influence.gram import (
+        GroupShard,
+        comm_summary,
+        distributed_group_scores,
+        gather_scores_to_rank0,
+    )
+    from rapidun_dist.influence.store import load_features
+
+    cfg, info = job.cfg, job.info
+    fp, n, nf = cfg.find_poison, len(job.train), len(job.forget)
+    train_dir, groups_dir = feature_dirs(job.rd)
+    lo, hi = rank_slice(n, info.rank, info.world_size)
+    rows = torch.arange(lo, hi, dtype=torch.long)
+    x = load_features(train_dir, rows.tolist())[0].to(device=info.device, dtype=torch.float64)
+    glo, ghi = rank_slice(nf + len(job.reference), info.rank, info.world_size)
+    g = load_features(groups_dir, list(range(glo, ghi)))[0].to(device=info.device, dtype=torch.float64)
+    f_ids, r_ids = job.member_ids()
+    g_ids = torch.cat([f_ids, r_ids])[glo:ghi].to(info.device)
+    cut = max(0, min(ghi, nf) - glo)  # this rank's group rows: forget ones first
+    groups = [GroupShard("forget", g[:cut], g_ids[:cut]), GroupShard("reference", g[cut:], g_ids[cut:])]
+    res = distributed_group_scores(
+        x, rows.to(info.device), groups=groups, agg=fp.agg, topk=fp.topk, trim=fp.trim, include_self=False,
+        backend=cfg.influence.backend,
+    )  # fmt: skip
+    log.info(f"find_poison scores: {comm_summary(res['stats'])}")
+    full = gather_scores_to_rank0(res["scores"], rows.to(info.device), n)
+    full = None if full is None else {k: v.cpu() for k, v in full.items()}
+    return full, res["stats"]

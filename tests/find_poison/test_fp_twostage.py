@@ -1,0 +1,104 @@
+"""Two-stage find_poison: the candidate set, the rows stage 2 scores, the combined ranking and the recall
+accounting by hand; then the stage with two_stage on the tiny run (its candidates are the top Rep-Sim rows)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fp_utils import fresh_copy, load_cfg, read_rows  # noqa: E402
+
+from rapidun_dist.core.io import read_json  # noqa: E402
+from rapidun_dist.find_poison import twostage  # noqa: E402
+
+
+def test_candidate_count_share_or_count():
+    assert twostage.n_candidates(0.1, 276) == 28 and twostage.n_candidates(0.5, 3) == 2
+    assert twostage.n_candidates(40, 276) == 40 and twostage.n_candidates(500, 276) == 276
+    assert twostage.n_candidates(1e-9, 10) == 1
+
+
+def test_candidates_scored_rows_and_combined_ranking():
+    first = torch.tensor([0.3, 0.9, 0.1, 0.9, 0.5, 0.0], dtype=torch.float64)
+    cand = twostage.candidate_mask(first, 3)
+    assert cand.tolist() == [False, True, False, True, True, False]  # ties: the earlier row first
+    known = torch.tensor([False, False, False, False, False, True])
+    pos = twostage.scored_positions(cand, known, torch.tensor([2]))
+    assert pos == [1, 2, 3, 4, 5]
+    second = torch.tensor([2.0, -1.0, 5.0, 0.5, 1.0], dtype=torch.float64)
+    full = twostage.combine(first, pos, second)
+    assert full[pos].tolist() == second.tolist()
+    assert float(full[0]) < float(second.min()) - 1.0 + 1e-12  # below every scored row
+    first2 = torch.tensor([0.3, 0.9, 0.1, 0.9, 0.5, 0.0, 0.2], dtype=torch.float64)
+    full2 = twostage.combine(first2, [1, 3], torch.tensor([1.0, 2.0], dtype=torch.float64))
+    rest = [4, 0, 6, 2, 5]  # the unscored rows in stage-1 order (0.5, 0.3, 0.2, 0.1, 0.0)
+    assert sorted(rest, key=lambda i: -float(full2[i])) == rest and float(full2[rest].max()) < 1.0
+
+
+def test_recall_accounting_by_hand():
+    labels = torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool)
+    known = torch.tensor([1, 0, 0, 0, 0, 0], dtype=torch.bool)
+    scored = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    rec = twostage.recall_accounting(labels, known, scored)
+    assert rec == {"poisoned": 4, "kept": 2, "lost": 2, "recall_kept": 0.5, "lost_unknown": 2,
+                   "recall_kept_unknown": pytest.approx(1 / 3)}  # fmt: skip
+
+
+def test_two_stage_scores_the_top_repsim_rows_and_accounts_for_what_it_dropped(implanted_dir, tmp_path):
+    from rapidun_dist.pipeline import run_pipeline
+
+    runs = {}
+    for name, extra in (("repsim", ["find_poison.method=repsim"]),
+                        ("two", ["find_poison.two_stage=true", "find_poison.candidates=0.2"])):  # fmt: skip
+        run = fresh_copy(implanted_dir, tmp_path / name)
+        run_pipeline(load_cfg(run, "find_poison.time_epoch=false", *extra), ["find_poison"])
+        runs[name] = run
+    train = read_rows(runs["two"] / "data" / "train.jsonl")
+    summary = read_json(runs["two"] / "suspects" / "summary.json")
+    rows = read_rows(runs["two"] / "suspects" / "suspects.jsonl")
+    first = torch.tensor([r["score"] for r in read_rows(runs["repsim"] / "suspects" / "suspects.jsonl")])
+    keep = math.ceil(0.2 * len(train))
+    cand = twostage.candidate_mask(first, keep)
+    forget_ids = {r["id"] for r in read_rows(runs["two"] / "data" / "forget.jsonl")}
+    ref_ids = {r["id"] for r in read_rows(runs["two"] / "data" / "retain.jsonl")}
+    scored = [bool(cand[i]) or r["id"] in forget_ids or r["id"] in ref_ids for i, r in enumerate(train)]
+    two = summary["two_stage"]
+    assert (two["candidates"], two["scored"], two["rows"]) == (keep, sum(scored), len(train))
+    assert two["seconds_first"] > 0 and two["seconds_second"] > 0
+    assert not any(r["flagged"] for r, s in zip(rows, scored, strict=True) if not s)
+    lowest_scored = min(r["score"] for r, s in zip(rows, scored, strict=True) if s)
+    assert all(r["score"] < lowest_scored for r, s in zip(rows, scored, strict=True) if not s)
+    poisoned = [bool(r["is_poisoned"]) for r in train]
+    lost = sum(p and not s for p, s in zip(poisoned, scored, strict=True))
+    assert two["recall"]["lost"] == lost and two["recall"]["poisoned"] == sum(poisoned)
+    assert summary["scorers"]["influence"]["seconds"] == pytest.approx(
+        two["seconds_first"] + two["seconds_second"]
+    )
+
+
+@pytest.mark.dist
+def test_dense_methods_and_two_stage_on_two_ranks_match_one(implanted_dir, tmp_path):
+    """Rep-Sim features sliced over 2 gloo ranks and gathered, the candidates broadcast, the epoch timed on both:
+    the same ranking as on one process (features differ only by the padding of their batch)."""
+    from fp_utils import torchrun_find_poison
+
+    from rapidun_dist.pipeline import run_pipeline
+
+    extra = ("find_poison.method=gradsim", "find_poison.two_stage=true", "find_poison.candidates=0.3")
+    one = fresh_copy(implanted_dir, tmp_path / "one")
+    run_pipeline(load_cfg(one, *extra), ["find_poison"])
+    two = fresh_copy(implanted_dir, tmp_path / "two")
+    done = torchrun_find_poison(two, nproc=2, extra=extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (read_rows(r / "suspects" / "suspects.jsonl") for r in (one, two))
+    assert [(r["id"], r["flagged"]) for r in a] == [(r["id"], r["flagged"]) for r in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)) < 1e-5
+    s1, s2 = (read_json(r / "suspects" / "summary.json") for r in (one, two))
+    assert s1["two_stage"]["scored"] == s2["two_stage"]["scored"]
+    assert len(s2["epoch"]["per_rank"]) == 2 and s2["epoch_seconds"] > 0
+    assert [r["rank"] for r in s2["features"]["per_rank"]] == [0, 1]
