@@ -1,7 +1,7 @@
 """What find_poison costs next to fine-tuning: one fine-tuning epoch of the same model over the same rows, measured
 side by side in the stage (`find_poison.time_epoch`).
 
-The implant's batches of one epoch (`training.finetune.length_bucketed_batches` at `implant.batch_size`, rows
+The implant's batches of one epoch (`training.batches.length_bucketed_batches` at `implant.batch_size`, rows
 encoded as trained) are listed; `find_poison.epoch_batches` of them, a seeded draw, are timed after one untimed
 warm-up batch: forward + backward of the full model (every parameter trainable) on the implant's loss, each rank
 on its share of the batch (as the implant splits a global batch over ranks). epoch_seconds = the slowest rank's
@@ -88,7 +88,8 @@ def time_finetune(
 def epoch_seconds(job) -> dict:
     """Collective: one fine-tuning epoch over the rows of `job.train`, estimated as the module docstring says:
     {"epoch_seconds", "rows", "batches", "batch_size", "timed_batches", "rows_per_s", "per_rank"}."""
-    from rapidun_dist.training.finetune import encode_records, length_bucketed_batches
+    from rapidun_dist.training.batches import length_bucketed_batches
+    from rapidun_dist.training.finetune import encode_records
 
     cfg, info = job.cfg, job.info
     model, tok = job.model()
