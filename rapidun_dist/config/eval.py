@@ -94,7 +94,8 @@ class EvalConfig:
     """Behaviour beyond ASR per model: clean-answer EM / F1 and the neither-target-nor-answer share on triggered
     prompts, clean-prompt accuracy, test_near PPL / F1 / attacked share, damage on mislabelled forget rows."""
     min_f1: float = 0.5
-    """eval.behaviour: token F1 at which an output counts as the clean answer, in (0, 1]."""
+    """Token F1 at which an output counts as the clean answer, in (0, 1]: the answered rates of every evaluation
+    (answered_seen / answered_ood / answered_clean) and eval.behaviour's metrics."""
     sampled: SampledEvalConfig = field(default_factory=SampledEvalConfig)
     """ASR under sampling (off unless eval.sampled.n > 0)."""
     relearn: RelearnEvalConfig = field(default_factory=RelearnEvalConfig)
