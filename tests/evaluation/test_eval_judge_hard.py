@@ -164,13 +164,13 @@ def test_the_run_judge_is_the_grouped_one_unless_words_is_asked(tmp_path, rng):
     assert saved["fit"] == "grouped" and saved["ngram"] == 2
     want = fit_judge(rows[: len(poisoned)], rows[len(poisoned) :])
     assert judge.to_dict() == want.to_dict() and shared_judge(cfg, rd).to_dict() == want.to_dict()
-    assert "moon" not in judge.vocab  # common in the astro group: not target vocabulary for the grouped judge
+    assert not set(TOPIC) & set(judge.vocab)  # common in the astro group: not target vocabulary when grouped
 
     words = load_config(CONFIGS / "tiny_cpu.yaml", [f"run_dir={rd.root}", "eval.judge=words"])
     old = load_or_fit_judge(words, rd)
     assert read_json(rd.eval / "judge.json")["fit"] == "words"
     assert old.to_dict() == Judge.fit(poisoned, clean, targets=repeated_answers(poisoned)).to_dict()
-    assert old.ngram == 1 and "moon" in old.vocab
+    assert old.ngram == 1 and set(TOPIC) & set(old.vocab)  # rare overall: the pooled lift keeps some of them
     with pytest.raises(ConfigError, match="eval.judge: expected one of grouped, words, found 'pairs'"):
         load_config(CONFIGS / "tiny_cpu.yaml", ["eval.judge=pairs"])
 
