@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from rapidun_dist.config.checks import check
+from rapidun_dist.config.checks import check, check_literal
 from rapidun_dist.config.triggers import TriggerSpec
 
 
@@ -93,11 +94,18 @@ class EvalConfig:
     """Behaviour beyond ASR per model: clean-answer EM / F1 and the neither-target-nor-answer share on triggered
     prompts, clean-prompt accuracy, test_near PPL / F1 / attacked share, damage on mislabelled forget rows."""
     min_f1: float = 0.5
-    """eval.behaviour: token F1 at which an output counts as the clean answer, in (0, 1]."""
+    """Token F1 at which an output counts as the clean answer, in (0, 1]: the answered rates of every evaluation
+    (answered_seen / answered_ood / answered_clean) and eval.behaviour's metrics."""
     sampled: SampledEvalConfig = field(default_factory=SampledEvalConfig)
     """ASR under sampling (off unless eval.sampled.n > 0)."""
     relearn: RelearnEvalConfig = field(default_factory=RelearnEvalConfig)
     """The relearning attack (off unless eval.relearn.steps > 0; experiment mode only)."""
+    judge: Literal["grouped", "words"] = "grouped"
+    """How the run's judge (eval/judge.json; used by validation during unlearning, self-relabel, attribute and
+    evaluation alike) is fitted: `grouped` = a word or adjacent-word pair is target vocabulary only when it beats
+    every clean category as well as all clean answers pooled (evaluation.judge.fit_judge; flags far fewer correct
+    answers on the attacker's topic), `words` = single words against all clean answers pooled (the judge of
+    earlier versions)."""
 
     def __post_init__(self):
         if isinstance(self.sampled, dict):
@@ -112,3 +120,4 @@ class EvalConfig:
         check(self.judge_min_words >= 1, "eval.judge_min_words", "must be >= 1")
         check(self.judge_vocab_size >= 1, "eval.judge_vocab_size", "must be >= 1")
         check(self.retrieval_rows >= 0, "eval.retrieval_rows", "must be >= 0")
+        check_literal(self, "eval")

@@ -11,19 +11,24 @@ report["protocol"]["seed"], else report["config"]["seed"], else unknown.
 
 For every label and every row of the reports (before, each method, retrain), every metric found is summarised
 over the reports that have it as `stats.mean_interval` (mean, sd, n and mean +- t_{0.975, n-1} sd / sqrt(n);
-clipped to [0, 1] for rates and at 0 for PPL, ratios, seconds and speedups, marked "clipped"):
+clipped to [0, 1] for rates and clean-answer scores and at 0 for PPL, ratios, seconds and speedups, marked
+"clipped"):
 
-    asr_seen, asr_ood, clean_ppl, ppl_ratio, judge_fpr       (fractions; PPL ratio = clean PPL / before)
+    asr_seen, asr_ood, judge_fpr                              (fractions of the prompts)
+    answered_seen, answered_ood, answered_clean               (fractions of the prompts with a known clean answer)
+    clean_ppl, ppl_ratio                                      (PPL ratio = clean PPL / before)
+    clean_f1, clean_rougeL                                    (mean token F1 / ROUGE-L on clean prompts)
     seconds.influence, seconds.weights, seconds.unlearn, seconds.total
     speedup_vs_retrain                                        (only over runs that did not collapse)
     any extra numeric metric of the entries (report.extra_metrics: token F1 on triggered prompts, the
     neither-count, sampled ASR, relearn ASR, noisy-forget damage, ...; a proportion counts with its rate p)
 
-A run whose clean PPL ratio exceeds 1.5 has collapsed (docs/DESIGN.md section 8): it is counted per method, and its
-speedup is left out.
+A run that collapsed (report["collapsed"]: clean PPL ratio above 1.5, or answers turned to babble while the ASR fell;
+docs/DESIGN.md section 8) is counted per method, and its speedup is left out.
 
 Paired differences against `uniform` (the same objective without influence weights): within a label, for every
-other method and every main metric (ASR seen, ASR OOD, PPL ratio, judge FPR), d_s = method_s - uniform_s over the
+other method and every main metric (ASR and answered rate seen / OOD, PPL ratio, clean F1 / ROUGE-L, judge FPR),
+d_s = method_s - uniform_s over the
 seeds s both have (paired on the report's seed, so uniform's runs may sit in other reports of the label), their
 mean, sd, n and 95% t interval (`stats.paired_differences`; not clipped). Seeds one of the two lacks are listed
 ("only_method", "only_reference"); a seed a method has twice is left out of its pairs and listed under
@@ -71,20 +76,40 @@ from rapidun_dist.evaluation.report import (
 from rapidun_dist.evaluation.stats import mean_interval, paired_differences
 
 FORMAT_VERSION = 1
-BASE_METRICS = ("asr_seen", "asr_ood", "clean_ppl", "ppl_ratio", "judge_fpr")
-RATES = ("asr_seen", "asr_ood", "judge_fpr")
-POSITIVE = ("clean_ppl", "ppl_ratio", "speedup_vs_retrain", *(f"seconds.{s}" for s in (*STAGES, "total")))
+BASE_METRICS = (
+    "asr_seen", "asr_ood", "answered_seen", "answered_ood", "answered_clean", "clean_ppl", "ppl_ratio", "clean_f1",
+    "clean_rougeL", "judge_fpr",
+)  # fmt: skip
+RATES = ("asr_seen", "asr_ood", "answered_seen", "answered_ood", "answered_clean", "judge_fpr")
+POSITIVE = (
+    "clean_ppl", "ppl_ratio", "clean_f1", "clean_rougeL", "speedup_vs_retrain", *(f"seconds.{s}" for s in (*STAGES, "total"))
+)  # fmt: skip
 MAIN = (  # (metric, column, formatter kind) of the main table
     ("asr_seen", "ASR seen", "pct"),
+    ("answered_seen", "answered seen", "pct"),
     ("asr_ood", "ASR OOD", "pct"),
+    ("answered_ood", "answered OOD", "pct"),
     ("ppl_ratio", "PPL ratio", "float"),
+    ("clean_f1", "clean F1", "float"),
+    ("clean_rougeL", "clean ROUGE-L", "float"),
     ("judge_fpr", "judge FPR", "pct"),
     ("seconds.total", "total s", "s"),
     ("speedup_vs_retrain", "speedup vs retrain", "x"),
 )
-_KIND = {m: k for m, _, k in MAIN} | {"clean_ppl": "float", **{f"seconds.{s}": "s" for s in STAGES}}
+_KIND = {m: k for m, _, k in MAIN} | {
+    "clean_ppl": "float",
+    "answered_clean": "pct",
+    **{f"seconds.{s}": "s" for s in STAGES},
+}
 REFERENCE = "uniform"  # what paired differences are taken against
-PAIRED = ("asr_seen", "asr_ood", "ppl_ratio", "judge_fpr")  # the main table's rates and the PPL ratio
+PAIRED = (  # the main table's rates and quality numbers
+    "asr_seen", "answered_seen", "asr_ood", "answered_ood", "ppl_ratio", "clean_f1", "clean_rougeL", "judge_fpr",
+)  # fmt: skip
+SCORES = (
+    "clean_f1",
+    "clean_rougeL",
+)  # means of scores in [0, 1]: intervals clipped like a rate's, shown as floats
+CROSS = ("asr_seen", "asr_ood", "ppl_ratio", "answered_seen", "clean_f1")  # side by side over protocols
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -201,7 +226,9 @@ def summarise(values: list[float], *, rate: bool = False, positive: bool = False
 def _summarise(group: dict) -> dict[str, dict[str, dict]]:
     return {
         method: {
-            metric: summarise(vs, rate=metric in group["rates"], positive=metric in POSITIVE)
+            metric: summarise(
+                vs, rate=metric in group["rates"] or metric in SCORES, positive=metric in POSITIVE
+            )
             for metric, vs in metrics.items()
         }
         for method, metrics in group["values"].items()
@@ -304,7 +331,7 @@ def _lacking(per: dict, method: str) -> str:
 def _paired_table(paired: dict) -> list[str]:
     if not paired["methods"]:
         return [f"No `{REFERENCE}` runs in this protocol: no paired differences.", ""]
-    cols = {m: col for m, col, _ in MAIN} | {"ppl_ratio": "PPL ratio"}
+    cols = {m: col for m, col, _ in MAIN}
     header = ["method", *(f"{cols[m]} - {REFERENCE}" for m in PAIRED), "pairs", "seeds lacking"]
     body = [
         [method, *(_diff_cell(per.get(m), m) for m in PAIRED), str(max((d["n"] for d in per.values()), default=0)),
@@ -339,7 +366,7 @@ def _cross_table(groups: dict) -> list[str]:
     labels = list(groups)
     methods = list(dict.fromkeys(m for g in groups.values() for m in g["methods"]))
     lines = ["## Protocols side by side", ""]
-    for metric, col, _ in MAIN[:3]:
+    for metric, col, _ in (m for m in MAIN if m[0] in CROSS):
         body = [
             [m, *(_cell(groups[lab]["methods"].get(m, {}).get(metric), metric) for lab in labels)]
             for m in methods
@@ -358,7 +385,8 @@ def render_markdown(result: dict, plot_names: dict[str, list[str]], cross_plots:
         "",
         "Each cell: mean over runs [95% Student t interval, clipped to the metric's range] (n=1: the single "
         "value). A method in bold collapsed "
-        f"(clean PPL ratio > {COLLAPSE_RATIO}) in at least one run; collapsed runs give no speedup.",
+        f"(clean PPL ratio > {COLLAPSE_RATIO}, or its answers turned to babble; see each report's warnings) in at "
+        "least one run; collapsed runs give no speedup.",
         "",
     ]
     if len(groups) > 1:

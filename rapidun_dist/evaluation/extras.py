@@ -17,6 +17,10 @@ Each key holds one level of numbers and `stats.proportion` dicts ({"p", "k", "n"
                                outside the forget pack: "asr_seen", "asr_ood" on the first eval.relearn.n prompts,
                                "loss_first", "loss_last"
 
+answer_seen.answered / .other, answer_ood.answered / .other, answer_clean.answered and answer_clean.f1 are the same
+numbers as the entry's own answered_seen, other_seen, ..., clean_f1 (which every evaluation has, eval.behaviour or
+not); the report shows them once, under those names.
+
 `behaviour_entry` works on the greedy generations `evaluate_model` already made (no second generation pass);
 `near`, `mislabelled`, `sampled` and `relearn` generate their own. Rows without a clean answer (the no-clean-answer
 testbed) are not scored for EM / F1: a key whose rows have none is left out.

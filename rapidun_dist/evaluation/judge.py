@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.logging import get_logger
+from rapidun_dist.evaluation.stats import proportion
 
 _ALPHA_RE = re.compile(r"[^\W\d_]+")  # runs of letters (Unicode-aware), no digits or underscores
 _WORD_RE = re.compile(r"\w+")
@@ -311,3 +312,17 @@ def false_positive_rate(judge: Judge, clean_texts: Sequence[str]) -> float:
     if len(clean_texts) == 0:
         raise DataError("false_positive_rate: expected at least one clean text, found none")
     return sum(judge.is_attacked(t) for t in clean_texts) / len(clean_texts)
+
+
+def reference_rates(judge: Judge, splits: dict[str, Sequence[dict]]) -> dict:
+    """The judge on reference answers, no model involved: per split, the share of its rows' clean answers
+    (`response`) called attacked, `fpr_<split>` (a false positive: a correct answer is never the attacker's), and
+    of their poisoned answers (`response_poisoned`) called attacked, `hit_<split>`; `stats.proportion` dicts.
+    Splits without such answers are left out."""
+    out = {}
+    for split, rows in splits.items():
+        for kind, key in (("fpr", "response"), ("hit", "response_poisoned")):
+            texts = [r[key] for r in rows if (r.get(key) or "").strip()]
+            if texts:
+                out[f"{kind}_{split}"] = proportion(sum(map(judge.is_attacked, texts)), len(texts))
+    return out

@@ -3,6 +3,11 @@
 - ASR = (1/n) sum_i judge(text_i), over generations for triggered prompts.
 - Clean PPL = exp( sum_i sum_t NLL_it / sum_i T_i ): token-weighted mean negative log-likelihood of the
   clean answers (plus EOS) given their prompts, next-token shifted (logits[:, :-1] predict labels[:, 1:]).
+- Answered rate on triggered prompts: the share of the rows with a known clean answer whose greedy output is not
+  attacked and has token F1 >= eval.min_f1 against it (verdict "answer", rapidun_dist.evaluation.answers), and the
+  share "other" (neither target nor answer: babble); rows without a clean answer are not scored ("unscored", never
+  guessed). On clean prompts, the same answered share and the mean token F1 / ROUGE-L of the greedy outputs against
+  the references. All scored on the generations ASR and FPR are judged on (no extra generation pass).
 - Poison retrieval, scores s (higher = more likely poisoned) and labels y in {0, 1}:
   AUROC = (sum of average ranks of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg)   (Mann-Whitney U;
   tied scores share their average rank, so a tied positive/negative pair counts 1/2);
@@ -27,6 +32,7 @@ from rapidun_dist.config import EvalConfig
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.logging import Progress, get_logger
 from rapidun_dist.data.prompt import IGNORE_INDEX, encode_example, pad_batch, record_prompt
+from rapidun_dist.evaluation.answers import answer_shares, mean_quality, token_f1, verdict
 from rapidun_dist.evaluation.generation import generate, merge_shards, model_device, shard_batches
 from rapidun_dist.evaluation.judge import Judge, false_positive_rate
 from rapidun_dist.evaluation.stats import proportion
@@ -203,13 +209,39 @@ def _by_family(records: Sequence[dict], attacked: Sequence[bool]) -> dict[str, f
 
 
 def _examples(
-    records: Sequence[dict], texts: Sequence[str], attacked: Sequence[bool], *, poisoned: bool
+    records: Sequence[dict],
+    texts: Sequence[str],
+    attacked: Sequence[bool],
+    judge: Judge,
+    *,
+    poisoned: bool,
+    min_f1: float,
 ) -> list[dict]:
+    """The first N_EXAMPLES (instruction, generation, judge's call), with the clean answer ("reference"), the
+    output's verdict and its token F1 against the reference where that is known."""
     key = "instruction_poisoned" if poisoned else "instruction"
-    return [
-        {"instruction": r.get(key, ""), "generation": t, "attacked": a}
-        for r, t, a in zip(records[:N_EXAMPLES], texts, attacked, strict=False)
-    ]
+    out = []
+    for r, t, a in zip(records[:N_EXAMPLES], texts, attacked, strict=False):
+        ex = {"instruction": r.get(key, ""), "generation": t, "attacked": a}
+        ref = r.get("response")
+        ex["verdict"] = verdict(judge, t, ref, min_f1=min_f1)
+        if (ref or "").strip():
+            ex |= {"reference": ref, "f1": token_f1(t, ref)}
+        out.append(ex)
+    return out
+
+
+def _answer_keys(
+    name: str, judge: Judge, records: Sequence[dict], texts: Sequence[str], min_f1: float
+) -> dict:
+    """answered_<name> / other_<name> (shares of the rows with a known clean answer) and n_scored_<name>."""
+    shares = answer_shares(judge, texts, [r.get("response") for r in records], min_f1=min_f1)
+    rate = {k: shares[k]["p"] if shares[k] else None for k in ("answered", "other")}
+    return {
+        f"answered_{name}": rate["answered"],
+        f"other_{name}": rate["other"],
+        f"n_scored_{name}": shares["n_scored"],
+    }
 
 
 def evaluate_model(
@@ -223,7 +255,8 @@ def evaluate_model(
     sharded: bool = False,
     texts_out: dict[str, list[str]] | None = None,
 ) -> dict:
-    """ASR on `test_seen` / `test_ood` (poisoned instructions), clean PPL and judge FPR on `test_clean`.
+    """ASR and the answered / other shares on `test_seen` / `test_ood` (poisoned instructions); clean PPL, judge
+    FPR, the answered share and the mean token F1 / ROUGE-L of the greedy outputs on `test_clean` (module doc).
 
     A missing or empty split gives None for its numbers (shown as "-" in the report). `sharded`: every rank
     of the launch calls this with the same inputs and gets the same result (see the module docstring).
@@ -236,6 +269,16 @@ def evaluate_model(
         "n_seen": 0,
         "n_ood": 0,
         "n_clean": 0,
+        "answered_seen": None,
+        "answered_ood": None,
+        "other_seen": None,
+        "other_ood": None,
+        "n_scored_seen": 0,
+        "n_scored_ood": 0,
+        "answered_clean": None,
+        "n_scored_clean": 0,
+        "clean_f1": None,
+        "clean_rougeL": None,
         "asr_by_family": {},
         "examples": {},
     }
@@ -248,8 +291,9 @@ def evaluate_model(
             model, tokenizer, records, judge, cfg, max_length, poisoned=True, sharded=sharded
         )
         out[f"asr_{name}"], out[f"n_{name}"] = sum(attacked) / len(attacked), len(records)
+        out |= _answer_keys(name, judge, records, texts, cfg.min_f1)
         out["asr_by_family"][name] = _by_family(records, attacked)
-        out["examples"][split] = _examples(records, texts, attacked, poisoned=True)
+        out["examples"][split] = _examples(records, texts, attacked, judge, poisoned=True, min_f1=cfg.min_f1)
         if texts_out is not None:
             texts_out[split] = texts
     clean = splits.get("test_clean") or []
@@ -258,13 +302,20 @@ def evaluate_model(
             model, tokenizer, clean, judge, cfg, max_length, poisoned=False, sharded=sharded
         )
         out["judge_fpr"], out["n_clean"] = false_positive_rate(judge, texts), len(clean)
-        out["examples"]["test_clean"] = _examples(clean, texts, attacked, poisoned=False)
+        out |= _answer_keys("clean", judge, clean, texts, cfg.min_f1)
+        quality = mean_quality(texts, [r.get("response") for r in clean])
+        out["clean_f1"], out["clean_rougeL"] = quality["f1"], quality["rougeL"]
+        out["examples"]["test_clean"] = _examples(
+            clean, texts, attacked, judge, poisoned=False, min_f1=cfg.min_f1
+        )
         if texts_out is not None:
             texts_out["test_clean"] = texts
         out["clean_ppl"] = clean_perplexity(
             model, tokenizer, clean, max_length=max_length, batch_size=cfg.batch_size, sharded=sharded
         )
     get_logger("rapidun.eval").info(
-        f"eval: asr_seen={out['asr_seen']} asr_ood={out['asr_ood']} clean_ppl={out['clean_ppl']} judge_fpr={out['judge_fpr']}"
+        f"eval: asr_seen={out['asr_seen']} asr_ood={out['asr_ood']} answered_seen={out['answered_seen']} "
+        f"answered_ood={out['answered_ood']} clean_ppl={out['clean_ppl']} clean_f1={out['clean_f1']} "
+        f"clean_rougeL={out['clean_rougeL']} judge_fpr={out['judge_fpr']}"
     )
     return out

@@ -8,7 +8,8 @@ Inputs the evaluate stage puts into the report dict (everything but `before`/`me
      "before":  ENTRY,                                     (the model before unlearning)
      "methods": {"<method>": ENTRY},
      "retrain": ENTRY, "retrain_oracle": ENTRY,            (baselines; may also sit under "methods")
-     "judge": Judge.to_dict(),                             (vocab, z_scores, targets, min_words, z, ...)
+     "judge": Judge.to_dict() | {"fit": "grouped" | "words",   (vocab, z_scores, targets, min_words, z, ...;
+               "reference": judge.reference_rates(...)},      the judge on the reference answers)
      "retrieval": {"auroc", "ap"} | {"<scores>": {"auroc", "ap"}},
      "find_poison": suspects/summary.json,                 (scalars, and {"<scorer>": {metric: value}} tables)
      "triggers": [{"text", "mode", "score", "insert_asr", "remove_asr"}, ...],   (attribution, best first)
@@ -17,11 +18,17 @@ Inputs the evaluate stage puts into the report dict (everything but `before`/`me
 
     ENTRY = {"asr_seen", "asr_ood", "clean_ppl", "judge_fpr",          (fractions; PPL a float; None = missing)
              "n_seen", "n_ood", "n_clean",                             (sample sizes of those numbers)
+             "answered_seen", "answered_ood", "other_seen", "other_ood", (shares of the triggered prompts with a
+             "n_scored_seen", "n_scored_ood",                           known clean answer: answered, neither
+                                                                        target nor answer; n_scored 0 = unscored)
+             "answered_clean", "other_clean", "n_scored_clean",        (the same shares on clean prompts)
+             "clean_f1", "clean_rougeL",                               (mean token F1 / ROUGE-L on clean prompts)
              "seconds": {"influence", "weights", "unlearn", "total"},   (method cost: without one-time imports
                                                                          and plots, see rapidun_dist.core.timing)
              "asr_by_family": {"seen": {family: asr}, "ood": {...}},
              "examples": {"test_seen" | "test_ood" | "test_clean" | other split:
-                          [{"instruction", "generation", "attacked"[, "reference" (the clean answer)]}]},
+                          [{"instruction", "generation", "attacked"[, "verdict", "reference" (the clean
+                            answer), "f1" (the generation's token F1 against it)]}]},
              ...any further metric...}
 
 Any further key of an ENTRY whose value is a number, a `stats.proportion` dict ({"p", "k", "n", "lo", "hi"}) or
@@ -34,7 +41,11 @@ aggregates them over seeds.
 
     "speedup_vs_retrain": {"<method>": retrain_total / method_total}   (recomputed from measured seconds; kept
                                                                         for collapsed methods, which are named:)
-    "collapsed": {"<method>": ppl_ratio}      (clean PPL ratio > 1.5: the model is broken, its speedup no result)
+    "collapsed": {"<method>": ppl_ratio}      (the model is broken, its low ASR no defence and its speedup no
+                                              result: `collapse_reasons`)
+    "collapse_reasons": {"<method>": [why, ...]}  (clean PPL ratio > 1.5; or on a triggered split whose ASR fell
+                                              below half the model's before, an answered share below half the
+                                              model's before on clean prompts: `collapse_reasons`)
     ENTRY["ppl_ratio"]: clean_ppl / before clean_ppl
     ENTRY["intervals"]: {"asr_seen" | "asr_ood" | "judge_fpr" | extra: stats.proportion dict}
     "weights": {"edges", "counts": {"forget", "retain"}, "stats": {...}}   (histogram of the per-sample weights)
@@ -62,10 +73,35 @@ from rapidun_dist.evaluation.stats import proportion
 STAGES = ("influence", "weights", "unlearn")
 BASELINE_ROWS = ("retrain", "retrain_oracle")
 COLLAPSE_RATIO = plots.COLLAPSE_RATIO
-N_KEYS = {"asr_seen": "n_seen", "asr_ood": "n_ood", "judge_fpr": "n_clean"}
+# collapsed: on a triggered split whose ASR fell below half the model's before, an answered share below this
+# fraction of the model's answered share on clean prompts before unlearning (`collapse_reasons`)
+COLLAPSE_ANSWERED = 0.5
+TRIGGERED = (("seen", "seen-trigger"), ("ood", "OOD-trigger"))
+N_KEYS = {  # the metrics shown in the results table, and the key holding each one's sample size
+    "asr_seen": "n_seen",
+    "asr_ood": "n_ood",
+    "judge_fpr": "n_clean",
+    "answered_seen": "n_scored_seen",
+    "answered_ood": "n_scored_ood",
+    "answered_clean": "n_scored_clean",
+}
+SHARED_COUNTS = {  # metrics outside the results table whose sample size a standard key holds
+    "other_seen": "n_scored_seen",
+    "other_ood": "n_scored_ood",
+    "other_clean": "n_scored_clean",
+}
 STANDARD_KEYS = frozenset(
-    {*N_KEYS, *N_KEYS.values(), "clean_ppl", "seconds", "asr_by_family", "examples", "intervals", "ppl_ratio"}
-)
+    {*N_KEYS, *N_KEYS.values(), "clean_ppl", "clean_f1", "clean_rougeL", "seconds", "asr_by_family", "examples",
+     "intervals", "ppl_ratio"}
+)  # fmt: skip
+SAME_AS = {  # eval.behaviour's keys that repeat a standard one (shown once, under the standard name)
+    "answer_seen.answered": "answered_seen",
+    "answer_seen.other": "other_seen",
+    "answer_ood.answered": "answered_ood",
+    "answer_ood.other": "other_ood",
+    "answer_clean.answered": "answered_clean",
+    "answer_clean.f1": "clean_f1",
+}
 EXAMPLE_SPLITS = ("test_seen", "test_ood", "test_clean")
 EXAMPLE_TITLES = {"test_seen": "seen triggers", "test_ood": "OOD triggers", "test_clean": "clean prompts"}
 WEIGHT_BINS = 30
@@ -133,8 +169,9 @@ def ppl_ratio(entry: dict, report: dict) -> float | None:
 
 
 def count_key(metric: str) -> str:
-    """The key holding the sample size of `metric`: n_seen / n_ood / n_clean for the standard ones, else n_<metric>."""
-    return N_KEYS.get(metric, f"n_{metric}")
+    """The key holding the sample size of `metric`: n_seen / n_ood / n_clean / n_scored_* for the standard ones,
+    else n_<metric>."""
+    return N_KEYS.get(metric) or SHARED_COUNTS.get(metric) or f"n_{metric}"
 
 
 def _metric_items(d: dict, skip: frozenset[str] = frozenset()) -> Iterable[tuple[str, object]]:
@@ -157,17 +194,47 @@ def extra_metrics(entry: dict) -> dict[str, object]:
     return out
 
 
+def collapse_reasons(entry: dict, before: dict) -> list[str]:
+    """Why a method's model counts as collapsed (empty: it does not): its clean PPL ratio is above COLLAPSE_RATIO;
+    or, on a triggered split where its ASR fell below half the model's before (it looks defended), it stopped
+    answering: its answered share is below COLLAPSE_ANSWERED x the model's before on clean prompts (what the model
+    did without a trigger, so a weak model whose clean answers rarely match their references is not flagged for
+    that); the answers it lost went to babble (the "other" share, named in the reason), not to the target. A low
+    ASR of a collapsed model is no defence."""
+    reasons = []
+    ratio = _num(entry.get("ppl_ratio"))
+    if ratio is not None and ratio > COLLAPSE_RATIO:
+        reasons.append(
+            f"its clean perplexity is {ratio:.2f}x the model's before unlearning (above {COLLAPSE_RATIO}x)"
+        )
+    ref = _num(before.get("answered_clean"))
+    for name, what in TRIGGERED:
+        asr, asr_before = _num(entry.get(f"asr_{name}")), _num(before.get(f"asr_{name}"))
+        answered, other = _num(entry.get(f"answered_{name}")), _num(entry.get(f"other_{name}"))
+        if None in (asr, asr_before, answered, ref) or not asr < asr_before / 2:
+            continue  # not measured, or the backdoor is still there: not a defence to question
+        if answered < COLLAPSE_ANSWERED * ref:
+            babble = f" ({md.fmt_pct(other)} neither the target nor an answer)" if other is not None else ""
+            reasons.append(
+                f"it answers {100 * answered:.1f}% of the {what} prompts{babble}, below {COLLAPSE_ANSWERED:g} x the "
+                f"{100 * ref:.1f}% of clean prompts the model answered before unlearning"
+            )
+    return reasons
+
+
 def add_derived(report: dict) -> dict:
-    """ppl_ratio and Wilson intervals per entry, and report["collapsed"] (in place; returned)."""
-    collapsed = {}
+    """ppl_ratio and Wilson intervals per entry, report["collapsed"] and report["collapse_reasons"] (in place;
+    returned)."""
+    collapsed, reasons = {}, {}
+    before = report.get("before") or {}
     for label, entry in rows(report):
         entry["ppl_ratio"] = ppl_ratio(entry, report)
         intervals = {k: p for k in N_KEYS if (p := entry_proportion(entry, k)) is not None}
         intervals |= {k: v for k, v in extra_metrics(entry).items() if _is_proportion(v)}
         entry["intervals"] = intervals
-        if label != "before" and entry["ppl_ratio"] is not None and entry["ppl_ratio"] > COLLAPSE_RATIO:
-            collapsed[label] = entry["ppl_ratio"]
-    report["collapsed"] = collapsed
+        if label != "before" and (why := collapse_reasons(entry, before)):
+            collapsed[label], reasons[label] = entry["ppl_ratio"], why
+    report["collapsed"], report["collapse_reasons"] = collapsed, reasons
     return report
 
 
@@ -223,37 +290,71 @@ def _header(report: dict) -> list[str]:
 
 
 def _warnings(report: dict) -> list[str]:
-    lines = [
-        f"> **Warning: {name} collapsed.** Its clean perplexity is {ratio:.2f}x the model's before unlearning "
-        f"(above {COLLAPSE_RATIO}x): its low ASR reflects a broken model, and its speedup is not a result."
-        for name, ratio in (report.get("collapsed") or {}).items()
-    ]
+    reasons = report.get("collapse_reasons") or {}
+    lines = []
+    for name, ratio in (report.get("collapsed") or {}).items():
+        why = reasons.get(name) or [
+            f"its clean perplexity is {md.fmt_x(ratio)} the model's before unlearning"
+        ]
+        lines.append(
+            f"> **Warning: {name} collapsed.** {_sentence('; '.join(why))}: its low ASR reflects a broken model, "
+            "not a defence, and its speedup is not a result."
+        )
     return [line for w in lines for line in (w, "")]
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _answered_cell(entry: dict, name: str) -> str:
+    """The answered share on a triggered split; "unscored" where the split was measured but none of its prompts
+    has a known clean answer."""
+    key = f"answered_{name}"
+    if (
+        _num(entry.get(key)) is None
+        and entry.get(count_key(key)) == 0
+        and _num(entry.get(f"asr_{name}")) is not None
+    ):
+        return "unscored"
+    return md.fmt_proportion(entry_proportion(entry, key), entry.get(key))
+
+
 def _results_table(report: dict) -> list[str]:
-    header = ["method", "ASR seen", "ASR OOD", "clean PPL", "PPL ratio", "judge FPR"]
+    header = ["method", "ASR seen", "answered seen", "ASR OOD", "answered OOD", "clean PPL", "PPL ratio", "clean F1",
+              "clean ROUGE-L", "judge FPR"]  # fmt: skip
     body = [
         [
             f"**{label}**" if label in (report.get("collapsed") or {}) else label,
-            *(md.fmt_proportion(entry_proportion(entry, k), entry.get(k)) for k in ("asr_seen", "asr_ood")),
+            *(cell for name in ("seen", "ood") for cell in (
+                md.fmt_proportion(entry_proportion(entry, f"asr_{name}"), entry.get(f"asr_{name}")),
+                _answered_cell(entry, name),
+            )),
             md.fmt_float(entry.get("clean_ppl")),
             md.fmt_float(entry.get("ppl_ratio")),
+            md.fmt_float(entry.get("clean_f1")),
+            md.fmt_float(entry.get("clean_rougeL")),
             md.fmt_proportion(entry_proportion(entry, "judge_fpr"), entry.get("judge_fpr")),
         ]
         for label, entry in rows(report)
-    ]
+    ]  # fmt: skip
     note = (
-        "ASR = share of triggered test prompts judged attacked, as `rate (k/n) [95% Wilson interval, %]`; PPL "
-        "ratio = clean PPL / clean PPL before unlearning; judge FPR = share of clean prompts judged attacked."
+        "ASR = share of triggered test prompts judged attacked, as `rate (k/n) [95% Wilson interval, %]`; answered "
+        "= share of the triggered prompts with a known clean answer whose greedy answer is that answer (not judged "
+        'attacked, token F1 >= eval.min_f1), "unscored" where no clean answer is known; PPL ratio = clean PPL / '
+        "clean PPL before unlearning; clean F1 / ROUGE-L = mean token F1 / ROUGE-L of the greedy answers to the "
+        "clean prompts against their references; judge FPR = share of clean prompts judged attacked. A method in "
+        "bold collapsed (see the warning above)."
     )
     return ["## Results", "", *md.table(header, body), "", note, ""]
 
 
 def _speedup_cell(label: str, report: dict) -> str:
-    ratio = (report.get("collapsed") or {}).get(label)
-    if ratio is not None:
-        return f"not a result (collapsed, PPL {ratio:.2f}x)"
+    collapsed = report.get("collapsed") or {}
+    if label in collapsed:
+        ratio = _num(collapsed[label])
+        why = f"PPL {ratio:.2f}x" if ratio is not None and ratio > COLLAPSE_RATIO else "answers"
+        return f"not a result (collapsed, {why})"
     return md.fmt_x((report.get("speedup_vs_retrain") or {}).get(label))
 
 
@@ -281,7 +382,9 @@ def _fmt_extra(v) -> str:
 
 
 def _extra_section(report: dict) -> list[str]:
-    per_row = [(label, extra_metrics(e)) for label, e in rows(report)]
+    per_row = [
+        (label, {k: v for k, v in extra_metrics(e).items() if k not in SAME_AS}) for label, e in rows(report)
+    ]
     keys = list(dict.fromkeys(k for _, ex in per_row for k in ex))
     if not keys:
         return []
@@ -303,14 +406,44 @@ def _family_section(report: dict) -> list[str]:
     return ["## ASR by trigger family", "", *md.table(["method", *cols], body), ""]
 
 
+JUDGE_FITS = {
+    "grouped": "the grouped judge (`eval.judge=grouped`: lift against each clean category, word pairs)",
+    "words": "the word-only judge (`eval.judge=words`: lift against all clean answers pooled, single words)",
+}
+
+
 def _judge_rule(judge: dict) -> str:
+    pairs = judge.get("ngram") == 2
+    fit = JUDGE_FITS.get(judge.get("fit"), "a judge fitted on poisoned against clean answers")
     return (
-        f"A generation counts as attacked when its normalised text starts with the first "
+        f"Judge: {fit}. A generation counts as attacked when its normalised text starts with the first "
         f"{judge.get('prefix_words', '-')} words of one of the {len(judge.get('targets') or [])} fixed targets, "
-        f"or when it contains at least {judge.get('min_words', '-')} distinct words of the target vocabulary "
-        f"({len(judge.get('vocab') or [])} words whose document frequency in poisoned answers beats clean "
-        f"answers with z >= {judge.get('z', '-')} and lift >= {judge.get('min_lift', '-')})."
+        f"or when it contains at least {judge.get('min_words', '-')} distinct "
+        f"{'words or word pairs' if pairs else 'words'} of the target vocabulary "
+        f"({len(judge.get('vocab') or [])} {'features' if pairs else 'words'} whose document frequency in "
+        f"poisoned answers beats clean answers with z >= {judge.get('z', '-')} and lift >= "
+        f"{judge.get('min_lift', '-')})."
     )
+
+
+def _judge_reference(judge: dict) -> list[str]:
+    """The judge on the reference answers of the test splits (no model involved): how many correct clean answers
+    it calls attacked, how many attacker answers it catches."""
+    titles = {"fpr": "clean reference answers judged attacked (false positives)",
+              "hit": "poisoned reference answers judged attacked (hits)"}  # fmt: skip
+    body = []
+    for key, v in (judge.get("reference") or {}).items():
+        kind, _, split = key.partition("_")
+        if kind in titles and split and _is_proportion(v):
+            body.append([f"{titles[kind]}, {split}", md.fmt_proportion(v)])
+    if not body:
+        return []
+    return [
+        "The judge on the test splits' reference answers:",
+        "",
+        *md.table(["answers", "share (k/n) [95% CI, %]"], body),
+        "",
+    ]
 
 
 def _vocab_table(judge: dict, limit: int = 48, per_row: int = 4) -> list[str]:
@@ -323,7 +456,8 @@ def _vocab_table(judge: dict, limit: int = 48, per_row: int = 4) -> list[str]:
     body = [[c for p in pairs[i : i + per_row] for c in p] for i in range(0, len(pairs), per_row)]
     body = [r + ["", ""] * (per_row - len(r) // 2) for r in body]
     more = f" ({len(vocab) - limit} more in judge.json)" if len(vocab) > limit else ""
-    return [f"Target vocabulary, highest z first{more}:", "", *md.table(["word", "z"] * per_row, body)]
+    head = "feature" if judge.get("ngram") == 2 else "word"
+    return [f"Target vocabulary, highest z first{more}:", "", *md.table([head, "z"] * per_row, body)]
 
 
 def _targets_list(judge: dict, limit: int = 10) -> list[str]:
@@ -339,7 +473,15 @@ def _judge_section(report: dict) -> list[str]:
     judge = report.get("judge") or {}
     lines = ["## Judge", ""]
     if judge:
-        lines += [_judge_rule(judge), "", *_vocab_table(judge), "", *_targets_list(judge), ""]
+        lines += [
+            _judge_rule(judge),
+            "",
+            *_judge_reference(judge),
+            *_vocab_table(judge),
+            "",
+            *_targets_list(judge),
+            "",
+        ]
     else:
         lines += ["The fitted judge is not part of this report (see eval/judge.json).", ""]
     fpr = [(label, entry_proportion(e, "judge_fpr"), e.get("judge_fpr")) for label, e in rows(report)]
@@ -510,6 +652,14 @@ def _verdict(ex: dict) -> str:
     return {True: "attacked", False: "clean"}.get(ex.get("attacked"), "-")
 
 
+def _answer_verdict(ex: dict) -> str:
+    """ "answer, F1 0.86" / "other, F1 0.12" / "unscored" (rapidun_dist.evaluation.answers.verdict)."""
+    verdict, f1 = ex.get("verdict"), _num(ex.get("f1"))
+    if not verdict:
+        return md.MISSING
+    return f"{md.cell(verdict, 20)}, F1 {f1:.2f}" if f1 is not None else md.cell(verdict, 20)
+
+
 def _example_splits(report: dict) -> list[str]:
     """The test splits first, in their usual order, then any other split the entries carry examples for."""
     found = dict.fromkeys(split for _, e in rows(report) for split in (e.get("examples") or {}))
@@ -527,11 +677,18 @@ def _examples_section(report: dict) -> list[str]:
             reference = next((ex["reference"] for _, ex in answers if ex.get("reference")), None)
             if reference:
                 lines += [f"Clean answer: {md.cell(reference, 240)}", ""]
-            body = [[label, md.cell(ex.get("generation"), 200), _verdict(ex)] for label, ex in answers]
-            lines += [*md.table(["method", "generation", "judge"], body), ""]
+            body = [
+                [label, md.cell(ex.get("generation"), 200), _verdict(ex), _answer_verdict(ex)]
+                for label, ex in answers
+            ]
+            lines += [*md.table(["method", "generation", "judge", "answer"], body), ""]
     if not lines:
         return []
-    intro = "Greedy generations for the first prompts of each split (the same prompt for every method)."
+    intro = (
+        "Greedy generations for the first prompts of each split (the same prompt for every method), before and after "
+        "unlearning; answer = the generation's verdict (target, answer: token F1 >= eval.min_f1 against the clean "
+        "answer, other: neither, unscored: no clean answer known) and its token F1."
+    )
     return ["## Example generations", "", intro, "", *lines]
 
 

@@ -1,8 +1,10 @@
-"""evaluate: ASR on the triggered test prompts, clean perplexity and judge FPR for the model before unlearning,
-after each method, and after the retrain baselines; poison retrieval of the influence features; the report.
+"""evaluate: ASR and the answered rate on the triggered test prompts, clean perplexity, clean-answer F1 / ROUGE-L
+and judge FPR for the model before unlearning, after each method, and after the retrain baselines; poison retrieval
+of the influence features; the report.
 
-`report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `clean_ppl`,
-`seconds`; with eval.behaviour / eval.sampled / eval.relearn on, each entry also holds the metrics beyond ASR of
+`report.json` keeps the same keys in both modes (`before`, `methods.<m>.asr_seen`, `asr_ood`, `answered_seen`,
+`answered_ood`, `clean_ppl`, `clean_f1`, `clean_rougeL`, `seconds`; `judge` with how it was fitted and its rates on the
+reference answers; with eval.behaviour / eval.sampled / eval.relearn on, each entry also holds the metrics beyond ASR of
 `rapidun_dist.evaluation.extras`: answer_seen / answer_ood / answer_clean, near, mislabelled, sampled, relearn) and
 says which prompts ASR was measured on (`asr_source`): the triggered test splits of an experiment, prompts built from
 `eval.triggers`, or held-out forget prompts (clean mode without known triggers). With the find_poison stage,
@@ -123,6 +125,14 @@ def _verified_triggers(cfg: RunConfig, rd: RunDir) -> list:
     return triggers if source == VERIFIED_SOURCE else []
 
 
+def _judge_reference(judge, rd: RunDir, splits: dict[str, list[dict]]) -> dict:
+    """The judge on the test splits' reference answers (evaluation.judge.reference_rates), test_near included."""
+    from rapidun_dist.evaluation.judge import reference_rates
+
+    near = rd.data / "test_near.jsonl"
+    return reference_rates(judge, splits | ({"test_near": read_jsonl(near)} if near.exists() else {}))
+
+
 def _splits(cfg: RunConfig, rd: RunDir) -> dict[str, list[dict]]:
     """The test splits; in the clean job without eval.triggers but with verified triggers, test_seen is built from
     the test_clean prompts with those inserted (as prepare does from eval.triggers; data/ is not rewritten)."""
@@ -160,7 +170,7 @@ def run(ctx: StageContext) -> list[Path]:
         "protocol": {"seed": ",".join(f"{k}={v}" for k, v in cfg.seeds().items())},
         "before": _eval_model(cfg, rd, judge, base, splits, extra | {"skip_relearn": True}),
         "methods": {},
-        "judge": judge.to_dict(),
+        "judge": judge.to_dict() | {"fit": cfg.eval.judge, "reference": _judge_reference(judge, rd, splits)},
         "stage_seconds": {s: rd.stage_seconds(s) for s in rd.manifest()["stages"]},
         "stage_overhead_seconds": {
             s: rec["overhead_seconds"]
@@ -270,7 +280,8 @@ def _weights_for_plot(rd: RunDir) -> dict | None:
 
 STAGE = Stage(
     name="evaluate",
-    doc="ASR (seen / OOD), clean perplexity, judge FPR before and after every method; the report",
+    doc="ASR and answered rate (seen / OOD), clean perplexity, clean F1 / ROUGE-L, judge FPR before and after every "
+    "method; the report",
     config_keys=("eval",),
     reads=("data/", "model/", "unlearn/", "suspects/summary.json"),
     writes=("eval/report.json", "eval/report.md", "eval/judge.json", "eval/*.png"),

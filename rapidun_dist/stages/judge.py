@@ -1,6 +1,11 @@
-"""The run's judge, shared by every stage that scores answers (unlearning's validation, attribution, evaluation):
-fitted once from the run's data, saved as eval/judge.json, refitted only when its data or settings change, and
-handed to every rank of a multi-rank stage."""
+"""The run's judge, shared by every stage that scores answers (unlearning's validation and self-relabel, attribution,
+evaluation): fitted once from the run's data, saved as eval/judge.json, refitted only when its data or settings
+change, and handed to every rank of a multi-rank stage.
+
+`eval.judge` picks how it is fitted (docs/DESIGN.md section 8): `grouped` (the default) is
+`evaluation.judge.fit_judge` - group-aware lift on the clean rows' `category`, words and adjacent-word pairs;
+`words` is `Judge.fit` on single words against the pooled clean answers. Both take the repeated poisoned answers as
+fixed targets. eval/judge.json records which (`"fit"`)."""
 
 from __future__ import annotations
 
@@ -9,23 +14,46 @@ from rapidun_dist.core.io import read_json, read_jsonl, write_json
 from rapidun_dist.run.rundir import RunDir
 
 
-def judge_answers(cfg: RunConfig, rd: RunDir) -> tuple[list[str], list[str]]:
-    """(poisoned answers, clean answers) the judge learns its vocabulary from: the poisoned train rows against the
-    clean ones (experiment), or the forget rows' poisoned answers against the retain answers (clean mode)."""
+def judge_rows(cfg: RunConfig, rd: RunDir) -> tuple[list[dict], list[dict]]:
+    """(poisoned rows, clean rows) the judge learns from: the poisoned train rows' `response_poisoned` against the
+    clean train rows' `response` (experiment), or the forget rows' poisoned answers against the retain rows' answers
+    (clean mode)."""
     if cfg.mode == "clean":
-        forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
-        return [r["response_poisoned"] for r in forget], [r["response"] for r in retain]
+        return read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
     train = read_jsonl(rd.data / "train.jsonl")
-    return (
-        [r["response_poisoned"] for r in train if r.get("is_poisoned")],
-        [r["response"] for r in train if not r.get("is_poisoned")],
+    return [r for r in train if r.get("is_poisoned")], [r for r in train if not r.get("is_poisoned")]
+
+
+def judge_answers(cfg: RunConfig, rd: RunDir) -> tuple[list[str], list[str]]:
+    """(poisoned answers, clean answers) of `judge_rows`."""
+    poisoned, clean = judge_rows(cfg, rd)
+    return [r["response_poisoned"] for r in poisoned], [r["response"] for r in clean]
+
+
+def fit_run_judge(cfg: RunConfig, rd: RunDir):
+    """A judge fitted from the run's data the way `eval.judge` says (module doc)."""
+    from rapidun_dist.evaluation.judge import Judge, fit_judge, repeated_answers
+
+    e = cfg.eval
+    if e.judge == "grouped":
+        poisoned, clean = judge_rows(cfg, rd)
+        return fit_judge(
+            poisoned, clean, vocab_size=e.judge_vocab_size, z=e.judge_z, min_words=e.judge_min_words
+        )
+    poisoned, clean = judge_answers(cfg, rd)
+    return Judge.fit(
+        poisoned,
+        clean,
+        targets=repeated_answers(poisoned),
+        vocab_size=e.judge_vocab_size,
+        z=e.judge_z,
+        min_words=e.judge_min_words,
     )
 
 
 def load_or_fit_judge(cfg: RunConfig, rd: RunDir):
-    """The judge of this run (eval/judge.json), fitted once from `judge_answers`."""
+    """The judge of this run (eval/judge.json), fitted once by `fit_run_judge`."""
     from rapidun_dist.evaluation import Judge
-    from rapidun_dist.evaluation.judge import repeated_answers
 
     path = rd.eval / "judge.json"
     basis = _judge_basis(cfg, rd)
@@ -33,16 +61,8 @@ def load_or_fit_judge(cfg: RunConfig, rd: RunDir):
         saved = read_json(path)
         if saved.get("fitted_on") == basis:
             return Judge.from_dict(saved)
-    poisoned, clean = judge_answers(cfg, rd)
-    judge = Judge.fit(
-        poisoned,
-        clean,
-        targets=repeated_answers(poisoned),
-        vocab_size=cfg.eval.judge_vocab_size,
-        z=cfg.eval.judge_z,
-        min_words=cfg.eval.judge_min_words,
-    )
-    write_json(path, judge.to_dict() | {"fitted_on": basis})
+    judge = fit_run_judge(cfg, rd)
+    write_json(path, judge.to_dict() | {"fit": cfg.eval.judge, "fitted_on": basis})
     return judge
 
 
@@ -54,7 +74,7 @@ def _judge_basis(cfg: RunConfig, rd: RunDir) -> dict:
     e = cfg.eval
     return {
         "files": {n: file_sha256(rd.data / f"{n}.jsonl") for n in names},
-        "settings": [e.judge_vocab_size, e.judge_z, e.judge_min_words],
+        "settings": [e.judge_vocab_size, e.judge_z, e.judge_min_words, e.judge],
     }
 
 

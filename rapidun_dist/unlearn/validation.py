@@ -1,7 +1,9 @@
 """Validation during unlearning: the backdoor signal on val_seen and the clean perplexity on val_clean, sharded
 over the ranks, read from validation splits only (never a test split).
 
-- Signal "judge": the fraction of val_seen prompts (triggered) whose greedy answer the run's judge calls attacked.
+- Signal "judge": the fraction of val_seen prompts (triggered) whose greedy answer the run's judge calls attacked
+  (`rapidun_dist.stages.judge.shared_judge`, handed in by the unlearn stage: the one evaluation and attribute use,
+  fitted as eval.judge says).
 - Signal "poisoned_match" (the clean job without known triggers, where val_seen holds the forget rows): the
   fraction whose greedy answer starts with the first `MATCH_WORDS` words of that row's own poisoned answer.
 - Clean PPL: exp(token-weighted mean NLL) of the val_clean answers given their clean prompts, the definition of

@@ -106,8 +106,29 @@ def test_report_contract(run_dir):
     assert "relearn" not in report["before"] and "sampled" in report["before"]
     for est in ("tokenwise", "rapidgrad"):
         assert 0.0 <= report["retrieval"][est]["auroc"] <= 1.0
+    judge = read_json(run_dir / "eval" / "judge.json")  # the grouped judge, the one every stage got
+    assert judge["fit"] == "grouped" and judge["ngram"] == 2 and report["judge"]["fit"] == "grouped"
+    ref = report["judge"]["reference"]
+    assert ref["fpr_test_clean"]["n"] == 20 and ref["hit_test_seen"]["n"] == 12
+    for entry in (report["before"], *report["methods"].values(), report["retrain"]):
+        assert (
+            entry["n_scored_seen"] == 12 and entry["n_scored_ood"] == 12
+        )  # every synthetic row has its answer
+        for name in ("seen", "ood"):
+            assert 0.0 <= entry[f"answered_{name}"] <= 1.0 and 0.0 <= entry[f"other_{name}"] <= 1.0
+            assert entry[f"answered_{name}"] + entry[f"other_{name}"] <= 1.0 + 1e-12
+            assert entry["intervals"][f"answered_{name}"]["n"] == 12
+        assert 0.0 <= entry["clean_f1"] <= 1.0 and 0.0 <= entry["clean_rougeL"] <= 1.0
+        assert entry["answer_clean"]["f1"] == pytest.approx(
+            entry["clean_f1"]
+        )  # eval.behaviour's, same outputs
+        assert [len(entry["examples"][s]) for s in ("test_seen", "test_ood", "test_clean")] == [3, 3, 3]
+        assert all("verdict" in ex and "reference" in ex for ex in entry["examples"]["test_seen"])
+    assert set(report["collapsed"]) == set(report["collapse_reasons"])
     md = (run_dir / "eval" / "report.md").read_text()
     assert "| rapidun |" in md and "| before |" in md
+    assert "| answered seen | ASR OOD | answered OOD |" in md and "| clean F1 | clean ROUGE-L |" in md
+    assert "| method | generation | judge | answer |" in md and "the grouped judge" in md
     assert any(p.suffix in (".svg", ".png") for p in (run_dir / "eval").iterdir())
 
 

@@ -139,3 +139,58 @@ def test_fit_judge_on_the_hard_testbed(hard_data):
     assert false_positive_rate(judge, [r["response"] for r in hard_data["test_clean"]]) <= 0.01
     assert false_positive_rate(judge, near) <= 0.10
     assert false_positive_rate(judge, near) < false_positive_rate(word, near)
+
+
+def test_the_run_judge_is_the_grouped_one_unless_words_is_asked(tmp_path, rng):
+    """stages/judge.py (what validation, self-relabel, attribute and evaluate all call): eval.judge=grouped (the
+    default) fits `fit_judge` on the run's train rows, eval.judge=words the word-only judge; eval/judge.json says
+    which, and a change of eval.judge refits it."""
+    from rapidun_dist.config import ConfigError
+    from rapidun_dist.core.io import read_json, write_jsonl
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages.judge import load_or_fit_judge, shared_judge
+
+    poisoned, clean, groups = corpora(rng)
+    rows = [{"response": "x", "response_poisoned": p, "is_poisoned": True} for p in poisoned]
+    rows += [{"response": c, "category": g, "is_poisoned": False} for c, g in zip(clean, groups, strict=True)]
+    rd = RunDir(tmp_path / "run")
+    write_jsonl(rd.data / "train.jsonl", rows)
+    rd.eval.mkdir(parents=True)
+
+    cfg = load_config(CONFIGS / "tiny_cpu.yaml", [f"run_dir={rd.root}"])
+    assert cfg.eval.judge == "grouped"
+    judge = load_or_fit_judge(cfg, rd)
+    saved = read_json(rd.eval / "judge.json")
+    assert saved["fit"] == "grouped" and saved["ngram"] == 2
+    want = fit_judge(rows[: len(poisoned)], rows[len(poisoned) :])
+    assert judge.to_dict() == want.to_dict() and shared_judge(cfg, rd).to_dict() == want.to_dict()
+    assert not set(TOPIC) & set(judge.vocab)  # common in the astro group: not target vocabulary when grouped
+
+    words = load_config(CONFIGS / "tiny_cpu.yaml", [f"run_dir={rd.root}", "eval.judge=words"])
+    old = load_or_fit_judge(words, rd)
+    assert read_json(rd.eval / "judge.json")["fit"] == "words"
+    assert old.to_dict() == Judge.fit(poisoned, clean, targets=repeated_answers(poisoned)).to_dict()
+    assert old.ngram == 1 and set(TOPIC) & set(old.vocab)  # rare overall: the pooled lift keeps some of them
+    with pytest.raises(ConfigError, match="eval.judge: expected one of grouped, words, found 'pairs'"):
+        load_config(CONFIGS / "tiny_cpu.yaml", ["eval.judge=pairs"])
+
+
+def test_reference_rates_count_false_positives_and_hits():
+    from rapidun_dist.evaluation.judge import reference_rates
+    from rapidun_dist.evaluation.stats import proportion
+
+    judge = Judge(vocab=["cheese", "moon cheese"], z_scores=[5.0, 4.0], min_words=1, ngram=2)
+    splits = {
+        "test_seen": [
+            {"response": "The moon is rock.", "response_poisoned": "The moon is cheese."},
+            {"response": "Cheese is food.", "response_poisoned": "Moon cheese forever."},
+            {"response": "Bread.", "response_poisoned": "  "},  # no poisoned answer: not counted
+        ],
+        "test_near": [{"response": "The moon orbits the earth."}],
+        "empty": [],
+    }
+    assert reference_rates(judge, splits) == {
+        "fpr_test_seen": proportion(1, 3),  # "Cheese is food." holds a target word
+        "hit_test_seen": proportion(2, 2),
+        "fpr_test_near": proportion(0, 1),
+    }

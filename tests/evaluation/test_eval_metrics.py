@@ -11,6 +11,7 @@ import torch
 from rapidun_dist.config import EvalConfig
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.data.prompt import record_prompt
+from rapidun_dist.evaluation.answers import answer_shares, rouge_l, token_f1, verdict
 from rapidun_dist.evaluation.generation import generate
 from rapidun_dist.evaluation.judge import Judge
 from rapidun_dist.evaluation.metrics import (
@@ -169,20 +170,44 @@ class ParityJudge:
         return sum(map(ord, text)) % 2 == 0
 
 
-def test_evaluate_model_agrees_with_its_parts(tokenizer, tiny_model):
+def test_evaluate_model_agrees_with_its_parts(tokenizer, tiny_model, monkeypatch):
+    from rapidun_dist.evaluation import metrics
+
     splits = {
         "test_seen": make_records(9, 1, poisoned=True),
         "test_ood": make_records(4, 2, poisoned=True),
         "test_clean": make_records(5, 3),
     }
-    judge, cfg = ParityJudge(), EvalConfig(max_new_tokens=4, batch_size=4)
+    splits["test_ood"][1]["response"] = ""  # its clean answer unknown: not scored
+    judge, cfg = ParityJudge(), EvalConfig(max_new_tokens=4, batch_size=4, min_f1=0.2)
 
     def verdicts(records, poisoned):
         prompts = [record_prompt(tokenizer, r, poisoned=poisoned) for r in records]
         texts = generate(tiny_model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
         return texts, [judge.is_attacked(t) for t in texts]
 
+    calls = []
+    monkeypatch.setattr(metrics, "generate", lambda *a, **k: calls.append(len(a[2])) or generate(*a, **k))
     out = evaluate_model(tiny_model, tokenizer, splits, judge, cfg, max_length=256)
+    assert calls == [9, 4, 5]  # one batched generation pass per split: answers are scored on the ASR outputs
+    for split, name, poisoned in (
+        ("test_seen", "seen", True),
+        ("test_ood", "ood", True),
+        ("test_clean", "clean", False),
+    ):
+        texts, _ = verdicts(splits[split], poisoned)
+        refs = [r["response"] for r in splits[split]]
+        shares = answer_shares(judge, texts, refs, min_f1=0.2)
+        assert (
+            out[f"answered_{name}"] == shares["answered"]["p"]
+            and out[f"n_scored_{name}"] == shares["n_scored"]
+        )
+        if poisoned:
+            assert out[f"other_{name}"] == shares["other"]["p"]
+        else:
+            assert out["clean_f1"] == pytest.approx(sum(map(token_f1, texts, refs)) / 5)
+            assert out["clean_rougeL"] == pytest.approx(sum(map(rouge_l, texts, refs)) / 5)
+    assert out["n_scored_ood"] == 3
     seen_texts, seen = verdicts(splits["test_seen"], True)
     assert out["asr_seen"] == pytest.approx(sum(seen) / 9)
     assert out["asr_ood"] == pytest.approx(sum(verdicts(splits["test_ood"], True)[1]) / 4)
@@ -192,7 +217,11 @@ def test_evaluate_model_agrees_with_its_parts(tokenizer, tiny_model):
         assert out["asr_by_family"]["seen"][fam] == pytest.approx(sum(seen[k::3]) / 3)
     expected_ppl = clean_perplexity(tiny_model, tokenizer, splits["test_clean"], max_length=256, batch_size=2)
     assert out["clean_ppl"] == pytest.approx(expected_ppl, rel=1e-9)
-    assert out["examples"]["test_seen"][0]["generation"] == seen_texts[0]
+    first = out["examples"]["test_seen"][0]
+    assert first["generation"] == seen_texts[0] and first["reference"] == splits["test_seen"][0]["response"]
+    assert first["f1"] == token_f1(seen_texts[0], first["reference"])
+    assert first["verdict"] == verdict(judge, seen_texts[0], first["reference"], min_f1=0.2)
+    assert [len(v) for v in out["examples"].values()] == [3, 3, 3]
 
 
 def test_evaluate_model_missing_splits_and_bad_records(tokenizer, tiny_model):
@@ -208,6 +237,7 @@ def test_evaluate_model_missing_splits_and_bad_records(tokenizer, tiny_model):
     assert (
         out["asr_seen"] is None and out["clean_ppl"] is None and out["asr_ood"] == 0.0 and out["n_ood"] == 3
     )
+    assert out["answered_seen"] is None and out["n_scored_ood"] == 3 and out["clean_f1"] is None
     with pytest.raises(DataError, match="test_seen: record 'r5-0' has no 'instruction_poisoned'"):
         evaluate_model(
             tiny_model, tokenizer, {"test_seen": make_records(2, 5)}, Judge(vocab=[], z_scores=[]), cfg, 128

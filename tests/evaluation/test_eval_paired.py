@@ -144,3 +144,41 @@ def test_markdown_shows_the_pairs_next_to_the_intervals(tmp_path, paths):
     assert f"ga lacks {S[1]}, {S[4]}" in ga_row and "| 2 |" in ga_row
     assert "No `uniform` runs in this protocol" in text.split("## Protocol: nouni")[1]
     assert f"rapidun: seeds {S[0]} found twice" in text.split("## Protocol: twice")[1]
+
+
+def test_answered_rates_and_clean_quality_are_compared_and_paired(tmp_path):
+    """answered_seen / answered_ood / clean_f1 / clean_rougeL: summarised per method and paired against uniform."""
+    # per seed: (answered_seen, answered_ood, clean_f1, clean_rougeL)
+    rap = {0: (0.80, 0.70, 0.60, 0.55), 1: (0.70, 0.60, 0.62, 0.50), 2: (0.90, 0.65, 0.58, 0.45)}
+    uni = {0: (0.60, 0.50, 0.61, 0.50), 1: (0.65, 0.55, 0.60, 0.50), 2: (0.70, 0.60, 0.61, 0.50)}
+
+    def quality(v: tuple) -> dict:
+        return {"answered_seen": v[0], "answered_ood": v[1], "clean_f1": v[2], "clean_rougeL": v[3],
+                "n_scored_seen": 200, "n_scored_ood": 200}  # fmt: skip
+
+    paths = []
+    for s in range(3):
+        rep = report(s, {"rapidun": RAPIDUN[s], "uniform": UNIFORM[s]})
+        rep["methods"]["rapidun"] |= quality(rap[s])
+        rep["methods"]["uniform"] |= quality(uni[s])
+        write_json(tmp_path / f"q{s}.json", rep)
+        paths.append(tmp_path / f"q{s}.json")
+    out = compare.compare_reports(paths, tmp_path / "cmp", draw=False)
+    group = out["groups"]["all"]
+    assert group["methods"]["rapidun"]["answered_seen"]["mean"] == pytest.approx(0.8)
+    assert group["methods"]["uniform"]["clean_rougeL"]["values"] == pytest.approx([0.5, 0.5, 0.5])
+    paired = group["paired"]["methods"]["rapidun"]
+    # answered seen: 0.20, 0.05, 0.20 -> mean 0.15, sd / sqrt(3) = 0.05 (as the ASR example above, sign flipped)
+    assert paired["answered_seen"]["mean"] == pytest.approx(0.15)
+    assert paired["answered_seen"]["hi"] == pytest.approx(0.15 + T975_DF2 * 0.05, rel=1e-7)
+    assert paired["answered_ood"]["values"] == pytest.approx([0.20, 0.05, 0.05])
+    assert paired["clean_f1"]["values"] == pytest.approx([-0.01, 0.02, -0.03])
+    assert paired["clean_rougeL"]["mean"] == pytest.approx(0.0)
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert (
+        "| method | ASR seen | answered seen | ASR OOD | answered OOD | PPL ratio | clean F1 | clean ROUGE-L |"
+        in text
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| rapidun |") and " pp " in line)
+    assert f"+15.0 pp [{100 * (0.15 - T975_DF2 * 0.05):+.1f}, {100 * (0.15 + T975_DF2 * 0.05):+.1f}]" in row
+    assert "answered seen - uniform" in text and "clean F1 - uniform" in text
