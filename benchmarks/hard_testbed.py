@@ -7,7 +7,7 @@
 Runs the prepare and implant stages (skipped when the run directory already holds them), then on the implanted
 model: greedy generations for test_seen, test_ood, test_clean, test_near and val_seen; ASR (overall and per
 trigger family, forget-covered families marked) and the judge's false-positive rate on clean and near-topic
-prompts, for two judges fitted on the train split - the word-only judge the pipeline fits today and
+prompts, for two judges fitted on the train split - the word-only judge (`eval.judge=words`; the pipeline fits the grouped one by default) and
 `fit_judge` (group-aware lift, word pairs); each judge's recall on held-out attacker answers (paraphrases the
 train split never used) and FPR on the reference clean answers; clean PPL and answer EM / F1; optionally ASR
 under sampling (T = 0.7, 3 samples). Proportions carry Wilson 95% intervals. Writes eval/hard_testbed.json in

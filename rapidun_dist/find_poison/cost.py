@@ -94,7 +94,8 @@ def epoch_seconds(job) -> dict:
     cfg, info = job.cfg, job.info
     model, tok = job.model()
     examples = encode_records(job.train, tok, cfg.model.max_length)
-    epoch = length_bucketed_batches(examples, cfg.implant.batch_size, random.Random(cfg.implant.seed))
+    lengths = [len(e["input_ids"]) for e in examples]
+    epoch = length_bucketed_batches(lengths, cfg.implant.batch_size, random.Random(cfg.implant.seed))
     picked = timed_batches(epoch, cfg.find_poison.epoch_batches, f"{cfg.data.seed}:find_poison:epoch")
     shares = [
         b[info.rank * len(b) // info.world_size : (info.rank + 1) * len(b) // info.world_size] for b in picked

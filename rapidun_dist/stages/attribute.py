@@ -209,6 +209,7 @@ STAGE = Stage(
         "eval.judge_vocab_size",
         "eval.judge_z",
         "eval.judge_min_words",
+        "eval.judge",
     ),
     reads=("data/forget.jsonl", "data/retain.jsonl", "model/"),
     writes=("attribution/", "eval/judge.json"),

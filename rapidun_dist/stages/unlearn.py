@@ -321,6 +321,7 @@ STAGE = Stage(
         "eval.judge_min_words",
         "eval.judge_vocab_size",
         "eval.judge_z",
+        "eval.judge",
     ),
     reads=(
         "data/forget.jsonl",

@@ -81,7 +81,9 @@ def test_loreun_weights_are_a_softmax_over_the_whole_set_clipped_mean_one():
     order = torch.argsort(ce)
     assert torch.all(w[order][:-1] >= w[order][1:] - 1e-12)  # lower loss, larger weight
     raw = 26 * torch.softmax(-ce / tau, 0)
-    inside = (w > 0.2 + 1e-9) & (w < 3.0 - 1e-9)  # unclipped rows (by their final weight) keep their softmax ratios
+    inside = (w > 0.2 + 1e-9) & (
+        w < 3.0 - 1e-9
+    )  # unclipped rows (by their final weight) keep their softmax ratios
     if int(inside.sum()) >= 2:
         i, j = torch.nonzero(inside).flatten()[:2].tolist()
         assert math.isclose(float(w[i] / w[j]), float(raw[i] / raw[j]), rel_tol=1e-9)
