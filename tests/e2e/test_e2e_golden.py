@@ -13,7 +13,7 @@ checkout first on the path and run this file against it:
     git worktree add ../ref COMMIT --detach && cd ../ref
     PYTHONPATH=$PWD pytest CHECKOUT/tests/e2e --update-golden   # recorded_with in the file names the commit
 
-The run is its own, not the pipeline fixture of tests/core/test_core_pipeline.py: that one reruns stages with
+The run is its own, not the pipeline fixture of tests/pipeline/test_pipeline_run.py: that one reruns stages with
 changed keys (weights.tau_f, implant.seed) in the run directory it shares, its 30 implant steps leave no
 backdoor to remove (ASR before is ~0), and it unlearns rapidun / ga / retrain, not rapidun next to uniform. The
 setting keeps tiny_cpu.yaml's model size and recipe and shrinks the data and the step counts.

@@ -255,7 +255,7 @@ def test_clean_mode_never_reads_labels(implanted_dir, tmp_path):
 
 
 def _user_files(implanted_dir: Path, root: Path) -> dict[str, Path]:
-    """What a user brings (as in tests/core/test_core_clean.py): 4 known poisoned rows, the training file as
+    """What a user brings (as in tests/pipeline/test_pipeline_clean_job.py): 4 known poisoned rows, the training file as
     trained with no labels, clean eval prompts."""
     root.mkdir(parents=True)
     train = read_rows(implanted_dir / "data" / "train.jsonl")
