@@ -493,7 +493,7 @@ def _attack_head(attack: str, entry: dict, per_seed: list[dict]) -> list[str]:
         f"{first['sizes']['train']} training rows, {first['sizes']['poisoned']} poisoned (poison_rate "
         f"{first['poison_rate']}), {first['sizes']['known']} known rows unlearned by the clean job. Its find_poison (rows "
         f"nobody knew): recall {_pct(fp['recall'])}, precision {_pct(fp['precision'])}, {_f(fp_s, 1)} s. Measured per "
-        f"training row: retrain {_f(retrain_row, 3)} s, find_poison {_f(_div(fp_s, first["sizes"]["train"]), 3)} s. The "
+        f"training row: retrain {_f(retrain_row, 3)} s, find_poison {_f(_div(fp_s, first['sizes']['train']), 3)} s. The "
         f"clean job's own report measured ASR on {first['clean_asr_source']}.",
         "",
     ]
