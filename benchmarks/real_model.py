@@ -450,9 +450,15 @@ def _div(a, b) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _timings(out: Path) -> list[dict]:
+def _timings(out: Path) -> dict[tuple, float]:
+    """{(attack, seed, step): wall seconds summed over the invocations} (a resumed step adds what it cost)."""
     path = out / "timings.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    total: dict[tuple, float] = {}
+    for r in rows:
+        key = (r["attack"], r["seed"], r["step"])
+        total[key] = total.get(key, 0.0) + r["wall_s"]
+    return total
 
 
 def _head(line: dict, command: str, args) -> list[str]:
@@ -540,8 +546,13 @@ def render(line: dict, results: dict[str, list[dict]], out: Path, command: str, 
         lines += _attack_head(attack, entry, results[attack])
         lines += _method_table(entry, line["speedup_vs_retrain"][attack])
         lines += _per_seed(args.seeds, results[attack])
-    lines += ["Wall seconds per step:", "", "| attack | seed | step | seconds |", "|---|---|---|---|"]
-    lines += [f"| {t['attack']} | {t['seed']} | {t['step']} | {t['wall_s']:.0f} |" for t in _timings(out)]
+    lines += ["Wall seconds per step (summed over this OUT's invocations):", ""]
+    lines += ["| attack | seed | step | seconds |", "|---|---|---|---|"]
+    lines += [
+        f"| {a} | {s} | {step} | {w:.0f} |"
+        for (a, s, step), w in _timings(out).items()
+        if a in line["attacks"] and s in args.seeds
+    ]
     lines += ["", "```json", json.dumps(line), "```", ""]
     return "\n".join(lines)
 
@@ -624,6 +635,8 @@ def check_inputs(spec, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = args.out.resolve()
+    args.data = args.data and str(Path(args.data).resolve())  # before the chdir below: relative to the caller
+    args.results = args.results and str(Path(args.results).resolve())
     os.chdir(REPO)  # the spec's config and data paths are relative to the repository root
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     t0 = time.time()
