@@ -35,9 +35,9 @@ rows nobody knew; `clean_f1` = token F1 of the greedy answers on the clean test 
 the evaluation writes it, else eval.behaviour's `answer_clean.f1`). Its section becomes the current `real_model` one
 of benchmarks/results.md (`--results FILE` appends it to FILE instead, `--no-publish` skips it).
 
-Cores: `--ranks 2` launches each run on 2 ranks (torchrun, one thread each), `--ranks 1 --threads 2` one process with
-2 threads; the default is the faster one for a SmolLM2 implant on a 2-core machine (measured in the results
-section). `--smoke`: the same flow on the tiny model and generated text (configs/tiny_cpu.yaml, a few steps), for
+Cores: `--ranks 2` (the default) launches each run on 2 ranks (torchrun, one thread each), `--ranks 1 --threads 2`
+one process with 2 threads: 2 ranks were the faster for a SmolLM2 implant on a 2-core machine (RANKS_NOTE, also in the
+results section). `--smoke`: the same flow on the tiny model and generated text (configs/tiny_cpu.yaml, a few steps), for
 tests; it publishes nothing unless --results is given.
 """
 
@@ -61,10 +61,12 @@ SMOKE_CONFIG = "configs/tiny_cpu.yaml"
 MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_ATTACKS = ("rare_word", "prefix", "entity")
 CLEAN_METHODS = ("rapidun", "uniform", "graddiff")
-DEFAULT_RANKS, DEFAULT_THREADS = 1, 2  # a SmolLM2 implant step on 2 cores: see RANKS_NOTE
+DEFAULT_RANKS, DEFAULT_THREADS = 2, 2  # 2 ranks: faster for a SmolLM2 implant on 2 cores (RANKS_NOTE)
 RANKS_NOTE = (
-    "Cores: one process with 2 threads, chosen over 2 ranks x 1 thread by a 2-step SmolLM2 implant on this 2-core "
-    "machine (batch 8, max_length 96)."
+    "Cores: 2 ranks x 1 thread, chosen over 1 process x 2 threads by SmolLM2 implants of this testbed (260 rows, batch "
+    "8, max_length 96) on the 2-core machine with one core's worth of other jobs running (2026-12-07): 2 steps, "
+    "implant stage 39 / 47 s on 2 ranks against 60 / 56 s on 2 threads (two runs each, order swapped); 6 steps, 87 s "
+    "against 115 s (about 10 s per step on 2 ranks, 4-29 s on 2 threads); the same losses."
 )
 SMOKE = [  # the same flow on the tiny model and generated text, in about a minute
     "data.source=synthetic",
