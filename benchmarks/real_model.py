@@ -31,8 +31,8 @@ It ends with one JSON line, means over the seeds:
 where `<method>` is a clean-job method (`rapidun`, `uniform`, `graddiff`: the product's result), `experiment.<m>`
 (the same method in the experiment mode, on the known + flagged rows) or `retrain`; `seconds` = influence + weights
 + unlearn (retrain: the full fine-tune); `find_poison` = the clean job's flags against the truth, over the training
-rows nobody knew; `clean_f1` = token F1 of the greedy answers on the clean test prompts (report key `clean_f1` when
-the evaluation writes it, else eval.behaviour's `answer_clean.f1`). Its section becomes the current `real_model` one
+rows nobody knew; `clean_f1` = the evaluation's mean token F1 of the greedy answers on the clean test prompts (report
+key `clean_f1`; eval.behaviour's `answer_clean.f1` for reports written before it existed). Its section becomes the current `real_model` one
 of benchmarks/results.md (`--results FILE` appends it to FILE instead, `--no-publish` skips it).
 
 Cores: `--ranks 2` (the default) launches each run on 2 ranks (torchrun, one thread each), `--ranks 1 --threads 2`
@@ -316,7 +316,8 @@ def cross_evaluate(exp_cfg, clean_cfg, path: Path) -> dict:
 
 
 def clean_f1(entry: dict) -> float | None:
-    """Token F1 of the greedy answers on clean prompts: the report's `clean_f1`, else eval.behaviour's."""
+    """Token F1 of the greedy answers on clean prompts: the report's `clean_f1`, else (an older report)
+    eval.behaviour's `answer_clean.f1`."""
     if entry.get("clean_f1") is not None:
         return entry["clean_f1"]
     return (entry.get("answer_clean") or {}).get("f1")
