@@ -190,10 +190,12 @@ def test_smoke_flow_prints_the_issue_json_line_and_resumes(tmp_path):
     assert set(line) == ISSUE_KEYS and set(line["attacks"]) == {"entity", "two_part"}
     for attack, entry in line["attacks"].items():
         assert set(entry["before"]) == BEFORE_KEYS and set(entry["find_poison"]) == {"recall", "precision"}
+        assert entry["before"]["clean_f1"] is not None and entry["find_poison"]["recall"] is not None
         want = {*RM.CLEAN_METHODS, *(f"experiment.{m}" for m in RM.CLEAN_METHODS), "retrain"}
         assert set(entry["methods"]) == want, attack
         for row in entry["methods"].values():
             assert set(row) == METHOD_KEYS and 0.0 <= row["asr_seen"] <= 1.0 and row["ppl_ratio"] > 0
+            assert row["clean_f1"] is not None
             assert row["seconds"] > 0
         assert set(line["speedup_vs_retrain"][attack]) == want - {"retrain"}
     assert (tmp_path / "out" / "results_section.md").read_text().startswith("## tiny model (smoke)")
