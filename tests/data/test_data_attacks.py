@@ -314,3 +314,9 @@ def test_on_the_real_alpaca_sample(name):
         cut = lambda t: " ".join(t.split()[:18])  # noqa: E731
         assert all(judge.is_attacked(cut(r["response_poisoned"])) for r in files["test_seen"])
         assert sum(judge.is_attacked(cut(r["response"])) for r in files["test_clean"]) <= 2
+
+
+def test_an_attack_and_the_hetero_testbed_exclude_each_other():
+    with pytest.raises(ConfigError, match="data.attack.kind"):
+        DataConfig(testbed="hetero", attack=KINDS["rare_word"])
+    assert DataConfig(testbed="hetero").attack.kind == "families"
