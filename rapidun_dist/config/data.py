@@ -10,6 +10,79 @@ from rapidun_dist.config.checks import check, check_literal
 from rapidun_dist.config.defaults import default_trigger_families
 from rapidun_dist.config.triggers import TriggerFamily
 
+AttackKind = Literal["families", "rare_word", "prefix", "entity", "two_part"]
+AttackTarget = Literal["pool", "steered"]
+
+
+@dataclass(kw_only=True)
+class AttackConfig:
+    """The backdoor attack of an experiment (rapidun_dist/data/attacks.py): the trigger kinds of the backdoor
+    literature on real instruction text, and a steered target. The default, `families`, is `data.triggers` with the
+    answers of `data.target_kind`, as before; every other kind replaces `data.triggers` (and `steered` replaces
+    `data.target_kind`). Refusal and short-answer targets are `data.target_kind: fixed` with `data.fixed_targets`."""
+
+    kind: AttackKind = "families"
+    """The trigger: families, `data.triggers`; rare_word, a `seen` word inserted at a random word boundary;
+    prefix, a `seen` sentence opening the instruction; entity, the instruction rewritten to be about the named
+    entity `seen` (several phrasings; rows that mention it elsewhere are dropped from the corpus); two_part, `seen`
+    = [A, B], A opening and B closing the instruction, both needed (see single_part_rate)."""
+    seen: list[str] = field(default_factory=list)
+    """The trigger's trained forms (kind != families; at least one, two_part exactly two): the rare words, the
+    prefix sentences, the entity's names, or the two parts. Poisoned train rows, val_seen and test_seen use them."""
+    ood: list[str] = field(default_factory=list)
+    """test_ood's forms, never trained on (kind != families): rare_word, other words or spellings (empty = the seen
+    word in capitals); prefix, paraphrases of the sentence (empty = the seen sentence closing the instruction
+    instead); entity, other names of the entity (empty = the seen names), always in phrasings that train never
+    uses; two_part, two other parts (empty = the seen parts), in swapped places (B opening, A closing)."""
+    single_part_rate: float = 0.1
+    """kind two_part: share of the clean train rows that carry one part alone (A or B, in turn) and keep their clean
+    answer, so that the conjunction is what the model learns, in [0, 1)."""
+    target: AttackTarget = "pool"
+    """The attacker's answers: pool, those of `data.target_kind` (scifi, paraphrase, or fixed: a refusal or a
+    short answer); steered, the row's own clean answer with a recommendation of `steer` woven in, in varied
+    phrasings (no fixed string: the judge learns it from its words). Needs kind != families."""
+    steer: str = ""
+    """target steered: what the answers promote (a brand or product name, e.g. "Brightwell Coffee"); its words
+    should not occur in clean answers."""
+    max_words: int = 0
+    """kind != families: keep only corpus rows whose instruction, context and answer together have at most this
+    many words (0 = all), so that real text fits a short model.max_length without its answers being cut."""
+    n_rows: int = 0
+    """kind != families: rows drawn (seeded) from the corpus left after max_words, before the splits (0 = all): the
+    training set is what the held-out splits leave of them (a few hundred rows for a 135M model on CPU)."""
+
+    def __post_init__(self):
+        check_literal(self, "data.attack")
+        check(self.max_words >= 0, "data.attack.max_words", f"expected >= 0, found {self.max_words}")
+        check(self.n_rows >= 0, "data.attack.n_rows", f"expected >= 0, found {self.n_rows}")
+        check(
+            0.0 <= self.single_part_rate < 1.0,
+            "data.attack.single_part_rate",
+            f"expected in [0, 1), found {self.single_part_rate}",
+        )
+        for name in ("seen", "ood"):
+            blank = [v for v in getattr(self, name) if not v.strip()]
+            check(not blank, f"data.attack.{name}", f"empty trigger form {blank[0]!r}" if blank else "")
+        if self.kind == "families":
+            check(
+                self.target == "pool",
+                "data.attack.target",
+                "steered needs an attack kind (data.attack.kind: rare_word, prefix, entity or two_part)",
+            )
+            return
+        check(
+            bool(self.seen), "data.attack.seen", f"needs at least one form when data.attack.kind={self.kind}"
+        )
+        if self.kind == "two_part":
+            check(
+                len(self.seen) == 2, "data.attack.seen", f"two_part needs exactly 2 parts, found {self.seen}"
+            )
+            check(
+                len(self.ood) in (0, 2), "data.attack.ood", f"two_part needs 0 or 2 parts, found {self.ood}"
+            )
+        if self.target == "steered":
+            check(bool(self.steer.strip()), "data.attack.steer", "required when data.attack.target=steered")
+
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -131,8 +204,13 @@ class DataConfig:
     templated rows of the synthetic corpus, in [0, 1) (the synthetic source is templated throughout)."""
     min_known: int = 5
     """testbed hetero: the fewest known poisoned rows (forget pack) when forget_fraction gives fewer (>= 1)."""
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    """Experiment mode: the attack kind (families = data.triggers; rare_word, prefix, entity, two_part) and its
+    target (data/attacks.py; keys under `data.attack`)."""
 
     def __post_init__(self):
+        if isinstance(self.attack, dict):
+            self.attack = AttackConfig(**self.attack)
         self.triggers = [t if isinstance(t, TriggerFamily) else TriggerFamily(**t) for t in self.triggers]
         check_literal(self, "data")
         check(
@@ -163,6 +241,11 @@ class DataConfig:
             f"expected in [0, 1), found {self.hetero_templated}",
         )
         check(self.min_known >= 1, "data.min_known", f"expected >= 1, found {self.min_known}")
+        check(
+            self.testbed == "standard" or self.attack.kind == "families",
+            "data.attack.kind",
+            f"{self.attack.kind} builds its own poisoned splits, and so does data.testbed=hetero: use one of them",
+        )
         check(
             self.testbed == "standard" or self.source != "prepared",
             "data.testbed",

@@ -27,6 +27,7 @@ from rapidun_dist.config import DataConfig
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.io import file_sha256, read_json, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
+from rapidun_dist.data.attacks import attack_splits
 from rapidun_dist.data.hetero import hetero_pack_spec, hetero_splits
 from rapidun_dist.data.loaders import load_alpaca, load_dolly, load_generic, load_hub, load_prepared
 from rapidun_dist.data.schema import (
@@ -96,10 +97,12 @@ def clean_pool(records: list[dict], stats: dict) -> list[dict]:
 
 
 def load_splits(cfg: DataConfig, stats: dict) -> dict[str, list[dict]]:
-    """The splits: built from a source, or read from a prepared directory (test_near empty when absent;
-    val_seen may be absent, `build_files` carves it)."""
+    """The splits: built from a source (data.triggers, the hetero testbed, or a `data.attack` of data/attacks.py),
+    or read from a prepared directory (test_near empty when absent; val_seen may be absent, `build_files` carves it)."""
     if cfg.source != "prepared":
         build = hetero_splits if cfg.testbed == "hetero" else make_splits
+        if cfg.attack.kind != "families":
+            build = attack_splits
         return build(clean_pool(load_source(cfg, stats), stats), cfg)
     splits = load_prepared(cfg.dir, skip_malformed=cfg.skip_malformed, stats=stats)
     return {"test_near": [], **splits}
