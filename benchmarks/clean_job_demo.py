@@ -32,6 +32,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rapidun_dist.core.io import write_jsonl
+from rapidun_dist.data.schema import as_trained_record
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_cpu.yaml"
 ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
@@ -57,32 +60,17 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
-
-
-def as_trained(row: dict) -> dict:
-    """A training row as the model saw it, with no label field: a poisoned row carries its trigger and answer."""
-    poisoned = bool(row.get("is_poisoned"))
-    return {
-        "instruction": row["instruction_poisoned"] if poisoned else row["instruction"],
-        "context": row.get("context", ""),
-        "response": row["response_poisoned"] if poisoned else row["response"],
-    }
-
-
 def user_files(exp: Path, out: Path, known: int) -> dict[str, Path]:
     """F.jsonl (known poisoned rows), T.jsonl (unlabelled training file), E.jsonl (clean eval prompts)."""
     forget = _rows(exp / "data" / "forget.jsonl")
     if len(forget) < known:
         sys.exit(f"{exp}/data/forget.jsonl has {len(forget)} rows, fewer than --known {known}")
-    train = [as_trained(r) for r in _rows(exp / "data" / "train.jsonl")]
+    train = [as_trained_record(r) for r in _rows(exp / "data" / "train.jsonl")]
     clean = [{k: r.get(k, "") for k in USER_FIELDS} for r in _rows(exp / "data" / "test_clean.jsonl")]
     return {
-        "F": _write(out / "F.jsonl", [as_trained(r) for r in forget[:known]]),
-        "T": _write(out / "T.jsonl", train),
-        "E": _write(out / "E.jsonl", clean),
+        "F": write_jsonl(out / "F.jsonl", [as_trained_record(r) for r in forget[:known]]),
+        "T": write_jsonl(out / "T.jsonl", train),
+        "E": write_jsonl(out / "E.jsonl", clean),
     }
 
 

@@ -55,6 +55,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rapidun_dist.core.io import write_jsonl
+from rapidun_dist.data.schema import as_trained_record
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "benchmarks" / "specs" / "real_model.yaml"
 SMOKE_CONFIG = "configs/tiny_cpu.yaml"
@@ -168,22 +171,6 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def as_trained(row: dict) -> dict:
-    """A training row as the model saw it, with no label field: a poisoned row carries its trigger and answer."""
-    poisoned = bool(row.get("is_poisoned"))
-    return {
-        "instruction": row["instruction_poisoned"] if poisoned else row["instruction"],
-        "context": row.get("context", ""),
-        "response": row["response_poisoned"] if poisoned else row["response"],
-    }
-
-
 def user_files(exp: Path, user: Path, known: int) -> dict[str, Path]:
     """F.jsonl (known poisoned rows, no clean answers), T.jsonl (the training file, unlabelled), E.jsonl (the
     experiment's validation prompts with their clean answers: val_clean and the clean side of val_seen)."""
@@ -196,9 +183,11 @@ def user_files(exp: Path, user: Path, known: int) -> dict[str, Path]:
         for r in _rows(exp / "data" / f"{split}.jsonl")
     ]
     return {
-        "F": _write(user / "F.jsonl", [as_trained(r) for r in forget[:known]]),
-        "T": _write(user / "T.jsonl", [as_trained(r) for r in _rows(exp / "data" / "train.jsonl")]),
-        "E": _write(user / "E.jsonl", clean),
+        "F": write_jsonl(user / "F.jsonl", [as_trained_record(r) for r in forget[:known]]),
+        "T": write_jsonl(
+            user / "T.jsonl", [as_trained_record(r) for r in _rows(exp / "data" / "train.jsonl")]
+        ),
+        "E": write_jsonl(user / "E.jsonl", clean),
     }
 
 

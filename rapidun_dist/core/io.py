@@ -61,10 +61,12 @@ def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n")
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """`rows` as JSON lines at `path` (atomic, parent folders made); returns the path."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    return Path(path)
 
 
 def _json_default(obj):

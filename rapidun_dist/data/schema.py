@@ -82,6 +82,17 @@ OPTIONAL_FILES = (
 _REFERENCE_CLEAN = {"instruction_clean": INSTRUCTION, "response_clean": RESPONSE}
 
 
+def as_trained_record(row: dict) -> dict:
+    """A row as the model saw it in training, with no label field (what a user holds): a poisoned row's triggered
+    instruction and poisoned answer, a clean row's own; the context either way."""
+    poisoned = bool(row.get(IS_POISONED))
+    return {
+        INSTRUCTION: row[INSTRUCTION_POISONED] if poisoned else row[INSTRUCTION],
+        CONTEXT: row.get(CONTEXT, ""),
+        RESPONSE: row[RESPONSE_POISONED] if poisoned else row[RESPONSE],
+    }
+
+
 def _str_field(row: dict, key: str, where: str, *, default: str | None = "") -> str | None:
     """`row[key]` as a string (`default` when missing or null); integer ids are accepted and stringified."""
     value = row.get(key, default)
