@@ -220,6 +220,7 @@ def clean_config_args(spec, exp_cfg, files: dict[str, Path], run_dir: Path, give
         f"methods=[{','.join(CLEAN_METHODS)}]",
         *spec.overrides,
         f"model.name_or_path={Path(exp_cfg.run_dir) / 'model'}",
+        "model.gguf_file=null",  # the implanted model is a saved folder, not the package's GGUF file
         f"data.forget_path={files['F']}",
         f"data.train_path={files['T']}",
         f"data.eval_path={files['E']}",

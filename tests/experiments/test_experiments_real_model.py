@@ -64,6 +64,7 @@ def test_clean_job_config_loads_with_the_triggers(name, tmp_path):
     cfg = load_config(args[0], args[1:])
     assert cfg.mode == "clean" and tuple(cfg.methods) == RM.CLEAN_METHODS
     assert cfg.model.name_or_path == str(tmp_path / "exp" / "model")
+    assert exp_cfg.model.gguf_file and cfg.model.gguf_file is None  # the implant's saved folder, not the GGUF
     assert cfg.data.forget_path == str(files["F"]) and cfg.run_dir == str(tmp_path / "clean")
     seen, ood = RM.known_triggers(exp_cfg.data.attack)
     assert [(t.text, t.mode) for t in cfg.eval.triggers] == seen
