@@ -349,7 +349,7 @@ def cmd_summarize(args) -> int:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write("\n" + text)
     if args.publish:
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         publish("alpaca57k", text, REPO / "benchmarks")
     (out / "results_section.md").write_text(text)

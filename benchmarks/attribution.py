@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.results, "a", encoding="utf-8") as fh:
             fh.write("\n" + text)
     else:
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         publish("attribution", text, ROOT / "benchmarks")
     sys.stdout.write(text)

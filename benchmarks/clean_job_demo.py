@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.results, "a") as fh:
                 fh.write(results_section(line, cmd))
         else:
-            from rapidun_dist.experiments.page import publish
+            from rapidun_dist.cli.experiments.page import publish
 
             slug = re.sub(r"[^A-Za-z0-9]+", "_", " ".join(options)).strip("_").lower()
             publish(

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.cli.experiments.runner import done_stages
 from rapidun_dist.evaluation import markdown as md
-from rapidun_dist.experiments.runner import done_stages
 from rapidun_dist.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ outputs whose fingerprint matches, so nothing upstream is recomputed):
    triggered prompts from the training distribution) and val_clean PPL ratio at the end of the run (after any
    damage-stop restore). Rule, documented in OUT/tuning.md: the lowest validation ASR among the rates whose
    validation PPL ratio is <= --max-val-ppl (default 1.05); ties to the lower PPL ratio; when no rate is within
-   the limit, the rate with the lowest PPL ratio (`rapidun_dist.experiments.fair`). Nothing here reads a test split.
+   the limit, the rate with the lowest PPL ratio (`rapidun_dist.cli.experiments.fair`). Nothing here reads a test split.
 3. table, per seed and relabel setting (on for every method; off for `--relabel-off`): methods that chose the same
    rate share one run dir (unlearn + evaluate with the eval config's extras); the per-rate reports are merged into
    one report per (setting, seed) at OUT/table/<setting>/s<seed>/eval/report.json (before from the first; protocol
@@ -39,12 +39,18 @@ import sys
 import time
 from pathlib import Path
 
+from rapidun_dist.cli.experiments.fair import (
+    choose,
+    merge_reports,
+    method_summary,
+    tuning_markdown,
+    val_point,
+)
+from rapidun_dist.cli.experiments.runner import done_stages
 from rapidun_dist.config import load_config
 from rapidun_dist.config.methods import ENGINE_METHODS, METHOD_SPECS
 from rapidun_dist.core.io import read_json, write_json, write_text
 from rapidun_dist.core.logging import get_logger
-from rapidun_dist.experiments.fair import choose, merge_reports, method_summary, tuning_markdown, val_point
-from rapidun_dist.experiments.runner import done_stages
 from rapidun_dist.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write(text)
     else:
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         publish(f"hard_testbed_{Path(cfg.run_dir).name}", text, ROOT / "benchmarks")
     return 0

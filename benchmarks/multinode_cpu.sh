@@ -208,6 +208,6 @@ if [[ $MODE == write && $status == 0 ]]; then
     echo "Wall seconds include process start-up and imports and are distorted by the shared load: orientation only."
     echo
     cat "$OUT"
-  } | "$PY" -m rapidun_dist.experiments publish multinode_cpu --bench benchmarks  # the old one -> results_archive.md
+  } | "$PY" -m rapidun_dist.cli.experiments publish multinode_cpu --bench benchmarks  # the old one -> results_archive.md
 fi
 exit "$status"

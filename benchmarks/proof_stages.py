@@ -85,8 +85,8 @@ def watched_stage(sec: Section, cfg, rd, stage: str, device: torch.device) -> bo
 
 
 def unlearn_round_trip(sec: Section, device: torch.device, base: Path, run: Path, zero: int) -> None:
+    from rapidun_dist.cli.experiments.runner import done_stages
     from rapidun_dist.core.io import read_json, read_jsonl
-    from rapidun_dist.experiments.runner import done_stages
     from rapidun_dist.run.rundir import RunDir
 
     src = RunDir(base)  # a fork of the base's upstream stages: each round trip unlearns from the same start

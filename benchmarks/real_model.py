@@ -6,7 +6,7 @@
 
 Per attack (a cell of benchmarks/specs/real_model.yaml: `data.attack` on the Alpaca sample) and seed:
 
-1. experiment  `rapidun run` of the cell (rapidun_dist.experiments.runner, into OUT/<attack>/s<seed>): prepare,
+1. experiment  `rapidun run` of the cell (rapidun_dist.cli.experiments.runner, into OUT/<attack>/s<seed>): prepare,
                implant (the backdoor, into the pretrained model), find_poison, influence, weights, unlearn for
                rapidun / uniform / graddiff on the known + flagged rows, retrain on the training set without them,
                evaluate. Skipped when its run directory is complete and current (manifest fingerprints).
@@ -105,7 +105,7 @@ def say(msg: str) -> None:
 
 
 def launcher(ranks: int, threads: int):
-    """A `rapidun_dist.experiments.runner` launcher: `rapidun run ARGS` on one process with `threads` threads, or
+    """A `rapidun_dist.cli.experiments.runner` launcher: `rapidun run ARGS` on one process with `threads` threads, or
     launch/run.py on `ranks` ranks (torchrun, one thread each); output to the log file."""
 
     def launch(args: list[str], log_path: Path) -> int:
@@ -129,7 +129,7 @@ def launcher(ranks: int, threads: int):
 
 def study(args):
     """The spec of this invocation: the attacks and seeds asked for, the smoke or data overrides, the user's."""
-    from rapidun_dist.experiments.spec import load_spec
+    from rapidun_dist.cli.experiments.spec import load_spec
 
     spec = load_spec(SPEC)
     extra = list(spec.overrides)
@@ -157,7 +157,7 @@ def timed(out: Path, attack: str, seed: int, step: str):
 
 def run_experiment(spec, out: Path, attack: str, seed: int, launch) -> Path:
     """The cell's experiment run (skipped when complete); its run directory."""
-    from rapidun_dist.experiments.runner import run_dir_of, run_spec
+    from rapidun_dist.cli.experiments.runner import run_dir_of, run_spec
 
     tasks = run_spec(spec, out, cells=[attack], seeds=[seed], launcher=launch)
     say(f"{attack} s{seed}: experiment " + ("done" if any(t.missing for t in tasks) else "already complete"))
@@ -233,9 +233,9 @@ def clean_config_args(spec, exp_cfg, files: dict[str, Path], run_dir: Path, give
 def run_clean_job(spec, exp: Path, out: Path, attack: str, seed: int, args, launch):
     """The user's files from the experiment run, then the clean job on them (skipped when complete); returns
     (the experiment's config, the clean job's config)."""
+    from rapidun_dist.cli.experiments.runner import missing_stages
     from rapidun_dist.config import load_config
     from rapidun_dist.core.errors import StageError
-    from rapidun_dist.experiments.runner import missing_stages
 
     exp_cfg = load_config(spec.config, spec.overrides_of(spec.cell(attack), seed, exp))
     files = user_files(exp, out / attack / f"s{seed}_user", args.known)
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.results, "a", encoding="utf-8") as fh:
             fh.write("\n" + text)
     elif not (args.no_publish or args.smoke):
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         publish("real_model", text, REPO / "benchmarks")
     print(json.dumps(line), flush=True)

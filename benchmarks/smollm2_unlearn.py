@@ -184,7 +184,7 @@ def main() -> int:
     text = markdown(res, "python benchmarks/smollm2_unlearn.py " + " ".join(sys.argv[1:]))
     sys.stdout.write(text)
     if not args.no_append:
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         publish("smollm2_unlearn", text, ROOT / "benchmarks")
     return 0

@@ -507,7 +507,7 @@ TITLES = {
 def append_results(text: str, path: Path | None, quick: bool) -> None:
     """Publish the section (`path` None) or append it to `path`."""
     if path is None:
-        from rapidun_dist.experiments.page import publish
+        from rapidun_dist.cli.experiments.page import publish
 
         mode = "quick" if quick else "full"
         publish(f"stress_influence_{mode}", text, REPO / "benchmarks", title=TITLES[mode])

@@ -465,7 +465,7 @@ def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], 
 def save(kind: str, payload: dict, section: str, append: bool) -> None:
     """benchmarks/weight_variants.json[kind] = payload, and the section the current `weight_variants_<kind>` one
     of benchmarks/results.md (the one it replaces goes to results_archive.md)."""
-    from rapidun_dist.experiments.page import publish
+    from rapidun_dist.cli.experiments.page import publish
 
     print(section)
     if not append:

@@ -5,7 +5,7 @@
 #   bash benchmarks/zero_stages.sh [RUN_DIR] [--append]
 #
 # RUN_DIR: a run dir of configs/tiny_cpu.yaml with prepare..weights done (default runs/tiny_cpu). Each stage runs the
-# issue's command on its own fork of RUN_DIR (`python -m rapidun_dist.experiments fork`: its completed upstream stages),
+# issue's command on its own fork of RUN_DIR (`python -m rapidun_dist.cli.experiments fork`: its completed upstream stages),
 #   deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml unlearn.zero_stage=S unlearn.max_steps=20
 # (method rapidun, no ASR curve), then compares the per-step losses against ZeRO-0 and checks that the ZeRO-3 adapter
 # loads with PEFT. The checkpoint sizes come from one process per stage saving the same engine state twice:
@@ -22,7 +22,7 @@ export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 PATH="$PWD/.venv/bin:$PATH"
 : > "$OUT/walls"
 for S in 0 1 2 3; do
   d=$OUT/zero$S
-  python -m rapidun_dist.experiments fork "$SRC" "$d" --stages prepare,implant,find_poison,influence,weights --only-done
+  python -m rapidun_dist.cli.experiments fork "$SRC" "$d" --stages prepare,implant,find_poison,influence,weights --only-done
   start=$(date +%s)
   deepspeed --num_accelerators 2 launch/unlearn.py --config configs/tiny_cpu.yaml run_dir="$d" \
     unlearn.zero_stage=$S unlearn.max_steps=20 methods=[rapidun] unlearn.eval_every=0 > "$d.log" 2>&1
@@ -111,7 +111,7 @@ md = [
 text = "\n".join(md)
 print(text)
 if append:
-    from rapidun_dist.experiments.page import publish
+    from rapidun_dist.cli.experiments.page import publish
 
     publish("zero_stages", text, "benchmarks")
 PY

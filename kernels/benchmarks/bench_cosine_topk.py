@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.experiments.perf import run_cli, time_ms, timed_rows
+from rapidun_dist.cli.experiments.perf import run_cli, time_ms, timed_rows
 from rapidun_dist.kernels import cosine_topk
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
+from rapidun_dist.cli.experiments.perf import hardware
 from rapidun_dist.config import load_config
 from rapidun_dist.core.io import read_jsonl
 from rapidun_dist.data.prompt import pad_batch
 from rapidun_dist.evaluation.retrieval import poison_retrieval
-from rapidun_dist.experiments.perf import hardware
 from rapidun_dist.influence.features import (
     answer_loss_backward,
     answer_positions,

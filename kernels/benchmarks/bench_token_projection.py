@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rapidun_dist.experiments.perf import random_lengths, run_cli, time_ms, timed_rows
+from rapidun_dist.cli.experiments.perf import random_lengths, run_cli, time_ms, timed_rows
 from rapidun_dist.kernels import TokenLayout, projected_outer_sums, unit_rows
 
 DEFAULT_CSV = Path(__file__).resolve().parent / "results.csv"

@@ -29,9 +29,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("find_poison", "unlearn", "evaluation", "attribution"),
     ("stages",),
     ("pipeline", "launcher", "validate"),
-    ("experiments", "cli"),
+    ("cli",),  # the command lines: `rapidun` and `python -m rapidun_dist.cli.experiments`
 )
-ORCHESTRATION = ("stages", "pipeline", "launcher", "cli", "experiments")
+ORCHESTRATION = ("stages", "pipeline", "launcher", "cli")
 
 
 def _modules(root: Path) -> dict[str, Path]:

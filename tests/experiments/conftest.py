@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from exp_helpers import SPEC
 
-from rapidun_dist.experiments.spec import load_spec
+from rapidun_dist.cli.experiments.spec import load_spec
 
 
 @pytest.fixture

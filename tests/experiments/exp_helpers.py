@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from rapidun_dist.cli.experiments.runner import cell_config
 from rapidun_dist.core.io import write_json
-from rapidun_dist.experiments.runner import cell_config
 from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages import default_stages, fingerprint
 

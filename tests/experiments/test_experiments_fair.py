@@ -1,12 +1,12 @@
-"""rapidun_dist.experiments.fair (benchmarks/fair_compare.py's rules): the documented selection rule on validation
+"""rapidun_dist.cli.experiments.fair (benchmarks/fair_compare.py's rules): the documented selection rule on validation
 points, the validation point read from a method summary, the tuning table, and the merge of per-rate reports into
 one report per (setting, seed) that `rapidun compare` reads with the setting as its protocol label."""
 
 from __future__ import annotations
 
+from rapidun_dist.cli.experiments import fair as fc
 from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation.compare import compare_reports
-from rapidun_dist.experiments import fair as fc
 
 
 def _naive_choice(points: dict, limit: float) -> str:

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from exp_helpers import complete_spec
 
-from rapidun_dist.core.errors import DataError
-from rapidun_dist.core.io import read_json
-from rapidun_dist.experiments.page import (
+from rapidun_dist.cli.experiments.page import (
     ARCHIVE_HEAD,
     publish,
     render_page,
@@ -20,14 +18,16 @@ from rapidun_dist.experiments.page import (
     sections,
     write_page,
 )
-from rapidun_dist.experiments.results import collect, results_path, section
+from rapidun_dist.cli.experiments.results import collect, results_path, section
+from rapidun_dist.core.errors import DataError
+from rapidun_dist.core.io import read_json
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 
 
 def test_the_committed_page_is_the_rendered_one():
-    """benchmarks/results.md is generated: edit benchmarks/results/ and run `python -m rapidun_dist.experiments
+    """benchmarks/results.md is generated: edit benchmarks/results/ and run `python -m rapidun_dist.cli.experiments
     render`, never the page."""
     assert (BENCH / "results.md").read_text(encoding="utf-8") == render_page(BENCH)
 
@@ -105,7 +105,7 @@ def test_collected_results_join_the_page_and_a_changed_table_archives_the_old(sp
 def test_the_command_line_collects_renders_publishes_and_forks(spec, bench, tmp_path, monkeypatch):
     import io
 
-    from rapidun_dist.experiments.__main__ import main
+    from rapidun_dist.cli.experiments.__main__ import main
 
     out = tmp_path / "out"
     complete_spec(spec, out, random.Random(1))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from rapidun_dist.cli.experiments.spec import load_spec
 from rapidun_dist.config import DataConfig, load_config
 from rapidun_dist.core.io import write_jsonl
 from rapidun_dist.data.prepare import prepare_data
 from rapidun_dist.data.schema import prompt_key
-from rapidun_dist.experiments.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from exp_helpers import complete_spec
 
+from rapidun_dist.cli.experiments.results import collect, load_results, results_path, section, write_results
 from rapidun_dist.core.errors import DataError, StageError
 from rapidun_dist.evaluation.stats import paired_differences, t_quantile_975
-from rapidun_dist.experiments.results import collect, load_results, results_path, section, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ def _naive_interval(values: list[float]) -> tuple[float, float, float]:
 def test_collect_summarises_every_cell_and_pairs_by_seed(spec, tmp_path, rng):
     out = tmp_path / "out"
     reports = complete_spec(spec, out, rng)
-    res = collect(spec, out, command="python -m rapidun_dist.experiments collect mini.yaml --out OUT")
+    res = collect(spec, out, command="python -m rapidun_dist.cli.experiments collect mini.yaml --out OUT")
     assert res["format_version"] == 1 and list(res["cells"]) == ["a", "b"] and res["reference"] == "uniform"
     assert (
         "answer_seen.answered" in res["rates"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from exp_helpers import CONFIG, complete_run
 
+from rapidun_dist.cli.experiments.runner import missing_stages, plan, run_spec
 from rapidun_dist.config import load_config
 from rapidun_dist.core.errors import StageError
-from rapidun_dist.experiments.runner import missing_stages, plan, run_spec
 
 
 class FakeLauncher:

@@ -1,5 +1,5 @@
 """The benchmark scripts are not a second product: none edits sys.path (they import the installed package; what
-they share lives in rapidun_dist.experiments), and each one's command line still parses (`--help`, slow tier)."""
+they share lives in rapidun_dist.cli.experiments), and each one's command line still parses (`--help`, slow tier)."""
 
 from __future__ import annotations
 

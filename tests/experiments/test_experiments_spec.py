@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rapidun_dist.cli.experiments.spec import load_spec, shell_join
 from rapidun_dist.config import load_config
 from rapidun_dist.core.errors import ConfigError
-from rapidun_dist.experiments.spec import load_spec, shell_join
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "benchmarks" / "specs").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""`python -m rapidun_dist.experiments COMMAND ...`: run a spec, collect its results, render the results page.
+"""`python -m rapidun_dist.cli.experiments COMMAND ...`: run a spec, collect its results, render the results page.
 
 run SPEC --out OUT [--cells A,B] [--seeds 0,1] [--dry-run]   rapidun run per cell and seed (done ones skipped)
 collect SPEC --out OUT [--cell-dir CELL=DIR ...] [--results PATH] [--no-render]
@@ -25,7 +25,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rapidun_dist.experiments", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m rapidun_dist.cli.experiments", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every cell and seed of a spec that is not done yet")
@@ -64,26 +64,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from rapidun_dist.experiments.runner import run_spec
-    from rapidun_dist.experiments.spec import load_spec
+    from rapidun_dist.cli.experiments.runner import run_spec
+    from rapidun_dist.cli.experiments.spec import load_spec
 
     spec = load_spec(args.spec)
     seeds = [int(s) for s in _csv(args.seeds) or []] or None
     run_spec(spec, args.out, cells=_csv(args.cells), seeds=seeds, dry_run=args.dry_run)
     if not args.dry_run:
-        log.info(f"next: python -m rapidun_dist.experiments collect {args.spec} --out {args.out}")
+        log.info(f"next: python -m rapidun_dist.cli.experiments collect {args.spec} --out {args.out}")
 
 
 def _collect(args) -> None:
-    from rapidun_dist.experiments.page import replace_results, write_page
-    from rapidun_dist.experiments.results import collect, results_path
-    from rapidun_dist.experiments.spec import load_spec
+    from rapidun_dist.cli.experiments.page import replace_results, write_page
+    from rapidun_dist.cli.experiments.results import collect, results_path
+    from rapidun_dist.cli.experiments.spec import load_spec
 
     spec = load_spec(args.spec)
     cell_dirs = dict(item.split("=", 1) for item in args.cell_dir if "=" in item)
     if len(cell_dirs) != len(args.cell_dir):
         raise RapidUnError(f"--cell-dir: expected CELL=DIR, found {args.cell_dir}")
-    shown = " ".join(["python -m rapidun_dist.experiments collect", args.spec.as_posix(), "--out OUT",
+    shown = " ".join(["python -m rapidun_dist.cli.experiments collect", args.spec.as_posix(), "--out OUT",
                       *(f"--cell-dir {c}=DIR" for c in cell_dirs)])  # fmt: skip
     results = collect(spec, args.out, cell_dirs=cell_dirs, command=shown)
     path = args.results or results_path(spec)
@@ -97,7 +97,7 @@ def _collect(args) -> None:
 
 
 def _fork(args) -> None:
-    from rapidun_dist.experiments.runner import done_stages
+    from rapidun_dist.cli.experiments.runner import done_stages
     from rapidun_dist.run.rundir import RunDir
 
     src, stages = RunDir(args.src), _csv(args.stages) or []
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fork":
             _fork(args)
         elif args.command == "render":
-            from rapidun_dist.experiments.page import write_page
+            from rapidun_dist.cli.experiments.page import write_page
 
             log.info(f"results page written to {write_page(args.bench)}")
         else:
-            from rapidun_dist.experiments.page import publish
+            from rapidun_dist.cli.experiments.page import publish
 
             log.info(
                 f"section {args.key} published: {publish(args.key, sys.stdin.read(), args.bench, title=args.title)}"

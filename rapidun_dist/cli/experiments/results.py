@@ -28,14 +28,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from rapidun_dist.cli.experiments.runner import cell_config, missing_stages, run_dir_of
+from rapidun_dist.cli.experiments.spec import Cell, Spec
 from rapidun_dist.core.errors import DataError, StageError
 from rapidun_dist.core.io import read_json, write_json
 from rapidun_dist.evaluation import markdown as md
 from rapidun_dist.evaluation.compare import POSITIVE, entry_metrics, rate_metrics, resolve_report, summarise
 from rapidun_dist.evaluation.report import prepare_report, rows
 from rapidun_dist.evaluation.stats import paired_differences
-from rapidun_dist.experiments.runner import cell_config, missing_stages, run_dir_of
-from rapidun_dist.experiments.spec import Cell, Spec
 from rapidun_dist.run.rundir import RunDir
 
 FORMAT_VERSION = 1
@@ -239,12 +239,12 @@ def section(results: dict) -> str:
     lines = [f"## {results['title']}", ""]
     if results["description"]:
         lines += [results["description"], ""]
-    lines += [f"Per case, seeds S = {span}, one run each (`python -m rapidun_dist.experiments run "
+    lines += [f"Per case, seeds S = {span}, one run each (`python -m rapidun_dist.cli.experiments run "
               f"{results['spec_path']} --out OUT` runs them all):", ""]  # fmt: skip
     lines += [f"    {cell['command']}    # {cell['label']}" for cell in results["cells"].values()]
     collect = (
         results.get("collect_command")
-        or f"python -m rapidun_dist.experiments collect {results['spec_path']} --out OUT"
+        or f"python -m rapidun_dist.cli.experiments collect {results['spec_path']} --out OUT"
     )
     lines += [
         "",

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rapidun_dist.cli.experiments.spec import Cell, Spec
 from rapidun_dist.config import RunConfig, load_config
 from rapidun_dist.core.errors import ConfigError, StageError
 from rapidun_dist.core.logging import get_logger
-from rapidun_dist.experiments.spec import Cell, Spec
 from rapidun_dist.run.rundir import RunDir
 from rapidun_dist.stages import default_stages, fingerprint
 
