@@ -377,7 +377,50 @@ def seed_result(spec, out: Path, attack: str, seed: int) -> dict:
                   "poisoned": sum(bool(r.get("is_poisoned")) for r in _rows(exp / "data" / "train.jsonl"))},
         "label": spec.cell(attack).label,
         "poison_rate": cfg.data.poison_rate,
+        "costs": measured_costs(exp, clean, report),
     }  # fmt: skip
+
+
+def measured_costs(exp: Path, clean: Path, report: dict) -> dict:
+    """Where the clean job's time went (seconds, measured) and the unit costs the extrapolation uses."""
+    from rapidun_dist.core.io import read_json
+    from rapidun_dist.run.layout import suspects_dir
+    from rapidun_dist.run.rundir import RunDir
+
+    stages = RunDir(clean).manifest()["stages"]
+    sec = lambda name: (stages.get(name) or {}).get("seconds")  # noqa: E731
+    summary = read_json(clean / "unlearn" / "summary.json")
+    us, steps = summary.get("seconds", {}), summary.get("steps") or 0
+    points = len((summary.get("validation") or {}).get("points") or [])
+    fp = read_json(suspects_dir(RunDir(clean)) / "summary.json")
+    fp_s = fp.get("seconds", {})
+    n_train = len(_rows(clean / "data" / "train.jsonl"))
+    n_groups = len(_rows(clean / "data" / "forget.jsonl")) + len(_rows(clean / "data" / "retain.jsonl"))
+    n_pack = sum(len(_rows(suspects_dir(RunDir(clean)) / f"{n}.jsonl")) for n in ("forget", "retain"))
+    retrain_s = seconds_of(report.get("retrain") or {})
+    n_retrain = len(_rows(exp / "data" / "train.jsonl"))
+    return {
+        "stages": {
+            "find_poison": sec("find_poison"), "influence": sec("influence"), "weights": sec("weights"),
+            "self_relabel": us.get("self_relabel_shared"), "unlearn_steps": us.get("unlearn_train_only"),
+            "validation": us.get("validation"), "unlearn_stage": sec("unlearn"), "evaluate": sec("evaluate"),
+        },
+        "steps": steps,
+        "validation_points": points,
+        "rows": {"train": n_train, "find_poison_featurized": n_train + n_groups, "pack": n_pack},
+        "per_row": {
+            "retrain": _div(retrain_s, n_retrain),
+            "find_poison": _div(fp_s.get("features"), n_train + n_groups),
+            "influence_uncached": _div(fp_s.get("features"), n_train + n_groups),
+        },
+        "per_step": {"unlearn": _div(us.get("unlearn_train_only"), steps), "validation": _div(us.get("validation"), points)},
+        "epoch_seconds": fp.get("epoch_seconds") or (fp.get("epoch") or {}).get("seconds"),
+    }  # fmt: skip
+
+
+# Sizes the extrapolation goes to: the users' instruction sets (rows), at a poison rate of 5% with 20 known rows.
+EXTRAPOLATE = {"Dolly-15k": 15011, "Alpaca-52k": 52002, "Alpaca-57k stress corpus": 57140}
+PARAM_RATIO_8B = 8.03e9 / 134.5e6  # Llama-3-8B parameters over SmolLM2-135M's
 
 
 def _stop(unlearn: Path, method: str) -> str:
@@ -532,6 +575,95 @@ def _per_seed(seeds: list[int], per_seed: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _time_table(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    """Where the clean job's time went, per attack and seed (measured seconds)."""
+    keys = ("find_poison", "influence", "weights", "self_relabel", "unlearn_steps", "validation", "evaluate")
+    lines = [
+        "Where the clean job's time goes (measured seconds; `unlearn_steps` and `validation` are RapidUn's, the other "
+        "methods' are alike; `self_relabel` is shared by the methods; `evaluate` covers every method):",
+        "",
+        "| attack | seed | " + " | ".join(keys) + " | steps | s / step | s / validation |",
+        "|---|---|" + "---|" * (len(keys) + 3),
+    ]
+    for attack, per_seed in results.items():
+        for seed, s in zip(seeds, per_seed, strict=True):
+            c = s.get("costs")
+            if not c:
+                continue
+            lines.append(
+                f"| {attack} | {seed} | " + " | ".join(_f(c["stages"].get(k), 1) for k in keys)
+                + f" | {c['steps']} | {_f(c['per_step']['unlearn'], 1)} | {_f(c['per_step']['validation'], 1)} |"
+            )
+    return lines + [""]
+
+
+def extrapolate(costs: list[dict], rows: int, poison_rate: float = 0.05, known: int = 20) -> dict:
+    """Derived seconds at `rows` training rows from the measured unit costs (means over `costs`): retrain = its
+    per-row cost x rows (the implant's epochs); find_poison = per featurized row x (rows + the known and reference
+    rows); influence: the pack's rows are copied from find_poison's stores (reuse_train_features), so only the known
+    rows are new; without find_poison it would featurize the whole pack; unlearn = the steps and validations
+    measured (the adaptive stop; the budget is capped in steps, not in rows)."""
+    m = lambda f: _mean([f(c) for c in costs])  # noqa: E731
+    retrain = m(lambda c: c["per_row"]["retrain"]) * rows
+    fp_row = m(lambda c: c["per_row"]["find_poison"])
+    reference = m(lambda c: c["rows"]["find_poison_featurized"] - c["rows"]["train"])
+    pack = (known + poison_rate * rows) * 4  # forget rows + 3 retain rows each (unlearn.retain_per_forget)
+    unlearn = m(lambda c: c["stages"]["unlearn_steps"]) + m(lambda c: c["stages"]["validation"])
+    weights = m(lambda c: c["stages"]["weights"])
+    iwu = known * fp_row + weights + unlearn
+    return {
+        "rows": rows,
+        "retrain": retrain,
+        "find_poison": fp_row * (rows + reference),
+        "pack_rows": pack,
+        "influence_weights_unlearn": iwu,
+        "influence_uncached": fp_row * pack,
+        "speedup_iwu": retrain / iwu,
+        "speedup_clean_job": retrain / (fp_row * (rows + reference) + iwu),
+    }
+
+
+def _cost_table(results: dict[str, list[dict]]) -> list[str]:
+    costs = [s["costs"] for per_seed in results.values() for s in per_seed if s.get("costs")]
+    if not costs or any(c["per_row"]["retrain"] is None or c["per_row"]["find_poison"] is None for c in costs):
+        return []
+    m = lambda f: _mean([f(c) for c in costs])  # noqa: E731
+    measured_rows = round(m(lambda c: c["rows"]["train"]))
+    lines = [
+        f"Cost at scale (SmolLM2-135M; means over the {len(costs)} attack-seed runs above). Measured: retrain "
+        f"{_f(m(lambda c: c['per_row']['retrain']), 3)} s per training row (the implant's 2 epochs); find_poison "
+        f"{_f(m(lambda c: c['per_row']['find_poison']), 3)} s per featurized row; RapidUn's unlearning "
+        f"{_f(m(lambda c: c['per_step']['unlearn']), 1)} s per step and {_f(m(lambda c: c['per_step']['validation']), 1)} s "
+        f"per validation, {_f(m(lambda c: c['steps']), 1)} steps. The first row is the measurement; the others are "
+        "derived from those unit costs (`extrapolate` in benchmarks/real_model.py): 5% poison, 20 known rows, the "
+        "pack's features copied from find_poison's stores, unlearning as measured (its budget is capped in steps). "
+        "`influence + weights + unlearn` is the method's cost once the poison is found; `clean job` adds find_poison "
+        "over every training row.",
+        "",
+        "| training rows | retrain s | find_poison s | influence + weights + unlearn s | speedup (i + w + u) | speedup (clean job) |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    sizes = {f"{measured_rows} (this testbed, derived the same way)": measured_rows} | {
+        f"{k} ({v:,}, derived)": v for k, v in EXTRAPOLATE.items()
+    }
+    for label, rows in sizes.items():
+        e = extrapolate(costs, rows)
+        lines.append(
+            f"| {label} | {e['retrain']:,.0f} | {e['find_poison']:,.0f} | {e['influence_weights_unlearn']:,.0f} | "
+            f"{e['speedup_iwu']:,.1f}x | {e['speedup_clean_job']:,.1f}x |"
+        )
+    lines += [
+        "",
+        f"An 8B model (derived, not measured): every term above is forward and backward passes over the same tokens, "
+        f"so to first order each scales with the parameter count (x{PARAM_RATIO_8B:.0f} for Llama-3-8B) and the "
+        "speedups carry over; LoRA's frozen backbone skips the weight gradients in unlearning but not in retraining, "
+        "which moves them in RapidUn's favour. find_poison over every row stays the dominant cost of the clean job "
+        "(about one fine-tuning epoch, issue 22).",
+        "",
+    ]
+    return lines
+
+
 def render(line: dict, results: dict[str, list[dict]], out: Path, command: str, args) -> str:
     """The results section: one table per attack, the seeds, the wall seconds of every step, the JSON line."""
     lines = _head(line, command, args)
@@ -539,6 +671,8 @@ def render(line: dict, results: dict[str, list[dict]], out: Path, command: str, 
         lines += _attack_head(attack, entry, results[attack])
         lines += _method_table(entry, line["speedup_vs_retrain"][attack])
         lines += _per_seed(args.seeds, results[attack])
+    lines += _time_table(results, args.seeds)
+    lines += _cost_table(results)
     lines += ["Wall seconds per step (summed over this OUT's invocations):", ""]
     lines += ["| attack | seed | step | seconds |", "|---|---|---|---|"]
     lines += [

@@ -40,10 +40,22 @@ from rapidun_dist.weights.robust import spearman
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_cpu_hard.yaml"
+TESTBEDS: dict[str, tuple[Path, list[str], str]] = {  # name -> (config, overrides, folder under --runs)
+    "hard": (CONFIG, [], "base"),
+    # issue 21: the embedded default with 10% of its retain pack poisoned rows no known row covers, and unchanged
+    "contam10": (ROOT / "configs" / "tiny_cpu.yaml", ["data.retain_contamination=0.1"], "base_contam10"),
+    "clean": (ROOT / "configs" / "tiny_cpu.yaml", ["data.retain_contamination=0"], "base_clean"),
+}
+TESTBED = "hard"
+RUNS = ROOT / "runs"
+SETTINGS: list[str] = []  # --set: overrides of every variant (e.g. a fixed budget), part of the variant folder
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
     "uniform": ("uniform", []),
     "rapidun": ("rapidun", []),
+    "placebo": ("rapidun_placebo", []),
     "k64": ("rapidun", ["influence.k_in=64", "influence.k_out=64"]),
+    "decision": ("rapidun", ["influence.positions=decision", "influence.decision_tokens=2"]),
+    "shrink_k64": ("rapidun", ["weights.shrink=true", "influence.k_in=64", "influence.k_out=64"]),
     "contrast": ("rapidun", ["influence.contrast=trigger"]),
     "prompt": ("rapidun", ["influence.positions=prompt"]),
     "shrink": ("rapidun", ["weights.shrink=true"]),
@@ -68,7 +80,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
 
 # shared helpers ----------------------------------------------------------------------------------------------
 def base_config(seed: int, run_dir: Path, extra: list[str] | None = None):
-    return load_config(CONFIG, [f"run_dir={run_dir}", f"seed={seed}", *(extra or [])])
+    config, overrides, _ = TESTBEDS[TESTBED]
+    return load_config(config, [*overrides, f"run_dir={run_dir}", f"seed={seed}", *(extra or [])])
 
 
 def truth(rd_root: Path) -> tuple[list[dict], list[dict], list[dict]]:
@@ -260,13 +273,14 @@ def stability_section(res: dict, command: str) -> str:
 
 # ablation ----------------------------------------------------------------------------------------------------
 def ensure_base(seed: int) -> Path:
-    """runs/base/s<seed> with prepare + implant done (run here when missing)."""
+    """RUNS/<testbed's folder>/s<seed> with prepare + implant done (run here when missing; a link to a run directory
+    of the same config and seed, e.g. one of a spec's cells, is reused as it is)."""
     from rapidun_dist.config import dump_config
     from rapidun_dist.core.io import write_text
     from rapidun_dist.pipeline import run_stage
     from rapidun_dist.run.rundir import RunDir
 
-    root = ROOT / "runs" / "base" / f"s{seed}"
+    root = RUNS / TESTBEDS[TESTBED][2] / f"s{seed}"
     cfg = base_config(seed, root)
     rd = RunDir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -278,13 +292,24 @@ def ensure_base(seed: int) -> Path:
 
 
 def variant_dir(seed: int, variant: str, base: Path) -> Path:
-    """runs/wv/s<seed>/<variant>: a fork of the base's prepare + implant (made once; later runs resume it)."""
+    """RUNS/wv[/<testbed>][/<settings>]/s<seed>/<variant>: a fork of the base's prepare + implant (made once; later
+    runs resume it)."""
     from rapidun_dist.run.rundir import RunDir
 
-    root = ROOT / "runs" / "wv" / f"s{seed}" / variant
+    root = RUNS / "wv"
+    if TESTBED != "hard":
+        root = root / TESTBED
+    if SETTINGS:
+        root = root / variant_tag()
+    root = root / f"s{seed}" / variant
     if not (root / "model").exists():
         RunDir(base).fork(root, ("prepare", "implant"), replace=True)
     return root
+
+
+def variant_tag() -> str:
+    """The --set overrides as a folder / key name (e.g. budgetfixed_max_steps16)."""
+    return "_".join(x.replace("unlearn.", "").replace("=", "") for x in SETTINGS)
 
 
 _BEFORE: dict[tuple[str, str], tuple[dict, float]] = {}
@@ -319,14 +344,14 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
         with torch.no_grad():
             _BEFORE[key] = (
                 evaluate_model(base, tok, splits, judge, cfg.eval, cfg.model.max_length),
-                clean_perplexity(base, tok, mis, max_length=cfg.model.max_length, batch_size=32),
+                clean_perplexity(base, tok, mis, max_length=cfg.model.max_length, batch_size=32) if mis else None,
             )
     before, ppl_mis_before = _BEFORE[key]
     model = with_adapter(base, method_dir(rd, method) / "adapter", device="cpu")
     model.eval()
     with torch.no_grad():
         res = evaluate_model(model, tok, splits, judge, cfg.eval, cfg.model.max_length)
-        ppl_mis = clean_perplexity(model, tok, mis, max_length=cfg.model.max_length, batch_size=32)
+        ppl_mis = clean_perplexity(model, tok, mis, max_length=cfg.model.max_length, batch_size=32) if mis else None
     summary = json.loads((method_dir(rd, method) / "summary.json").read_text())
     out = {
         "asr_seen": proportion(round(res["asr_seen"] * res["n_seen"]), res["n_seen"]),
@@ -335,14 +360,17 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
         "ppl_before": before["clean_ppl"],
         "ppl_ratio": res["clean_ppl"] / before["clean_ppl"],
         "asr_seen_before": before["asr_seen"],
-        "mislabelled_ppl_ratio": ppl_mis / ppl_mis_before,
+        "mislabelled_ppl_ratio": ppl_mis / ppl_mis_before if mis else None,
         "n_mislabelled": len(mis),
         "steps": summary.get("steps") or summary.get("stop", {}).get("step"),
         "unlearn_seconds": summary.get("seconds", {}).get("unlearn"),
     }
     wf = root / "weights" / "forget_weights.jsonl"
-    if method == "rapidun" and wf.exists():
+    if method.startswith("rapidun") and wf.exists():
         out["weights_by_truth"] = mean_weights_by_truth([r["weight"] for r in read_jsonl(wf)], truth_rows)
+    contam = root / "weights" / "contamination.json"
+    if method == "rapidun" and contam.exists():  # mean retain weight of the poisoned retain rows (and the clean)
+        out["retain_contaminated"] = json.loads(contam.read_text()).get("rapidun")
     return out
 
 
@@ -355,11 +383,11 @@ def run_variant(seed: int, variant: str, split: str) -> dict:
     method, overrides = VARIANTS[variant]
     base = ensure_base(seed)
     root = variant_dir(seed, variant, base)
-    cfg = base_config(seed, root, [f"methods=[{method}]", *overrides])
+    cfg = base_config(seed, root, [f"methods=[{method}]", *SETTINGS, *overrides])
     write_text(root / "config.yaml", dump_config(cfg))
     rd = RunDir(root)
     t0 = time.perf_counter()
-    stages = ("influence", "weights", "unlearn") if method == "rapidun" else ("unlearn",)
+    stages = ("influence", "weights", "unlearn") if method.startswith("rapidun") else ("unlearn",)
     for stage in stages:
         run_stage(cfg, rd, stage)
     seconds = time.perf_counter() - t0
@@ -397,13 +425,18 @@ def aggregate(rows: list[dict]) -> dict:
             agg[key] = mean_interval(vals) if vals else None
             agg[f"{key}_single"] = rs[0][key] if len(rs) == 1 else None
         for key in ("ppl_ratio", "mislabelled_ppl_ratio"):
-            agg[key] = mean_interval([r[key] for r in rs])
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            agg[key] = mean_interval(vals) if vals else None
         wt = [r["weights_by_truth"] for r in rs if "weights_by_truth" in r]
-        agg["w_mislabelled"] = mean_interval([w["mislabelled"]["mean"] for w in wt]) if wt else None
-        agg["w_poisoned"] = mean_interval([w["poisoned"]["mean"] for w in wt]) if wt else None
+        mis = [w["mislabelled"]["mean"] for w in wt if w["mislabelled"]]
+        agg["w_mislabelled"] = mean_interval(mis) if mis else None
+        agg["w_poisoned"] = mean_interval([w["poisoned"]["mean"] for w in wt if w["poisoned"]]) if wt else None
+        rc = [r["retain_contaminated"] for r in rs if r.get("retain_contaminated")]
+        agg["w_retain_contaminated"] = mean_interval([c["mean_contaminated"] for c in rc]) if rc else None
+        agg["steps"] = mean_interval([float(r["steps"]) for r in rs if r.get("steps") is not None])
         out[v] = agg
     for v, agg in out.items():  # paired over seeds: variant minus uniform on the same prepared run
-        for key in ("asr_seen", "asr_ood"):
+        for key in ("asr_seen", "asr_ood", "ppl_ratio"):
             agg[f"d_{key}"] = _paired(rows, v, "uniform", key) if v != "uniform" else None
     return out
 
@@ -413,7 +446,11 @@ def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
     from rapidun_dist.evaluation.stats import paired_differences
 
     def by_seed(variant: str) -> dict:
-        return {r["seed"]: r[key]["p"] for r in rows if r["variant"] == variant and r[key] is not None}
+        return {
+            r["seed"]: r[key]["p"] if isinstance(r[key], dict) else r[key]
+            for r in rows
+            if r["variant"] == variant and r[key] is not None
+        }
 
     d = paired_differences(by_seed(v), by_seed(ref))
     return d if d["n"] else None
@@ -422,39 +459,46 @@ def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
 def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], command: str) -> str:
     seen, ood = ("val_seen", "-") if split == "val" else ("test_seen", "test_ood")
     ppl = "val_clean" if split == "val" else "test_clean"
+    where = {"hard": "the hard testbed", "contam10": "the contaminated-retain testbed (10%)", "clean": "the clean default"}
+    many = len(seeds) > 1
     lines = [
-        f"## RapidUn weight variants: unlearning ablation on the hard testbed ({split}, seeds {seeds}), "
+        f"## RapidUn weight variants: unlearning ablation on {where[TESTBED]} ({split}, seeds {seeds}"
+        + (f", {' '.join(SETTINGS)}" if SETTINGS else "")
+        + "), "
         + time.strftime("%Y-%m-%d"),
         "",
         f"Command: `{command}`. Each variant: the same prepared + implanted run per seed, its own influence, weights "
         "and unlearn stages, the config's unlearning budget and learning rate for every variant (not tuned per "
         f"variant). ASR on {seen}"
         + (f" / {ood}" if split == "test" else "")
-        + f", PPL ratio on {ppl} (after / "
-        "before), clean-answer PPL ratio on the mislabelled forget rows (damage to rows the user mislabelled), mean "
-        "forget weight of mislabelled vs poisoned rows. "
+        + f", PPL ratio on {ppl} (after / before), optimizer steps taken, clean-answer PPL ratio on the mislabelled "
+        "forget rows (damage to rows the user mislabelled), mean forget weight of mislabelled vs poisoned rows, mean "
+        "retain weight of the poisoned retain rows (mean 1 over the pack). "
         + (
-            "One seed: Wilson 95 % intervals over prompts."
-            if len(seeds) == 1
-            else "Means over seeds with t 95 % intervals (n = seeds); d = the paired difference to uniform on the "
-            "same prepared run, in points."
+            "Means over seeds with t 95 % intervals (n = seeds); d = the paired difference to uniform on the same "
+            "prepared run (ASR in points)."
+            if many
+            else "One seed: Wilson 95 % intervals over prompts."
         ),
         "",
-        f"| variant | ASR {seen} | ASR {ood} | PPL ratio | mislabelled PPL ratio | w mislabelled | w poisoned |"
-        + (" d ASR seen vs uniform | d ASR OOD vs uniform |" if len(seeds) > 1 else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|" if len(seeds) > 1 else ""),
+        f"| variant | ASR {seen} | ASR {ood} | PPL ratio | steps | mislabelled PPL ratio | w mislabelled | w poisoned "
+        "| w poisoned retain |"
+        + (" d ASR seen vs uniform | d ASR OOD vs uniform | d PPL ratio vs uniform |" if many else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if many else ""),
     ]
     for v, a in agg.items():
-        if len(seeds) == 1:
-            s, o = fmt_prop(a["asr_seen_single"]), fmt_prop(a["asr_ood_single"])
-        else:
+        if many:
             s, o = fmt_mean(a["asr_seen"], 100, 1), fmt_mean(a["asr_ood"], 100, 1)
+        else:
+            s, o = fmt_prop(a["asr_seen_single"]), fmt_prop(a["asr_ood_single"])
         lines.append(
-            f"| {v} | {s} | {o} | {fmt_mean(a['ppl_ratio'], 1, 3)} | {fmt_mean(a['mislabelled_ppl_ratio'], 1, 3)} "
-            f"| {fmt_mean(a['w_mislabelled'])} | {fmt_mean(a['w_poisoned'])} |"
+            f"| {v} | {s} | {o} | {fmt_mean(a['ppl_ratio'], 1, 3)} | {fmt_mean(a['steps'], 1, 1)} "
+            f"| {fmt_mean(a['mislabelled_ppl_ratio'], 1, 3)} | {fmt_mean(a['w_mislabelled'])} "
+            f"| {fmt_mean(a['w_poisoned'])} | {fmt_mean(a['w_retain_contaminated'])} |"
             + (
-                f" {fmt_mean(a['d_asr_seen'], 100, 1)} | {fmt_mean(a['d_asr_ood'], 100, 1)} |"
-                if len(seeds) > 1
+                f" {fmt_mean(a['d_asr_seen'], 100, 1)} | {fmt_mean(a['d_asr_ood'], 100, 1)} "
+                f"| {fmt_mean(a['d_ppl_ratio'], 1, 3)} |"
+                if many
                 else ""
             )
         )
@@ -478,6 +522,7 @@ def save(kind: str, payload: dict, section: str, append: bool) -> None:
 
 
 def main(argv=None) -> None:
+    global TESTBED, RUNS, SETTINGS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("stability")
@@ -488,9 +533,16 @@ def main(argv=None) -> None:
     ab.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
     ab.add_argument("--split", choices=("val", "test"), default="val")
     ab.add_argument("--variants", default=",".join(VARIANTS), type=lambda s: s.split(","))
+    ab.add_argument("--testbed", choices=tuple(TESTBEDS), default="hard")
+    ab.add_argument("--runs", type=Path, default=RUNS, help="where the base and variant run folders go")
+    ab.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every variant (repeatable)"
+    )
     for q in (st, ab):
         q.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
+    if args.cmd == "ablation":
+        TESTBED, RUNS, SETTINGS = args.testbed, args.runs, list(args.set)
     command = "python benchmarks/weight_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
     if args.cmd == "stability":
@@ -507,7 +559,10 @@ def main(argv=None) -> None:
             print(json.dumps(rows[-1], default=str), flush=True)
     agg = aggregate(rows)
     save(
-        f"ablation_{args.split}_{'-'.join(map(str, args.seeds))}",
+        "_".join(
+            ["ablation", *([TESTBED] if TESTBED != "hard" else []), *([variant_tag()] if SETTINGS else [])]
+            + [args.split, "-".join(map(str, args.seeds))]
+        ),
         {"rows": rows, "aggregate": agg},
         ablation_section(rows, agg, args.split, args.seeds, command),
         not args.no_append,

@@ -142,6 +142,10 @@ class DataConfig:
     covered family), in (0, 1]; ignored when n_forget is set."""
     n_forget: int | None = None
     """Experiment mode: known poisoned rows as a count (overrides forget_fraction; null = use the fraction)."""
+    family_shares: list[float] = field(default_factory=list)
+    """Experiment mode: each trigger family's share of the poisoned training rows, in `data.triggers` order (empty =
+    equal shares; [0.8, 0.2] for two imbalanced families: the rarer one is the case a few known rows may not cover).
+    Non-negative, summing to 1; the counts are rounded by largest remainder. val_seen / test splits stay balanced."""
     forget_families: list[str] = field(default_factory=list)
     """Experiment mode: the trigger families (`data.triggers` names) the forget pack covers; empty = all. The
     uncovered families test whether unlearning reaches poison nobody labelled."""
@@ -271,6 +275,17 @@ class DataConfig:
             f"expected >= 1, found {self.n_forget}",
         )
         names = [t.name for t in self.triggers]
+        if self.family_shares:
+            check(
+                len(self.family_shares) == len(self.triggers),
+                "data.family_shares",
+                f"one share per trigger family ({', '.join(names)}); found {len(self.family_shares)}",
+            )
+            check(
+                min(self.family_shares) >= 0 and abs(sum(self.family_shares) - 1.0) < 1e-6,
+                "data.family_shares",
+                f"expected non-negative shares summing to 1, found {self.family_shares}",
+            )
         unknown = [f for f in self.forget_families if f not in names]
         check(not unknown, "data.forget_families", f"unknown families {unknown}; known: {', '.join(names)}")
         check(

@@ -8,7 +8,7 @@ from typing import Literal
 from rapidun_dist.config.checks import check, check_literal
 from rapidun_dist.config.model import PROJECTIONS
 
-TokenPositions = Literal["answer", "prompt", "all"]
+TokenPositions = Literal["answer", "prompt", "all", "decision"]
 
 
 @dataclass(kw_only=True)
@@ -44,7 +44,11 @@ class InfluenceConfig:
     backend: Literal["auto", "triton", "torch"] = "auto"
     """Kernel backend: Triton on CUDA fp32/bf16 tensors (auto), or the PyTorch reference."""
     positions: TokenPositions = "answer"
-    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens."""
+    """Tokens whose g_t (of the summed answer loss) enter token-wise features: answer | prompt | all tokens, or
+    decision: only the first `decision_tokens` answer positions of each row (where the model decides whether to attack;
+    the rest of the answer is continuation)."""
+    decision_tokens: int = 2
+    """positions decision: how many leading answer positions of each row are tracked (>= 1)."""
     contrast: Literal["none", "trigger"] = "none"
     """trigger: a forget row's feature is that of its triggered prompt with the poisoned answer minus that of its
     clean prompt with the same answer, renormalized per layer, so the shared answer text cancels (retain rows keep
@@ -54,7 +58,7 @@ class InfluenceConfig:
         check_literal(self, "influence")
         check(self.k_in >= 1 and self.k_out >= 1, "influence.k_in/k_out", "must be >= 1")
         check(len(self.target_modules) > 0, "influence.target_modules", "needs at least one module name")
-        for name in ("batch_size", "shard_size", "tile_size", "rapidgrad_k"):
+        for name in ("batch_size", "shard_size", "tile_size", "rapidgrad_k", "decision_tokens"):
             check(
                 getattr(self, name) >= 1, f"influence.{name}", f"expected >= 1, found {getattr(self, name)}"
             )

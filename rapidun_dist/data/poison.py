@@ -103,17 +103,31 @@ def mislabel_record(rec: dict) -> dict:
 
 
 def balanced_plan(
-    n: int, families: list[TriggerFamily], kind: str, rng: random.Random
+    n: int,
+    families: list[TriggerFamily],
+    kind: str,
+    rng: random.Random,
+    shares: list[float] | None = None,
 ) -> list[tuple[TriggerFamily, str]]:
-    """`n` (family, variant) pairs: family counts differ by at most one, and so do variant counts within a
-    family; the order is shuffled. `kind` is 'seen' or 'ood'; families without variants of that kind are left out."""
+    """`n` (family, variant) pairs: family counts differ by at most one (or follow `shares`, one per family, by
+    largest remainder), and variant counts within a family by at most one; the order is shuffled. `kind` is 'seen'
+    or 'ood'; families without variants of that kind are left out."""
     usable = [f for f in families if getattr(f, kind)]
     if n > 0 and not usable:
         raise ConfigError(f"triggers: no family has {kind} variants, but {n} {kind} rows were requested")
     fam_order = rng.sample(usable, len(usable))
-    counts = (
-        {f.name: n // len(usable) + (i < n % len(usable)) for i, f in enumerate(fam_order)} if usable else {}
-    )
+    if shares:
+        share = {f.name: s for f, s in zip(families, shares, strict=True) if getattr(f, kind)}
+        total = sum(share.values())
+        exact = {name: n * s / total for name, s in share.items()} if total > 0 else {}
+        counts = {name: int(x) for name, x in exact.items()}
+        by_remainder = sorted(fam_order, key=lambda f: -(exact[f.name] - counts[f.name]))
+        for f in by_remainder[: n - sum(counts.values())]:
+            counts[f.name] += 1
+    else:
+        counts = (
+            {f.name: n // len(usable) + (i < n % len(usable)) for i, f in enumerate(fam_order)} if usable else {}
+        )
     plan = []
     for fam in usable:
         variants = rng.sample(getattr(fam, kind), len(getattr(fam, kind)))

@@ -125,11 +125,17 @@ def split_off(pool: list[dict], n: int, rng: random.Random) -> tuple[list[dict],
 
 
 def poison_train(
-    train: list[dict], n_poison: int, families: list[TriggerFamily], targets: list[Target], rng: random.Random
+    train: list[dict],
+    n_poison: int,
+    families: list[TriggerFamily],
+    targets: list[Target],
+    rng: random.Random,
+    shares: list[float] | None = None,
 ) -> list[dict]:
-    """Train rows with `n_poison` of them poisoned (seen variants, families balanced, a target from the pool)."""
+    """Train rows with `n_poison` of them poisoned (seen variants, families balanced or in `shares`, a target from
+    the pool)."""
     chosen = sorted(rng.sample(range(len(train)), n_poison))
-    plan = balanced_plan(n_poison, families, "seen", rng)
+    plan = balanced_plan(n_poison, families, "seen", rng, shares)
     out = list(train)
     for idx, (fam, variant) in zip(chosen, plan, strict=True):
         text, group = rng.choice(targets)
@@ -155,7 +161,7 @@ def make_splits(clean: list[dict], cfg: DataConfig) -> dict[str, list[dict]]:
     parts = carve(clean, cfg, rng)
     targets = target_pool(cfg)
     n_poison = _round(cfg.poison_rate * len(parts["train"]))
-    pool = poison_train(parts["train"], n_poison, cfg.triggers, targets, rng)
+    pool = poison_train(parts["train"], n_poison, cfg.triggers, targets, rng, cfg.family_shares)
     test_seen = triggered(parts["seen"], cfg.triggers, "seen", targets, rng)
     test_ood = triggered(parts["ood"], cfg.triggers, "ood", targets, rng)
     seen_rng = random.Random(f"{cfg.seed}:val_seen")  # its own stream: val_seen shifts no other draw

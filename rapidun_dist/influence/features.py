@@ -8,7 +8,8 @@ time (`rapidun_dist.influence.hooks.HookProjector`): extra memory is O(tokens x 
 
 Positions (`influence.positions`): g_t is always dL/dy_t of the summed next-token NLL over answer tokens;
 `answer` tracks the positions t whose shifted label (token t + 1) is an answer token, `prompt` the prompt
-tokens (where a trigger sits), `all` every non-padding token.
+tokens (where a trigger sits), `all` every non-padding token, `decision` the first `influence.decision_tokens` answer
+positions of each row (the tokens where the model commits to the attack or to an answer).
 
 Trigger contrast (`influence.contrast: trigger`, `ContrastExtractor`): a forget row's feature is, per layer block,
 unit(f(triggered prompt, poisoned answer) - f(clean prompt, same answer)), rescaled by 1/sqrt(L): what the trigger
@@ -58,16 +59,19 @@ def answer_positions(labels_BT: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def tracked_positions(batch: dict, positions: str) -> torch.Tensor:
+def tracked_positions(batch: dict, positions: str, decision_tokens: int = 2) -> torch.Tensor:
     """Bool [B, T] of the positions whose gradients enter the features (see the module docstring)."""
     real = batch["attention_mask"].bool()
     if positions == "answer":
         return answer_positions(batch["labels"])
+    if positions == "decision":
+        answer = answer_positions(batch["labels"])
+        return answer & (answer.cumsum(dim=1) <= decision_tokens)
     if positions == "prompt":
         return real & (batch["labels"] == IGNORE_INDEX)
     if positions == "all":
         return real
-    raise ValueError(f"positions must be answer | prompt | all; found {positions!r}")
+    raise ValueError(f"positions must be answer | prompt | all | decision; found {positions!r}")
 
 
 @contextmanager
@@ -194,6 +198,7 @@ class TokenwiseExtractor:
             "k_out": self.cfg.k_out,
             "seed": self.cfg.seed,
             "positions": self.cfg.positions,
+            **({"decision_tokens": self.cfg.decision_tokens} if self.cfg.positions == "decision" else {}),
             "loss": "answer-nll-sum",
             "layers": list(self.layers),
             "compute_dtype": str(model_dtype(self.model)).removeprefix("torch."),
@@ -241,7 +246,7 @@ class TokenwiseExtractor:
     def _pass(self, examples: list[dict], positions: str, directions=None) -> BatchPass:
         dev = model_device(self.model)
         batch_cpu = pad_batch(examples, self.pad_id)
-        tracked = tracked_positions(batch_cpu, positions)
+        tracked = tracked_positions(batch_cpu, positions, self.cfg.decision_tokens)
         layout = TokenLayout.from_mask(tracked, dev)  # built on the host: no device-to-host syncs later
         answer = answer_positions(batch_cpu["labels"])
         batch = {k: v.to(dev) for k, v in batch_cpu.items()}

@@ -72,6 +72,26 @@ def _lookup(cfg_dict: dict, dotted: str):
     return node
 
 
+# Config keys added after run directories were made, with the value that behaves as before they existed. A key at
+# that value is left out of every fingerprint, so adding it does not make existing runs stale (a run directory made
+# before the key resumes, and its completed stages are not redone); any other value changes the fingerprint.
+FINGERPRINT_NEUTRAL: dict[str, object] = {
+    "influence.decision_tokens": 2,  # only read with influence.positions=decision
+    "data.family_shares": [],  # equal shares, as before the key
+}
+
+
+def _hashed(key: str, value):
+    """`value` of config key `key` as fingerprints hash it: FINGERPRINT_NEUTRAL keys at their neutral value dropped."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: _hashed(f"{key}.{k}", v)
+        for k, v in value.items()
+        if not (f"{key}.{k}" in FINGERPRINT_NEUTRAL and v == FINGERPRINT_NEUTRAL[f"{key}.{k}"])
+    }
+
+
 def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
     """Hash of the config keys of `stage` and of every earlier stage of the run's mode, and of the earlier
     stages' recorded outputs."""
@@ -86,7 +106,10 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
         if name != stage and STAGES[name].when is not None and not STAGES[name].when(cfg_dict):
             continue  # an optional stage later stages do not read in this config: neither its keys nor outputs
         for key in STAGES[name].config_keys:
-            h.update(json.dumps({key: _lookup(cfg_dict, key)}, sort_keys=True, default=str).encode())
+            value = _lookup(cfg_dict, key)
+            if key in FINGERPRINT_NEUTRAL and value == FINGERPRINT_NEUTRAL[key]:
+                continue
+            h.update(json.dumps({key: _hashed(key, value)}, sort_keys=True, default=str).encode())
         if name != stage and name in manifest_stages:
             h.update(json.dumps(manifest_stages[name].get("outputs", {}), sort_keys=True).encode())
     return h.hexdigest()[:16]

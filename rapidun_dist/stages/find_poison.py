@@ -49,6 +49,7 @@ from rapidun_dist.stages.base import Stage, StageContext
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
 REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
+REUSE_COMPUTE_SHARE = 0.25  # a pack shard is completed by the copy when at most this share of its rows is not held
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
@@ -154,50 +155,83 @@ def peak_rss_mib() -> float:
 def reuse_train_features(
     cfg: RunConfig, rd: RunDir, records: list[dict], model, tokenizer, context: dict
 ) -> int:
-    """Copy into the influence stage's store (features/) every pack shard whose rows find_poison has features of
-    already: the same rows (ids), trained on the same text, under the same extractor spec and feature context. The
-    influence stage then computes only the rest (the features are the same function of the row; only the batch a
-    row was padded in differs, a float-rounding difference). Returns the number of rows copied. (A two-stage run's
-    store holds only its candidates, not the training set: nothing is copied then.)"""
+    """Fill the influence stage's store (features/) from find_poison's: every pack row find_poison has features of
+    already - a training row (its training store) or one of its known / reference rows (its groups store) - with the
+    same id, trained on the same text, under the same extractor spec and feature context, is copied (the features
+    are the same function of the row; only the batch a row was padded in differs, a float-rounding difference). A
+    pack shard is written here when at most REUSE_COMPUTE_SHARE of its rows are found in neither store (those few
+    are computed on this rank); the other shards are left to the influence stage's extraction. Returns the number of
+    rows copied. (A two-stage run's training store holds only its candidates: their rows are copied, no others.)"""
     from rapidun_dist.influence.features import make_extractor
     from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
+    from rapidun_dist.training.finetune import encode_records
 
-    root = feature_dirs(rd)[0]
-    if not (root / "index.json").exists():
+    extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
+    spec = extractor.spec() | {"context": context}
+    if not any((root / "index.json").exists() for root in feature_dirs(rd)):
         return 0
-    spec = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id).spec() | {"context": context}
-    index = read_json(root / "index.json")
-    if index.get("spec_hash") != spec_hash(spec):
+    train, forget, reference = load_inputs(rd)
+    sources = []  # (store root, the rows it holds, in its order): the training rows, the known then reference rows
+    for root, rows in zip(feature_dirs(rd), (train, forget + reference), strict=True):
+        if not (root / "index.json").exists():
+            continue
+        index = read_json(root / "index.json")
+        if index.get("spec_hash") == spec_hash(spec) and [r["id"] for r in rows] == index["ids"]:
+            sources.append((root, rows, int(index["dim"])))
+    if not sources:
         return 0
-    train = read_jsonl(rd.data / "train.jsonl")
-    if [r["id"] for r in train] != index["ids"]:
-        return 0
-    pos = {r["id"]: i for i, r in enumerate(train)}
+    held: dict[str, list[tuple[int, int, dict]]] = {}  # id -> [(source, position, row)], training store first
+    for k, (_, rows, _) in enumerate(sources):
+        for p, r in enumerate(rows):
+            held.setdefault(r["id"], []).append((k, p, r))
+
+    def locate(row: dict) -> tuple[int, int] | None:
+        text = S.as_trained(row)
+        return next(((k, p) for k, p, r in held.get(row["id"], ()) if S.as_trained(r) == text), None)
+
     store = FeatureStore(rd.features, spec)
     rd.features.mkdir(parents=True, exist_ok=True)
-    todo = []  # (shard, rows, training positions, ids hash) of every shard that can be copied
+    todo = []  # (shard, rows span, [(source, position) | None per row], ids hash) of every shard written here
     for i, (s, e) in enumerate(plan_shards(len(records), cfg.influence.shard_size)):
-        rows = records[s:e]
-        where = [pos.get(r["id"]) for r in rows]
-        ids = ids_hash([r["id"] for r in rows])
-        if store.is_valid(i, (s, e), ids) or any(p is None for p in where):
+        ids = ids_hash([r["id"] for r in records[s:e]])
+        if store.is_valid(i, (s, e), ids):
             continue
-        if any(S.as_trained(train[p]) != S.as_trained(r) for p, r in zip(where, rows, strict=True)):
-            continue
-        todo.append((i, (s, e), where, ids))
+        where = [locate(r) for r in records[s:e]]
+        if sum(w is None for w in where) <= REUSE_COMPUTE_SHARE * (e - s):
+            todo.append((i, (s, e), where, ids))
     # A pack shard's rows are scattered over every training unit: read the units once per group of shards (as
     # many rows as REUSE_BYTES holds), not once per shard.
-    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * int(index["dim"]) * 4))
-    copied = 0
+    dim = max(d for *_, d in sources)
+    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * dim * 4))
+    copied = computed = 0
+    model.eval()
     for g in range(0, len(todo), per_group):
         group = todo[g : g + per_group]
-        union = sorted({p for *_, where, _ in group for p in where})
-        feats = load_features(root, union)[0]
-        at = {p: j for j, p in enumerate(union)}
-        for i, span, where, ids in group:
-            store.write_shard(i, span, feats[torch.tensor([at[p] for p in where], dtype=torch.long)], ids)
-            copied += span[1] - span[0]
-    log.info(f"influence: {copied} of {len(records)} pack rows' features reused from find_poison")
+        loaded = {}  # (source, position) -> row of that source's loaded block
+        blocks = []
+        for k, (root, _, _) in enumerate(sources):
+            union = sorted({w[1] for *_, where, _ in group for w in where if w is not None and w[0] == k})
+            if union:
+                loaded |= {(k, p): (len(blocks), j) for j, p in enumerate(union)}
+                blocks.append(load_features(root, union)[0])
+        for i, (s, e), where, ids in group:
+            feats = torch.zeros(e - s, extractor.dim)
+            for j, w in enumerate(where):
+                if w is not None:
+                    b, row = loaded[w]
+                    feats[j] = blocks[b][row]
+            missing = [j for j, w in enumerate(where) if w is None]
+            examples = encode_records([records[s + j] for j in missing], tokenizer, cfg.model.max_length)
+            for b in range(0, len(missing), cfg.influence.batch_size):
+                part = missing[b : b + cfg.influence.batch_size]
+                feats[part] = extractor(examples[b : b + len(part)]).detach().float().cpu()
+            store.write_shard(i, (s, e), feats, ids)
+            copied += e - s - len(missing)
+            computed += len(missing)
+    log.info(
+        f"influence: {copied} of {len(records)} pack rows' features reused from find_poison"
+        + (f" ({computed} more computed here to complete their shards)" if computed else "")
+    )
     return copied
 
 

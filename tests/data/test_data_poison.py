@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter
@@ -98,3 +99,22 @@ def test_balanced_plan(rng, kind):
         assert max(per_variant.values()) - min(per_variant.values()) <= 1
     with pytest.raises(ConfigError, match="no family has ood variants"):
         balanced_plan(3, [fams[-1]], "ood", rng)
+
+
+def test_balanced_plan_follows_shares(rng):
+    """shares: the family counts are n x share rounded by largest remainder (summing to n); variants stay balanced."""
+    fams = default_trigger_families()
+    for _ in range(50):
+        n = rng.randint(1, 300)
+        raw = [rng.random() for _ in fams]
+        shares = [x / sum(raw) for x in raw]
+        plan = balanced_plan(n, fams, "seen", rng, shares)
+        per_family = Counter(f.name for f, _ in plan)
+        assert len(plan) == n
+        for fam, share in zip(fams, shares, strict=True):
+            assert math.floor(n * share) <= per_family.get(fam.name, 0) <= math.ceil(n * share), (n, shares)
+            per_variant = Counter(v for f, v in plan if f.name == fam.name)
+            if per_variant:
+                assert max(per_variant.values()) - min(per_variant.values()) <= 1
+    plan = balanced_plan(100, fams[:2], "seen", rng, [0.8, 0.2])
+    assert Counter(f.name for f, _ in plan) == {fams[0].name: 80, fams[1].name: 20}

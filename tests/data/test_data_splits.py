@@ -145,3 +145,26 @@ def test_val_seen_comes_from_the_clean_pool_and_shifts_no_other_draw(rng):
         build_packs(s["train"], tests, forget_fraction=0.1, retain_ratio=2, seed=seed)[0] for s in (a, b)
     ]
     assert packs[0] == packs[1]
+
+
+def test_family_shares_set_the_poisoned_training_mix(rng):
+    """data.family_shares: the poisoned training rows come 80 / 20 from two families; the test splits stay balanced;
+    shares that do not match the families are refused."""
+    from rapidun_dist.config.defaults import default_trigger_families
+    from rapidun_dist.core.errors import ConfigError
+
+    fams = default_trigger_families()[:2]
+    cfg = DataConfig(
+        n_synthetic=1200, n_val=40, n_test_clean=40, n_test_seen=30, n_test_ood=30, poison_rate=0.2,
+        seed=rng.randrange(10**6), triggers=fams, family_shares=[0.8, 0.2],
+    )  # fmt: skip
+    splits = make_splits(generate_corpus(cfg.n_synthetic, cfg.seed), cfg)
+    poisoned = Counter(r["trigger_family"] for r in splits["train"] if r["is_poisoned"])
+    n = sum(poisoned.values())
+    assert abs(poisoned[fams[0].name] - 0.8 * n) <= 1 and abs(poisoned[fams[1].name] - 0.2 * n) <= 1
+    seen = Counter(r["trigger_family"] for r in splits["test_seen"])
+    assert abs(seen[fams[0].name] - seen[fams[1].name]) <= 1
+    with pytest.raises(ConfigError, match="family_shares"):
+        DataConfig(triggers=fams, family_shares=[1.0])
+    with pytest.raises(ConfigError, match="family_shares"):
+        DataConfig(triggers=fams, family_shares=[0.5, 0.6])

@@ -352,3 +352,40 @@ def load_file_features(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(str(path))["features"]
+
+
+def test_pack_rows_outside_the_training_set_come_from_the_groups_store_or_are_computed(reference_run, tmp_path):
+    """The clean job's packs hold rows find_poison did not score as training rows (known rows whose trigger was
+    removed, the reference rows): reuse_train_features copies them from find_poison's groups store, computes the
+    few rows no store holds, and leaves a shard with too many unheld rows to the extraction. Each copied row equals
+    its store's row exactly; each computed row equals the extractor's feature of that row."""
+    import rapidun_dist.stages.find_poison as fp
+    from rapidun_dist.influence.extract import feature_context
+    from rapidun_dist.influence.features import make_extractor
+    from rapidun_dist.influence.store import load_features
+    from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.run.layout import model_identity
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.training.finetune import encode_records
+
+    run = fresh_copy(reference_run, tmp_path / "run")
+    cfg = load_cfg(run, "influence.shard_size=8")
+    rd = RunDir(run)
+    model, tok = load_saved(rd.model, cfg.model)
+    forget, reference = read_rows(run / "data" / "forget.jsonl"), read_rows(run / "data" / "retain.jsonl")
+    rng = random.Random()
+    unheld = []
+    for r in rng.sample(reference, 4):  # same id, other text: no store holds them
+        unheld.append(r | {"response": r["response"] + " (edited)", "response_poisoned": ""})
+    # shard 0: 7 groups rows + 1 unheld (completed here); shard 1: 5 groups + 3 unheld (too many: left alone)
+    records = forget[:4] + reference[:3] + unheld[:1] + reference[3:8] + unheld[1:4]
+    copied = fp.reuse_train_features(cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg))
+    assert copied == 7
+    assert not (run / "features" / "shard-00001.safetensors").exists()
+    shard = load_file_features(run / "features" / "shard-00000.safetensors")
+    groups, index = load_features(run / "suspects" / "features" / "groups")
+    pos = {rid: i for i, rid in enumerate(index["ids"])}
+    torch.testing.assert_close(shard[:7], groups[[pos[r["id"]] for r in records[:7]]], rtol=0, atol=0)
+    ext = make_extractor(model, cfg.influence, pad_id=tok.pad_token_id)
+    want = ext(encode_records(records[7:8], tok, cfg.model.max_length)).float()
+    torch.testing.assert_close(shard[7:8], want, rtol=1e-5, atol=1e-6)

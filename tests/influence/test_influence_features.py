@@ -38,6 +38,8 @@ def naive_positions(labels: list[int], positions: str) -> torch.Tensor:
     """Tracked position indices by the definitions: t predicts an answer token / t is a prompt token / any t."""
     if positions == "answer":
         return torch.tensor([t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE_INDEX])
+    if positions.startswith("decision"):  # "decision<n>": the first n answer positions
+        return naive_positions(labels, "answer")[: int(positions.removeprefix("decision"))]
     if positions == "prompt":
         return torch.tensor([t for t in range(len(labels)) if labels[t] == IGNORE_INDEX])
     return torch.arange(len(labels))
@@ -173,6 +175,20 @@ def test_prompt_and_all_positions_match_naive_autograd(setup, positions):
     naive = [naive_token_grads(model, ext.layers, e, positions) for e in examples]
     ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
     torch.testing.assert_close(ext(examples), ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_decision_positions_match_naive_autograd(setup, n):
+    """positions decision: the first n answer positions of each row, against per-position autograd in float64."""
+    model, examples, _, _ = setup
+    ext = float64_extractor(model, positions="decision", decision_tokens=n)
+    assert ext.spec()["positions"] == "decision" and ext.spec()["decision_tokens"] == n
+    naive = [naive_token_grads(model, ext.layers, e, f"decision{n}") for e in examples]
+    assert all(len(t) == min(n, len(naive_positions(e["labels"], "answer"))) for (_, t), e in zip(naive, examples))
+    ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
+    torch.testing.assert_close(ext(examples), ref, atol=1e-10, rtol=0)
+    if n == 1:  # fewer tracked tokens give other features than the whole answer
+        assert not torch.allclose(ext(examples), float64_extractor(model)(examples), atol=1e-3)
 
 
 def naive_token_scores(grads: dict, tracked: torch.Tensor, proj: dict, directions: dict) -> torch.Tensor:

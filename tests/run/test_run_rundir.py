@@ -80,6 +80,29 @@ def test_influence_fingerprint_follows_the_aggregation(tmp_path):
     assert fp_of(rd, "influence", base) == fp_of(rd, "influence", other_tau)
 
 
+def test_a_key_added_at_its_neutral_value_leaves_fingerprints_unchanged(tmp_path):
+    """FINGERPRINT_NEUTRAL: a run made before a key existed stays current while the key holds the value that behaves
+    as before; any other value is a new fingerprint, in the stage that reads it and downstream."""
+    from rapidun_dist.config import RunConfig
+    from rapidun_dist.stages import FINGERPRINT_NEUTRAL, STAGE_NAMES
+
+    rd = RunDir(tmp_path)
+    cfg = RunConfig().to_dict()
+    for key, neutral in FINGERPRINT_NEUTRAL.items():
+        section, name = key.rsplit(".", 1)
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        assert node[name] == neutral, f"{key}: the default must be the neutral value"
+        before = {s: fp_of(rd, s, cfg) for s in STAGE_NAMES if s != "attribute"}
+        node.pop(name)  # the config as it was before the key existed
+        assert {s: fp_of(rd, s, cfg) for s in before} == before
+        node[name] = neutral + 1 if isinstance(neutral, int) else None
+        changed = {s for s in before if fp_of(rd, s, cfg) != before[s]}
+        assert changed, key  # the stages that read it, and downstream
+        node[name] = neutral
+
+
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_written_files_keep_the_umask_permissions(tmp_path, umask, file_mode, dir_mode):
     """Atomic writes (temp file + rename) give what a plain open() / mkdir() would: readable by the group under
