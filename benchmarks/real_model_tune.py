@@ -22,14 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_model as rm  # noqa: E402
+import real_model as rm  # the sibling script (benchmarks/ is on the path when this file runs as a script)
 
 POINTS: dict[str, list[str]] = {  # candidate -> unlearn overrides (shipped = configs/smollm2_135m_dolly.yaml as is)
     "shipped": [],
     "lr5e-4": ["unlearn.lr=5e-4"],
-    "retain6": ["unlearn.retain_per_forget=6"],
-    "lr5e-4_retain6": ["unlearn.lr=5e-4", "unlearn.retain_per_forget=6"],
+    "retain7": ["unlearn.retain_per_forget=7"],  # 1 forget + 7 retain rows per batch of 8
+    "lr5e-4_retain7": ["unlearn.lr=5e-4", "unlearn.retain_per_forget=7"],
     "lr2e-3": ["unlearn.lr=2e-3"],
 }
 CARRIED = ("prepare", "find_poison", "influence", "weights")
@@ -94,8 +93,12 @@ def run_point(clean: Path, dst: Path, overrides: list[str]) -> dict:
     else:
         after = score(cfg, dst, mdir / "adapter")
         cache.write_text(json.dumps({"basis": basis, "after": after}))
-    stop = summary.get("stop") or {}
-    return {"after": after, "steps": summary.get("steps"), "stop": stop.get("reason"), "stage_seconds": seconds}
+    stop, sec = summary.get("stop") or {}, summary.get("seconds") or {}
+    return {
+        "after": after, "steps": summary.get("steps"), "stop": stop.get("reason"),
+        "seconds": (sec.get("unlearn") or 0.0) + (sec.get("validation") or 0.0),  # RapidUn's steps and validations
+        "stage_seconds": seconds,  # this invocation (0 when the stage was already done)
+    }  # fmt: skip
 
 
 def choose(rows: list[dict]) -> str:
@@ -126,7 +129,7 @@ def table(rows: list[dict], chosen: str, command: str) -> str:
         "in advance: lowest mean val ASR, then highest mean val F1 (within 0.005), then lowest PPL ratio. "
         f"Chosen: **{chosen}**.",
         "",
-        "| candidate | overrides | run | val ASR before -> after (n) | val PPL ratio | val F1 before -> after | steps, stop | seconds |",
+        "| candidate | overrides | run | val ASR before -> after (n) | val PPL ratio | val F1 before -> after | steps, stop | unlearning + validation s |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
@@ -134,7 +137,7 @@ def table(rows: list[dict], chosen: str, command: str) -> str:
         lines.append(
             f"| {r['point']} | {' '.join(POINTS[r['point']]) or '-'} | {r['attack']} s{r['seed']} | "
             f"{100 * b['asr']:.1f}% -> {100 * a['asr']:.1f}% ({a['n_seen']}) | {a['ppl'] / b['ppl']:.3f} | "
-            f"{b['f1']:.3f} -> {a['f1']:.3f} | {r['steps']}, {r['stop']} | {r['stage_seconds']:.0f} |"
+            f"{b['f1']:.3f} -> {a['f1']:.3f} | {r['steps']}, {r['stop']} | {r.get('seconds', r['stage_seconds']):.0f} |"
         )
     return "\n".join(lines) + "\n"
 

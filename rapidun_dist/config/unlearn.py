@@ -161,6 +161,12 @@ class UnlearnConfig:
         check(self.ascent_cap > 0, "unlearn.ascent_cap", f"expected > 0, found {self.ascent_cap}")
         check(self.retain_per_forget >= 0, "unlearn.retain_per_forget", "must be >= 0")
         check(
+            self.batch_size % (1 + self.retain_per_forget) == 0,
+            "unlearn.batch_size",
+            f"{self.batch_size} must be a multiple of 1 + unlearn.retain_per_forget = {1 + self.retain_per_forget} "
+            "(each global batch holds forget rows and retain_per_forget x as many retain rows)",
+        )
+        check(
             0.0 < self.saliency_keep <= 1.0,
             "unlearn.saliency_keep",
             f"expected in (0, 1], found {self.saliency_keep}",

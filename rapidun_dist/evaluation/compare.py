@@ -157,9 +157,21 @@ def report_seed(report: dict):
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+def family_metrics(entry: dict) -> dict[str, float]:
+    """ASR per trigger family of a triggered split: {"asr_seen.<family>": value, "asr_ood.<family>": ...}."""
+    return {
+        f"asr_{split}.{family}": v
+        for split, families in (entry.get("asr_by_family") or {}).items()
+        for family, value in families.items()
+        if (v := _num(value)) is not None
+    }
+
+
 def rate_metrics(entry: dict) -> set[str]:
-    """The metrics of an entry that are proportions (bounded by [0, 1]): ASR, FPR and counted extras."""
-    return set(RATES) | {k for k, v in extra_metrics(entry).items() if isinstance(v, dict)}
+    """The metrics of an entry that are proportions (bounded by [0, 1]): ASR (per family too), FPR and counted
+    extras."""
+    extras = {k for k, v in extra_metrics(entry).items() if isinstance(v, dict)}
+    return set(RATES) | set(family_metrics(entry)) | extras
 
 
 def entry_metrics(label: str, entry: dict, report: dict) -> dict[str, float]:
@@ -172,6 +184,7 @@ def entry_metrics(label: str, entry: dict, report: dict) -> dict[str, float]:
     if label not in (report.get("collapsed") or {}):
         speed = _num((report.get("speedup_vs_retrain") or {}).get(label))
         out |= {"speedup_vs_retrain": speed} if speed is not None else {}
+    out |= family_metrics(entry)
     for key, value in extra_metrics(entry).items():
         v = _num(value["p"]) if isinstance(value, dict) else _num(value)
         if v is not None and key not in out:

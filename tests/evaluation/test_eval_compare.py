@@ -32,6 +32,7 @@ def run_report(rng: random.Random, seed: int, relabel: bool, *, ga_collapses: bo
             "seconds": {"influence": 2.0, "weights": 0.5, "unlearn": unlearn_s, "total": 2.5 + unlearn_s},
             "token_f1": rng.random(),
             "relearn": {"asr_seen": rng.randint(0, 20) / 20, "n_seen": 20},
+            "asr_by_family": {"seen": {"surface": rng.randint(0, 100) / 100, "style": rng.randint(0, 100) / 100}},
         }  # fmt: skip
 
     return {
@@ -100,6 +101,7 @@ def test_compare_matches_hand_computation(tmp_path, sources):
             ("speedup_vs_retrain", POSITIVE, lambda r, m: r["retrain"]["seconds"]["total"] / r["methods"][m]["seconds"]["total"]),
             ("token_f1", FREE, lambda r, m: r["methods"][m]["token_f1"]),  # no count: a mean, not a proportion
             ("relearn.asr_seen", RATE, lambda r, m: r["methods"][m]["relearn"]["asr_seen"]),
+            ("asr_seen.style", RATE, lambda r, m: r["methods"][m]["asr_by_family"]["seen"]["style"]),  # per family
         ):  # fmt: skip
             got = on["methods"][method][metric]
             values = [get(r, method) for r in on_reports]

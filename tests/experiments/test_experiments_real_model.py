@@ -205,3 +205,33 @@ def test_smoke_flow_prints_the_issue_json_line_and_resumes(tmp_path):
     assert {k: v for k, v in again.items() if k != "wall_s"} == {
         k: v for k, v in line.items() if k != "wall_s"
     }
+
+
+def _costs(retrain_row: float, fp_row: float, steps_s: float, val_s: float, train: int = 260) -> dict:
+    return {
+        "stages": {"weights": 0.5, "unlearn_steps": steps_s, "validation": val_s},
+        "steps": 4,
+        "validation_points": 2,
+        "rows": {"train": train, "find_poison_featurized": train + 80, "pack": 176},
+        "per_row": {"retrain": retrain_row, "find_poison": fp_row, "influence_uncached": fp_row},
+        "per_step": {"unlearn": steps_s / 4, "validation": val_s / 2},
+    }
+
+
+def test_extrapolation_scales_the_measured_unit_costs():
+    """retrain and find_poison grow with the rows; influence + weights + unlearn does not (the pack's features are
+    copied from find_poison's stores, unlearning is capped in steps): the speedups follow from the unit costs."""
+    costs = [_costs(1.2, 0.3, 18.0, 30.0), _costs(1.4, 0.5, 22.0, 30.0)]
+    e = RM.extrapolate(costs, 15011)
+    assert e["retrain"] == pytest.approx(1.3 * 15011)
+    assert e["find_poison"] == pytest.approx(0.4 * (15011 + 80))
+    iwu = 20 * 0.4 + 0.5 + 20.0 + 30.0
+    assert e["influence_weights_unlearn"] == pytest.approx(iwu)
+    assert e["speedup_iwu"] == pytest.approx(1.3 * 15011 / iwu)
+    assert e["speedup_clean_job"] == pytest.approx(1.3 * 15011 / (0.4 * 15091 + iwu))
+    assert e["pack_rows"] == pytest.approx((20 + 0.05 * 15011) * 4)
+    small = RM.extrapolate(costs, 260)
+    assert small["speedup_iwu"] < e["speedup_iwu"] and RM.extrapolate(costs, 57140)["speedup_iwu"] > e["speedup_iwu"]
+    lines = RM._cost_table({"a": [{"costs": c} for c in costs]})
+    assert any(line.startswith("| Dolly-15k (15,011, derived)") for line in lines)
+    assert RM._cost_table({"a": [{"costs": None}]}) == []
