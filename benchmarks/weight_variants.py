@@ -543,7 +543,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "ablation":
         TESTBED, RUNS, SETTINGS = args.testbed, args.runs, list(args.set)
-    command = "python benchmarks/weight_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    shown = [("RUNS" if a == str(getattr(args, "runs", None)) else a) for a in (sys.argv[1:] if argv is None else argv)]
+    command = "python benchmarks/weight_variants.py " + " ".join(shown)  # the machine's run folder stays out
     torch.set_num_threads(1)
     if args.cmd == "stability":
         res = run_stability(args)
