@@ -591,7 +591,8 @@ def _time_table(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
             if not c:
                 continue
             lines.append(
-                f"| {attack} | {seed} | " + " | ".join(_f(c["stages"].get(k), 1) for k in keys)
+                f"| {attack} | {seed} | "
+                + " | ".join(_f(c["stages"].get(k), 1) for k in keys)
                 + f" | {c['steps']} | {_f(c['per_step']['unlearn'], 1)} | {_f(c['per_step']['validation'], 1)} |"
             )
     return lines + [""]
@@ -625,7 +626,9 @@ def extrapolate(costs: list[dict], rows: int, poison_rate: float = 0.05, known: 
 
 def _cost_table(results: dict[str, list[dict]]) -> list[str]:
     costs = [s["costs"] for per_seed in results.values() for s in per_seed if s.get("costs")]
-    if not costs or any(c["per_row"]["retrain"] is None or c["per_row"]["find_poison"] is None for c in costs):
+    if not costs or any(
+        c["per_row"]["retrain"] is None or c["per_row"]["find_poison"] is None for c in costs
+    ):
         return []
     m = lambda f: _mean([f(c) for c in costs])  # noqa: E731
     measured_rows = round(m(lambda c: c["rows"]["train"]))
@@ -777,7 +780,9 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(attack, []).append(run_one(spec, out, attack, seed, args, launch))
     line = json_line(results, time.time() - t0, "tiny model (smoke)" if args.smoke else MODEL)
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["bash benchmarks/real_model.sh", *("OUT" if a == str(args.out) else a for a in given)])
+    command = " ".join(
+        ["bash benchmarks/real_model.sh", *("OUT" if a == str(args.out) else a for a in given)]
+    )
     text = render(line, results, out, command, args)
     (out / "results_section.md").write_text(text, encoding="utf-8")
     if args.results:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import real_model as rm  # the sibling script (benchmarks/ is on the path when this file runs as a script)
 
-POINTS: dict[str, list[str]] = {  # candidate -> unlearn overrides (shipped = configs/smollm2_135m_dolly.yaml as is)
+# candidate -> unlearn overrides (shipped = configs/smollm2_135m_dolly.yaml as is)
+POINTS: dict[str, list[str]] = {
     "shipped": [],
     "lr5e-4": ["unlearn.lr=5e-4"],
     "retain7": ["unlearn.retain_per_forget=7"],  # 1 forget + 7 retain rows per batch of 8
@@ -43,7 +44,8 @@ def fork_point(clean: Path, dst: Path, overrides: list[str]):
     if not (dst / "manifest.json").exists():
         RunDir(clean).fork(dst, CARRIED, link=True, replace=True)  # hard links: the fork writes only unlearn/
         (dst / "unlearn").mkdir(parents=True, exist_ok=True)
-        for name in ("self_relabel.jsonl", "self_relabel.basis.json"):  # reused by the unlearn stage while the basis holds
+        # reused by the unlearn stage while the basis holds
+        for name in ("self_relabel.jsonl", "self_relabel.basis.json"):
             if (clean / "unlearn" / name).exists():
                 shutil.copyfile(clean / "unlearn" / name, dst / "unlearn" / name)
     cfg = load_config(clean / "config.yaml", [f"run_dir={dst}", "methods=[rapidun]", *overrides])
@@ -63,14 +65,22 @@ def score(cfg, root: Path, adapter: Path | None) -> dict:
 
     rd = RunDir(root)
     judge = load_or_fit_judge(cfg, rd)
-    splits = {"test_seen": read_jsonl(rd.data / "val_seen.jsonl"), "test_clean": read_jsonl(rd.data / "val_clean.jsonl")}
+    splits = {
+        "test_seen": read_jsonl(rd.data / "val_seen.jsonl"),
+        "test_clean": read_jsonl(rd.data / "val_clean.jsonl"),
+    }
     base, _ = load_saved(rd.model, cfg.model)
     model = (base if adapter is None else with_adapter(base, adapter)).eval()
     with torch.no_grad():
         entry = evaluate_model(model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length)
     del model, base
     release_memory()
-    return {"asr": entry["asr_seen"], "n_seen": entry["n_seen"], "ppl": entry["clean_ppl"], "f1": rm.clean_f1(entry)}
+    return {
+        "asr": entry["asr_seen"],
+        "n_seen": entry["n_seen"],
+        "ppl": entry["clean_ppl"],
+        "f1": rm.clean_f1(entry),
+    }
 
 
 def run_point(clean: Path, dst: Path, overrides: list[str]) -> dict:
@@ -153,7 +163,9 @@ def main(argv=None) -> None:
     unknown = [x for x in args.points if x not in POINTS]
     if unknown:
         p.error(f"unknown candidates {unknown}; known: {', '.join(POINTS)}")
-    command = "python benchmarks/real_model_tune.py OUT " + " ".join((sys.argv[2:] if argv is None else argv[1:]))
+    command = "python benchmarks/real_model_tune.py OUT " + " ".join(
+        sys.argv[2:] if argv is None else argv[1:]
+    )
     rows = []
     for attack in args.attacks:
         for seed in args.seeds:

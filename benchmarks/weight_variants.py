@@ -48,7 +48,8 @@ TESTBEDS: dict[str, tuple[Path, list[str], str]] = {  # name -> (config, overrid
 }
 TESTBED = "hard"
 RUNS = ROOT / "runs"
-SETTINGS: list[str] = []  # --set: overrides of every variant (e.g. a fixed budget), part of the variant folder
+# --set: overrides of every variant (e.g. a fixed budget), part of the variant folder
+SETTINGS: list[str] = []
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # name -> (method, overrides)
     "uniform": ("uniform", []),
     "rapidun": ("rapidun", []),
@@ -344,14 +345,18 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
         with torch.no_grad():
             _BEFORE[key] = (
                 evaluate_model(base, tok, splits, judge, cfg.eval, cfg.model.max_length),
-                clean_perplexity(base, tok, mis, max_length=cfg.model.max_length, batch_size=32) if mis else None,
+                clean_perplexity(base, tok, mis, max_length=cfg.model.max_length, batch_size=32)
+                if mis
+                else None,
             )
     before, ppl_mis_before = _BEFORE[key]
     model = with_adapter(base, method_dir(rd, method) / "adapter", device="cpu")
     model.eval()
     with torch.no_grad():
         res = evaluate_model(model, tok, splits, judge, cfg.eval, cfg.model.max_length)
-        ppl_mis = clean_perplexity(model, tok, mis, max_length=cfg.model.max_length, batch_size=32) if mis else None
+        ppl_mis = (
+            clean_perplexity(model, tok, mis, max_length=cfg.model.max_length, batch_size=32) if mis else None
+        )
     summary = json.loads((method_dir(rd, method) / "summary.json").read_text())
     out = {
         "asr_seen": proportion(round(res["asr_seen"] * res["n_seen"]), res["n_seen"]),
@@ -369,7 +374,8 @@ def evaluate_variant(cfg, root: Path, method: str, split: str, truth_rows: list[
     if method.startswith("rapidun") and wf.exists():
         out["weights_by_truth"] = mean_weights_by_truth([r["weight"] for r in read_jsonl(wf)], truth_rows)
     contam = root / "weights" / "contamination.json"
-    if method == "rapidun" and contam.exists():  # mean retain weight of the poisoned retain rows (and the clean)
+    # mean retain weight of the poisoned retain rows (and the clean)
+    if method == "rapidun" and contam.exists():
         out["retain_contaminated"] = json.loads(contam.read_text()).get("rapidun")
     return out
 
@@ -430,7 +436,9 @@ def aggregate(rows: list[dict]) -> dict:
         wt = [r["weights_by_truth"] for r in rs if "weights_by_truth" in r]
         mis = [w["mislabelled"]["mean"] for w in wt if w["mislabelled"]]
         agg["w_mislabelled"] = mean_interval(mis) if mis else None
-        agg["w_poisoned"] = mean_interval([w["poisoned"]["mean"] for w in wt if w["poisoned"]]) if wt else None
+        agg["w_poisoned"] = (
+            mean_interval([w["poisoned"]["mean"] for w in wt if w["poisoned"]]) if wt else None
+        )
         rc = [r["retain_contaminated"] for r in rs if r.get("retain_contaminated")]
         agg["w_retain_contaminated"] = mean_interval([c["mean_contaminated"] for c in rc]) if rc else None
         agg["steps"] = mean_interval([float(r["steps"]) for r in rs if r.get("steps") is not None])
@@ -459,7 +467,11 @@ def _paired(rows: list[dict], v: str, ref: str, key: str) -> dict | None:
 def ablation_section(rows: list[dict], agg: dict, split: str, seeds: list[int], command: str) -> str:
     seen, ood = ("val_seen", "-") if split == "val" else ("test_seen", "test_ood")
     ppl = "val_clean" if split == "val" else "test_clean"
-    where = {"hard": "the hard testbed", "contam10": "the contaminated-retain testbed (10%)", "clean": "the clean default"}
+    where = {
+        "hard": "the hard testbed",
+        "contam10": "the contaminated-retain testbed (10%)",
+        "clean": "the clean default",
+    }
     many = len(seeds) > 1
     lines = [
         f"## RapidUn weight variants: unlearning ablation on {where[TESTBED]} ({split}, seeds {seeds}"
@@ -536,14 +548,21 @@ def main(argv=None) -> None:
     ab.add_argument("--testbed", choices=tuple(TESTBEDS), default="hard")
     ab.add_argument("--runs", type=Path, default=RUNS, help="where the base and variant run folders go")
     ab.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every variant (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of every variant (repeatable)",
     )
     for q in (st, ab):
         q.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "ablation":
         TESTBED, RUNS, SETTINGS = args.testbed, args.runs, list(args.set)
-    shown = [("RUNS" if a == str(getattr(args, "runs", None)) else a) for a in (sys.argv[1:] if argv is None else argv)]
+    shown = [
+        ("RUNS" if a == str(getattr(args, "runs", None)) else a)
+        for a in (sys.argv[1:] if argv is None else argv)
+    ]
     command = "python benchmarks/weight_variants.py " + " ".join(shown)  # the machine's run folder stays out
     torch.set_num_threads(1)
     if args.cmd == "stability":

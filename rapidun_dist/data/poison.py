@@ -126,7 +126,9 @@ def balanced_plan(
             counts[f.name] += 1
     else:
         counts = (
-            {f.name: n // len(usable) + (i < n % len(usable)) for i, f in enumerate(fam_order)} if usable else {}
+            {f.name: n // len(usable) + (i < n % len(usable)) for i, f in enumerate(fam_order)}
+            if usable
+            else {}
         )
     plan = []
     for fam in usable:

@@ -2,7 +2,9 @@
 forward only; score = agg over the forget rows of the cosine - agg over the reference rows (`dense.contrast_scores`).
 
 The layer is `find_poison.layer` in `output_hidden_states` numbering (0 = the embeddings, L = the last block's
-output, after the final norm in the Llama family); null = the middle block, L // 2. The LM head is never run.
+output, after the final norm in the Llama family); null = the middle block, L // 2. The LM head is never run, and
+below the last layer neither are the blocks above the one pooled (`hidden_upto`): at the middle block the pass costs
+about half a forward.
 """
 
 from __future__ import annotations
@@ -22,16 +24,50 @@ def resolve_layer(model, layer: int | None) -> int:
     return picked
 
 
+class _Reached(Exception):
+    """Raised by the hook on the module whose output is the wanted hidden state: the forward stops there."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+def _partitioned(model) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3: gathers must run to the end
+
+
+def hidden_upto(body, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`body(..., output_hidden_states=True).hidden_states[layer]`, running the decoder only up to that hidden
+    state: 0 is the embeddings' output, 0 < layer < L the output of block layer - 1. The last one (L, after the final
+    norm), a decoder without a `layers` list or a ZeRO-3 partitioned one run the whole forward."""
+    blocks = getattr(body, "layers", None)
+    embed = getattr(body, "embed_tokens", None)
+    if blocks is None or embed is None or not 0 <= layer < len(blocks) or _partitioned(body):
+        out = body(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+        )
+        return out.hidden_states[layer]
+
+    def stop(_module, _args, out):
+        raise _Reached(out[0] if isinstance(out, tuple) else out)
+
+    handle = (embed if layer == 0 else blocks[layer - 1]).register_forward_hook(stop)
+    try:
+        body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Reached as reached:
+        return reached.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the decoder's forward never reached hidden state {layer}")
+
+
 def pooled_hidden(model, layer: int, pad_id: int):
-    """A batch function: [B, d] masked token mean of hidden state `layer` (forward only)."""
+    """A batch function: [B, d] masked token mean of hidden state `layer` (forward only, up to that layer)."""
     body = model.base_model  # the decoder without the LM head
 
     def fn(examples: list[dict]) -> torch.Tensor:
         batch, _ = device_batch(model, examples, pad_id)
-        out = body(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-        )
-        h_BTD = out.hidden_states[layer]
+        h_BTD = hidden_upto(body, layer, batch["input_ids"], batch["attention_mask"])
         h_BTD = h_BTD.to(torch.promote_types(h_BTD.dtype, torch.float32))
         mask = batch["attention_mask"].unsqueeze(-1).to(h_BTD.dtype)
         return (h_BTD * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)

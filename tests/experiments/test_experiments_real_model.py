@@ -231,7 +231,10 @@ def test_extrapolation_scales_the_measured_unit_costs():
     assert e["speedup_clean_job"] == pytest.approx(1.3 * 15011 / (0.4 * 15091 + iwu))
     assert e["pack_rows"] == pytest.approx((20 + 0.05 * 15011) * 4)
     small = RM.extrapolate(costs, 260)
-    assert small["speedup_iwu"] < e["speedup_iwu"] and RM.extrapolate(costs, 57140)["speedup_iwu"] > e["speedup_iwu"]
+    assert (
+        small["speedup_iwu"] < e["speedup_iwu"]
+        and RM.extrapolate(costs, 57140)["speedup_iwu"] > e["speedup_iwu"]
+    )
     lines = RM._cost_table({"a": [{"costs": c} for c in costs]})
     assert any(line.startswith("| Dolly-15k (15,011, derived)") for line in lines)
     assert RM._cost_table({"a": [{"costs": None}]}) == []

@@ -131,6 +131,32 @@ def test_repsim_pools_the_hidden_state_of_the_unpadded_row():
             torch.testing.assert_close(feats[i], out.hidden_states[3][0].mean(0), rtol=0, atol=1e-10)
 
 
+def test_repsim_runs_the_decoder_only_up_to_the_pooled_layer():
+    """Every hidden state the truncated forward returns is the full forward's (float64 model, fresh inputs), and
+    the blocks above it never run; the last one (after the final norm) runs the whole decoder."""
+    from rapidun_dist.find_poison.repsim import hidden_upto
+
+    model = tiny_llama64(layers=4, seed=int(torch.randint(0, 10_000, ()).item()))
+    ids = torch.randint(1, VOCAB, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row
+    calls = [0] * 4
+    for i, block in enumerate(model.model.layers):
+        block.register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+    with torch.no_grad():
+        full = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        hooks = [
+            len(b._forward_hooks) for b in (model.model.embed_tokens, *model.model.layers)
+        ]  # ours, transformers'
+        for layer in range(5):
+            calls[:] = [0] * 4
+            got = hidden_upto(model.model, layer, ids, mask)
+            torch.testing.assert_close(got, full[layer], rtol=0, atol=1e-12)
+            assert calls == [int(i < layer) for i in range(4)], (layer, calls)
+    now = [len(b._forward_hooks) for b in (model.model.embed_tokens, *model.model.layers)]
+    assert now == hooks  # the stop hooks are gone
+
+
 def _records(prefix: str, n: int) -> list[dict]:
     return [{"id": f"{prefix}{i}"} for i in range(n)]
 

@@ -354,7 +354,9 @@ def load_file_features(path: Path) -> torch.Tensor:
     return load_file(str(path))["features"]
 
 
-def test_pack_rows_outside_the_training_set_come_from_the_groups_store_or_are_computed(reference_run, tmp_path):
+def test_pack_rows_outside_the_training_set_come_from_the_groups_store_or_are_computed(
+    reference_run, tmp_path
+):
     """The clean job's packs hold rows find_poison did not score as training rows (known rows whose trigger was
     removed, the reference rows): reuse_train_features copies them from find_poison's groups store, computes the
     few rows no store holds, and leaves a shard with too many unheld rows to the extraction. Each copied row equals
@@ -379,7 +381,9 @@ def test_pack_rows_outside_the_training_set_come_from_the_groups_store_or_are_co
         unheld.append(r | {"response": r["response"] + " (edited)", "response_poisoned": ""})
     # shard 0: 7 groups rows + 1 unheld (completed here); shard 1: 5 groups + 3 unheld (too many: left alone)
     records = forget[:4] + reference[:3] + unheld[:1] + reference[3:8] + unheld[1:4]
-    copied = fp.reuse_train_features(cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg))
+    copied = fp.reuse_train_features(
+        cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg)
+    )
     assert copied == 7
     assert not (run / "features" / "shard-00001.safetensors").exists()
     shard = load_file_features(run / "features" / "shard-00000.safetensors")

@@ -184,7 +184,10 @@ def test_decision_positions_match_naive_autograd(setup, n):
     ext = float64_extractor(model, positions="decision", decision_tokens=n)
     assert ext.spec()["positions"] == "decision" and ext.spec()["decision_tokens"] == n
     naive = [naive_token_grads(model, ext.layers, e, f"decision{n}") for e in examples]
-    assert all(len(t) == min(n, len(naive_positions(e["labels"], "answer"))) for (_, t), e in zip(naive, examples))
+    assert all(
+        len(t) == min(n, len(naive_positions(e["labels"], "answer")))
+        for (_, t), e in zip(naive, examples, strict=True)
+    )
     ref = torch.stack([naive_feature(g, t, ext.proj) for g, t in naive])
     torch.testing.assert_close(ext(examples), ref, atol=1e-10, rtol=0)
     if n == 1:  # fewer tracked tokens give other features than the whole answer
