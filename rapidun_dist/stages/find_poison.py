@@ -49,9 +49,8 @@ from rapidun_dist.stages.base import Stage, StageContext
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
 REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
-REUSE_COMPUTE_SHARE = (
-    0.25  # a pack shard is completed by the copy when at most this share of its rows is not held
-)
+# a pack shard is completed by the copy when at most this share of its rows is not held
+REUSE_COMPUTE_SHARE = 0.25
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
