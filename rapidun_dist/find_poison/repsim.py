@@ -36,13 +36,15 @@ def _partitioned(model) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3: gathers must run to the end
 
 
-def hidden_upto(body, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_upto(
+    body, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, early: bool = True
+) -> torch.Tensor:
     """`body(..., output_hidden_states=True).hidden_states[layer]`, running the decoder only up to that hidden
     state: 0 is the embeddings' output, 0 < layer < L the output of block layer - 1. The last one (L, after the final
-    norm), a decoder without a `layers` list or a ZeRO-3 partitioned one run the whole forward."""
+    norm), a decoder without a `layers` list, or early=False (a ZeRO-3 partitioned model) run the whole forward."""
     blocks = getattr(body, "layers", None)
     embed = getattr(body, "embed_tokens", None)
-    if blocks is None or embed is None or not 0 <= layer < len(blocks) or _partitioned(body):
+    if not early or blocks is None or embed is None or not 0 <= layer < len(blocks):
         out = body(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
         )
@@ -64,10 +66,11 @@ def hidden_upto(body, layer: int, input_ids: torch.Tensor, attention_mask: torch
 def pooled_hidden(model, layer: int, pad_id: int):
     """A batch function: [B, d] masked token mean of hidden state `layer` (forward only, up to that layer)."""
     body = model.base_model  # the decoder without the LM head
+    early = not _partitioned(model)  # checked once, not per batch
 
     def fn(examples: list[dict]) -> torch.Tensor:
         batch, _ = device_batch(model, examples, pad_id)
-        h_BTD = hidden_upto(body, layer, batch["input_ids"], batch["attention_mask"])
+        h_BTD = hidden_upto(body, layer, batch["input_ids"], batch["attention_mask"], early=early)
         h_BTD = h_BTD.to(torch.promote_types(h_BTD.dtype, torch.float32))
         mask = batch["attention_mask"].unsqueeze(-1).to(h_BTD.dtype)
         return (h_BTD * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
