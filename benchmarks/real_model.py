@@ -779,10 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             results.setdefault(attack, []).append(run_one(spec, out, attack, seed, args, launch))
     line = json_line(results, time.time() - t0, "tiny model (smoke)" if args.smoke else MODEL)
+    from rapidun_dist.cli.experiments.page import shown_command
+
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(
-        ["bash benchmarks/real_model.sh", *("OUT" if a == str(args.out) else a for a in given)]
-    )
+    command = shown_command("bash benchmarks/real_model.sh", given, {str(args.out): "OUT"})
     text = render(line, results, out, command, args)
     (out / "results_section.md").write_text(text, encoding="utf-8")
     if args.results:

@@ -559,11 +559,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "ablation":
         TESTBED, RUNS, SETTINGS = args.testbed, args.runs, list(args.set)
-    shown = [
-        ("RUNS" if a == str(getattr(args, "runs", None)) else a)
-        for a in (sys.argv[1:] if argv is None else argv)
-    ]
-    command = "python benchmarks/weight_variants.py " + " ".join(shown)  # the machine's run folder stays out
+    from rapidun_dist.cli.experiments.page import shown_command
+
+    given = sys.argv[1:] if argv is None else argv
+    runs = {str(args.runs): "RUNS"} if hasattr(args, "runs") else {}  # the machine's run folder stays out
+    command = shown_command("python benchmarks/weight_variants.py", given, runs)
     torch.set_num_threads(1)
     if args.cmd == "stability":
         res = run_stability(args)

@@ -127,3 +127,11 @@ def test_the_command_line_collects_renders_publishes_and_forks(spec, bench, tmp_
     assert main(["fork", str(out / "a" / "s0"), str(tmp_path / "f"), "--stages", "prepare"]) == 2  # exists
     incomplete = ["collect", str(spec.path), "--out", str(tmp_path / "empty")]
     assert main(incomplete) == 2  # an error message, no traceback
+
+
+def test_shown_command_hides_the_machines_folders():
+    from rapidun_dist.cli.experiments.page import shown_command
+
+    argv = ["/tmp/x/out", "--seeds", "0,1", "--runs=/tmp/x/runs", "--other=/tmp/x/outer", "k=/tmp/x/out"]
+    got = shown_command("python b.py", argv, {"/tmp/x/out": "OUT", "/tmp/x/runs": "RUNS"})
+    assert got == "python b.py OUT --seeds 0,1 --runs=RUNS --other=/tmp/x/outer k=/tmp/x/out"

@@ -68,6 +68,17 @@ def _checked(text: str, where: str) -> str:
     return text + "\n"
 
 
+def shown_command(prefix: str, argv: list[str], placeholders: dict[str, str]) -> str:
+    """The command line a section prints: `prefix` and `argv`, each argument that names a folder of this machine
+    (a key of `placeholders`, alone or as `--opt=PATH`) replaced by its placeholder (OUT, RUNS)."""
+
+    def shown(arg: str) -> str:
+        opt, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        return f"{opt}{eq}{placeholders[value]}" if value in placeholders else arg
+
+    return " ".join([prefix, *map(shown, argv)])
+
+
 def title_of(text: str) -> str:
     return text.split("\n", 1)[0].removeprefix("## ").strip()
 
