@@ -145,6 +145,7 @@ def naive_scores(phis: dict, direction: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def setup():
     seed = int.from_bytes(os.urandom(4), "little")
+    print(f"attribution setup seed {seed}")  # shown with a failure: the inputs are fresh on every run
     rng = random.Random(seed)
     model = tiny_llama(seed % 1000)
     cfg = InfluenceConfig(k_in=4, k_out=3, seed=rng.randrange(1000), backend="torch", positions="answer")
