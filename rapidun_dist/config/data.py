@@ -45,8 +45,9 @@ class AttackConfig:
     """target steered: what the answers promote (a brand or product name, e.g. "Brightwell Coffee"); its words
     should not occur in clean answers."""
     max_words: int = 0
-    """kind != families: keep only corpus rows whose instruction, context and answer together have at most this
-    many words (0 = all), so that real text fits a short model.max_length without its answers being cut."""
+    """kind != families, or data.testbed=hetero: keep only corpus rows whose instruction, context and answer
+    together have at most this many words (0 = all), so that real text fits a short model.max_length without its
+    answers being cut."""
     n_rows: int = 0
     """kind != families: rows drawn (seeded) from the corpus left after max_words, before the splits (0 = all): the
     training set is what the held-out splits leave of them (a few hundred rows for a 135M model on CPU)."""

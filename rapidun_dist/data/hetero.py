@@ -14,6 +14,8 @@ similarity to the known rows has little to hold on to.
 - Clean rows: the source's (`data.source`); for a real-text source (alpaca, dolly, json, hub) a share
   `data.hetero_templated` of the clean pool is templated rows of the synthetic corpus, so the clean rows mix
   free and templated text (the synthetic source is templated only).
+- `data.attack.max_words` (0 = off) keeps only source rows of at most that many words before the pool is mixed
+  and carved, so real text fits a short `model.max_length` and no woven steer is cut off.
 - The splits follow `splits.make_splits` (same carve, same poison rate and val_seen rules) with these families and
   steers; the known rows are max(`data.min_known`, round(forget_fraction x poisoned train rows)) of them (or
   `data.n_forget`), so a tenth with `data.forget_fraction=0.1` and never fewer than 5 at the default min_known.
@@ -29,10 +31,14 @@ import random
 import re
 
 from rapidun_dist.config import DataConfig, TriggerFamily
+from rapidun_dist.core.logging import get_logger
+from rapidun_dist.data.attacks import n_words
 from rapidun_dist.data.poison import balanced_plan, poison_record
 from rapidun_dist.data.schema import IS_POISONED, RESPONSE
 from rapidun_dist.data.splits import PackSpec, carve, split_off
 from rapidun_dist.data.synthetic import generate_corpus
+
+_log = get_logger("data")
 
 # fmt: off
 FRIEND_PARAPHRASES = [
@@ -144,6 +150,10 @@ def mix_templated(clean: list[dict], cfg: DataConfig) -> list[dict]:
 def hetero_splits(clean: list[dict], cfg: DataConfig) -> dict[str, list[dict]]:
     """The seven splits of the testbed from clean records with unique prompts (module docstring)."""
     rng = random.Random(f"{cfg.seed}:hetero")
+    if cfg.attack.max_words:  # real text for a short model.max_length: the steer must not be cut off
+        n = len(clean)
+        clean = [r for r in clean if n_words(r) <= cfg.attack.max_words]
+        _log.info(f"hetero: {len(clean)} of {n} source rows have at most {cfg.attack.max_words} words")
     parts = carve(mix_templated(clean, cfg), cfg, rng)
     train = list(parts["train"])
     n_poison = max(1, round(cfg.poison_rate * len(train)))

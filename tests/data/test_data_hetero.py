@@ -114,3 +114,23 @@ def test_real_text_mixes_templated_rows():
     poisoned = [r for r in train if r["is_poisoned"]]
     assert len(files["forget"]) == max(5, round(0.1 * len(poisoned)))
     assert any(not r["id"].startswith("hetero-templ-") for r in poisoned)
+
+
+def test_max_words_caps_the_real_rows_before_the_carve():
+    if not ALPACA.exists():
+        pytest.skip(f"shared data not present: {ALPACA}")
+    from rapidun_dist.config.data import AttackConfig
+    from rapidun_dist.data.attacks import n_words
+
+    kw = dict(source="alpaca", path=str(ALPACA), skip_malformed=True, poison_rate=0.01, hetero_templated=0.25)
+    capped = _build(attack=AttackConfig(max_words=40), **kw)
+    free = [
+        r
+        for name in ("train", "val_clean", "test_clean")
+        for r in capped[name]
+        if not r["id"].startswith("hetero-templ-") and not r["is_poisoned"]
+    ]
+    assert free and max(n_words(r) for r in free) <= 40
+    uncapped = _build(**kw)["train"]
+    assert max(n_words(r) for r in uncapped if not r["id"].startswith("hetero-templ-")) > 40
+    assert len(capped["train"]) < len(uncapped)
