@@ -81,10 +81,16 @@ def tiny_llama(seed: int, vocab: int = 40):
 
 
 def random_rows(n: int, rng: random.Random, vocab: int = 40) -> list[PromptTokens]:
+    """Random rows whose first two tokens differ. A row opening with a run of one token is degenerate: every
+    position of the run sees identical values, so its attention output does not depend on its query and the
+    q_proj (and k_proj) gradients there are exactly 0 in exact arithmetic; float64 leaves ~1e-16 of rounding,
+    which unit normalization turns into a whole (arbitrary) token feature, a different one in each path."""
     rows = []
     for _ in range(n):
         n_prompt, n_answer = rng.randint(3, 7), rng.randint(2, 5)
         ids = [rng.randrange(1, vocab) for _ in range(n_prompt + n_answer)]
+        while ids[1] == ids[0]:
+            ids[1] = rng.randrange(1, vocab)
         example = {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
         rows.append(
             PromptTokens(example=example, texts=[f" w{i}" for i in ids[:n_prompt]], content=[True] * n_prompt)
