@@ -1,7 +1,8 @@
 """Token-wise influence (the default method): the influence stage's token-wise features (docs/DESIGN.md section 5) of
 every row as it was trained, in work units of `find_poison.unit_size` rows that ranks claim as they become free
 (`rapidun_dist.distributed.workqueue`), in `suspects/features/train/`; the forget and reference rows likewise in
-`suspects/features/groups/`. The feature store is the influence stage's: a unit is valid only for this extractor
+`suspects/features/groups/` (the ones that are training rows copied from the training store, `find_poison.reuse`:
+in experiment mode all of them). The feature store is the influence stage's: a unit is valid only for this extractor
 spec, model weights, tokenizer, prompt format, max_length and row ids, so a killed run recomputes only its missing
 units and a changed model recomputes everything.
 
@@ -55,6 +56,14 @@ def extract_all(job: ScoreJob) -> dict:
     mine = {"units": 0, "rows": 0, "seconds": 0.0}
     sets = (job.train, job.forget + job.reference)
     for name, rows, root in zip(("train", "groups"), sets, feature_dirs(rd), strict=True):
+        if name == "groups":  # known and reference rows that are training rows: copied, not computed again
+            t0 = time.perf_counter()
+            copied, computed = dist_env.run_on_rank0(
+                _copy_groups, job, model, tok, context, rows, root, what="copying the groups' features"
+            )
+            mine["seconds"] += time.perf_counter() - t0
+            mine["rows"] += computed if info.rank == 0 else 0
+            job.notes["group_rows_copied"] = copied
         queues: list[WorkQueue] = []
 
         def claim(todo: list[int], name=name, queues=queues) -> WorkQueue:
@@ -76,6 +85,29 @@ def extract_all(job: ScoreJob) -> dict:
             store.write_index([r["id"] for r in rows], 0, shards)
         dist_env.barrier()
     return mine
+
+
+def _copy_groups(job: ScoreJob, model, tok, context: dict, rows: list[dict], root: Path) -> tuple[int, int]:
+    """Rank 0: the groups store's shards whose rows the training store holds (`find_poison.reuse`)."""
+    import dataclasses
+
+    from rapidun_dist.find_poison.reuse import copy_held_features
+    from rapidun_dist.influence.features import make_extractor
+
+    cfg = job.cfg
+    plain = dataclasses.replace(
+        cfg.influence, contrast="none"
+    )  # find_poison's features are plain (no contrast)
+    extractor = make_extractor(model, plain, pad_id=tok.pad_token_id)
+    train_root = feature_dirs(job.rd)[0]
+    copied, computed = copy_held_features(
+        cfg, extractor, tok, context, [(train_root, job.train)], rows, root, cfg.find_poison.unit_size
+    )
+    if copied:
+        log.info(
+            f"find_poison: {copied} of {len(rows)} known and reference rows' features copied from the training store"
+        )
+    return copied, computed
 
 
 def influence_scores(job: ScoreJob) -> tuple[dict | None, dict]:

@@ -36,7 +36,7 @@ import torch
 
 from rapidun_dist.config import RunConfig, TriggerSpec
 from rapidun_dist.core.errors import DataError
-from rapidun_dist.core.io import read_json, read_jsonl, write_json, write_jsonl
+from rapidun_dist.core.io import read_jsonl, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
 from rapidun_dist.find_poison import BASELINES, method_module, scorer_name, twostage
 from rapidun_dist.find_poison import suspects as S
@@ -48,9 +48,6 @@ from rapidun_dist.stages.base import Stage, StageContext
 
 log = get_logger("find_poison")
 TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
-REUSE_BYTES = 1 << 30  # features held at once while copying pack shards from the training store
-# a pack shard is completed by the copy when at most this share of its rows is not held
-REUSE_COMPUTE_SHARE = 0.25
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
@@ -161,78 +158,24 @@ def reuse_train_features(
     same id, trained on the same text, under the same extractor spec and feature context, is copied (the features
     are the same function of the row; only the batch a row was padded in differs, a float-rounding difference). A
     pack shard is written here when at most REUSE_COMPUTE_SHARE of its rows are found in neither store (those few
-    are computed on this rank); the other shards are left to the influence stage's extraction. Returns the number of
-    rows copied. (A two-stage run's training store holds only its candidates: their rows are copied, no others.)"""
+    are computed on this rank; `find_poison.reuse`); the other shards are left to the influence stage's extraction.
+    Returns the number of rows copied. (A two-stage run's training store holds only its candidates: their rows are copied, no others.)"""
+    from rapidun_dist.find_poison.reuse import copy_held_features
     from rapidun_dist.influence.features import make_extractor
-    from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
-    from rapidun_dist.training.finetune import encode_records
 
-    extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
-    spec = extractor.spec() | {"context": context}
     if not any((root / "index.json").exists() for root in feature_dirs(rd)):
         return 0
+    extractor = make_extractor(model, cfg.influence, pad_id=tokenizer.pad_token_id)
     train, forget, reference = load_inputs(rd)
-    sources = []  # (store root, the rows it holds, in its order): the training rows, the known then reference rows
-    for root, rows in zip(feature_dirs(rd), (train, forget + reference), strict=True):
-        if not (root / "index.json").exists():
-            continue
-        index = read_json(root / "index.json")
-        if index.get("spec_hash") == spec_hash(spec) and [r["id"] for r in rows] == index["ids"]:
-            sources.append((root, rows, int(index["dim"])))
-    if not sources:
-        return 0
-    held: dict[str, list[tuple[int, int, dict]]] = {}  # id -> [(source, position, row)], training store first
-    for k, (_, rows, _) in enumerate(sources):
-        for p, r in enumerate(rows):
-            held.setdefault(r["id"], []).append((k, p, r))
-
-    def locate(row: dict) -> tuple[int, int] | None:
-        text = S.as_trained(row)
-        return next(((k, p) for k, p, r in held.get(row["id"], ()) if S.as_trained(r) == text), None)
-
-    store = FeatureStore(rd.features, spec)
-    rd.features.mkdir(parents=True, exist_ok=True)
-    todo = []  # (shard, rows span, [(source, position) | None per row], ids hash) of every shard written here
-    for i, (s, e) in enumerate(plan_shards(len(records), cfg.influence.shard_size)):
-        ids = ids_hash([r["id"] for r in records[s:e]])
-        if store.is_valid(i, (s, e), ids):
-            continue
-        where = [locate(r) for r in records[s:e]]
-        if sum(w is None for w in where) <= REUSE_COMPUTE_SHARE * (e - s):
-            todo.append((i, (s, e), where, ids))
-    # A pack shard's rows are scattered over every training unit: read the units once per group of shards (as
-    # many rows as REUSE_BYTES holds), not once per shard.
-    dim = max(d for *_, d in sources)
-    per_group = max(1, REUSE_BYTES // max(1, cfg.influence.shard_size * dim * 4))
-    copied = computed = 0
-    model.eval()
-    for g in range(0, len(todo), per_group):
-        group = todo[g : g + per_group]
-        loaded = {}  # (source, position) -> row of that source's loaded block
-        blocks = []
-        for k, (root, _, _) in enumerate(sources):
-            union = sorted({w[1] for *_, where, _ in group for w in where if w is not None and w[0] == k})
-            if union:
-                loaded |= {(k, p): (len(blocks), j) for j, p in enumerate(union)}
-                blocks.append(load_features(root, union)[0])
-        for i, (s, e), where, ids in group:
-            feats = torch.zeros(e - s, extractor.dim)
-            for j, w in enumerate(where):
-                if w is not None:
-                    b, row = loaded[w]
-                    feats[j] = blocks[b][row]
-            missing = [j for j, w in enumerate(where) if w is None]
-            examples = encode_records([records[s + j] for j in missing], tokenizer, cfg.model.max_length)
-            for b in range(0, len(missing), cfg.influence.batch_size):
-                part = missing[b : b + cfg.influence.batch_size]
-                feats[part] = extractor(examples[b : b + len(part)]).detach().float().cpu()
-            store.write_shard(i, (s, e), feats, ids)
-            copied += e - s - len(missing)
-            computed += len(missing)
-    log.info(
-        f"influence: {copied} of {len(records)} pack rows' features reused from find_poison"
-        + (f" ({computed} more computed here to complete their shards)" if computed else "")
+    sources = list(zip(feature_dirs(rd), (train, forget + reference), strict=True))
+    copied, computed = copy_held_features(
+        cfg, extractor, tokenizer, context, sources, records, rd.features, cfg.influence.shard_size
     )
+    if copied or computed:
+        log.info(
+            f"influence: {copied} of {len(records)} pack rows' features reused from find_poison"
+            + (f" ({computed} more computed here to complete their shards)" if computed else "")
+        )
     return copied
 
 

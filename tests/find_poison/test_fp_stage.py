@@ -307,6 +307,7 @@ def test_fdr_threshold_flags_what_bh_on_the_stored_scores_flags(reference_run, t
 def test_pack_features_are_copied_reading_the_training_units_once(reference_run, tmp_path, monkeypatch):
     """reuse_train_features reads the training store once per group of pack shards (REUSE_BYTES), not once per
     shard, and writes the same shards either way: each equal to the training rows' features."""
+    import rapidun_dist.find_poison.reuse as reuse
     import rapidun_dist.influence.store as store_module
     import rapidun_dist.stages.find_poison as fp
     from rapidun_dist.influence.extract import feature_context
@@ -320,13 +321,13 @@ def test_pack_features_are_copied_reading_the_training_units_once(reference_run,
         store_module, "load_features", lambda root, rows=None: calls.append(root) or real(root, rows)
     )
     written = {}
-    for name, budget in (("once", fp.REUSE_BYTES), ("per_shard", 1)):
+    for name, budget in (("once", reuse.REUSE_BYTES), ("per_shard", 1)):
         run = fresh_copy(reference_run, tmp_path / name)
         cfg = load_cfg(run, "find_poison.expand=true", "influence.shard_size=16")
         rd = RunDir(run)
         records = [r for p in pack_files(cfg, rd) for r in read_rows(p)]
         model, tok = load_saved(rd.model, cfg.model)
-        monkeypatch.setattr(fp, "REUSE_BYTES", budget)
+        monkeypatch.setattr(reuse, "REUSE_BYTES", budget)
         calls.clear()
         copied = fp.reuse_train_features(
             cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg)
@@ -393,3 +394,20 @@ def test_pack_rows_outside_the_training_set_come_from_the_groups_store_or_are_co
     ext = make_extractor(model, cfg.influence, pad_id=tok.pad_token_id)
     want = ext(encode_records(records[7:8], tok, cfg.model.max_length)).float()
     torch.testing.assert_close(shard[7:8], want, rtol=1e-5, atol=1e-6)
+
+
+def test_known_and_reference_rows_are_copied_from_the_training_store(reference_run):
+    """In experiment mode every known and reference row is a training row: the groups store holds exactly the
+    training store's features of those ids, none is computed a second time, and the summary says how many."""
+    from rapidun_dist.influence.store import load_features
+
+    summary = read_json(reference_run / "suspects" / "summary.json")
+    counts = summary["counts"]
+    n_groups = counts["forget"] + counts["reference"]
+    assert summary["method_notes"]["group_rows_copied"] == n_groups
+    assert summary["features"]["rows_computed"] == counts["train"]
+    train, t_index = load_features(reference_run / "suspects" / "features" / "train")
+    groups, g_index = load_features(reference_run / "suspects" / "features" / "groups")
+    pos = {rid: i for i, rid in enumerate(t_index["ids"])}
+    assert len(g_index["ids"]) == n_groups
+    torch.testing.assert_close(groups, train[[pos[i] for i in g_index["ids"]]], rtol=0, atol=0)
