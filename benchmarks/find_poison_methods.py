@@ -12,7 +12,9 @@ row reads it instead of running it again. Every method gets the same known rows,
 retain pack) and the same threshold rule (the config's `find_poison.threshold`); its seconds are the stage's
 `cost_seconds`, and its share of an epoch divides them by one fine-tuning epoch of the same model over the same
 rows timed inside the same stage (`find_poison.time_epoch`). TF-IDF and trigger grep come free with every run;
-their rows are read from the first method's summary.
+their rows are read from the first method's summary. `--thresholds` adds, for each one-stage method, the rows its
+same scores give under the other threshold rules (`z`, `fdr`, `known`: recomputed here from suspects.jsonl with the
+stage's own `flag`, nothing run again; ranking metrics and seconds are the method's).
 
 Writes OUT/find_poison_methods.json (every row) and OUT/results_section.md, prints one JSON line
 `{"rows": {...}, "prevalence", "n_train", "n_poisoned", "n_known", "n_reference", "wall_s"}`; `--publish KEY`
@@ -121,14 +123,56 @@ def row_of(summary: dict, scorer: str, label: str, seconds: float | None) -> dic
     }
 
 
-def collect(base: Path, out: Path, methods: list[str], extra: list[str], ranks: int) -> tuple[dict, dict]:
+def rethreshold(run_dir: Path, summary: dict, rule: str) -> dict:
+    """The metrics the run's scores give under threshold `rule` (the stage's `flag` on suspects.jsonl, the run's
+    own known rows and reference rows)."""
+    import dataclasses
+
+    import torch
+
+    from rapidun_dist.config import load_config
+    from rapidun_dist.core.io import read_jsonl
+    from rapidun_dist.find_poison import suspects as S
+    from rapidun_dist.stages.find_poison import flag
+
+    fp = dataclasses.replace(load_config(run_dir / "config.yaml").find_poison, threshold=rule)
+    train = read_jsonl(run_dir / "data" / "train.jsonl")
+    by_id = {r["id"]: r for r in read_jsonl(run_dir / "suspects" / "suspects.jsonl")}
+    scores = torch.tensor([by_id[r["id"]]["score"] for r in train], dtype=torch.float64)
+    known = torch.tensor([by_id[r["id"]]["known"] for r in train], dtype=torch.bool)
+    pos = {r["id"]: i for i, r in enumerate(train)}
+    ref = [pos[r["id"]] for r in read_jsonl(run_dir / "data" / "retain.jsonl") if r["id"] in pos]
+    labels = torch.tensor([bool(r.get("is_poisoned")) for r in train], dtype=torch.bool)
+    _, _, flagged = flag(scores, torch.tensor(ref, dtype=torch.long), fp, summary["scorer"], known)
+    m = S.detection_metrics(scores, flagged, labels)
+    unknown = labels & ~known
+    m["recall_unknown"] = int((flagged & unknown).sum()) / int(unknown.sum()) if unknown.any() else None
+    return m
+
+
+def load_rule(run_dir: Path) -> str:
+    from rapidun_dist.config import load_config
+
+    return load_config(run_dir / "config.yaml").find_poison.threshold
+
+
+def collect(
+    base: Path, out: Path, methods: list[str], extra: list[str], ranks: int, rules: list[str] = ()
+) -> tuple[dict, dict]:
     rows, first = {}, None
     for name in methods:
-        summary = json.loads(
-            summary_path(run_method(base, out, name, extra, ranks)).read_text(encoding="utf-8")
-        )
+        run_dir = run_method(base, out, name, extra, ranks)
+        summary = json.loads(summary_path(run_dir).read_text(encoding="utf-8"))
         first = first or summary
-        rows[name] = row_of(summary, summary["scorer"], METHODS[name][0], summary.get("cost_seconds"))
+        label, cost = METHODS[name][0], summary.get("cost_seconds")
+        rows[name] = row_of(summary, summary["scorer"], label, cost)
+        own = load_rule(run_dir)
+        for rule in rules:
+            if rule != own and "two_stage" not in summary:
+                m = rethreshold(run_dir, summary, rule)
+                rows[f"{name}@{rule}"] = row_of(
+                    {**summary, "metrics": {"x": m}}, "x", f"{label}, threshold {rule} (same scores)", cost
+                )
     for name in BASELINES:
         if name in first["metrics"]:
             rows[name] = row_of(first, name, name, first["seconds"].get(name))
@@ -175,6 +219,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"of {', '.join(METHODS)}")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--title", default="find_poison methods side by side")
+    p.add_argument(
+        "--thresholds",
+        default="z,fdr,known",
+        help="rules to re-apply to each one-stage method's scores ('' = none)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--publish", metavar="KEY", help="make the section the current section KEY of the page"
@@ -185,6 +234,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every method's find_poison")
     args = p.parse_intermixed_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    args.thresholds = [t for t in args.thresholds.split(",") if t]
+    if set(args.thresholds) - {"z", "fdr", "known"}:
+        p.error(f"--thresholds: expected some of z, fdr, known; found {args.thresholds}")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         p.error(f"--methods: unknown {unknown}; expected some of {', '.join(METHODS)}")
@@ -198,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     base, out = args.base.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rows, first = collect(base, out, args.methods, args.overrides, args.ranks)
+    rows, first = collect(base, out, args.methods, args.overrides, args.ranks, args.thresholds)
     from rapidun_dist.cli.experiments.page import shown_command
 
     given = sys.argv[1:] if argv is None else argv
