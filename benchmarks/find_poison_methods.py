@@ -12,7 +12,7 @@ row reads it instead of running it again. Every method gets the same known rows,
 retain pack) and the same threshold rule (the config's `find_poison.threshold`); its seconds are the stage's
 `cost_seconds`, and its share of an epoch divides them by one fine-tuning epoch of the same model over the same
 rows timed inside the same stage (`find_poison.time_epoch`). TF-IDF and trigger grep come free with every run;
-their rows are read from the first method's summary. `--thresholds` adds, for each one-stage method, the rows its
+their rows are read from the first method's summary. `--thresholds` adds the rows the default (`tokenwise`) method's
 same scores give under the other threshold rules (`z`, `fdr`, `known`: recomputed here from suspects.jsonl with the
 stage's own `flag`, nothing run again; ranking metrics and seconds are the method's).
 
@@ -168,7 +168,7 @@ def collect(
         rows[name] = row_of(summary, summary["scorer"], label, cost)
         own = load_rule(run_dir)
         for rule in rules:
-            if rule != own and "two_stage" not in summary:
+            if rule != own and name == "tokenwise":
                 m = rethreshold(run_dir, summary, rule)
                 rows[f"{name}@{rule}"] = row_of(
                     {**summary, "metrics": {"x": m}}, "x", f"{label}, threshold {rule} (same scores)", cost
@@ -222,7 +222,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--thresholds",
         default="z,fdr,known",
-        help="rules to re-apply to each one-stage method's scores ('' = none)",
+        help="rules re-applied to the tokenwise row's scores ('' = none)",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
