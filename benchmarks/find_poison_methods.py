@@ -104,8 +104,8 @@ def run_method(base: Path, out: Path, name: str, extra: list[str], ranks: int) -
     return dst
 
 
-def row_of(summary: dict, scorer: str, label: str, seconds: float | None) -> dict:
-    m = summary["metrics"][scorer]
+def row_of(summary: dict, m: dict, label: str, seconds: float | None) -> dict:
+    """One table row: the detection metrics `m` (a summary's `metrics[scorer]`) and the run's cost."""
     epoch = summary.get("epoch_seconds")
     return {
         "label": label,
@@ -132,8 +132,7 @@ def rethreshold(run_dir: Path, summary: dict, rule: str) -> dict:
 
     from rapidun_dist.config import load_config
     from rapidun_dist.core.io import read_jsonl
-    from rapidun_dist.find_poison import suspects as S
-    from rapidun_dist.stages.find_poison import flag
+    from rapidun_dist.stages.find_poison import experiment_metrics, flag
 
     fp = dataclasses.replace(load_config(run_dir / "config.yaml").find_poison, threshold=rule)
     train = read_jsonl(run_dir / "data" / "train.jsonl")
@@ -142,12 +141,8 @@ def rethreshold(run_dir: Path, summary: dict, rule: str) -> dict:
     known = torch.tensor([by_id[r["id"]]["known"] for r in train], dtype=torch.bool)
     pos = {r["id"]: i for i, r in enumerate(train)}
     ref = [pos[r["id"]] for r in read_jsonl(run_dir / "data" / "retain.jsonl") if r["id"] in pos]
-    labels = torch.tensor([bool(r.get("is_poisoned")) for r in train], dtype=torch.bool)
-    _, _, flagged = flag(scores, torch.tensor(ref, dtype=torch.long), fp, summary["scorer"], known)
-    m = S.detection_metrics(scores, flagged, labels)
-    unknown = labels & ~known
-    m["recall_unknown"] = int((flagged & unknown).sum()) / int(unknown.sum()) if unknown.any() else None
-    return m
+    result = flag(scores, torch.tensor(ref, dtype=torch.long), fp, summary["scorer"], known)
+    return experiment_metrics(train, {"x": scores}, {"x": result}, known, "x")["metrics"]["x"]
 
 
 def load_rule(run_dir: Path) -> str:
@@ -165,17 +160,15 @@ def collect(
         summary = json.loads(summary_path(run_dir).read_text(encoding="utf-8"))
         first = first or summary
         label, cost = METHODS[name][0], summary.get("cost_seconds")
-        rows[name] = row_of(summary, summary["scorer"], label, cost)
+        rows[name] = row_of(summary, summary["metrics"][summary["scorer"]], label, cost)
         own = load_rule(run_dir)
         for rule in rules:
             if rule != own and name == "tokenwise":
                 m = rethreshold(run_dir, summary, rule)
-                rows[f"{name}@{rule}"] = row_of(
-                    {**summary, "metrics": {"x": m}}, "x", f"{label}, threshold {rule} (same scores)", cost
-                )
+                rows[f"{name}@{rule}"] = row_of(summary, m, f"{label}, threshold {rule} (same scores)", cost)
     for name in BASELINES:
         if name in first["metrics"]:
-            rows[name] = row_of(first, name, name, first["seconds"].get(name))
+            rows[name] = row_of(first, first["metrics"][name], name, first["seconds"].get(name))
     return rows, first
 
 

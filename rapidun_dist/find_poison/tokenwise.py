@@ -95,9 +95,7 @@ def _copy_groups(job: ScoreJob, model, tok, context: dict, rows: list[dict], roo
     from rapidun_dist.influence.features import make_extractor
 
     cfg = job.cfg
-    plain = dataclasses.replace(
-        cfg.influence, contrast="none"
-    )  # find_poison's features are plain (no contrast)
+    plain = dataclasses.replace(cfg.influence, contrast="none")  # find_poison's features have no contrast
     extractor = make_extractor(model, plain, pad_id=tok.pad_token_id)
     train_root = feature_dirs(job.rd)[0]
     copied, computed = copy_held_features(

@@ -159,7 +159,8 @@ def reuse_train_features(
     are the same function of the row; only the batch a row was padded in differs, a float-rounding difference). A
     pack shard is written here when at most REUSE_COMPUTE_SHARE of its rows are found in neither store (those few
     are computed on this rank; `find_poison.reuse`); the other shards are left to the influence stage's extraction.
-    Returns the number of rows copied. (A two-stage run's training store holds only its candidates: their rows are copied, no others.)"""
+    Returns the number of rows copied. (A two-stage run's training store holds only its candidates: their rows are
+    copied, no others.)"""
     from rapidun_dist.find_poison.reuse import copy_held_features
     from rapidun_dist.influence.features import make_extractor
 
