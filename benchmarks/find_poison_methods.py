@@ -45,11 +45,20 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "graceful": ("graceful (no known row)", ["find_poison.method=graceful"]),
     "two_stage": (
         "tokenwise, two-stage (repsim first, candidates 0.1)",
-        ["find_poison.two_stage=true", "find_poison.candidates=0.1"],
+        ["find_poison.two_stage=true", "find_poison.first_stage=repsim", "find_poison.candidates=0.1"],
     ),
     "two_stage_l8": (
         "tokenwise, two-stage (repsim at layer 8, candidates 0.1)",
-        ["find_poison.two_stage=true", "find_poison.candidates=0.1", "find_poison.layer=8"],
+        [
+            "find_poison.two_stage=true",
+            "find_poison.first_stage=repsim",
+            "find_poison.candidates=0.1",
+            "find_poison.layer=8",
+        ],
+    ),  # fmt: skip
+    "two_stage_auto": (
+        "tokenwise, two-stage (first stage auto: tfidf if it keeps every known row, else repsim; candidates 0.1)",
+        ["find_poison.two_stage=true", "find_poison.first_stage=auto", "find_poison.candidates=0.1"],
     ),
 }
 BASELINES = ("tfidf", "grep")

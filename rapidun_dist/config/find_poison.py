@@ -12,6 +12,7 @@ from rapidun_dist.config.checks import check, check_literal
 FindPoisonAgg = Literal["mean", "trimmed_mean", "median_topk", "topk_mean"]
 FindPoisonThreshold = Literal["z", "fdr", "known"]
 FindPoisonMethod = Literal["tokenwise", "repsim", "gradsim", "graceful", "tfidf", "grep"]
+FindPoisonFirstStage = Literal["auto", "tfidf", "repsim"]
 
 
 @dataclass(kw_only=True)
@@ -56,7 +57,7 @@ class FindPoisonConfig:
     row needed (the smaller cluster is the poison); `tfidf`, TF-IDF cosine; `grep`, known trigger strings in the
     prompt. The scorer is named `influence` in the outputs when it is `tokenwise`, else by its method name."""
     layer: int | None = None
-    """method repsim (and the first stage of two_stage): the hidden state whose token mean is the row's feature, as
+    """method repsim (and the repsim first stage of two_stage): the hidden state whose token mean is the row's feature, as
     counted by `output_hidden_states` (0 = the embeddings, L = the last block's output); null = the middle block,
     L // 2."""
     grad_layer: Literal["lm_head", "last_block"] = "lm_head"
@@ -73,10 +74,16 @@ class FindPoisonConfig:
     known_quantile: float = 0.1
     """threshold known: the quantile of the known rows' leave-one-out scores a row must reach, in [0, 1)."""
     two_stage: bool = False
-    """First a cheap pass over every training row (repsim features of `layer`, forward only), keeping the
-    `candidates` highest-scoring rows; then `method` scores only those (plus the known and reference rows, which
-    the contrast and the threshold need). The other rows are never flagged and rank below every candidate; the
-    summary records both stages' seconds and, in experiment mode, the poisoned rows the first stage dropped."""
+    """First a cheap pass over every training row (`first_stage`), keeping the `candidates` highest-scoring rows;
+    then `method` scores only those (plus the known and reference rows, which the contrast and the threshold need).
+    The other rows are never flagged and rank below every candidate; the summary records both stages' seconds, how
+    many known rows (scored leave-one-out) the first stage kept - an estimate without labels of the poison it keeps
+    - and, in experiment mode, the poisoned rows it dropped."""
+    first_stage: FindPoisonFirstStage = "auto"
+    """two_stage: the cheap pass. `tfidf`, TF-IDF cosine (no model; right when the poison shares words the clean rows
+    do not use); `repsim`, hidden states of `layer` (forward only, up to that layer); `auto`, TF-IDF when it keeps
+    every known row (leave-one-out) among its candidates, else Rep-Sim: the known rows are a sample of the poison,
+    so a lexical pass that would drop one of them would drop unknown ones too."""
     candidates: float = 0.1
     """two_stage: rows the first stage keeps: a share of the training rows when < 1, a count when >= 1."""
     time_epoch: bool = True

@@ -87,6 +87,10 @@ class UnlearnConfig:
     """At most this many val_seen and val_clean rows (the first ones) per validation (>= 1)."""
     stop_asr: float = 0.02
     """budget adaptive: the backdoor counts as gone (stop) at validation ASR <= this, in [0, 1)."""
+    stop_confirm: int = 1
+    """budget adaptive: the backdoor counts as gone after this many validations in a row at ASR <= stop_asr (>= 1).
+    One reading on n prompts passes at floor(stop_asr x n) hits: with 60 prompts and 0.02 one hit passes, which a
+    true ASR of 4% gives 30% of the time; 2 asks for a second, later reading."""
     patience: int = 0
     """budget adaptive: once the ASR is below its first value, stop after this many validations without a new best,
     restoring the best adapter (0 = off: run to the budget)."""
@@ -133,6 +137,7 @@ class UnlearnConfig:
             "unlearn.warmup_ratio",
             f"expected in [0, 1), found {self.warmup_ratio}",
         )
+        check(self.stop_confirm >= 1, "unlearn.stop_confirm", f"expected >= 1, found {self.stop_confirm}")
         check(self.clip_grad > 0, "unlearn.clip_grad", f"expected > 0, found {self.clip_grad}")
         check(
             self.max_seconds is None or self.max_seconds > 0,

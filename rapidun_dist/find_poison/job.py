@@ -32,6 +32,7 @@ class ScoreJob:
     )  # this rank's features
     comm: dict = field(default_factory=dict)  # this rank's communication statistics (tokenwise's scores)
     _loaded: tuple | None = field(default=None, repr=False)
+    _member_ids: tuple | None = field(default=None, repr=False)
 
     def model(self):
         """(model, tokenizer) of the implanted model, loaded on the first call."""
@@ -43,9 +44,18 @@ class ScoreJob:
 
     def member_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Group member ids in the id space of `train` (a member that is one of its rows gets that row's position,
-        so the pair is left out; the others distinct ids past its rows)."""
-        ids = [r["id"] for r in self.train]
-        return S.group_ids(ids, self.forget), S.group_ids(ids, self.reference, offset=len(self.forget))
+        so the pair is left out; the others distinct ids past its rows). A known row is one of them by id or by its
+        prompt as trained (`stages.find_poison.known_mask`'s rule), a reference row by id."""
+        if self._member_ids is None:
+            ids = [r["id"] for r in self.train]
+            held = set(ids)
+            matched = all(r["id"] in held for r in self.forget)  # experiment mode: always by id
+            prompts = None if matched else [S.trained_prompt(r) for r in self.train]
+            self._member_ids = (
+                S.group_ids(ids, self.forget, train_prompts=prompts),
+                S.group_ids(ids, self.reference, offset=len(self.forget)),
+            )
+        return self._member_ids
 
     def group_contrast(self, sims: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """[k] agg over the forget group - agg over the reference group, from {"forget": [k, |F|], "reference":

@@ -320,12 +320,37 @@ def aggregate_similarity(
     return block_scores(sim, self_pairs, row_ids_N, agg=agg, topk=topk, trim=trim, include_self=include_self)
 
 
-def group_ids(train_ids: Sequence[str], members: Sequence[dict], *, offset: int = 0) -> torch.Tensor:
-    """Ids of group members in the row-id space of the training set: a member that is a training row (same id)
-    gets that row's position (the pair is one sample and left out), any other member n + offset + its index."""
+def group_ids(
+    train_ids: Sequence[str],
+    members: Sequence[dict],
+    *,
+    offset: int = 0,
+    train_prompts: Sequence[tuple[str, str]] | None = None,
+) -> torch.Tensor:
+    """Ids of group members in the row-id space of the training set: a member that is a training row gets that row's
+    position (the pair is one sample and left out), any other member n + offset + its index. A member is a training
+    row when it has its id or, with `train_prompts` (the rows' `trained_prompt`s), its prompt as trained: a user's
+    known rows need not carry the training file's ids (clean mode)."""
     pos = {rid: i for i, rid in enumerate(train_ids)}
+    by_prompt = {} if train_prompts is None else {p: i for i, p in reversed(list(enumerate(train_prompts)))}
+    by_prompt.pop(None, None)  # rows without an instruction match nothing
     n = len(train_ids) + offset
-    return torch.tensor([pos.get(m["id"], n + k) for k, m in enumerate(members)], dtype=torch.long)
+
+    def position(k: int, m: dict) -> int:
+        if m["id"] in pos:
+            return pos[m["id"]]
+        return by_prompt.get(trained_prompt(m), n + k) if by_prompt else n + k
+
+    return torch.tensor([position(k, m) for k, m in enumerate(members)], dtype=torch.long)
+
+
+def trained_prompt(record: dict) -> tuple[str, str] | None:
+    """(instruction, context) of a row as trained, stripped: how a known row is matched to its training row (None
+    for a row without an instruction, which matches nothing)."""
+    instruction = (record.get("instruction_poisoned") if record.get("is_poisoned") else None) or record.get(
+        "instruction"
+    )
+    return None if instruction is None else (instruction.strip(), (record.get("context") or "").strip())
 
 
 # ------------------------------------------------------------------------------------------- baselines

@@ -1,12 +1,14 @@
 """Two-stage find_poison (`find_poison.two_stage`): a cheap pass over every training row, then the chosen method on
 the top candidates only.
 
-Stage 1 scores every row with Rep-Sim (`repsim.py`: hidden states of `find_poison.layer`, forward only, the same
-forget / reference contrast) and keeps the `find_poison.candidates` highest (a share of the rows when < 1, else a
-count; ties by position). Stage 2 scores the candidates, the known rows and the reference rows (the contrast and the
-threshold need those two) with `find_poison.method`. The rows stage 2 never scored are never flagged and rank
-below every scored row, in stage-1 order (`combine`). In experiment mode the summary records how many poisoned rows
-stage 1 dropped (the recall it cost).
+Stage 1 scores every row with the same forget / reference contrast by `find_poison.first_stage`: TF-IDF (`tfidf.py`,
+no model, seconds for 57k rows), Rep-Sim (`repsim.py`: hidden states of `find_poison.layer`, forward only), or
+`auto`: TF-IDF when it keeps every known row among its candidates (`known_kept`, the known rows scored leave-one-out),
+else Rep-Sim. It keeps the `find_poison.candidates` highest (a share of the rows when < 1, else a count; ties by
+position). Stage 2 scores the candidates, the known rows and the reference rows (the contrast and the threshold need
+those two) with `find_poison.method`. The rows stage 2 never scored are never flagged and rank below every scored
+row, in stage-1 order (`combine`). The summary records how many known rows stage 1 kept (an estimate without
+labels of its recall) and, in experiment mode, how many poisoned rows it dropped (the recall it cost).
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ def candidate_mask(first_scores: torch.Tensor, keep: int) -> torch.Tensor:
     mask = torch.zeros(first_scores.numel(), dtype=torch.bool)
     mask[order[:keep]] = True
     return mask
+
+
+def known_kept(first_scores: torch.Tensor, known: torch.Tensor, keep: int) -> dict:
+    """{"known", "kept"}: the known training rows (bool [n]; their scores leave-one-out) among the `keep` candidates
+    of `first_scores`. The known rows are a sample of the poison: kept / known estimates stage 1's recall."""
+    cand = candidate_mask(first_scores, keep)
+    return {"known": int(known.sum()), "kept": int((cand & known).sum())}
+
+
+def lexical_first(check: dict) -> bool:
+    """first_stage auto: TF-IDF is stage 1 when it keeps every known row (at least one to check)."""
+    return check["known"] > 0 and check["kept"] == check["known"]
 
 
 def scored_positions(candidates: torch.Tensor, known: torch.Tensor, ref_pos: torch.Tensor) -> list[int]:

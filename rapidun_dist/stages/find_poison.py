@@ -4,8 +4,8 @@ methods, the threshold rules and the metrics are in `rapidun_dist.find_poison`).
 
 Collective (every rank calls it):
 
-1. With `find_poison.two_stage`, a cheap first pass (Rep-Sim over every row, `find_poison.twostage`) keeps the
-   top `find_poison.candidates` rows; the method then scores those, the known rows and the reference rows.
+1. With `find_poison.two_stage`, a cheap first pass (TF-IDF or Rep-Sim over every row, `find_poison.twostage`)
+   keeps the top `find_poison.candidates` rows; the method then scores those, the known rows and the reference rows.
 2. `find_poison.method` scores the rows (`rapidun_dist.find_poison.METHODS`; the default `tokenwise` = token-wise
    influence features in resumable units claimed by whichever rank is free, `find_poison.tokenwise`).
 3. With `find_poison.time_epoch`, one fine-tuning epoch of the same model over the same rows is timed side by side
@@ -112,21 +112,41 @@ def _recv_bytes(stats: dict) -> int:
 
 
 def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]:
-    """Stage 1 of two_stage (`find_poison.twostage`): Rep-Sim over every row, the candidates chosen on rank 0 and
-    broadcast; the job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
+    """Stage 1 of two_stage (`find_poison.twostage`): TF-IDF or Rep-Sim over every row (`find_poison.first_stage`;
+    `auto` decides on rank 0 from the known rows TF-IDF keeps), the candidates chosen on rank 0 and broadcast; the
+    job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
     from rapidun_dist.distributed import env as dist_env
-    from rapidun_dist.find_poison import repsim
+    from rapidun_dist.find_poison import repsim, tfidf
 
     t0 = time.perf_counter()
-    first = repsim.score(every)
+    fp, rank0 = every.cfg.find_poison, every.info.rank == 0
+    keep = twostage.n_candidates(fp.candidates, len(every.train))
+    known = known_mask(every.train, every.forget)
+    first, name, checks = None, fp.first_stage, {}
+    if fp.first_stage in ("auto", "tfidf"):
+        first = tfidf.score(every)  # rank 0 only; no model
+        if rank0:
+            checks["tfidf"] = twostage.known_kept(first, known, keep)
+        if fp.first_stage == "auto":
+            lexical = dist_env.broadcast_object(twostage.lexical_first(checks["tfidf"]) if rank0 else None)
+            name = "tfidf" if lexical else "repsim"
+            if rank0:
+                c = checks["tfidf"]
+                log.info(
+                    f"find_poison first stage (auto): TF-IDF keeps {c['kept']} of {c['known']} known rows among its "
+                    f"{keep} candidates: {'TF-IDF' if lexical else 'Rep-Sim'} it is"
+                )
+    if name == "repsim":
+        first = repsim.score(every)
+        if rank0:
+            checks["repsim"] = twostage.known_kept(first, known, keep)
     positions, record = None, None
-    if every.info.rank == 0:
-        keep = twostage.n_candidates(every.cfg.find_poison.candidates, len(every.train))
+    if rank0:
         cand = twostage.candidate_mask(first, keep)
-        known = known_mask(every.train, every.forget)
         positions = twostage.scored_positions(cand, known, reference_positions(every))
-        layer = every.notes["repsim_layer"]
-        record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "layer": layer}
+        layer = every.notes.get("repsim_layer") if name == "repsim" else None
+        record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "first": name,
+                  "layer": layer, "known_kept": checks}  # fmt: skip
     positions = dist_env.broadcast_object(positions)
     seconds["first_stage"] = time.perf_counter() - t0
     job = ScoreJob(
@@ -266,13 +286,8 @@ def flag(
 def known_mask(train: list[dict], forget: list[dict]) -> torch.Tensor:
     """Training rows that are known poisoned rows: a forget row's id, or its prompt as trained (the user's known
     rows need not carry the training file's ids)."""
-    ids, prompts = {r["id"] for r in forget}, {_trained_prompt(r) for r in forget}
-    return torch.tensor([r["id"] in ids or _trained_prompt(r) in prompts for r in train], dtype=torch.bool)
-
-
-def _trained_prompt(r: dict) -> tuple[str, str]:
-    instr, ctx, _ = S.as_trained(r)
-    return instr.strip(), ctx.strip()
+    ids, prompts = {r["id"] for r in forget}, {S.trained_prompt(r) for r in forget} - {None}
+    return torch.tensor([r["id"] in ids or S.trained_prompt(r) in prompts for r in train], dtype=torch.bool)
 
 
 def suspect_rows(train, scores, z, ranks, flagged, known) -> list[dict]:
@@ -479,8 +494,10 @@ def _scorer_seconds(name: str, main: str, seconds: dict) -> float | None:
 
 def two_stage_record(cfg, train, first: dict, seconds: dict) -> dict:
     return {
-        "first": "repsim",
+        "first": first["first"],
+        "first_stage": cfg.find_poison.first_stage,
         "layer": first["layer"],
+        "known_kept": first["known_kept"],
         "candidates": first["keep"],
         "scored": len(first["positions"]),
         "rows": len(train),
@@ -535,6 +552,7 @@ STAGE = Stage(
         "find_poison.graceful_dims",
         "find_poison.known_quantile",
         "find_poison.two_stage",
+        "find_poison.first_stage",
         "find_poison.candidates",
         "find_poison.time_epoch",
         "find_poison.epoch_batches",

@@ -8,7 +8,9 @@ deterministic function of it):
 
 - damage: ppl_ratio > unlearn.max_ppl_ratio (any budget) -> stop, and restore the adapter of the best earlier
   point within the limit (lowest ASR, then the later step; without a signal the latest such point), if any;
-- backdoor gone: budget adaptive and ASR <= unlearn.stop_asr -> stop;
+- backdoor gone: budget adaptive and ASR <= unlearn.stop_asr at the last unlearn.stop_confirm validations in a
+  row -> stop (one reading on a few dozen prompts cannot tell 1 in 60 from a true 4%: a second, later reading
+  halves the chance of stopping on a lucky draw while the ASR is still falling);
 - plateau: budget adaptive, the ASR has come down since the first validation (unlearning has started to bite: a
   memorised backdoor often sits flat for a while first), and none of the last unlearn.patience points is below the
   best before them (0 = never) -> stop, restoring the best point's adapter when it is an earlier one. So the step
@@ -54,6 +56,7 @@ class StopRule:
     has_signal: bool
     no_signal_reason: str = "no backdoor signal, val_seen is empty"
     patience: int = 0  # adaptive: stop after this many points without a lower ASR than the best (0 = never)
+    confirm: int = 1  # adaptive: the backdoor is gone after this many points in a row at ASR <= stop_asr
     points: list[ValPoint] = field(default_factory=list)
     best: ValPoint | None = None
 
@@ -92,11 +95,14 @@ class StopRule:
         new_best = self._better(p)
         if new_best:
             self.best = p
-        if self.budget == "adaptive" and self.has_signal and p.asr is not None and p.asr <= self.stop_asr:
+        if self.budget == "adaptive" and self.has_signal and self._gone():
+            readings = (
+                "" if self.confirm == 1 else f" ({self.confirm} validations in a row, unlearn.stop_confirm)"
+            )
             return Decision(
                 stop=True,
                 reason="backdoor_gone",
-                detail=f"validation ASR {p.asr:.4f} <= unlearn.stop_asr={self.stop_asr} at step {p.step}",
+                detail=f"validation ASR {p.asr:.4f} <= unlearn.stop_asr={self.stop_asr} at step {p.step}{readings}",
                 new_best=new_best,
             )
         if self._plateau():
@@ -110,6 +116,11 @@ class StopRule:
                 new_best=new_best,
             )
         return Decision(stop=False, new_best=new_best)
+
+    def _gone(self) -> bool:
+        """The last `confirm` points after step 0 all read ASR <= stop_asr."""
+        last = [q.asr for q in self.points if q.step > 0][-self.confirm :]
+        return len(last) == self.confirm and all(a is not None and a <= self.stop_asr for a in last)
 
     def _plateau(self) -> bool:
         """Adaptive with a signal, the ASR below its first value, and no point of the last `patience` below the best

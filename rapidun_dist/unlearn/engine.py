@@ -180,6 +180,7 @@ class UnlearnRunner:
             stop_asr=u.stop_asr,
             max_ppl_ratio=u.max_ppl_ratio,
             patience=u.patience,
+            confirm=u.stop_confirm,
             has_signal=bool(u.val_every and self.validator is not None and self.validator.signal),
             no_signal_reason="no backdoor signal, val_seen is empty"
             if u.val_every

@@ -100,6 +100,21 @@ def test_group_ids_map_train_rows_and_offset_the_rest():
     assert ids.tolist() == [2, 14, 0, 16]
 
 
+def test_group_ids_match_a_known_row_by_its_trained_prompt_when_ids_differ():
+    """Clean mode: the user's known rows carry their own ids; a known row whose prompt as trained is a training row's
+    is that row (its pair left out), the first such row when prompts repeat; the id wins where both match."""
+    train = [
+        {"id": f"train-{i}", "instruction": p, "response": "r"} for i, p in enumerate(["a", " b ", "b", "c"])
+    ]
+    known = [{"id": "forget-0", "instruction": "b", "response": "bad"},
+             {"id": "forget-1", "instruction": "zzz", "response": "bad"},
+             {"id": "train-3", "instruction": "a", "response": "bad"}]  # fmt: skip
+    ids = [r["id"] for r in train]
+    prompts = [S.trained_prompt(r) for r in train]
+    assert S.group_ids(ids, known, train_prompts=prompts).tolist() == [1, 5, 3]
+    assert S.group_ids(ids, known).tolist() == [4, 5, 3]  # ids only: as before
+
+
 def test_rank_of_descending_with_stable_ties():
     assert S.rank_of(torch.tensor([0.1, 0.5, 0.5, -1.0, 0.9])).tolist() == [4, 2, 3, 5, 1]
 

@@ -1,5 +1,6 @@
-"""Two-stage find_poison: the candidate set, the rows stage 2 scores, the combined ranking and the recall
-accounting by hand; then the stage with two_stage on the tiny run (its candidates are the top Rep-Sim rows)."""
+"""Two-stage find_poison: the candidate set, the rows stage 2 scores, the combined ranking, the known-row check and
+the recall accounting by hand; then the stage with two_stage on the tiny run (its candidates are the top Rep-Sim
+rows, or the top TF-IDF rows where `auto` finds TF-IDF keeps every known row)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def test_candidates_scored_rows_and_combined_ranking():
     assert sorted(rest, key=lambda i: -float(full2[i])) == rest and float(full2[rest].max()) < 1.0
 
 
+def test_known_kept_and_the_auto_choice_by_hand():
+    first = torch.tensor([0.9, 0.1, 0.8, 0.7, 0.2, 0.6], dtype=torch.float64)
+    known = torch.tensor([True, False, False, True, False, False])
+    assert twostage.known_kept(first, known, 3) == {"known": 2, "kept": 2}  # rows 0, 2, 3 kept
+    assert twostage.lexical_first(twostage.known_kept(first, known, 3))
+    known[4] = True  # score 0.2: the 5th of 6
+    assert twostage.known_kept(first, known, 3) == {"known": 3, "kept": 2}
+    assert not twostage.lexical_first(twostage.known_kept(first, known, 3))
+    assert not twostage.lexical_first({"known": 0, "kept": 0})  # nothing to check: never trust it blind
+
+
 def test_recall_accounting_by_hand():
     labels = torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool)
     known = torch.tensor([1, 0, 0, 0, 0, 0], dtype=torch.bool)
@@ -54,7 +66,8 @@ def test_two_stage_scores_the_top_repsim_rows_and_accounts_for_what_it_dropped(i
 
     runs = {}
     for name, extra in (("repsim", ["find_poison.method=repsim"]),
-                        ("two", ["find_poison.two_stage=true", "find_poison.candidates=0.2"])):  # fmt: skip
+                        ("two", ["find_poison.two_stage=true", "find_poison.first_stage=repsim",
+                                 "find_poison.candidates=0.2"])):  # fmt: skip
         run = fresh_copy(implanted_dir, tmp_path / name)
         run_pipeline(load_cfg(run, "find_poison.time_epoch=false", *extra), ["find_poison"])
         runs[name] = run
@@ -70,6 +83,9 @@ def test_two_stage_scores_the_top_repsim_rows_and_accounts_for_what_it_dropped(i
     two = summary["two_stage"]
     assert (two["candidates"], two["scored"], two["rows"]) == (keep, sum(scored), len(train))
     assert two["seconds_first"] > 0 and two["seconds_second"] > 0
+    assert (two["first"], two["first_stage"]) == ("repsim", "repsim") and "tfidf" not in two["known_kept"]
+    known = torch.tensor([r["id"] in forget_ids for r in train])
+    assert two["known_kept"]["repsim"] == twostage.known_kept(first, known, keep)
     assert not any(r["flagged"] for r, s in zip(rows, scored, strict=True) if not s)
     lowest_scored = min(r["score"] for r, s in zip(rows, scored, strict=True) if s)
     assert all(r["score"] < lowest_scored for r, s in zip(rows, scored, strict=True) if not s)
@@ -79,6 +95,40 @@ def test_two_stage_scores_the_top_repsim_rows_and_accounts_for_what_it_dropped(i
     assert summary["scorers"]["influence"]["seconds"] == pytest.approx(
         two["seconds_first"] + two["seconds_second"]
     )
+
+
+@pytest.mark.parametrize(("candidates", "expected"), [(0.3, "tfidf"), (0.02, "repsim")])
+def test_auto_first_stage_is_tfidf_exactly_when_it_keeps_every_known_row(
+    implanted_dir, tmp_path, candidates, expected
+):
+    """`auto` reads TF-IDF's leave-one-out ranks of the known rows (the stage's own tfidf method scores them the
+    same way): every known row among the candidates -> the TF-IDF candidates are stage 2's rows; else Rep-Sim's."""
+    from rapidun_dist.pipeline import run_pipeline
+
+    runs = {}
+    for name, extra in (("tfidf", ["find_poison.method=tfidf"]), ("repsim", ["find_poison.method=repsim"]),
+                        ("auto", ["find_poison.two_stage=true", f"find_poison.candidates={candidates}"])):  # fmt: skip
+        run = fresh_copy(implanted_dir, tmp_path / name)
+        run_pipeline(load_cfg(run, "find_poison.time_epoch=false", *extra), ["find_poison"])
+        runs[name] = run
+    train = read_rows(runs["auto"] / "data" / "train.jsonl")
+    forget_ids = {r["id"] for r in read_rows(runs["auto"] / "data" / "forget.jsonl")}
+    known = torch.tensor([r["id"] in forget_ids for r in train])
+    keep = twostage.n_candidates(candidates, len(train))
+    lexical = torch.tensor([r["score"] for r in read_rows(runs["tfidf"] / "suspects" / "suspects.jsonl")])
+    check = twostage.known_kept(lexical, known, keep)
+    two = read_json(runs["auto"] / "suspects" / "summary.json")["two_stage"]
+    assert two["known_kept"]["tfidf"] == check and two["first_stage"] == "auto"
+    picked = "tfidf" if check["kept"] == check["known"] else "repsim"
+    assert two["first"] == picked
+    first = torch.tensor([r["score"] for r in read_rows(runs[picked] / "suspects" / "suspects.jsonl")])
+    cand = twostage.candidate_mask(first, keep)
+    ref_ids = {r["id"] for r in read_rows(runs["auto"] / "data" / "retain.jsonl")}
+    scored = sum(bool(cand[i]) or r["id"] in forget_ids or r["id"] in ref_ids for i, r in enumerate(train))
+    assert two["scored"] == scored
+    assert (
+        picked == expected
+    )  # both branches are taken: the fixture's fixed triggers are lexical, 0.02 too few
 
 
 @pytest.mark.dist

@@ -57,6 +57,23 @@ def test_rule_stops_when_the_backdoor_is_gone_not_at_step_zero():
     assert d.stop and d.reason == "backdoor_gone" and "step 8" in d.detail and d.restore_step is None
 
 
+def test_rule_with_stop_confirm_needs_that_many_readings_in_a_row():
+    r = StopRule(budget="adaptive", stop_asr=0.02, max_ppl_ratio=1.1, has_signal=True, confirm=2)
+    assert not r.observe(ValPoint(0, 0.0, 2.0, 1.0)).stop  # step 0 is no reading
+    assert not r.observe(ValPoint(5, 0.0, 2.0, 1.0)).stop  # one reading at 0 is not yet two
+    assert not r.observe(ValPoint(10, 0.05, 2.0, 1.0)).stop  # a lucky draw: the next one is above
+    assert not r.observe(ValPoint(15, 0.0167, 2.0, 1.0)).stop  # the run starts again
+    d = r.observe(ValPoint(20, 0.02, 2.0, 1.0))
+    assert (
+        d.stop
+        and d.reason == "backdoor_gone"
+        and "2 validations in a row" in d.detail
+        and "step 20" in d.detail
+    )
+    one = StopRule(budget="adaptive", stop_asr=0.02, max_ppl_ratio=1.1, has_signal=True)  # the default: 1
+    assert one.observe(ValPoint(5, 0.0167, 2.0, 1.0)).stop
+
+
 def test_rule_fixed_budget_ignores_the_signal_but_keeps_the_damage_guard():
     r = _rule(budget="fixed")
     assert not r.observe(ValPoint(4, 0.0, 2.0, 1.01)).stop
