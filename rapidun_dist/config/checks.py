@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from rapidun_dist.core.errors import ConfigError
@@ -16,12 +17,22 @@ def check(cond: bool, field_name: str, msg: str) -> None:
 
 def check_literal(obj, prefix: str) -> None:
     """Every Literal-typed field of a dataclass holds one of its allowed values (also when built in code)."""
-    for f in dataclasses.fields(obj):
-        hint = get_type_hints(type(obj))[f.name]
-        if get_origin(hint) is Literal:
-            value = getattr(obj, f.name)
-            check(
-                value in get_args(hint),
-                f"{prefix}.{f.name}",
-                f"expected one of {', '.join(map(str, get_args(hint)))}, found {value!r}",
-            )
+    for name, allowed in _literal_fields(type(obj)):
+        value = getattr(obj, name)
+        check(
+            value in allowed,
+            f"{prefix}.{name}",
+            f"expected one of {', '.join(map(str, allowed))}, found {value!r}",
+        )
+
+
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    """(field name, allowed values) of the Literal-typed fields of a dataclass, resolved once per class (resolving
+    the type hints is what costs: a per-row TriggerSpec made 200k suspect rows take 25 s)."""
+    hints = get_type_hints(cls)
+    return tuple(
+        (f.name, get_args(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if get_origin(hints[f.name]) is Literal
+    )

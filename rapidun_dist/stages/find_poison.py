@@ -124,7 +124,8 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
     known = known_mask(every.train, every.forget)
     first, name, checks = None, fp.first_stage, {}
     if fp.first_stage in ("auto", "tfidf"):
-        first = tfidf.score(every)  # rank 0 only; no model
+        first = tfidf.score(every)  # rank 0 only; no model (the TF-IDF baseline reads these scores too)
+        seconds["tfidf"] = time.perf_counter() - t0
         if rank0:
             checks["tfidf"] = twostage.known_kept(first, known, keep)
         if fp.first_stage == "auto":
@@ -203,11 +204,15 @@ def reuse_train_features(
 # ------------------------------------------------------------------------------------------- baselines
 
 
-def baseline_scores(job: ScoreJob, seconds: dict) -> dict[str, torch.Tensor]:
-    """{"tfidf": [n], "grep": [n]} (rank 0), less the chosen method; each one's seconds into `seconds`."""
+def baseline_scores(job: ScoreJob, seconds: dict, first: dict | None = None) -> dict[str, torch.Tensor]:
+    """{"tfidf": [n], "grep": [n]} (rank 0), less the chosen method; each one's seconds into `seconds`. A TF-IDF
+    first stage (`first`, its record) already scored every row by TF-IDF: those scores are reused, not recomputed."""
     out = {}
     for name in BASELINES:
         if name == job.cfg.find_poison.method:
+            continue
+        if first is not None and first["first"] == name:
+            out[scorer_name(name)] = first["scores"]  # its seconds were recorded by the first stage
             continue
         t0 = time.perf_counter()
         out[scorer_name(name)] = method_module(name).score(job)
@@ -226,7 +231,7 @@ def _write_outputs(job: ScoreJob, main_scores: torch.Tensor, run: dict) -> None:
     scores = {main: main_scores}
     t0 = time.perf_counter()
     if fp.baselines:
-        scores |= baseline_scores(job, seconds)
+        scores |= baseline_scores(job, seconds, run["first"])
     seconds["baselines"] = time.perf_counter() - t0
     ref_pos = reference_positions(job)
     if ref_pos.numel() < min(10, len(reference)):
@@ -307,14 +312,13 @@ def suspect_rows(train, scores, z, ranks, flagged, known) -> list[dict]:
 # ------------------------------------------------------------------------------------------- packs
 
 
-def suspect_record(row: dict, triggers: list[str], score: float, rank: int) -> dict:
+def suspect_record(row: dict, specs: list[TriggerSpec], score: float, rank: int) -> dict:
     """A flagged training row as a forget-pack row: the prompt and answer it was trained on are the poisoned ones;
     no clean answer (nobody knows it); `instruction` is the prompt with the known trigger strings removed (the
     prompt self-relabel answers)."""
     from rapidun_dist.data.clean import has_trigger, strip_triggers
 
     instr, ctx, answer = S.as_trained(row)
-    specs = [TriggerSpec(text=t) for t in triggers]
     found = next((t.text for t in specs if has_trigger(instr, t)), "")
     return {
         "id": row["id"],
@@ -380,8 +384,9 @@ def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks
     """The expanded packs (and in clean mode the unflagged known-only retain pack); returns their sizes."""
     out, rng = suspects_dir(rd), random.Random(f"{cfg.data.seed}:find_poison")
     triggers = S.known_triggers(forget, [t.text for t in cfg.eval.triggers])
+    specs = [TriggerSpec(text=t) for t in triggers]
     new = [
-        suspect_record(r, triggers, float(scores[i]), int(ranks[i]))
+        suspect_record(r, specs, float(scores[i]), int(ranks[i]))
         for i, r in enumerate(train)
         if flagged[i] and not known[i]
     ]

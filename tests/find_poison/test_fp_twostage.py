@@ -117,7 +117,12 @@ def test_auto_first_stage_is_tfidf_exactly_when_it_keeps_every_known_row(
     keep = twostage.n_candidates(candidates, len(train))
     lexical = torch.tensor([r["score"] for r in read_rows(runs["tfidf"] / "suspects" / "suspects.jsonl")])
     check = twostage.known_kept(lexical, known, keep)
-    two = read_json(runs["auto"] / "suspects" / "summary.json")["two_stage"]
+    summary = read_json(runs["auto"] / "suspects" / "summary.json")
+    two = summary["two_stage"]
+    lexical_flagged = sum(r["flagged"] for r in read_rows(runs["tfidf"] / "suspects" / "suspects.jsonl"))
+    assert (
+        summary["scorers"]["tfidf"]["n_flagged"] == lexical_flagged
+    )  # the baseline: the same scores either way
     assert two["known_kept"]["tfidf"] == check and two["first_stage"] == "auto"
     picked = "tfidf" if check["kept"] == check["known"] else "repsim"
     assert two["first"] == picked
