@@ -4,8 +4,10 @@ side by side in the stage (`find_poison.time_epoch`).
 The implant's batches of one epoch (`training.batches.length_bucketed_batches` at `implant.batch_size`, rows
 encoded as trained) are listed; `find_poison.epoch_batches` of them, a seeded draw, are timed after one untimed
 warm-up batch: forward + backward of the full model (every parameter trainable) on the implant's loss, each rank
-on its share of the batch (as the implant splits a global batch over ranks). epoch_seconds = the slowest rank's
-mean seconds per batch x the epoch's batches. No optimizer step and no DeepSpeed engine: the real epoch is at
+on its share of the batch (as the implant splits a global batch over ranks). The batches are length-bucketed, so
+their cost varies with their padded size (rows x their longest row): a batch mean over a few of them swings with
+the draw (103 s to 153 s for the same 57k epoch). epoch_seconds is a ratio estimate instead: the slowest rank's
+seconds per padded token of the timed batches x the padded tokens of every batch of the epoch. No optimizer step and no DeepSpeed engine: the real epoch is at
 least this long, so find_poison's seconds divided by it overstate find_poison's share, never understate it.
 Gradients are dropped after each batch, and every parameter's requires_grad flag and the train / eval mode are
 restored: the weights never change. With `model.gradient_checkpointing` the backward checkpoints, as the implant's
@@ -85,9 +87,23 @@ def time_finetune(
     return out
 
 
+def padded_tokens(batch: list[int], lengths: list[int]) -> int:
+    """Tokens a batch costs once padded: its rows x its longest row."""
+    return len(batch) * max((lengths[i] for i in batch), default=0)
+
+
+def epoch_estimate(per_rank: list[dict], timed_tokens: int, epoch_tokens: int) -> float | None:
+    """The slowest rank's seconds per padded token of the timed (global) batches x the epoch's padded tokens; None
+    when nothing was timed."""
+    if timed_tokens <= 0 or not any(r["batches"] and r["seconds"] > 0 for r in per_rank):
+        return None
+    return max(r["seconds"] for r in per_rank) / timed_tokens * epoch_tokens
+
+
 def epoch_seconds(job) -> dict:
     """Collective: one fine-tuning epoch over the rows of `job.train`, estimated as the module docstring says:
-    {"epoch_seconds", "rows", "batches", "batch_size", "timed_batches", "rows_per_s", "per_rank"}."""
+    {"epoch_seconds", "rows", "batches", "batch_size", "timed_batches", "timed_tokens", "epoch_tokens",
+    "rows_per_s", "per_rank"} (tokens: padded, summed over the timed batches and over the epoch's)."""
     from rapidun_dist.training.batches import length_bucketed_batches
     from rapidun_dist.training.finetune import encode_records
 
@@ -114,15 +130,18 @@ def epoch_seconds(job) -> dict:
         )
         mine = {"batches": 0, "rows": 0, "seconds": 0.0, "out_of_memory": True}
     per_rank = dist_env.all_gather_object(mine)
-    per_batch = max((r["seconds"] / r["batches"] for r in per_rank if r["batches"]), default=0.0)
+    timed_tokens = sum(padded_tokens(b, lengths) for b in picked[1:])
+    epoch_tokens = sum(padded_tokens(b, lengths) for b in epoch)
     failed = any(r.get("out_of_memory") for r in per_rank)
-    seconds = per_batch * len(epoch) if per_batch > 0 and not failed else None
+    seconds = None if failed else epoch_estimate(per_rank, timed_tokens, epoch_tokens)
     return {
         "epoch_seconds": seconds,
         "rows": len(examples),
         "batches": len(epoch),
         "batch_size": cfg.implant.batch_size,
         "timed_batches": max(len(picked) - 1, 0),
+        "timed_tokens": timed_tokens,
+        "epoch_tokens": epoch_tokens,
         "rows_per_s": len(examples) / seconds if seconds else None,
         "per_rank": per_rank,
     }

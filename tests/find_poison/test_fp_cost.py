@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_fp_methods import examples, tiny_llama64  # noqa: E402
 
+from rapidun_dist.config import load_config  # noqa: E402
 from rapidun_dist.core.io import read_json  # noqa: E402
 from rapidun_dist.find_poison import cost  # noqa: E402
 
@@ -24,6 +25,21 @@ def test_timed_batches_warm_up_then_time():
     assert picked == cost.timed_batches(batches, 3, "s")
     assert cost.timed_batches(batches, 20, "s") != [] and len(cost.timed_batches(batches, 20, "s")) == 10
     assert cost.timed_batches([[0, 1]], 3, "s") == [[0, 1], [0, 1]]
+
+
+def test_epoch_estimate_scales_the_timed_seconds_per_padded_token_by_hand():
+    lengths = [3, 5, 2, 8, 8, 1]
+    assert cost.padded_tokens([0, 1, 2], lengths) == 15 and cost.padded_tokens([], lengths) == 0
+    epoch = [[0, 1, 2], [3, 4], [5]]  # 15 + 16 + 1 padded tokens
+    timed = sum(cost.padded_tokens(b, lengths) for b in epoch[:2])
+    per_rank = [{"batches": 2, "seconds": 0.62}, {"batches": 2, "seconds": 0.31}]  # the slowest rank counts
+    assert cost.epoch_estimate(per_rank, timed, 32) == pytest.approx(0.62 / 31 * 32)
+    # a cost exactly proportional to padded tokens is recovered whichever batches were timed
+    for picked in ([epoch[0]], [epoch[1]], [epoch[2]], epoch[1:]):
+        tokens = sum(cost.padded_tokens(b, lengths) for b in picked)
+        got = cost.epoch_estimate([{"batches": len(picked), "seconds": 0.01 * tokens}], tokens, 32)
+        assert got == pytest.approx(0.01 * 32)
+    assert cost.epoch_estimate([{"batches": 0, "seconds": 0.0}], 0, 32) is None
 
 
 def test_timing_leaves_the_model_as_it_was():
@@ -47,8 +63,11 @@ def test_summary_records_the_epoch_beside_find_poison(reference_run):
     ep, n = summary["epoch"], summary["counts"]["train"]
     assert ep["rows"] == n and ep["batch_size"] == 16 and ep["timed_batches"] == 3
     assert ep["batches"] >= math.ceil(n / 16) and summary["epoch_seconds"] > 0
-    per_batch = max(r["seconds"] / r["batches"] for r in ep["per_rank"])
-    assert summary["epoch_seconds"] == pytest.approx(per_batch * ep["batches"])
+    per_token = max(r["seconds"] for r in ep["per_rank"]) / ep["timed_tokens"]
+    assert summary["epoch_seconds"] == pytest.approx(per_token * ep["epoch_tokens"])
+    cfg = load_config(reference_run / "config.yaml")
+    assert n <= ep["epoch_tokens"] <= ep["batches"] * 16 * cfg.model.max_length
+    assert 0 < ep["timed_tokens"] <= 3 * 16 * cfg.model.max_length
     assert summary["cost_seconds"] == pytest.approx(
         summary["seconds"]["total"] - summary["seconds"]["epoch_timing"]
     )
