@@ -556,10 +556,18 @@ def _find_poison_section(report: dict) -> list[str]:
     if two:
         rec = two.get("recall") or {}
         lost = f"; it dropped {rec['lost']} of {rec['poisoned']} poisoned rows" if "lost" in rec else ""
+        first = two.get("first", "repsim")
+        checks = two.get("known_kept") or {}
+        kept = "".join(
+            f"; {name} kept {c['kept']} of {c['known']} known rows"
+            for name, c in checks.items()
+            if c.get("known")
+        )
+        how = f" (first_stage {two['first_stage']}{kept})" if two.get("first_stage") else ""
         lines.append(
-            f"Two stages: repsim over all {md.fmt_auto(two.get('rows'))} rows ({md.fmt_auto(two.get('seconds_first'))} s) "
-            f"kept {md.fmt_auto(two.get('candidates'))} candidates, {method} scored {md.fmt_auto(two.get('scored'))} "
-            f"rows ({md.fmt_auto(two.get('seconds_second'))} s){lost}."
+            f"Two stages: {first} over all {md.fmt_auto(two.get('rows'))} rows ({md.fmt_auto(two.get('seconds_first'))} s)"
+            f"{how} kept {md.fmt_auto(two.get('candidates'))} candidates, {method} scored "
+            f"{md.fmt_auto(two.get('scored'))} rows ({md.fmt_auto(two.get('seconds_second'))} s){lost}."
         )
     return lines + [""]
 

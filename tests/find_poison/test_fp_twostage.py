@@ -131,9 +131,18 @@ def test_auto_first_stage_is_tfidf_exactly_when_it_keeps_every_known_row(
     ref_ids = {r["id"] for r in read_rows(runs["auto"] / "data" / "retain.jsonl")}
     scored = sum(bool(cand[i]) or r["id"] in forget_ids or r["id"] in ref_ids for i, r in enumerate(train))
     assert two["scored"] == scored
+    # both branches are taken: the fixture's fixed triggers are lexical, and 0.02 is fewer rows than the known ones
+    assert picked == expected and (expected == "tfidf" or keep < check["known"])
+    from rapidun_dist.evaluation.report import _find_poison_section
+
+    line = next(x for x in _find_poison_section({"find_poison": summary}) if x.startswith("Two stages:"))
     assert (
-        picked == expected
-    )  # both branches are taken: the fixture's fixed triggers are lexical, 0.02 too few
+        line.startswith(f"Two stages: {picked} over all {len(train)} rows") and "(first_stage auto; " in line
+    )
+    assert (
+        f"tfidf kept {check['kept']} of {check['known']} known rows" in line
+        and f"kept {keep} candidates" in line
+    )
 
 
 @pytest.mark.dist
