@@ -1,0 +1,59 @@
+"""`python benchmarks/alpaca57k.py seeds`: one table over whole runs of the 57k stress test, each seed's targets
+judged on its own numbers, ASR with Wilson intervals over its prompts and means with t intervals over the seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from rapidun_dist.evaluation.stats import mean_interval, proportion
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def a57k():
+    spec = importlib.util.spec_from_file_location("alpaca57k_bench", REPO / "benchmarks" / "alpaca57k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(seed, share, precision, x_seen, x_ppl, k_ppl):
+    route = lambda seen, ood, ppl: {
+        "asr_seen": seen,
+        "asr_ood": ood,
+        "ppl_ratio": ppl,
+        "n_seen": 300,
+        "n_ood": 300,
+    }  # noqa: E731
+    return {"run": f"s{seed}", "seed": seed, "fp_share": share, "fp_seconds": 30.0 + seed, "recall": 0.99,
+            "precision": precision, "first_stage": "tfidf", "known": route(0.01, 0.0, k_ppl),
+            "expanded": route(x_seen, 0.02, x_ppl), "retrain": route(0.0, 0.0, 1.09)}  # fmt: skip
+
+
+def test_seed_table_verdicts_and_intervals(a57k):
+    rows = [_row(0, 0.39, 0.83, 32 / 300, 1.104, 1.051), _row(1, 0.2, 0.95, 6 / 300, 1.04, 1.012)]
+    text = a57k.render_seeds(rows, ["bash benchmarks/alpaca57k.sh OUT seed=S"])
+    assert "`bash benchmarks/alpaca57k.sh OUT seed=S`" in text
+    p = proportion(32, 300)
+    seed0 = next(line for line in text.splitlines() if line.startswith("| 0 |"))
+    assert f"10.7% [{100 * p['lo']:.1f}, {100 * p['hi']:.1f}]" in seed0 and "| 0.830 |" in seed0
+    assert "first stage tfidf" in seed0 and seed0.endswith("| 1.090 |")
+    verdicts = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- seed ")}
+    assert "find_poison <= 0.25 epoch MISSED" in verdicts["- seed 0"]
+    assert (
+        "precision >= 0.90 MISSED" in verdicts["- seed 0"]
+        and "known PPL <= 1.05 MISSED" in verdicts["- seed 0"]
+    )
+    assert (
+        "find_poison <= 0.25 epoch met" in verdicts["- seed 1"]
+        and "expanded seen <= 2% met" in verdicts["- seed 1"]
+    )
+    assert (
+        "expanded PPL <= 1.05 met" in verdicts["- seed 1"] and "precision >= 0.90 met" in verdicts["- seed 1"]
+    )
+    m = mean_interval([0.39, 0.2])
+    assert f"- find_poison share of an epoch: {m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}] (n = 2)" in text
