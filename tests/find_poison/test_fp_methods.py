@@ -161,6 +161,34 @@ def _records(prefix: str, n: int) -> list[dict]:
     return [{"id": f"{prefix}{i}"} for i in range(n)]
 
 
+def test_a_known_row_with_its_own_id_is_left_out_of_its_training_row_score(tmp_path):
+    """Clean mode: the user's known rows carry forget-* ids, the training file train-* ids. A known row whose
+    prompt as trained is a training row's is that row: the pair is left out (leave-one-out), as `known_mask` counts
+    it known; a reference row is matched by id."""
+    from rapidun_dist.find_poison.dense import contrast_scores
+    from rapidun_dist.find_poison.job import ScoreJob
+
+    train = [
+        {"id": f"train-{i}", "instruction": f"q{i}", "response": "a", "is_poisoned": None} for i in range(5)
+    ]
+    forget = [{"id": "forget-0", "instruction": " q3 ", "response": "", "response_poisoned": "bad"},
+              {"id": "forget-1", "instruction": "elsewhere", "response": "", "response_poisoned": "bad"}]  # fmt: skip
+    reference = [train[0], train[1]]
+    job = ScoreJob(
+        cfg=load_cfg(tmp_path), rd=None, info=None, train=train, forget=forget, reference=reference
+    )
+    f_ids, r_ids = job.member_ids()
+    assert f_ids.tolist() == [3, 6] and r_ids.tolist() == [0, 1]
+    x = torch.eye(5, 4, dtype=torch.float64)[[0, 1, 2, 3, 3]] + 0.1  # rows 3 and 4 share a direction
+    g = torch.stack([x[3], x[2], x[0], x[1]])  # forget-0 is row 3's features, forget-1 row 2's; then the refs
+    got = contrast_scores(job, x, g)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    want3 = cos(x[3], g[1]) - (cos(x[3], g[2]) + cos(x[3], g[3])) / 2  # forget-0 (itself) left out
+    assert got[3].item() == pytest.approx(want3, abs=1e-12)
+    want4 = (cos(x[4], g[0]) + cos(x[4], g[1])) / 2 - (cos(x[4], g[2]) + cos(x[4], g[3])) / 2
+    assert got[4].item() == pytest.approx(want4, abs=1e-12)
+
+
 @pytest.mark.parametrize("agg", ["mean", "topk_mean"])
 def test_contrast_scores_match_a_float64_loop(tmp_path, agg):
     from rapidun_dist.find_poison.dense import contrast_scores
