@@ -1,17 +1,17 @@
 """What find_poison costs next to fine-tuning: one fine-tuning epoch of the same model over the same rows, measured
 side by side in the stage (`find_poison.time_epoch`).
 
-The implant's batches of one epoch (`training.batches.length_bucketed_batches` at `implant.batch_size`, rows
-encoded as trained) are listed; `find_poison.epoch_batches` of them, a seeded draw, are timed after one untimed
-warm-up batch: forward + backward of the full model (every parameter trainable) on the implant's loss, each rank
-on its share of the batch (as the implant splits a global batch over ranks). The batches are length-bucketed, so
-their cost varies with their padded size (rows x their longest row): a batch mean over a few of them swings with
-the draw (103 s to 153 s for the same 57k epoch). epoch_seconds is a ratio estimate instead: the slowest rank's
-seconds per padded token of the timed batches x the padded tokens of every batch of the epoch. No optimizer step and no DeepSpeed engine: the real epoch is at
-least this long, so find_poison's seconds divided by it overstate find_poison's share, never understate it.
-Gradients are dropped after each batch, and every parameter's requires_grad flag and the train / eval mode are
-restored: the weights never change. With `model.gradient_checkpointing` the backward checkpoints, as the implant's
-does; a rank without room for a full backward (the implant may have had ZeRO over several GPUs) leaves
+The implant's batches of one epoch (`training.batches.length_bucketed_batches` at `implant.batch_size`, rows encoded
+as trained) are listed; `find_poison.epoch_batches` of them, a seeded draw, are timed after one untimed warm-up
+batch: forward + backward of the full model (every parameter trainable) on the implant's loss, each rank on its
+share of the batch (as the implant splits a global batch over ranks). The batches are length-bucketed, so their cost
+varies with their padded size (rows x their longest row), and a batch mean over a few of them is as long or short as
+the lengths drawn. epoch_seconds is a ratio estimate instead: the slowest rank's seconds per padded
+token of the timed batches x the padded tokens of every batch of the epoch. No optimizer step and no DeepSpeed
+engine: the real epoch is at least this long, so find_poison's seconds divided by it overstate find_poison's share,
+never understate it. Gradients are dropped after each batch, and every parameter's requires_grad flag and the train
+/ eval mode are restored: the weights never change. With `model.gradient_checkpointing` the backward checkpoints, as
+the implant's does; a rank without room for a full backward (the implant may have had ZeRO over several GPUs) leaves
 epoch_seconds unmeasured (null, with a warning) rather than failing the stage.
 """
 

@@ -9,8 +9,8 @@ deterministic function of it):
 - damage: ppl_ratio > unlearn.max_ppl_ratio (any budget) -> stop, and restore the adapter of the best earlier
   point within the limit (lowest ASR, then the later step; without a signal the latest such point), if any;
 - backdoor gone: budget adaptive and ASR <= unlearn.stop_asr at the last unlearn.stop_confirm validations in a
-  row -> stop (one reading on a few dozen prompts cannot tell 1 in 60 from a true 4%: a second, later reading
-  halves the chance of stopping on a lucky draw while the ASR is still falling);
+  row -> stop (one reading on a few dozen prompts cannot tell 1 in 60 from a true 4%; a confirming reading costs
+  the unlearning steps until it, and those cost clean PPL - more validation prompts are the cheaper fix);
 - plateau: budget adaptive, the ASR has come down since the first validation (unlearning has started to bite: a
   memorised backdoor often sits flat for a while first), and none of the last unlearn.patience points is below the
   best before them (0 = never) -> stop, restoring the best point's adapter when it is an earlier one. So the step
