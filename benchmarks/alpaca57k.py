@@ -334,11 +334,13 @@ def _verdict(line: dict, methods: dict) -> str:
         ("speedup (known)", line["speedup_vs_retrain"].get("rapidun_known"), ">=", TARGETS["speedup"]),
         ("speedup (expanded)", line["speedup_vs_retrain"].get("rapidun_expanded"), ">=", TARGETS["speedup"]),
     ]
-    parts = []
-    for name, v, op, t in checks:
-        ok = v is not None and (v >= t if op == ">=" else v <= t)
-        parts.append(f"{name} {_f(v)} {op} {t}: {'met' if ok else 'MISSED'}")
+    parts = [f"{name} {_f(v)} {op} {t}: {'met' if _met(v, op, t) else 'MISSED'}" for name, v, op, t in checks]
     return "; ".join(parts) + "."
+
+
+def _met(value, op: str, target: float) -> bool:
+    """A measured value against its target (">=" or "<="); a value not measured is not met."""
+    return value is not None and (value >= target if op == ">=" else value <= target)
 
 
 def cmd_summarize(args) -> int:
@@ -360,12 +362,12 @@ def cmd_summarize(args) -> int:
 def seed_rows(outs: list[Path]) -> list[dict]:
     """One row per run directory (a seed of the whole run): find_poison's cost, recall and precision and the three
     routes' ASR (with their prompt counts) and PPL ratio, read from the runs' own outputs."""
+    from rapidun_dist.config import load_config
+
     rows = []
     for out in outs:
         res = collect(out, time.time())
         fp, known, expanded = res["fp"], res["known"], res["expanded"]
-        from rapidun_dist.config import load_config
-
         row = {"run": out.name, "seed": load_config(out / "known" / "config.yaml").data.seed,
                "fp_share": fp.get("epoch_fraction"), "fp_seconds": fp.get("cost_seconds"),
                "recall": fp.get("recall"), "precision": fp.get("precision"),
@@ -426,13 +428,15 @@ def render_seeds(rows: list[dict], commands: list[str]) -> str:
     for r in rows:
         x, k = r["expanded"], r["known"]
         checks = {
-            "find_poison <= 0.25 epoch": r["fp_share"] is not None and r["fp_share"] <= 0.25,
-            "recall >= 0.95": (r["recall"] or 0) >= TARGETS["recall"],
-            "precision >= 0.90": (r["precision"] or 0) >= TARGETS["precision"],
-            "expanded seen <= 2%": x["asr_seen"] is not None and x["asr_seen"] <= TARGETS["asr_seen"],
-            "expanded OOD <= 5%": x["asr_ood"] is not None and x["asr_ood"] <= TARGETS["asr_ood"],
-            "expanded PPL <= 1.05": x["ppl_ratio"] is not None and x["ppl_ratio"] <= TARGETS["ppl_ratio"],
-            "known PPL <= 1.05": k["ppl_ratio"] is not None and k["ppl_ratio"] <= TARGETS["ppl_ratio"],
+            f"find_poison <= {TARGETS['epoch_share']} epoch": _met(
+                r["fp_share"], "<=", TARGETS["epoch_share"]
+            ),
+            f"recall >= {TARGETS['recall']}": _met(r["recall"], ">=", TARGETS["recall"]),
+            f"precision >= {TARGETS['precision']:.2f}": _met(r["precision"], ">=", TARGETS["precision"]),
+            f"expanded seen <= {TARGETS['asr_seen']:.0%}": _met(x["asr_seen"], "<=", TARGETS["asr_seen"]),
+            f"expanded OOD <= {TARGETS['asr_ood']:.0%}": _met(x["asr_ood"], "<=", TARGETS["asr_ood"]),
+            f"expanded PPL <= {TARGETS['ppl_ratio']}": _met(x["ppl_ratio"], "<=", TARGETS["ppl_ratio"]),
+            f"known PPL <= {TARGETS['ppl_ratio']}": _met(k["ppl_ratio"], "<=", TARGETS["ppl_ratio"]),
         }
         met.append(
             f"seed {r['seed']}: " + ", ".join(f"{n} {'met' if ok else 'MISSED'}" for n, ok in checks.items())
