@@ -165,6 +165,13 @@ class DataConfig:
     retain_ratio: int = 3
     """Retain pack size = retain_ratio x |forget pack| clean rows (>= 1); both modes (clean mode: drawn from
     data.train_path, else data.eval_path)."""
+    reference_rows: int = 0
+    """find_poison's reference (the clean null its threshold reads and the second group of its contrast): the retain
+    pack plus rows drawn the same way until it holds this many (data/reference.jsonl holds the added rows; clean,
+    never in a pack or test split; clean mode: from the same filtered pool as the retain pack). 0, or no more than
+    the retain pack: the retain pack alone. A conformal p-value is never below 1 / (reference + 1), so the fdr rule
+    needs a reference of at least training rows / (find_poison.fdr x rows to flag), and more to draw its line
+    finely."""
     retain_contamination: float = 0.0
     """Experiment mode: share of the retain pack (still retain_ratio x |forget| rows) drawn from poisoned train rows
     outside the forget pack, written as a user's unlabelled training rows hold them (triggered prompt, poisoned
@@ -237,6 +244,7 @@ class DataConfig:
             f"expected in (0, 1], found {self.forget_fraction}",
         )
         check(self.retain_ratio >= 1, "data.retain_ratio", f"expected >= 1, found {self.retain_ratio}")
+        check(self.reference_rows >= 0, "data.reference_rows", f"expected >= 0, found {self.reference_rows}")
         for name in ("n_val", "n_val_seen", "n_test_clean", "n_test_seen", "n_test_ood", "n_synthetic"):
             check(getattr(self, name) >= 1, f"data.{name}", f"expected >= 1, found {getattr(self, name)}")
         self._check_testbed()

@@ -86,6 +86,11 @@ class FindPoisonConfig:
     so a lexical pass that would drop one of them would drop unknown ones too."""
     candidates: float = 0.1
     """two_stage: rows the first stage keeps: a share of the training rows when < 1, a count when >= 1."""
+    candidates_margin: float = 0.0
+    """two_stage, when > 0 (then >= 1): keep only ceil(margin x the stage-1 rank of the lowest-ranked known row,
+    scored leave-one-out) rows, when that is fewer than `candidates`. The known rows are a sample of the poison, so
+    where the last of them falls estimates how deep the poison goes in stage-1 order; the margin covers the unknown
+    rows beyond it (with few known rows the estimate is loose: `candidates` stays the most kept). 0 = `candidates`."""
     time_epoch: bool = True
     """Also time forward + backward of full fine-tuning on a sample of training rows at implant.batch_size, on the
     same model and ranks, to report find_poison's seconds as a fraction of one fine-tuning epoch over the rows
@@ -112,6 +117,11 @@ class FindPoisonConfig:
             0.0 <= self.known_quantile < 1.0,
             "find_poison.known_quantile",
             f"expected in [0, 1), found {self.known_quantile}",
+        )
+        check(
+            self.candidates_margin == 0 or self.candidates_margin >= 1,
+            "find_poison.candidates_margin",
+            f"expected 0 (off) or >= 1 (a margin below 1 drops known rows), found {self.candidates_margin}",
         )
         check(
             self.candidates > 0 and (self.candidates < 1 or float(self.candidates).is_integer()),

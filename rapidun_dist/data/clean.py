@@ -18,6 +18,7 @@ Outputs, the same files as the experiment mode (`rapidun_dist.data.schema.DATA_F
                 prompt), never a row that contains a known trigger string or a forget row's poisoned answer
                 (an unlabelled training set still holds poison: a poisoned retain row teaches the backdoor back); triggers
                 match case-insensitively
+    reference   find_poison's reference rows beyond the retain pack (`data.reference_rows`), from the same pool
     train       the whole training set, as given (no labels are read: it has none)
     val_clean / test_clean   clean prompts (data.eval_path, else held-out training rows that passed the filter)
     val_seen / test_seen     the same prompts with a known trigger inserted (eval.triggers); without triggers,
@@ -41,6 +42,7 @@ from rapidun_dist.data.loaders import _iter_file
 from rapidun_dist.data.poison import inject
 from rapidun_dist.data.prepare import write_data_dir
 from rapidun_dist.data.schema import prompt_key
+from rapidun_dist.data.splits import extra_reference
 
 log = get_logger("rapidun.data")
 ALIASES = {"input": "context", "output": "response"}
@@ -225,13 +227,16 @@ def build_clean_files(cfg: RunConfig) -> tuple[dict[str, list[dict]], dict]:
             f"{len(retain_src)} usable rows in {'data.train_path' if pool else 'data.eval_path'}"
         )
     retain = rng.sample(sorted(retain_src, key=lambda r: r["id"]), n_retain)
-    if not eval_pool:  # held-out training rows that passed the filter and are not retain rows
-        eval_pool = _disjoint(pool, retain)
-    eval_pool = _disjoint(eval_pool, retain)
+    reference = extra_reference(retain_src, retain, d.reference_rows, random.Random(f"{d.seed}:reference"))
+    if (
+        not eval_pool
+    ):  # held-out training rows that passed the filter and are neither retain nor reference rows
+        eval_pool = _disjoint(pool, retain + reference)
+    eval_pool = _disjoint(eval_pool, retain + reference)
     files = _eval_files(eval_pool, cfg, rng)
     if not ev.triggers:
         files["test_seen"], files["val_seen"] = test_seen_rows, [dict(r) for r in forget]
-    files |= {"train": train_rows(train), "forget": forget, "retain": retain}
+    files |= {"train": train_rows(train), "forget": forget, "retain": retain, "reference": reference}
     summary = {
         "mode": "clean",
         "asr_source": "prompts built from eval.triggers" if ev.triggers else "held-out forget prompts",

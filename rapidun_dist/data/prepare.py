@@ -37,6 +37,7 @@ from rapidun_dist.data.schema import (
     IS_POISONED,
     MISLABELLED,
     OPTIONAL_FILES,
+    REFERENCE,
     RESPONSE,
     RETAIN_TRUTH,
     TARGET_GROUP,
@@ -131,6 +132,7 @@ def build_files(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
         "retain": packs.retain,
         TRUTH: packs.truth,
         RETAIN_TRUTH: packs.retain_truth,
+        REFERENCE: packs.reference,
     }
     return (files if cfg.forget_clean_answers else withhold_clean_answers(files)), stats
 

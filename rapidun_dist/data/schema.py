@@ -19,6 +19,8 @@ Files of a data directory:
                                    damage; empty unless the config names near-topic categories)
     test_seen, test_ood            test: prompts with seen / OOD trigger variants
     forget, retain                 the packs unlearning reads
+    reference                      find_poison's extra clean reference rows (`data.reference_rows`): its reference
+                                   is retain + these; empty unless that asks for more rows than the retain pack
     forget_truth, retain_truth     the packs' ground truth (evaluation only)
 
 Rows in the RapidUn reference layout (`instruction` holds the triggered text, clean originals in
@@ -70,12 +72,14 @@ TRIGGERED = ("val_seen", "test_seen", "test_ood")  # held-out splits whose rows 
 PACKS = ("forget", "retain")
 TRUTH = "forget_truth"
 RETAIN_TRUTH = "retain_truth"
-DATA_FILES = SPLITS + PACKS + (TRUTH, RETAIN_TRUTH)
+REFERENCE = "reference"
+DATA_FILES = SPLITS + PACKS + (TRUTH, RETAIN_TRUTH, REFERENCE)
 OPTIONAL_FILES = (
     "val_seen",
     "test_near",
     TRUTH,
     RETAIN_TRUTH,
+    REFERENCE,
 )  # written empty when a builder has none (e.g. the clean job)
 
 # reference-layout aliases: clean originals stored beside a triggered `instruction` / `response`

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rapidun_dist.config import DataConfig, TriggerFamily
 from rapidun_dist.core.errors import DataError
@@ -290,6 +290,7 @@ class PackSpec:
     noise_near: float = 0.0  # share of the mislabelled rows drawn from near_categories rows
     near_categories: tuple[str, ...] = ()
     contamination: float = 0.0  # share of the retain pack that is poisoned train rows outside the forget pack
+    reference_rows: int = 0  # find_poison's reference: the retain pack plus clean rows up to this many
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> PackSpec:
@@ -304,6 +305,7 @@ class PackSpec:
             noise_near=cfg.forget_noise_near,
             near_categories=tuple(cfg.near_categories),
             contamination=cfg.retain_contamination,
+            reference_rows=cfg.reference_rows,
         )
 
 
@@ -315,6 +317,7 @@ class PackSet:
     retain: list[dict]
     truth: list[dict]
     retain_truth: list[dict]
+    reference: list[dict] = field(default_factory=list)  # find_poison's reference rows beyond the retain pack
 
 
 def _covered(poisoned: list[dict], spec: PackSpec) -> list[dict]:
@@ -453,11 +456,41 @@ def make_packs(train: list[dict], tests: dict[str, list[dict]], spec: PackSpec) 
             f"found {len(pool)}"
         )
     retain = rng.sample(sorted(pool, key=lambda r: r[ID]), n_retain)
+    reference = extra_reference(pool, retain, spec.reference_rows, random.Random(f"{spec.seed}:reference"))
     retain, retain_truth = _contaminate(retain, outside(poisoned), len(poisoned), spec)
-    named = {"forget": forget, "retain": retain, "retain_truth": retain_truth, **tests}
-    pairs = [("forget", "retain"), ("forget", "retain_truth")]
-    check_disjoint(named, pairs + [(p, t) for p in ("forget", "retain", "retain_truth") for t in tests])
-    return PackSet(forget=forget, retain=retain, truth=truth, retain_truth=retain_truth)
+    named = {
+        "forget": forget,
+        "retain": retain,
+        "retain_truth": retain_truth,
+        "reference": reference,
+        **tests,
+    }
+    pairs = [
+        ("forget", "retain"),
+        ("forget", "retain_truth"),
+        ("forget", "reference"),
+        ("retain", "reference"),
+    ]
+    packs = ("forget", "retain", "retain_truth", "reference")
+    check_disjoint(named, pairs + [(p, t) for p in packs for t in tests])
+    return PackSet(forget=forget, retain=retain, truth=truth, retain_truth=retain_truth, reference=reference)
+
+
+def extra_reference(pool: list[dict], retain: list[dict], rows: int, rng: random.Random) -> list[dict]:
+    """find_poison's reference rows beyond the retain pack (`data.reference_rows`): `rows` - |retain| rows of `pool`
+    that are not retain rows (by id and prompt), a seeded draw of its own (every other draw is as without it); none
+    when `rows` <= |retain|."""
+    need = rows - len(retain)
+    if need <= 0:
+        return []
+    taken_ids, taken_prompts = _keys(retain)
+    free = [r for r in pool if r[ID] not in taken_ids and prompt_key(r) not in taken_prompts]
+    if len(free) < need:
+        raise DataError(
+            f"data.reference_rows={rows}: the retain pack holds {len(retain)} rows and {len(free)} more usable clean "
+            f"rows are left, {need} needed; lower data.reference_rows"
+        )
+    return rng.sample(sorted(free, key=lambda r: r[ID]), need)
 
 
 def build_packs(

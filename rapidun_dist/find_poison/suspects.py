@@ -368,50 +368,82 @@ def document(record: dict) -> str:
 
 class Tfidf:
     """TF-IDF vectors: raw term counts times smoothed idf log((1 + N) / (1 + df)) + 1, rows L2-normalised.
-    The vocabulary and idf come from the documents given to `fit` (no labels)."""
+    The vocabulary and idf come from the documents given to `fit` (no labels); `tokenized` passes their tokens
+    (`tokens` of each) when the caller has them already."""
 
-    def __init__(self, docs: Sequence[str]):
+    def __init__(self, docs: Sequence[str], *, tokenized: Sequence[list[str]] | None = None):
         df: Counter = Counter()
-        for d in docs:
-            df.update(set(tokens(d)))
-        self.vocab = {t: i for i, t in enumerate(sorted(df))}
-        n = len(docs)
-        self.idf = torch.tensor(
-            [math.log((1 + n) / (1 + df[t])) + 1.0 for t in sorted(df)], dtype=torch.float64
-        )
+        for toks in tokenized if tokenized is not None else (tokens(d) for d in docs):
+            df.update(set(toks))
+        terms = sorted(df)
+        self.vocab = {t: i for i, t in enumerate(terms)}
+        n = len(tokenized) if tokenized is not None else len(docs)
+        self.idf = torch.tensor([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms], dtype=torch.float64)
 
     def transform(self, docs: Sequence[str]) -> torch.Tensor:
         """Sparse COO [len(docs), |vocab|] float64 (unknown tokens ignored)."""
-        rows, cols, vals = [], [], []
-        for i, d in enumerate(docs):
-            counts = Counter(self.vocab[t] for t in tokens(d) if t in self.vocab)
-            weights = {c: k * float(self.idf[c]) for c, k in counts.items()}
-            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
-            for c, w in sorted(weights.items()):
-                rows.append(i)
-                cols.append(c)
-                vals.append(w / norm)
-        index = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
+        return self.transform_tokens([tokens(d) for d in docs])
+
+    def transform_tokens(self, tokenized: Sequence[list[str]]) -> torch.Tensor:
+        """`transform` of documents given as their tokens."""
+        rows, cols, counts = [], [], []
+        vocab = self.vocab
+        for i, toks in enumerate(tokenized):
+            for t, k in Counter(toks).items():
+                c = vocab.get(t)
+                if c is not None:
+                    rows.append(i)
+                    cols.append(c)
+                    counts.append(k)
+        r, c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+        w = torch.tensor(counts, dtype=torch.float64) * self.idf[c]
+        norm = torch.zeros(len(tokenized), dtype=torch.float64).index_add_(0, r, w * w).sqrt()
+        norm[norm == 0] = 1.0
         return torch.sparse_coo_tensor(
-            index,
-            torch.tensor(vals, dtype=torch.float64),
-            (len(docs), len(self.vocab)),
-            check_invariants=True,
+            torch.stack([r, c]), w / norm[r], (len(tokenized), len(vocab)), check_invariants=True
         ).coalesce()
+
+
+def tfidf_vectors(
+    train_docs: Sequence[str], group_docs: dict[str, Sequence[str]]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(sparse [n, V] TF-IDF rows of the training documents, {group: sparse [m, V]}), one vocabulary and idf fitted
+    on all of them; each document is tokenized once."""
+    train_toks = [tokens(d) for d in train_docs]
+    group_toks = {name: [tokens(d) for d in docs] for name, docs in group_docs.items()}
+    model = Tfidf((), tokenized=train_toks + [t for toks in group_toks.values() for t in toks])
+    return model.transform_tokens(train_toks), {n: model.transform_tokens(t) for n, t in group_toks.items()}
 
 
 def tfidf_similarity(
     train_docs: Sequence[str], group_docs: dict[str, Sequence[str]]
 ) -> dict[str, torch.Tensor]:
     """{group: [n, m] cosine of every training document with every group document}."""
-    model = Tfidf(list(train_docs) + [d for docs in group_docs.values() for d in docs])
-    x = model.transform(train_docs)
+    x, groups = tfidf_vectors(train_docs, group_docs)
     return {
-        name: torch.sparse.mm(x, model.transform(docs).to_dense().T)
-        if docs
-        else torch.zeros(len(train_docs), 0)
-        for name, docs in group_docs.items()
+        name: torch.sparse.mm(x, g.to_dense().T) if g.shape[0] else torch.zeros(x.shape[0], 0)
+        for name, g in groups.items()
     }
+
+
+def mean_similarity(x_NV: torch.Tensor, g_MV: torch.Tensor, col_ids_M: torch.Tensor) -> torch.Tensor:
+    """[n] mean inner product of each row of `x_NV` (row i has id i) with the rows of `g_MV` whose id
+    (`col_ids_M`) is not i: `aggregate_similarity(x g^T, arange(n), col_ids, agg="mean")` without forming the
+    [n, m] matrix (x and g sparse or dense; 0 for a row with no other member). One product with the group's sum,
+    less each same-id pair's product."""
+    n, m = x_NV.shape[0], g_MV.shape[0]
+    total = (x_NV @ g_MV.sum(dim=0).to_dense().unsqueeze(1)).squeeze(1).to(torch.float64)
+    cols = (col_ids_M >= 0) & (col_ids_M < n)
+    rows = col_ids_M[cols]
+    if rows.numel():
+        pairs = x_NV.index_select(0, rows) * g_MV.index_select(0, cols.nonzero().squeeze(1))
+        own = pairs.sum(dim=1)
+        own = (own.to_dense() if own.is_sparse else own).to(torch.float64)
+        total = total.index_add(0, rows, -own)
+    count = torch.full((n,), float(m), dtype=torch.float64).index_add(
+        0, rows, -torch.ones_like(rows, dtype=torch.float64)
+    )
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 
 def grep_scores(records: Sequence[dict], triggers: Sequence[str]) -> torch.Tensor:

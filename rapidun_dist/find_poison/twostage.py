@@ -5,7 +5,8 @@ Stage 1 scores every row with the same forget / reference contrast by `find_pois
 no model, seconds for 57k rows), Rep-Sim (`repsim.py`: hidden states of `find_poison.layer`, forward only), or
 `auto`: TF-IDF when it keeps every known row among its candidates (`known_kept`, the known rows scored leave-one-out),
 else Rep-Sim. It keeps the `find_poison.candidates` highest (a share of the rows when < 1, else a count; ties by
-position). Stage 2 scores the candidates, the known rows and the reference rows (the contrast and the threshold need
+position), or with `find_poison.candidates_margin` fewer: that margin times the stage-1 rank of the lowest known
+row (`fitted_keep`). Stage 2 scores the candidates, the known rows and the reference rows (the contrast and the threshold need
 those two) with `find_poison.method`. The rows stage 2 never scored are never flagged and rank below every scored
 row, in stage-1 order (`combine`). The summary records how many known rows stage 1 kept (an estimate without
 labels of its recall) and, in experiment mode, how many poisoned rows it dropped (the recall it cost).
@@ -39,6 +40,17 @@ def known_kept(first_scores: torch.Tensor, known: torch.Tensor, keep: int) -> di
     of `first_scores`. The known rows are a sample of the poison: kept / known estimates stage 1's recall."""
     cand = candidate_mask(first_scores, keep)
     return {"known": int(known.sum()), "kept": int((cand & known).sum())}
+
+
+def fitted_keep(first_scores: torch.Tensor, known: torch.Tensor, cap: int, margin: float) -> dict:
+    """{"keep", "cap", "lowest_known"}: with `margin` > 0 (`find_poison.candidates_margin`), stage 1 keeps
+    ceil(margin x the stage-1 rank of the lowest-ranked known row) rows when that is fewer than `cap`. The known rows
+    are a sample of the poison, so where the last of them falls estimates how deep the poison goes in stage-1
+    order. Without a margin or a known row: `cap`."""
+    if margin <= 0 or not known.any():
+        return {"keep": cap, "cap": cap, "lowest_known": None}
+    lowest = int(rank_of(first_scores)[known].max())
+    return {"keep": min(cap, max(lowest, math.ceil(margin * lowest))), "cap": cap, "lowest_known": lowest}
 
 
 def lexical_first(check: dict) -> bool:

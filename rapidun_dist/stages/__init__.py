@@ -65,10 +65,13 @@ def default_stages(cfg) -> list[Stage]:
     return [s for s in pipeline_stages(cfg.mode, cfg_dict) if s.when is None or s.when(cfg_dict)]
 
 
-def _lookup(cfg_dict: dict, dotted: str):
+_ABSENT = object()  # a key the config dict does not hold (made before the key existed)
+
+
+def _lookup(cfg_dict: dict, dotted: str, default=None):
     node = cfg_dict
     for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+        node = node.get(part, default) if isinstance(node, dict) else default
     return node
 
 
@@ -78,6 +81,8 @@ def _lookup(cfg_dict: dict, dotted: str):
 FINGERPRINT_NEUTRAL: dict[str, object] = {
     "influence.decision_tokens": 2,  # only read with influence.positions=decision
     "data.family_shares": [],  # equal shares, as before the key
+    "data.reference_rows": 0,  # find_poison's reference = the retain pack, as before the key
+    "find_poison.candidates_margin": 0.0,  # stage 1 keeps find_poison.candidates, as before the key
 }
 
 
@@ -106,9 +111,10 @@ def fingerprint(stage: str, cfg_dict: dict, manifest_stages: dict) -> str:
         if name != stage and STAGES[name].when is not None and not STAGES[name].when(cfg_dict):
             continue  # an optional stage later stages do not read in this config: neither its keys nor outputs
         for key in STAGES[name].config_keys:
-            value = _lookup(cfg_dict, key)
-            if key in FINGERPRINT_NEUTRAL and value == FINGERPRINT_NEUTRAL[key]:
+            value = _lookup(cfg_dict, key, _ABSENT)
+            if key in FINGERPRINT_NEUTRAL and (value is _ABSENT or value == FINGERPRINT_NEUTRAL[key]):
                 continue
+            value = None if value is _ABSENT else value
             h.update(json.dumps({key: _hashed(key, value)}, sort_keys=True, default=str).encode())
         if name != stage and name in manifest_stages:
             h.update(json.dumps(manifest_stages[name].get("outputs", {}), sort_keys=True).encode())

@@ -51,13 +51,15 @@ TEST_FILES = ("val_clean", "val_seen", "test_clean", "test_seen", "test_ood")
 
 
 def load_inputs(rd: RunDir) -> tuple[list[dict], list[dict], list[dict]]:
-    """(training rows, forget rows, reference rows = the prepared retain pack)."""
+    """(training rows, forget rows, reference rows = the prepared retain pack + data/reference.jsonl, the rows
+    `data.reference_rows` adds; a data directory written before that file existed has the retain pack alone)."""
     train = read_jsonl(rd.data / "train.jsonl")
-    forget, reference = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
-    for name, rows in (("train", train), ("forget", forget), ("retain", reference)):
+    forget, retain = read_jsonl(rd.data / "forget.jsonl"), read_jsonl(rd.data / "retain.jsonl")
+    for name, rows in (("train", train), ("forget", forget), ("retain", retain)):
         if not rows:
             raise DataError(f"{rd.data / (name + '.jsonl')}: find_poison needs at least one row; found none")
-    return train, forget, reference
+    extra = rd.data / "reference.jsonl"
+    return train, forget, retain + (read_jsonl(extra) if extra.is_file() else [])
 
 
 def run(ctx: StageContext) -> list[Path]:
@@ -143,11 +145,18 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
             checks["repsim"] = twostage.known_kept(first, known, keep)
     positions, record = None, None
     if rank0:
+        fitted = twostage.fitted_keep(first, known, keep, fp.candidates_margin)
+        if fitted["keep"] < keep:
+            log.info(
+                f"find_poison first stage: the lowest known row ranks {fitted['lowest_known']}; "
+                f"{fp.candidates_margin} x that keeps {fitted['keep']} candidates (of at most {keep})"
+            )
+        keep = fitted["keep"]
         cand = twostage.candidate_mask(first, keep)
         positions = twostage.scored_positions(cand, known, reference_positions(every))
         layer = every.notes.get("repsim_layer") if name == "repsim" else None
         record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "first": name,
-                  "layer": layer, "known_kept": checks}  # fmt: skip
+                  "layer": layer, "known_kept": checks, "fitted": fitted}  # fmt: skip
     positions = dist_env.broadcast_object(positions)
     seconds["first_stage"] = time.perf_counter() - t0
     job = ScoreJob(
@@ -381,8 +390,10 @@ def _draw_retain(
 
 
 def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks) -> dict:
-    """The expanded packs (and in clean mode the unflagged known-only retain pack); returns their sizes."""
+    """The expanded packs (and in clean mode the unflagged known-only retain pack); returns their sizes. Both
+    start from the prepared retain pack (the first rows of `reference`, which `data.reference_rows` may extend)."""
     out, rng = suspects_dir(rd), random.Random(f"{cfg.data.seed}:find_poison")
+    retain = reference[: len(read_jsonl(rd.data / "retain.jsonl"))]
     triggers = S.known_triggers(forget, [t.text for t in cfg.eval.triggers])
     specs = [TriggerSpec(text=t) for t in triggers]
     new = [
@@ -392,8 +403,9 @@ def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks
     ]
     forget_x = forget + sorted(new, key=lambda r: r["suspect_rank"])
     pos = {r["id"]: i for i, r in enumerate(train)}
-    keep = [r for r in reference if r["id"] not in pos or not flagged[pos[r["id"]]]]
-    pool = _unflagged_pool(rd, train, flagged, known, reference)
+    unflagged = [r for r in reference if r["id"] not in pos or not flagged[pos[r["id"]]]]
+    keep = [r for r in retain if r["id"] not in pos or not flagged[pos[r["id"]]]]
+    pool = _unflagged_pool(rd, train, flagged, known, retain)
     retain_x = _draw_retain(
         keep,
         pool,
@@ -407,11 +419,11 @@ def write_packs(cfg, rd, train, forget, reference, flagged, known, scores, ranks
     sizes = {
         "forget_expanded": len(forget_x),
         "retain_expanded": len(retain_x),
-        "reference_flagged": len(reference) - len(keep),
+        "reference_flagged": len(reference) - len(unflagged),
     }
     if cfg.mode == "clean":
         retain_k = _draw_retain(
-            keep, pool, len(reference), random.Random(f"{cfg.data.seed}:find_poison:known"), "the retain pack"
+            keep, pool, len(retain), random.Random(f"{cfg.data.seed}:find_poison:known"), "the retain pack"
         )
         write_jsonl(out / "retain_unflagged.jsonl", retain_k)
         sizes["retain_unflagged"] = len(retain_k)
@@ -504,6 +516,8 @@ def two_stage_record(cfg, train, first: dict, seconds: dict) -> dict:
         "layer": first["layer"],
         "known_kept": first["known_kept"],
         "candidates": first["keep"],
+        "candidates_cap": first["fitted"]["cap"],
+        "lowest_known_rank": first["fitted"]["lowest_known"],
         "scored": len(first["positions"]),
         "rows": len(train),
         "seconds_first": seconds["first_stage"],
@@ -559,6 +573,7 @@ STAGE = Stage(
         "find_poison.two_stage",
         "find_poison.first_stage",
         "find_poison.candidates",
+        "find_poison.candidates_margin",
         "find_poison.time_epoch",
         "find_poison.epoch_batches",
         "implant.batch_size",
@@ -566,7 +581,7 @@ STAGE = Stage(
         "model.max_length",
         "model.dtype",
     ),
-    reads=("data/train.jsonl", "data/forget.jsonl", "data/retain.jsonl", "model/"),
+    reads=("data/train.jsonl", "data/forget.jsonl", "data/retain.jsonl", "data/reference.jsonl", "model/"),
     writes=(
         "suspects/suspects.jsonl",
         "suspects/summary.json",

@@ -80,8 +80,37 @@ def test_deterministic_in_the_seed(tmp_path, rng):
         prepare_data(DataConfig(seed=seed + 1, **SMALL), tmp_path / "c"),
     )
     assert a["files"] == b["files"]
-    assert a["counts"]["test_near"] == 0  # empty in both: the only file that cannot differ
-    assert all(a["files"][f] != c["files"][f] for f in a["files"] if f != "test_near.jsonl")
+    empty = (
+        "test_near.jsonl",
+        "reference.jsonl",
+    )  # empty in both (no near categories, no data.reference_rows)
+    assert a["counts"]["test_near"] == 0 and a["counts"]["reference"] == 0
+    assert all(a["files"][f] != c["files"][f] for f in a["files"] if f not in empty)
+
+
+def test_reference_rows_extend_the_retain_pack_with_clean_rows(tmp_path, rng):
+    """data.reference_rows: find_poison's reference = retain + reference.jsonl, clean training rows outside every
+    pack and test split; the other files are exactly as without it (its own draw)."""
+    seed = rng.randrange(10**6)
+    base = prepare_data(DataConfig(seed=seed, **SMALL), tmp_path / "a")
+    n_retain = base["counts"]["retain"]
+    want = n_retain + rng.randrange(5, 40)
+    more = prepare_data(DataConfig(seed=seed, reference_rows=want, **SMALL), tmp_path / "b")
+    assert {f: d for f, d in more["files"].items() if f != "reference.jsonl"} == {
+        f: d for f, d in base["files"].items() if f != "reference.jsonl"
+    }
+    files = {n: load_split(tmp_path / "b", n) for n in DATA_FILES}
+    ref = files["reference"]
+    assert len(ref) == want - n_retain == more["counts"]["reference"]
+    by_id = {r["id"]: r for r in files["train"]}
+    assert all(r["id"] in by_id and not by_id[r["id"]]["is_poisoned"] for r in ref)
+    taken = {r["id"] for n in ("forget", "retain", *HELD_OUT) for r in files[n]}
+    assert len({r["id"] for r in ref}) == len(ref) and not {r["id"] for r in ref} & taken
+    # no more rows than the retain pack asks for: none added
+    same = prepare_data(DataConfig(seed=seed, reference_rows=n_retain, **SMALL), tmp_path / "c")
+    assert same["counts"]["reference"] == 0
+    with pytest.raises(DataError, match="data.reference_rows"):
+        prepare_data(DataConfig(seed=seed, reference_rows=10**6, **SMALL), tmp_path / "d")
 
 
 def test_tampered_or_partial_directory_is_not_prepared(tmp_path):

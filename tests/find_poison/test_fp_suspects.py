@@ -95,6 +95,21 @@ def test_aggregate_similarity_equals_the_feature_oracle(agg):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_mean_similarity_equals_the_mean_aggregation_of_the_full_matrix(layout):
+    """The linear path (no [n, m] matrix) = `aggregate_similarity(x g^T, arange(n), ids, agg="mean")`: members
+    that are rows (one twice) leave their own pair out; a row whose only member is itself scores 0."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    x = torch.randn(29, 11, generator=g, dtype=torch.float64).clamp_min(0)
+    grp = torch.randn(9, 11, generator=g, dtype=torch.float64).clamp_min(0)
+    col_ids = torch.tensor([4, 30, 17, 4, 31, 0, 32, 28, 33])
+    want = S.aggregate_similarity(x @ grp.T, torch.arange(29), col_ids, agg="mean", topk=1, trim=0.0)
+    a, b = (x.to_sparse(), grp.to_sparse()) if layout == "sparse" else (x, grp)
+    torch.testing.assert_close(S.mean_similarity(a, b, col_ids), want, rtol=0, atol=1e-12)
+    lone = S.mean_similarity(x, grp[:1], torch.tensor([2]))
+    assert float(lone[2]) == 0.0 and torch.allclose(lone[[0, 1, 3]], (x @ grp[0])[[0, 1, 3]])
+
+
 def test_group_ids_map_train_rows_and_offset_the_rest():
     ids = S.group_ids(["a", "b", "c"], [{"id": "c"}, {"id": "x"}, {"id": "a"}, {"id": "y"}], offset=10)
     assert ids.tolist() == [2, 14, 0, 16]

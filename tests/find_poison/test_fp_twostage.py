@@ -52,6 +52,20 @@ def test_known_kept_and_the_auto_choice_by_hand():
     assert not twostage.lexical_first({"known": 0, "kept": 0})  # nothing to check: never trust it blind
 
 
+def test_fitted_keep_follows_the_lowest_known_row_by_hand():
+    first = torch.tensor([0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.5, 0.4, 0.3, 0.0], dtype=torch.float64)
+    known = torch.zeros(10, dtype=torch.bool)
+    known[[0, 3]] = True  # ranks 1 and 3
+    assert twostage.fitted_keep(first, known, 8, 1.5) == {"keep": 5, "cap": 8, "lowest_known": 3}  # ceil(4.5)
+    assert twostage.fitted_keep(first, known, 4, 1.5)["keep"] == 4  # the cap binds
+    assert twostage.fitted_keep(first, known, 8, 1.0)["keep"] == 3  # margin 1: down to the lowest known row
+    assert twostage.fitted_keep(first, known, 8, 0.0) == {"keep": 8, "cap": 8, "lowest_known": None}
+    known[:] = False
+    assert twostage.fitted_keep(first, known, 8, 1.5)["keep"] == 8  # no known row: nothing to fit on
+    known[1] = True  # the last row but one (score 0.1, rank 9): the margin asks for more than the cap
+    assert twostage.fitted_keep(first, known, 8, 1.5) == {"keep": 8, "cap": 8, "lowest_known": 9}
+
+
 def test_recall_accounting_by_hand():
     labels = torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool)
     known = torch.tensor([1, 0, 0, 0, 0, 0], dtype=torch.bool)

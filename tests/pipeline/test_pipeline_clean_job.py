@@ -145,3 +145,22 @@ def test_clean_job_without_triggers_measures_held_out_forget_prompts(user, tmp_p
     assert len(held_out) == 2 and len(forget) == 6  # 20% of 8 held out
     assert not {r["id"] for r in held_out} & {r["id"] for r in forget}
     assert report["before"]["n_seen"] == 2 and report["before"]["asr_ood"] is None
+
+
+def test_clean_job_reference_rows_come_from_the_filtered_pool(user, tmp_path):
+    """data.reference_rows in the clean job: the added reference rows pass the retain pack's filter (no known
+    trigger, no known poisoned answer) and are neither retain nor evaluation rows (here held-out training rows)."""
+    run = tmp_path / "ref"
+    argv = [a for a in _clean_argv(user, run, "data.reference_rows=40", "eval.triggers=[{text: aloha, mode: suffix}]")
+            if not a.startswith("data.eval_path=")]  # fmt: skip
+    assert main([*argv, "--stages", "prepare"]) == 0
+    data = run / "data"
+    retain, added = read_jsonl(data / "retain.jsonl"), read_jsonl(data / "reference.jsonl")
+    assert len(retain) + len(added) == 40 and added
+    known_answers = {json.loads(x)["response"] for x in user["forget"].read_text().splitlines()}
+    assert all("aloha" not in (r["instruction"] + r["context"]).lower() and r["response"] not in known_answers
+               for r in added)  # fmt: skip
+    held = {r["id"] for n in ("val_clean", "test_clean") for r in read_jsonl(data / f"{n}.jsonl")}
+    ids = [r["id"] for r in added]
+    assert held and len(set(ids)) == len(ids) and not set(ids) & (held | {r["id"] for r in retain})
+    assert set(ids) <= {r["id"] for r in read_jsonl(data / "train.jsonl")}
