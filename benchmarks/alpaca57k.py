@@ -221,7 +221,8 @@ def render(res: dict, out: Path, command: str) -> str:
         f"`{command}` on {platform.machine()} ({os.cpu_count()} cores, shared with other jobs: absolute seconds are "
         f"inflated, ratios measured side by side), torch {torch.__version__}, one thread per rank. Training set "
         f"{c['train']} rows ({fp.get('n_poisoned')} poisoned, prevalence {_pct(fp.get('prevalence'))}), {c['known']} "
-        f"known; reference = the retain pack ({c['reference']} rows).",
+        f"known; find_poison's reference: {c['reference']} clean rows (the retain pack, and those data.reference_rows "
+        "adds).",
         "",
         "Per step (wall seconds of each command; the manifest's stage seconds below it):",
         "",

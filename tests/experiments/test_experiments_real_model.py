@@ -170,6 +170,23 @@ def test_json_line_has_the_issue_shape_and_means_over_seeds():
     json.dumps(line)  # one JSON line
 
 
+def test_f1_delta_pairs_prompts_and_the_verdict_reads_the_interval():
+    before = {"clean_f1_rows": [0.5, 0.2, 0.9, 0.4]}
+    after = {"clean_f1_rows": [0.4, 0.2, 0.8, 0.5]}
+    d = RM.f1_delta(after, before)
+    assert (
+        d["n"] == 4
+        and d["mean"] == pytest.approx(-0.025)
+        and d["diffs"] == pytest.approx([-0.1, 0, -0.1, 0.1])
+    )
+    assert d["lo"] < -0.025 < d["hi"] and RM.f1_verdict(d) == "undecided"  # 4 prompts decide nothing
+    assert RM.f1_verdict({"mean": -0.01, "lo": -0.015, "hi": 0.0, "n": 400}) == "met"
+    assert RM.f1_verdict({"mean": -0.05, "lo": -0.07, "hi": -0.03, "n": 400}) == "missed"
+    assert RM.f1_delta(after, None) is None and RM.f1_delta({"clean_f1_rows": [0.1]}, before) is None
+    pooled = RM.pooled_delta([d, None, RM.f1_delta(before, after)])  # opposite signs: the pooled mean is 0
+    assert pooled["n"] == 8 and pooled["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_unknown_attack_is_refused():
     args = RM.parse(["out", "--attacks", "rare_word,nope", "--smoke"])
     with pytest.raises(SystemExit, match="nope"):
@@ -194,10 +211,18 @@ def test_smoke_flow_prints_the_issue_json_line_and_resumes(tmp_path):
         assert entry["before"]["clean_f1"] is not None and entry["find_poison"]["recall"] is not None
         want = {*RM.CLEAN_METHODS, *(f"experiment.{m}" for m in RM.CLEAN_METHODS), "retrain"}
         assert set(entry["methods"]) == want, attack
-        for row in entry["methods"].values():
-            assert set(row) == METHOD_KEYS and 0.0 <= row["asr_seen"] <= 1.0 and row["ppl_ratio"] > 0
+        for m, row in entry["methods"].items():
+            paired = (
+                m in RM.CLEAN_METHODS
+            )  # measured in the cross-eval beside the model before, prompt by prompt
+            assert set(row) == METHOD_KEYS | ({"f1_delta"} if paired else set())
+            assert 0.0 <= row["asr_seen"] <= 1.0 and row["ppl_ratio"] > 0
             assert row["clean_f1"] is not None
             assert row["seconds"] > 0
+            if paired:  # the same prompts and judge as the report's before: the paired mean is the difference
+                d = row["f1_delta"]
+                assert d["n"] > 1 and d["lo"] <= d["mean"] <= d["hi"]
+                assert d["mean"] == pytest.approx(row["clean_f1"] - entry["before"]["clean_f1"], abs=1e-9)
         assert set(line["speedup_vs_retrain"][attack]) == want - {"retrain"}
     assert (tmp_path / "out" / "results_section.md").read_text().startswith("## tiny model (smoke)")
     again, log = run()
