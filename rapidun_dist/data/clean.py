@@ -228,9 +228,7 @@ def build_clean_files(cfg: RunConfig) -> tuple[dict[str, list[dict]], dict]:
         )
     retain = rng.sample(sorted(retain_src, key=lambda r: r["id"]), n_retain)
     reference = extra_reference(retain_src, retain, d.reference_rows, random.Random(f"{d.seed}:reference"))
-    if (
-        not eval_pool
-    ):  # held-out training rows that passed the filter and are neither retain nor reference rows
+    if not eval_pool:  # held-out training rows that passed the filter, neither retain nor reference rows
         eval_pool = _disjoint(pool, retain + reference)
     eval_pool = _disjoint(eval_pool, retain + reference)
     files = _eval_files(eval_pool, cfg, rng)

@@ -17,7 +17,8 @@ def score(job: ScoreJob) -> torch.Tensor | None:
         [S.document(r) for r in job.train],
         {"forget": [S.document(r) for r in job.forget], "reference": [S.document(r) for r in job.reference]},
     )
-    if job.cfg.find_poison.agg == "mean":  # linear: no [n, m] matrix (57k x 1,000 references: 10 s -> 1 s)
+    # mean is linear: no [n, m] matrix (57k rows against 1,050 group rows: 11.4 s -> 1.5 s for the whole score)
+    if job.cfg.find_poison.agg == "mean":
         f_ids, r_ids = job.member_ids()
         return S.mean_similarity(x, groups["forget"], f_ids) - S.mean_similarity(
             x, groups["reference"], r_ids
