@@ -461,6 +461,11 @@ def measured_costs(exp: Path, clean: Path, report: dict) -> dict:
     n_train = len(_rows(clean / "data" / "train.jsonl"))
     n_groups = len(_rows(clean / "data" / "forget.jsonl")) + len(_rows(clean / "data" / "retain.jsonl"))
     n_pack = sum(len(_rows(suspects_dir(RunDir(clean)) / f"{n}.jsonl")) for n in ("forget", "retain"))
+    # features this run computed: fewer than the training rows it scored (all of them, or two_stage's) means valid
+    # units came from the store (a rerun), and its seconds measure no feature cost
+    computed = (fp.get("features") or {}).get("rows_computed")
+    cached = computed is not None and computed < (fp.get("two_stage") or {}).get("scored", n_train)
+    fp_row = None if cached else _div(fp_s.get("features"), computed or n_train + n_groups)
     retrain_s = seconds_of(report.get("retrain") or {})
     n_retrain = len(_rows(exp / "data" / "train.jsonl"))
     return {
@@ -471,12 +476,10 @@ def measured_costs(exp: Path, clean: Path, report: dict) -> dict:
         },
         "steps": steps,
         "validation_points": points,
-        "rows": {"train": n_train, "find_poison_featurized": n_train + n_groups, "pack": n_pack},
-        "per_row": {
-            "retrain": _div(retrain_s, n_retrain),
-            "find_poison": _div(fp_s.get("features"), n_train + n_groups),
-            "influence_uncached": _div(fp_s.get("features"), n_train + n_groups),
-        },
+        "rows": {"train": n_train, "find_poison_featurized": n_train + n_groups, "pack": n_pack,
+                 "find_poison_computed": computed},
+        "find_poison_cached": cached,
+        "per_row": {"retrain": _div(retrain_s, n_retrain), "find_poison": fp_row, "influence_uncached": fp_row},
         "per_step": {"unlearn": _div(us.get("unlearn_train_only"), steps), "validation": _div(us.get("validation"), points)},
         "epoch_seconds": fp.get("epoch_seconds") or (fp.get("epoch") or {}).get("seconds"),
     }  # fmt: skip
@@ -594,7 +597,14 @@ def _head(line: dict, command: str, args) -> list[str]:
 def _attack_head(attack: str, entry: dict, per_seed: list[dict]) -> list[str]:
     """Title, sizes, find_poison and the measured per-row costs of one attack."""
     first, fp = per_seed[0], entry["find_poison"]
-    fp_s = _mean([s["find_poison_seconds"] for s in per_seed])
+    measured = [s for s in per_seed if not (s.get("costs") or {}).get("find_poison_cached")]
+    fp_s = _mean([s["find_poison_seconds"] for s in measured])
+    cached = len(per_seed) - len(measured)
+    note = (
+        f" ({cached} of {len(per_seed)} seeds' find_poison reused stored features: left out of its seconds)"
+        if cached
+        else ""
+    )
     retrain_row = _mean(
         [_div(s["methods"].get("retrain", {}).get("seconds"), s["sizes"]["train"]) for s in per_seed]
     )
@@ -603,7 +613,7 @@ def _attack_head(attack: str, entry: dict, per_seed: list[dict]) -> list[str]:
         "",
         f"{first['sizes']['train']} training rows, {first['sizes']['poisoned']} poisoned (poison_rate "
         f"{first['poison_rate']}), {first['sizes']['known']} known rows unlearned by the clean job. Its find_poison (rows "
-        f"nobody knew): recall {_pct(fp['recall'])}, precision {_pct(fp['precision'])}, {_f(fp_s, 1)} s. Measured per "
+        f"nobody knew): recall {_pct(fp['recall'])}, precision {_pct(fp['precision'])}, {_f(fp_s, 1)} s{note}. Measured per "
         f"training row: retrain {_f(retrain_row, 3)} s, find_poison {_f(_div(fp_s, first['sizes']['train']), 3)} s. The "
         f"clean job's own report measured ASR on {first['clean_asr_source']}.",
         "",
@@ -702,17 +712,21 @@ def extrapolate(costs: list[dict], rows: int, poison_rate: float = 0.05, known: 
 
 
 def _cost_table(results: dict[str, list[dict]]) -> list[str]:
-    costs = [s["costs"] for per_seed in results.values() for s in per_seed if s.get("costs")]
-    if not costs or any(
-        c["per_row"]["retrain"] is None or c["per_row"]["find_poison"] is None for c in costs
-    ):
+    costs = [  # runs whose find_poison reused stored features (a rerun) measured no feature cost: left out
+        s["costs"]
+        for per_seed in results.values()
+        for s in per_seed
+        if s.get("costs")
+        and None not in (s["costs"]["per_row"]["retrain"], s["costs"]["per_row"]["find_poison"])
+    ]
+    if not costs:
         return []
     m = lambda f: _mean([f(c) for c in costs])  # noqa: E731
     measured_rows = round(m(lambda c: c["rows"]["train"]))
     lines = [
         f"Cost at scale (SmolLM2-135M; means over the {len(costs)} attack-seed runs above). Measured: retrain "
         f"{_f(m(lambda c: c['per_row']['retrain']), 3)} s per training row (the implant's 2 epochs); find_poison "
-        f"{_f(m(lambda c: c['per_row']['find_poison']), 3)} s per featurized row; RapidUn's unlearning "
+        f"{_f(m(lambda c: c['per_row']['find_poison']), 3)} s per row it featurized; RapidUn's unlearning "
         f"{_f(m(lambda c: c['per_step']['unlearn']), 1)} s per step and {_f(m(lambda c: c['per_step']['validation']), 1)} s "
         f"per validation, {_f(m(lambda c: c['steps']), 1)} steps. The first row is the measurement; the others are "
         "derived from those unit costs (`extrapolate` in benchmarks/real_model.py): 5% poison, 20 known rows, the "

@@ -263,3 +263,20 @@ def test_extrapolation_scales_the_measured_unit_costs():
     lines = RM._cost_table({"a": [{"costs": c} for c in costs]})
     assert any(line.startswith("| Dolly-15k (15,011, derived)") for line in lines)
     assert RM._cost_table({"a": [{"costs": None}]}) == []
+
+
+def test_a_seed_whose_find_poison_reused_stored_features_is_not_a_cost():
+    """A rerun whose find_poison found its feature units valid in the store computed nothing: its seconds are left
+    out of the attack's find_poison seconds and per-row cost, and the section says so."""
+
+    def seed(seconds: float, cached: bool) -> dict:
+        return {"find_poison_seconds": seconds, "methods": {"retrain": {"seconds": 260.0}},
+                "sizes": {"train": 260, "poisoned": 42, "known": 20}, "label": "x", "poison_rate": 0.15,
+                "clean_asr_source": "prompts", "costs": {"find_poison_cached": cached}}  # fmt: skip
+
+    entry = {"find_poison": {"recall": 1.0, "precision": 0.9}}
+    head = " ".join(RM._attack_head("rare_word", entry, [seed(100.0, False), seed(15.0, True)]))
+    assert "100.0 s (1 of 2 seeds' find_poison reused stored features" in head
+    assert f"find_poison {100.0 / 260:.3f} s" in head
+    fresh = " ".join(RM._attack_head("rare_word", entry, [seed(100.0, False), seed(80.0, False)]))
+    assert "90.0 s. Measured" in fresh and "reused" not in fresh
