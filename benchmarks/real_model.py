@@ -337,28 +337,28 @@ def clean_f1(entry: dict) -> float | None:
     return (entry.get("answer_clean") or {}).get("f1")
 
 
-def f1_delta(entry: dict, before: dict | None) -> dict | None:
-    """The method's clean F1 minus the implanted model's, paired over the same clean prompts: {"mean", "lo", "hi",
-    "n"} (95% t interval of the per-prompt differences); None without per-prompt rows (a cache of version 1)."""
+def _interval(diffs: list[float]) -> dict:
+    """{"mean", "lo", "hi", "n"}: the 95% t interval of per-prompt F1 differences."""
     from rapidun_dist.evaluation.stats import mean_interval
 
+    iv = mean_interval(diffs)
+    return {k: iv[k] for k in ("mean", "lo", "hi", "n")}
+
+
+def f1_delta(entry: dict, before: dict | None) -> dict | None:
+    """The method's clean F1 minus the implanted model's, paired over the same clean prompts: `_interval` of the
+    per-prompt differences, and the differences ("diffs"); None without per-prompt rows (a cache of version 1)."""
     a, b = entry.get("clean_f1_rows"), (before or {}).get("clean_f1_rows")
     if not a or not b or len(a) != len(b):
         return None
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    iv = mean_interval(diffs)
-    return {k: iv[k] for k in ("mean", "lo", "hi", "n")} | {"diffs": diffs}
+    return _interval(diffs) | {"diffs": diffs}
 
 
 def pooled_delta(deltas: list[dict | None]) -> dict | None:
     """The seeds' per-prompt F1 differences pooled into one interval (seeds without them left out)."""
-    from rapidun_dist.evaluation.stats import mean_interval
-
     diffs = [x for d in deltas if d for x in d["diffs"]]
-    if not diffs:
-        return None
-    iv = mean_interval(diffs)
-    return {k: iv[k] for k in ("mean", "lo", "hi", "n")}
+    return _interval(diffs) if diffs else None
 
 
 F1_TOLERANCE = 0.02  # issue 20: clean-answer F1 within 0.02 of the backdoored model's
