@@ -33,29 +33,32 @@ def copy_held_features(
     shard_size: int,
 ) -> tuple[int, int]:
     """Write the shards (of `shard_size` rows) of the store at `root` for `records` whose rows the feature stores
-    of `sources` ((store root, the rows it holds in its order), earlier ones first) hold already: same id, same
-    text as trained, same extractor spec and feature context. A shard is written when at most REUSE_COMPUTE_SHARE
-    of its rows are held nowhere (those few are computed here); valid shards and the others are left alone.
-    Returns (rows copied, rows computed)."""
+    of `sources` ((store root, rows it was built from), earlier ones first) hold already: same id, same text as
+    trained, same extractor spec and feature context. A source store may hold any subset of its rows in any order
+    (a two-stage run's candidates, a length-ordered training store): its index's ids say which row sits where.
+    A shard is written when at most REUSE_COMPUTE_SHARE of its rows are held nowhere (those few are computed here);
+    valid shards and the others are left alone. Returns (rows copied, rows computed)."""
     from rapidun_dist.influence.store import FeatureStore, ids_hash, load_features, plan_shards, spec_hash
     from rapidun_dist.training.finetune import encode_records
 
     spec = extractor.spec() | {"context": context}
-    held_in = []  # (store root, rows, dim) of the sources whose index matches
+    held_in = []  # (store root, dim) of the sources built under this spec
+    # id -> [(source, position in its store, row)], earlier sources first
+    held: dict[str, list[tuple[int, int, dict]]] = {}
     for src, rows in sources:
         if not (src / "index.json").exists():
             continue
         index = read_json(src / "index.json")
-        if index.get("spec_hash") == spec_hash(spec) and [r["id"] for r in rows] == index["ids"]:
-            held_in.append((src, rows, int(index["dim"])))
-    if not held_in:
+        if index.get("spec_hash") != spec_hash(spec):
+            continue
+        by_id = {r["id"]: r for r in rows}
+        k = len(held_in)
+        held_in.append((src, int(index["dim"])))
+        for p, i in enumerate(index["ids"]):
+            if i in by_id:
+                held.setdefault(i, []).append((k, p, by_id[i]))
+    if not held:
         return 0, 0
-    held: dict[
-        str, list[tuple[int, int, dict]]
-    ] = {}  # id -> [(source, position, row)], earlier sources first
-    for k, (_, rows, _) in enumerate(held_in):
-        for p, r in enumerate(rows):
-            held.setdefault(r["id"], []).append((k, p, r))
 
     def locate(row: dict) -> tuple[int, int] | None:
         text = S.as_trained(row)
@@ -73,7 +76,7 @@ def copy_held_features(
             todo.append((i, (s, e), where, ids))
     # A shard's rows are scattered over every source unit: read the units once per group of shards (as many rows
     # as REUSE_BYTES holds), not once per shard.
-    dim = max(d for *_, d in held_in)
+    dim = max(d for _, d in held_in)
     per_group = max(1, REUSE_BYTES // max(1, shard_size * dim * 4))
     copied = computed = 0
     extractor.model.eval()
@@ -81,7 +84,7 @@ def copy_held_features(
         group = todo[g : g + per_group]
         loaded = {}  # (source, position) -> row of that source's loaded block
         blocks = []
-        for k, (src, _, _) in enumerate(held_in):
+        for k, (src, _) in enumerate(held_in):
             union = sorted({w[1] for *_, where, _ in group for w in where if w is not None and w[0] == k})
             if union:
                 loaded |= {(k, p): (len(blocks), j) for j, p in enumerate(union)}

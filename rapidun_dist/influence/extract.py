@@ -102,7 +102,6 @@ def extract_features(
     first. A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
     same whoever computes it. `contrast=False`: plain features even with influence.contrast (find_poison's training
     rows: the contrast pairs come from the pack rows' known triggers, never from the training set's labels)."""
-    examples = encode_records(records, tokenizer, cfg.model.max_length)
     icfg = cfg.influence if contrast else dataclasses.replace(cfg.influence, contrast="none")
     extractor = make_extractor(model, icfg, pad_id=tokenizer.pad_token_id)
     counterparts = (
@@ -112,10 +111,12 @@ def extract_features(
     )
     store = FeatureStore(store_dir, extractor.spec() | {"context": context})
     store_dir.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(len(examples), shard_size or cfg.influence.shard_size)
+    shards = plan_shards(len(records), shard_size or cfg.influence.shard_size)
     row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
     todo = missing_shards(store, shards, row_ids, rank=rank, world_size=world_size)
+    examples: list[dict] | None = None  # every row encoded (the static split weighs shards by tokens)
     if claim is None:
+        examples = encode_records(records, tokenizer, cfg.model.max_length)
         owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
         owned = [i for i, o in enumerate(owners) if o == rank]
         mine: Iterable[int] = [i for i in todo if owners[i] == rank]
@@ -133,9 +134,15 @@ def extract_features(
     progress = Progress(n_rows, "features", unit="sample")
     model.eval()
     for i in mine:
-        feats = _shard_features(
-            extractor, examples, shards[i], cfg.influence.batch_size, progress, counterparts
+        s, e = shards[i]
+        # claimed shards: only their rows are encoded, on the rank that computes them
+        rows = (
+            examples[s:e]
+            if examples is not None
+            else encode_records(records[s:e], tokenizer, cfg.model.max_length)
         )
+        pairs = counterparts[s:e] if counterparts is not None else None
+        feats = _shard_features(extractor, rows, cfg.influence.batch_size, progress, pairs)
         store.write_shard(i, shards[i], feats, row_ids[i])
         if preempt.requested():  # shards are the checkpoint: a rerun keeps every valid one
             raise StageError(f"preempted after shard {i}: run again to resume (valid shards are kept)")
@@ -152,17 +159,18 @@ def missing_shards(
 
 
 def _shard_features(
-    extractor, examples: list[dict], rows: tuple[int, int], batch_size: int, progress, counterparts=None
+    extractor, examples: list[dict], batch_size: int, progress, counterparts=None
 ) -> torch.Tensor:
-    """Features [e - s, K] of rows [s, e): batches of length-sorted rows (less padding), fixed by the shard alone.
-    With `counterparts` (influence.contrast) each row's trigger-free counterpart goes with it."""
-    s, e = rows
-    order = sorted(range(s, e), key=lambda r: (len(examples[r]["input_ids"]), r))
-    feats = torch.zeros(e - s, extractor.dim, device="cpu")  # host buffer: shards are written from the host
+    """Features [n, K] of one shard's encoded rows: batches of length-sorted rows (less padding), fixed by the
+    shard alone. With `counterparts` (influence.contrast) each row's trigger-free counterpart goes with it."""
+    order = sorted(range(len(examples)), key=lambda r: (len(examples[r]["input_ids"]), r))
+    feats = torch.zeros(
+        len(examples), extractor.dim, device="cpu"
+    )  # host buffer: shards are written from the host
     for b in range(0, len(order), batch_size):
         batch = order[b : b + batch_size]
-        rows_ = [examples[r] for r in batch]
-        out = extractor(rows_) if counterparts is None else extractor(rows_, [counterparts[r] for r in batch])
-        feats[[r - s for r in batch]] = out.detach().float().cpu()
+        rows = [examples[r] for r in batch]
+        out = extractor(rows) if counterparts is None else extractor(rows, [counterparts[r] for r in batch])
+        feats[batch] = out.detach().float().cpu()
         progress.update(len(batch))
     return feats

@@ -38,7 +38,7 @@ from rapidun_dist.config import RunConfig, TriggerSpec
 from rapidun_dist.core.errors import DataError
 from rapidun_dist.core.io import read_jsonl, write_json, write_jsonl
 from rapidun_dist.core.logging import get_logger
-from rapidun_dist.find_poison import BASELINES, method_module, scorer_name, twostage
+from rapidun_dist.find_poison import BASELINES, method_module, method_spec, scorer_name, twostage
 from rapidun_dist.find_poison import suspects as S
 from rapidun_dist.find_poison.job import ScoreJob
 from rapidun_dist.find_poison.tokenwise import feature_dirs
@@ -125,6 +125,8 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
     keep = twostage.n_candidates(fp.candidates, len(every.train))
     known = known_mask(every.train, every.forget)
     first, name, checks = None, fp.first_stage, {}
+    if not rank0 and (method_spec(fp.method).needs_model or fp.time_epoch):
+        every.model()  # loaded while rank 0 runs TF-IDF alone, so these ranks start stage 2 that much sooner
     if fp.first_stage in ("auto", "tfidf"):
         first = tfidf.score(every)  # rank 0 only; no model (the TF-IDF baseline reads these scores too)
         seconds["tfidf"] = time.perf_counter() - t0

@@ -180,3 +180,59 @@ def test_dense_methods_and_two_stage_on_two_ranks_match_one(implanted_dir, tmp_p
     assert s1["two_stage"]["scored"] == s2["two_stage"]["scored"]
     assert len(s2["epoch"]["per_rank"]) == 2 and s2["epoch_seconds"] > 0
     assert [r["rank"] for r in s2["features"]["per_rank"]] == [0, 1]
+
+
+def test_a_two_stage_training_store_holds_the_candidates_in_length_order_and_feeds_the_expanded_packs(
+    implanted_dir, tmp_path
+):
+    """Stage 2's training store holds only the rows it scored, in `store_order` (text length), its index listing
+    their ids; the influence stage still copies the expanded packs' rows from it (matched by id, whatever the
+    store's order or subset): every all-forget pack shard is written from the stores, each row equal to the store's
+    feature of that id."""
+    from rapidun_dist.find_poison.tokenwise import feature_dirs, store_order
+    from rapidun_dist.influence.extract import feature_context
+    from rapidun_dist.influence.store import load_features
+    from rapidun_dist.models.loading import load_saved
+    from rapidun_dist.pipeline import run_pipeline
+    from rapidun_dist.run.layout import model_identity
+    from rapidun_dist.run.rundir import RunDir
+    from rapidun_dist.stages import find_poison as fp
+
+    run = fresh_copy(implanted_dir, tmp_path / "run")
+    extra = ("find_poison.time_epoch=false", "find_poison.two_stage=true", "find_poison.first_stage=tfidf",
+             "find_poison.candidates=0.3", "find_poison.expand=true", "influence.shard_size=8")  # fmt: skip
+    cfg = load_cfg(run, *extra)
+    run_pipeline(cfg, ["find_poison"])
+    rd = RunDir(run)
+    train = read_rows(run / "data" / "train.jsonl")
+    two = read_json(run / "suspects" / "summary.json")["two_stage"]
+    train_store, groups_store = feature_dirs(rd)
+    held, index = load_features(train_store)
+    by_id = {r["id"]: r for r in train}
+    scored = [by_id[i] for i in index["ids"]]
+    assert len(scored) == two["scored"] < len(train)
+    assert index["ids"] == [
+        scored[i]["id"] for i in store_order(scored)
+    ]  # the store's own order is length order
+    lengths = [sum(map(len, fp.S.as_trained(r))) for r in scored]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+    forget_x = read_rows(run / "suspects" / "forget.jsonl")
+    retain_x = read_rows(run / "suspects" / "retain.jsonl")
+    records = forget_x + retain_x
+    model, tok = load_saved(rd.model, cfg.model)
+    copied = fp.reuse_train_features(
+        cfg, rd, records, model, tok, feature_context(model_identity(rd), tok, cfg)
+    )
+    groups, g_index = load_features(groups_store)
+    store = {i: held[p] for p, i in enumerate(index["ids"])} | {
+        i: groups[p] for p, i in enumerate(g_index["ids"])
+    }
+    full = len(forget_x) // 8
+    assert full >= 1 and copied >= 8 * full
+    for s in range(full):
+        from safetensors.torch import load_file
+
+        shard = load_file(str(run / "features" / f"shard-{s:05d}.safetensors"))["features"]
+        want = torch.stack([store[r["id"]] for r in records[8 * s : 8 * s + 8]])
+        torch.testing.assert_close(shard, want, rtol=0, atol=0)
