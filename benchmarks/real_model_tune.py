@@ -5,7 +5,7 @@ candidate settings, scored on the clean job's own validation split, never on a t
 
 OUT is a `bash benchmarks/real_model.sh OUT` folder. For every attack and seed whose clean job is complete
 (OUT/<attack>/s<seed>_clean), each candidate is a fork of that run directory (OUT/tune/<attack>/s<seed>/<point>:
-`RunDir.fork` of prepare, find_poison, influence and weights) whose unlearn stage runs RapidUn alone with the
+`RunDir.fork` of prepare, find_poison and influence) whose weights and unlearn stages run RapidUn alone with the
 candidate's overrides. Scored on val_seen (triggered validation prompts: ASR with the clean job's judge) and val_clean
 (PPL ratio and token F1 of the greedy answers against the user's reference answers), before and after. The rule,
 fixed before looking: the candidates whose mean val_seen ASR over the runs is lowest (within one prompt's share of the
@@ -31,8 +31,11 @@ POINTS: dict[str, list[str]] = {
     "retain7": ["unlearn.retain_per_forget=7"],  # 1 forget + 7 retain rows per batch of 8
     "lr5e-4_retain7": ["unlearn.lr=5e-4", "unlearn.retain_per_forget=7"],
     "lr2e-3": ["unlearn.lr=2e-3"],
+    # the retain weights' temperature (shipped 1.2): milder, and flat (every retain row weighs 1)
+    "retain_tau5": ["weights.tau_r=5.0"],
+    "retain_flat": ["weights.tau_r=1e6"],
 }
-CARRIED = ("prepare", "find_poison", "influence", "weights")
+CARRIED = ("prepare", "find_poison", "influence")  # weights is run in the fork: a candidate may change it (cheap)
 
 
 def fork_point(clean: Path, dst: Path, overrides: list[str]):
@@ -92,6 +95,7 @@ def run_point(clean: Path, dst: Path, overrides: list[str]) -> dict:
     cfg = fork_point(clean, dst, overrides)
     rd = RunDir(dst)
     t0 = time.perf_counter()
+    run_stage(cfg, rd, "weights")
     run_stage(cfg, rd, "unlearn")
     seconds = time.perf_counter() - t0
     mdir = method_dir(rd, "rapidun")
@@ -134,7 +138,7 @@ def table(rows: list[dict], chosen: str, command: str) -> str:
         f"## SmolLM2 unlearning recipe chosen on validation prompts (issue 20), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"`{command}`: the clean job's RapidUn unlearning under each candidate, on forks of its completed run "
-        "(find_poison, influence and weights shared), scored on its validation split only: val_seen ASR (n "
+        "(find_poison and influence shared), scored on its validation split only: val_seen ASR (n "
         "triggered prompts), val_clean PPL ratio and token F1 against the references (before -> after). Rule, fixed "
         "in advance: lowest mean val ASR, then highest mean val F1 (within 0.005), then lowest PPL ratio. "
         f"Chosen: **{chosen}**.",
