@@ -161,6 +161,7 @@ def collect(out: Path, wall_start: float) -> dict:
     }
     fp_s = fp.get("cost_seconds") or fp["seconds"]["total"]  # without the epoch timed beside it
     with_fp = retrain_s / (methods["rapidun_expanded"]["seconds"] + fp_s) if retrain_s else None
+    implant = implant_epoch(out, fp_s, fp.get("world_size") or 1)
     line = {
         "rows": fp["counts"]["train"],
         "known": fp["counts"]["known"],
@@ -179,7 +180,23 @@ def collect(out: Path, wall_start: float) -> dict:
         "known": known,
         "expanded": expanded,
         "with_fp": with_fp,
+        "implant": implant,
     }
+
+
+def implant_epoch(out: Path, fp_seconds: float, fp_ranks: int) -> dict | None:
+    """The implant's own fine-tuning (the manifest's implant stage: `implant.epochs` epochs over the same rows, with
+    optimizer steps, data loading and checkpoints) against find_poison, both in rank-seconds (seconds x ranks):
+    {"epochs", "ranks", "seconds", "epoch_rank_seconds", "share"}; None without an implant record."""
+    from rapidun_dist.config import load_config
+
+    rec = _read(out / "known" / "manifest.json")["stages"].get("implant") or {}
+    if not rec.get("seconds"):
+        return None
+    epochs = load_config(out / "known" / "config.yaml").implant.epochs
+    per_epoch = rec["seconds"] * rec.get("world_size", 1) / epochs
+    return {"epochs": epochs, "ranks": rec.get("world_size", 1), "seconds": rec["seconds"],
+            "epoch_rank_seconds": per_epoch, "share": fp_seconds * fp_ranks / per_epoch}  # fmt: skip
 
 
 def _stage_table(out: Path) -> list[str]:
@@ -204,6 +221,18 @@ def _pct(v) -> str:
 
 def _f(v, d=3) -> str:
     return "-" if v is None else f"{v:.{d}f}"
+
+
+def _implant_line(imp: dict | None, fp: dict) -> list[str]:
+    if not imp:
+        return []
+    return [
+        f"The timed epoch is forward + backward only (no optimizer step, no data loading, no gradient exchange): a "
+        f"lower bound. The implant's real fine-tuning over the same rows, in this run: {imp['epochs']:g} epoch(s) on "
+        f"{imp['ranks']} rank(s) in {imp['seconds']:.1f} s, {imp['epoch_rank_seconds']:.1f} rank-seconds per epoch; "
+        f"find_poison's {fp.get('world_size') or 1} x {_f(fp.get('cost_seconds'), 1)} rank-seconds are "
+        f"{_f(imp['share'])} of it."
+    ]
 
 
 def render(res: dict, out: Path, command: str) -> str:
@@ -245,6 +274,7 @@ def render(res: dict, out: Path, command: str) -> str:
         f"One fine-tuning epoch of the same model over the same rows, timed in the find_poison stage: "
         f"{_f(fp.get('epoch_seconds'), 1)} s; find_poison's {_f(line['find_poison']['seconds'], 1)} s are "
         f"{_f(_share(line['find_poison']['seconds'], fp.get('epoch_seconds')))} of it (target <= {TARGETS['epoch_share']}).",
+        *_implant_line(res.get("implant"), fp),
         "",
         f"Threshold: {describe_threshold(fp['threshold'], c['expected_false_positives'])}; measured false "
         f"positives {m.get(fp.get('scorer', 'influence'), {}).get('fp')}.",
@@ -371,6 +401,7 @@ def seed_rows(outs: list[Path]) -> list[dict]:
         fp, known, expanded = res["fp"], res["known"], res["expanded"]
         row = {"run": out.name, "seed": load_config(out / "known" / "config.yaml").data.seed,
                "fp_share": fp.get("epoch_fraction"), "fp_seconds": fp.get("cost_seconds"),
+               "fp_implant_share": (res.get("implant") or {}).get("share"),
                "recall": fp.get("recall"), "precision": fp.get("precision"),
                "first_stage": (fp.get("two_stage") or {}).get("first")}  # fmt: skip
         for route, report, name in (("known", known, "rapidun"), ("expanded", expanded, "rapidun"),
@@ -407,7 +438,8 @@ def render_seeds(rows: list[dict], commands: list[str]) -> str:
     for r in rows:
         k, x, t = r["known"], r["expanded"], r["retrain"]
         lines.append(
-            f"| {r['seed']} | {_f(r['fp_share'])} ({_f(r['fp_seconds'], 1)} s, first stage {r['first_stage']}) | "
+            f"| {r['seed']} | {_f(r['fp_share'])} ({_f(r['fp_seconds'], 1)} s, first stage {r['first_stage']}; "
+            f"{_f(r.get('fp_implant_share'))} of the implant's epoch in rank-seconds) | "
             f"{_f(r['recall'])} | {_f(r['precision'])} | {asr(k, 'asr_seen')} | {asr(k, 'asr_ood')} | "
             f"{_f(k['ppl_ratio'])} | {asr(x, 'asr_seen')} | {asr(x, 'asr_ood')} | {_f(x['ppl_ratio'])} | "
             f"{_f(t['ppl_ratio'])} |"
@@ -415,6 +447,7 @@ def render_seeds(rows: list[dict], commands: list[str]) -> str:
     lines += ["", f"Means over the {len(rows)} seeds (t 95% interval):", ""]
     series = {
         "find_poison share of an epoch": [r["fp_share"] for r in rows],
+        "find_poison share of the implant's epoch (rank-seconds)": [r.get("fp_implant_share") for r in rows],
         "precision": [r["precision"] for r in rows],
         "known rows: ASR seen": [r["known"]["asr_seen"] for r in rows],
         "known rows: PPL ratio": [r["known"]["ppl_ratio"] for r in rows],

@@ -35,7 +35,8 @@ POINTS: dict[str, list[str]] = {
     "retain_tau5": ["weights.tau_r=5.0"],
     "retain_flat": ["weights.tau_r=1e6"],
 }
-CARRIED = ("prepare", "find_poison", "influence")  # weights is run in the fork: a candidate may change it (cheap)
+# weights is run in the fork: a candidate may change it (seconds)
+CARRIED = ("prepare", "find_poison", "influence")
 
 
 def fork_point(clean: Path, dst: Path, overrides: list[str]):

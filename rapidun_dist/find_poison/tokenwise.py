@@ -7,9 +7,10 @@ in experiment mode all of them). The feature store is the influence stage's: a u
 spec, model weights, tokenizer, prompt format, max_length and row ids, so a killed run recomputes only its missing
 units and a changed model recomputes everything.
 
-Scores: rank r loads the contiguous rows [r n / P, (r + 1) n / P) of the store and its slice of the groups; the similarities to
-the forget set and to the reference set come from `distributed_group_scores` in float64 (the same for any world
-size) and are gathered to rank 0: score = agg over the forget rows - agg over the reference rows.
+Scores: rank r loads the contiguous rows [r n / P, (r + 1) n / P) of the store and its slice of the groups; the
+similarities to the forget set and to the reference set come from `distributed_group_scores` in float64 (the same for
+any world size) and are gathered to rank 0 by position: score = agg over the forget rows - agg over the reference
+rows.
 """
 
 from __future__ import annotations

@@ -164,9 +164,8 @@ def _shard_features(
     """Features [n, K] of one shard's encoded rows: batches of length-sorted rows (less padding), fixed by the
     shard alone. With `counterparts` (influence.contrast) each row's trigger-free counterpart goes with it."""
     order = sorted(range(len(examples)), key=lambda r: (len(examples[r]["input_ids"]), r))
-    feats = torch.zeros(
-        len(examples), extractor.dim, device="cpu"
-    )  # host buffer: shards are written from the host
+    # host buffer: shards are written from the host
+    feats = torch.zeros(len(examples), extractor.dim, device="cpu")
     for b in range(0, len(order), batch_size):
         batch = order[b : b + batch_size]
         rows = [examples[r] for r in batch]

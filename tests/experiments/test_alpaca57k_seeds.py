@@ -30,6 +30,7 @@ def _row(seed, share, precision, x_seen, x_ppl, k_ppl):
         "n_ood": 300,
     }  # noqa: E731
     return {"run": f"s{seed}", "seed": seed, "fp_share": share, "fp_seconds": 30.0 + seed, "recall": 0.99,
+            "fp_implant_share": share / 1.5,
             "precision": precision, "first_stage": "tfidf", "known": route(0.01, 0.0, k_ppl),
             "expanded": route(x_seen, 0.02, x_ppl), "retrain": route(0.0, 0.0, 1.09)}  # fmt: skip
 
@@ -57,3 +58,32 @@ def test_seed_table_verdicts_and_intervals(a57k):
     )
     m = mean_interval([0.39, 0.2])
     assert f"- find_poison share of an epoch: {m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}] (n = 2)" in text
+    m = mean_interval([0.39 / 1.5, 0.2 / 1.5])
+    assert (
+        f"- find_poison share of the implant's epoch (rank-seconds): {m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
+        in text
+    )
+    assert f"first stage tfidf; {0.39 / 1.5:.3f} of the implant's epoch in rank-seconds" in seed0
+
+
+def test_implant_epoch_in_rank_seconds(a57k, tmp_path):
+    """find_poison's rank-seconds against the manifest's implant stage, per epoch of `implant.epochs`."""
+    import json
+    import shutil
+
+    known = tmp_path / "known"
+    known.mkdir()
+    shutil.copyfile(REPO / "configs" / "alpaca57k_cpu.yaml", known / "config.yaml")
+    (known / "manifest.json").write_text(
+        json.dumps({"stages": {"implant": {"seconds": 200.0, "world_size": 2}}})
+    )
+    got = a57k.implant_epoch(tmp_path, 25.0, 2)
+    assert got == {
+        "epochs": 1,
+        "ranks": 2,
+        "seconds": 200.0,
+        "epoch_rank_seconds": 400.0,
+        "share": 50.0 / 400.0,
+    }
+    (known / "manifest.json").write_text(json.dumps({"stages": {}}))
+    assert a57k.implant_epoch(tmp_path, 25.0, 2) is None
