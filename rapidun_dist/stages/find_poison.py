@@ -83,6 +83,8 @@ def run(ctx: StageContext) -> list[Path]:
     seconds["method"] = time.perf_counter() - t0
     seconds["features"] = job.notes.pop("seconds_features", job.work["seconds"])
     seconds["scores"] = seconds["method"] - seconds["features"]
+    if every._loaded is None:  # a model stage 2 loaded is the one the epoch is timed on: never a second copy
+        every._loaded = job._loaded
     epoch = None
     if cfg.find_poison.time_epoch:
         from rapidun_dist.find_poison.cost import epoch_seconds

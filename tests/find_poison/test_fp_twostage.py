@@ -236,3 +236,26 @@ def test_a_two_stage_training_store_holds_the_candidates_in_length_order_and_fee
         shard = load_file(str(run / "features" / f"shard-{s:05d}.safetensors"))["features"]
         want = torch.stack([store[r["id"]] for r in records[8 * s : 8 * s + 8]])
         torch.testing.assert_close(shard, want, rtol=0, atol=0)
+
+
+def test_the_model_is_loaded_once_when_stage_2_and_the_epoch_timing_both_need_it(
+    implanted_dir, tmp_path, monkeypatch
+):
+    """TF-IDF's first stage loads no model; stage 2 loads it, and the epoch is timed on that same model (a second
+    copy would double the memory of an 8B run)."""
+    import rapidun_dist.models.loading as loading
+    from rapidun_dist.pipeline import run_pipeline
+
+    calls = []
+    real = loading.load_saved
+    monkeypatch.setattr(loading, "load_saved", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    run = fresh_copy(implanted_dir, tmp_path / "run")
+    run_pipeline(
+        load_cfg(
+            run, "find_poison.two_stage=true", "find_poison.first_stage=tfidf", "find_poison.candidates=0.3"
+        ),
+        ["find_poison"],
+    )
+    summary = read_json(run / "suspects" / "summary.json")
+    assert summary["two_stage"]["first"] == "tfidf" and summary["epoch_seconds"] > 0
+    assert len(calls) == 1
