@@ -58,7 +58,8 @@ def fork_point(clean: Path, dst: Path, overrides: list[str]):
 
 
 def score(cfg, root: Path, adapter: Path | None) -> dict:
-    """val_seen ASR, val_clean PPL and token F1 of the implanted model (adapter None) or of an adapter."""
+    """val_seen ASR, val_clean PPL and token F1 (mean, and per prompt: "f1_rows") of the implanted model (adapter
+    None) or of an adapter."""
     import torch
 
     from rapidun_dist.core.io import read_jsonl
@@ -75,8 +76,11 @@ def score(cfg, root: Path, adapter: Path | None) -> dict:
     }
     base, _ = load_saved(rd.model, cfg.model)
     model = (base if adapter is None else with_adapter(base, adapter)).eval()
+    texts: dict = {}
     with torch.no_grad():
-        entry = evaluate_model(model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length)
+        entry = evaluate_model(
+            model, tokenizer_for(cfg, rd), splits, judge, cfg.eval, cfg.model.max_length, texts_out=texts
+        )
     del model, base
     release_memory()
     return {
@@ -84,6 +88,7 @@ def score(cfg, root: Path, adapter: Path | None) -> dict:
         "n_seen": entry["n_seen"],
         "ppl": entry["clean_ppl"],
         "f1": rm.clean_f1(entry),
+        "f1_rows": rm.clean_f1_rows(texts.get("test_clean", []), splits["test_clean"]),
     }
 
 
@@ -103,8 +108,9 @@ def run_point(clean: Path, dst: Path, overrides: list[str]) -> dict:
     summary = read_json(mdir / "summary.json")
     cache = dst / "tune_val.json"  # valid while the unlearn summary is the same
     basis = file_sha256(mdir / "summary.json")
-    if cache.exists() and json.loads(cache.read_text())["basis"] == basis:
-        after = json.loads(cache.read_text())["after"]
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("basis") == basis and "f1_rows" in cached.get("after", {}):
+        after = cached["after"]
     else:
         after = score(cfg, dst, mdir / "adapter")
         cache.write_text(json.dumps({"basis": basis, "after": after}))
@@ -144,17 +150,28 @@ def table(rows: list[dict], chosen: str, command: str) -> str:
         "in advance: lowest mean val ASR, then highest mean val F1 (within 0.005), then lowest PPL ratio. "
         f"Chosen: **{chosen}**.",
         "",
-        "| candidate | overrides | run | val ASR before -> after (n) | val PPL ratio | val F1 before -> after | steps, stop | unlearning + validation s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| candidate | overrides | run | val ASR before -> after (n) | val PPL ratio | val F1 before -> after | val F1 minus shipped's (paired, 95% t) | steps, stop | unlearning + validation s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         b, a = r["before"], r["after"]
         lines.append(
             f"| {r['point']} | {' '.join(POINTS[r['point']]) or '-'} | {r['attack']} s{r['seed']} | "
             f"{100 * b['asr']:.1f}% -> {100 * a['asr']:.1f}% ({a['n_seen']}) | {a['ppl'] / b['ppl']:.3f} | "
-            f"{b['f1']:.3f} -> {a['f1']:.3f} | {r['steps']}, {r['stop']} | {r.get('seconds', r['stage_seconds']):.0f} |"
+            f"{b['f1']:.3f} -> {a['f1']:.3f} | {_vs_shipped(r, rows)} | {r['steps']}, {r['stop']} | "
+            f"{r.get('seconds', r['stage_seconds']):.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _vs_shipped(row: dict, rows: list[dict]) -> str:
+    """The candidate's val F1 minus the shipped recipe's on the same run, prompt by prompt: mean [95% t] (n)."""
+    ship = next((r for r in rows if r["point"] == "shipped" and (r["attack"], r["seed"]) == (row["attack"], row["seed"])), None)  # fmt: skip
+    a, b = row["after"].get("f1_rows"), (ship or {}).get("after", {}).get("f1_rows")
+    if row["point"] == "shipped" or not a or not b or len(a) != len(b):
+        return "-"
+    iv = rm._interval([x - y for x, y in zip(a, b, strict=True)])
+    return f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}] ({iv['n']})"
 
 
 def main(argv=None) -> None:
