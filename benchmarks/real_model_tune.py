@@ -31,7 +31,9 @@ POINTS: dict[str, list[str]] = {
     "retain7": ["unlearn.retain_per_forget=7"],  # 1 forget + 7 retain rows per batch of 8
     "lr5e-4_retain7": ["unlearn.lr=5e-4", "unlearn.retain_per_forget=7"],
     "lr2e-3": ["unlearn.lr=2e-3"],
-    # the retain weights' temperature (shipped 1.2): milder, and flat (every retain row weighs 1)
+    # the retain weights' temperature: 1.2 (shipped until 2026-12-08), milder, and flat (every retain row weighs 1:
+    # shipped since, chosen by this script)
+    "retain_tau1.2": ["weights.tau_r=1.2"],
     "retain_tau5": ["weights.tau_r=5.0"],
     "retain_flat": ["weights.tau_r=1e6"],
 }
