@@ -36,7 +36,8 @@ def test_the_committed_page_holds_one_section_per_study_and_the_archive_is_histo
     parts = sections(BENCH)
     order = list(parts)
     assert (
-        order[:3] == ["real_model", "real_model_entity", "contamination"] and len(parts) >= 20
+        order[:4] == ["real_model", "real_model_entity", "real_model_tune", "contamination"]
+        and len(parts) >= 20
     )  # the real model first
     titles = [t.split("\n", 1)[0] for t in parts.values()]
     assert all(t.startswith("## ") for t in titles)
