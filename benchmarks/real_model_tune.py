@@ -169,11 +169,12 @@ def table(rows: list[dict], chosen: str, command: str) -> str:
 def _vs_shipped(row: dict, rows: list[dict]) -> str:
     """The candidate's val F1 minus the shipped recipe's on the same run, prompt by prompt: mean [95% t] (n)."""
     ship = next((r for r in rows if r["point"] == "shipped" and (r["attack"], r["seed"]) == (row["attack"], row["seed"])), None)  # fmt: skip
-    a, b = row["after"].get("f1_rows"), (ship or {}).get("after", {}).get("f1_rows")
-    if row["point"] == "shipped" or not a or not b or len(a) != len(b):
+    if row["point"] == "shipped" or ship is None:
         return "-"
-    iv = rm._interval([x - y for x, y in zip(a, b, strict=True)])
-    return f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}] ({iv['n']})"
+    iv = rm.f1_delta(
+        {"clean_f1_rows": row["after"].get("f1_rows")}, {"clean_f1_rows": ship["after"].get("f1_rows")}
+    )
+    return "-" if iv is None else f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}] ({iv['n']})"
 
 
 def main(argv=None) -> None:

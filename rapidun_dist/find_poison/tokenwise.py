@@ -47,13 +47,14 @@ def store_order(rows: list[dict]) -> list[int]:
 def score(job: ScoreJob) -> torch.Tensor | None:
     """Features (both stores), then the distributed contrast; [n] float64 on rank 0, None elsewhere."""
     t0 = time.perf_counter()
-    job.work |= extract_all(job)
+    order = store_order(job.train)  # the training store's row order, for writing it and for reading it back
+    job.work |= extract_all(job, order)
     job.notes["seconds_features"] = time.perf_counter() - t0
-    scores, job.comm = influence_scores(job)
+    scores, job.comm = influence_scores(job, order)
     return None if scores is None else scores["forget"] - scores["reference"]
 
 
-def extract_all(job: ScoreJob) -> dict:
+def extract_all(job: ScoreJob, order: list[int] | None = None) -> dict:
     """Both feature stores, units claimed dynamically; this rank's share of the work ({units, rows, seconds})."""
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.distributed.workqueue import WorkQueue
@@ -66,7 +67,8 @@ def extract_all(job: ScoreJob) -> dict:
     context = feature_context(model_identity(rd), tok, cfg)
     size = cfg.find_poison.unit_size
     mine = {"units": 0, "rows": 0, "seconds": 0.0}
-    sets = ([job.train[i] for i in store_order(job.train)], job.forget + job.reference)
+    order = store_order(job.train) if order is None else order
+    sets = ([job.train[i] for i in order], job.forget + job.reference)
     for name, rows, root in zip(("train", "groups"), sets, feature_dirs(rd), strict=True):
         if name == "groups":  # known and reference rows that are training rows: copied, not computed again
             t0 = time.perf_counter()
@@ -120,7 +122,7 @@ def _copy_groups(job: ScoreJob, model, tok, context: dict, rows: list[dict], roo
     return copied, computed
 
 
-def influence_scores(job: ScoreJob) -> tuple[dict | None, dict]:
+def influence_scores(job: ScoreJob, order: list[int] | None = None) -> tuple[dict | None, dict]:
     """{"forget": [n], "reference": [n]} float64 on rank 0 (None elsewhere), and this rank's comm stats."""
     from rapidun_dist.influence.gram import (
         GroupShard,
@@ -135,7 +137,8 @@ def influence_scores(job: ScoreJob) -> tuple[dict | None, dict]:
     train_dir, groups_dir = feature_dirs(job.rd)
     lo, hi = rank_slice(n, info.rank, info.world_size)  # this rank's rows of the store, in its order
     x = load_features(train_dir, list(range(lo, hi)))[0].to(device=info.device, dtype=torch.float64)
-    rows = torch.tensor(store_order(job.train)[lo:hi], dtype=torch.long)  # their positions in job.train
+    order = store_order(job.train) if order is None else order
+    rows = torch.tensor(order[lo:hi], dtype=torch.long)  # their positions in job.train
     glo, ghi = rank_slice(nf + len(job.reference), info.rank, info.world_size)
     g = load_features(groups_dir, list(range(glo, ghi)))[0].to(device=info.device, dtype=torch.float64)
     f_ids, r_ids = job.member_ids()
