@@ -72,22 +72,37 @@ def attach_run_log(run_dir) -> Path:
 
 
 class Progress:
-    """A light progress display for long loops: logs `done/total`, rate and ETA at most every `every_s` seconds."""
+    """A light progress display for long loops: logs `done/total`, rate and ETA at most every `every_s` seconds
+    (and once when `total` is reached). `approx`: the total is an estimate (e.g. a rank's share of work claimed
+    from a queue shared with other ranks): shown as `~total`, and counting past it logs at the usual cadence with
+    no ETA rather than on every update."""
 
-    def __init__(self, total: int, desc: str, *, unit: str = "it", every_s: float = 5.0, logger=None):
-        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        unit: str = "it",
+        every_s: float = 5.0,
+        logger=None,
+        approx: bool = False,
+    ):
+        self.total, self.desc, self.unit, self.every_s, self.approx = total, desc, unit, every_s, approx
         self.log = logger or get_logger()
         self.done = 0
         self.t0 = self._last = time.perf_counter()
 
     def update(self, n: int = 1, **extra) -> None:
-        self.done += n
+        before, self.done = self.done, self.done + n
         now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
+        reached = before < self.total <= self.done
+        if now - self._last >= self.every_s or reached:
             self._last = now
             rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            if self.done > self.total:
+                eta = ""
+            else:
+                eta = f" eta {(self.total - self.done) / rate:.0f}s" if rate > 0 else " eta inf"
             tail = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-            self.log.info(
-                f"{self.desc}: {self.done}/{self.total} {rate:.1f} {self.unit}/s eta {eta:.0f}s {tail}".rstrip()
-            )
+            total = f"~{self.total}" if self.approx else str(self.total)
+            self.log.info(f"{self.desc}: {self.done}/{total} {rate:.1f} {self.unit}/s{eta} {tail}".rstrip())

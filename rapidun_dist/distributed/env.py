@@ -406,6 +406,12 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def wait_timeout_s() -> float:
+    """How long a rank waits for another's one-off work (rank-0 file work, a list another rank decides): the
+    group's init timeout, the longer of its two."""
+    return _TIMEOUTS_S.get("init", _resolve_config(None, None, None).init_timeout_s)
+
+
 def run_on_rank0(fn, *args, what: str = "rank-0 work", **kwargs):
     """`fn(*args, **kwargs)` on rank 0 alone, its result on every rank (picklable).
 
@@ -416,9 +422,8 @@ def run_on_rank0(fn, *args, what: str = "rank-0 work", **kwargs):
     waits for a result that will not come."""
     if world_size() == 1:
         return fn(*args, **kwargs)
-    cfg = _resolve_config(None, None, None)
-    wait_s = _TIMEOUTS_S.get("init", cfg.init_timeout_s)
-    restore_s = _TIMEOUTS_S.get("collective", cfg.collective_timeout_s)
+    wait_s = wait_timeout_s()
+    restore_s = _TIMEOUTS_S.get("collective", _resolve_config(None, None, None).collective_timeout_s)
     result, error = None, None
     set_collective_timeout(wait_s)
     try:

@@ -1,27 +1,34 @@
 """Dynamic work claiming across ranks: a rank that finishes a unit early takes the next one.
 
-A `WorkQueue` hands out the entries of a list of work units (rank 0's list, broadcast, so every rank agrees on
-what is left to do - the resume decision is rank 0's) through one shared atomic counter in the process group's
-key-value store (`Store.add` is atomic on the TCP, file and hash stores torch.distributed uses). Each claim is
-one `add(key, 1)`: the returned value v says "unit v - 1 is yours", and values past the end mean "done". No
-rank waits for another while units are left, so ranks of unequal speed (longer rows, a busier node) stay busy,
-and the static owner-per-shard plan of `influence.store.assign_shards` is not needed.
+A `WorkQueue` hands out the entries of a list of work units through one shared atomic counter in the process
+group's key-value store (`Store.add` is atomic on the TCP, file and hash stores torch.distributed uses). Each claim
+is one `add(key, 1)`: the returned value v says "unit v - 1 is yours", and values past the end mean "done". No rank
+waits for another while units are left, so ranks of unequal speed (longer rows, a busier node) stay busy, and the
+static owner-per-shard plan of `influence.store.assign_shards` is not needed.
+
+One rank decides what is left to do (`src`, rank 0 by default: the resume decision, e.g. which feature shards are
+missing): its list is the one handed out, and a callable `units` is called on that rank alone. The list travels
+through the same store, not a collective: the deciding rank sets it and starts claiming at once, and a rank that
+arrives later (still loading its model, or busy with rank-0-only work) reads it when it gets there. So with
+`src` set to a rank that is ready early, the others' late start costs nothing but their own share.
 
 Which rank computes a unit changes from run to run; what it computes must not. The callers keep every unit
 self-contained (its own rows, its own fixed batching), so the results do not depend on the claiming order.
 
-Every queue gets a fresh counter key (a name plus a nonce drawn by rank 0), so a second queue in the same
-process group - a rerun, the next stage - starts from zero. With world size 1 there is no store: the units
-come out in order.
+Queues are numbered per name in the order a process creates them (every rank creates the same queues in the same
+order, as with any collective), so a second queue in the same process group - a rerun, the next stage - gets fresh
+keys and starts from zero. With world size 1 there is no store: the units come out in order.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator, Sequence
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 
 from rapidun_dist.core.errors import StageError
-from rapidun_dist.distributed.env import broadcast_object, rank, world_size
+from rapidun_dist.distributed.env import rank, wait_timeout_s, world_size
 
 KEY_PREFIX = "rapidun/workqueue"
 
@@ -39,24 +46,40 @@ def _default_store():
     return getter()
 
 
-class WorkQueue:
-    """The units of `units` (this is rank 0's list; other ranks' lists are ignored) claimed one at a time by
-    whichever rank asks first. Collective to construct (a broadcast); iterate on every rank until exhausted.
+# queues this process has created, per name (their store keys' sequence numbers)
+_CREATED: Counter = Counter()
 
-        queue = WorkQueue("features", todo)
+
+class WorkQueue:
+    """The units of `units` (rank `src`'s list, or what its callable returns there; other ranks' are ignored)
+    claimed one at a time by whichever rank asks first. Every rank constructs it (in the same order as its other
+    queues) and iterates until exhausted; only the ranks other than `src` wait, for `src`'s list.
+
+        queue = WorkQueue("features", lambda: missing(), src=world_size() - 1)
         for unit in queue:          # this rank's share, in claiming order
             compute(unit)
         queue.claimed               # the units this rank took
     """
 
-    def __init__(self, name: str, units: Sequence[int], *, store=None):
+    def __init__(
+        self, name: str, units: Sequence[int] | Callable[[], Sequence[int]], *, store=None, src: int = 0
+    ):
         if not name or "/" in name:
             raise ValueError(f"WorkQueue: name must be a non-empty string without '/'; found {name!r}")
         self.world = world_size()
-        payload = (list(units), uuid.uuid4().hex) if rank() == 0 else None
-        self.units, nonce = broadcast_object(payload, src=0) if self.world > 1 else (list(units), "local")
-        self.key = f"{KEY_PREFIX}/{name}/{nonce}"
+        if not 0 <= src < self.world:
+            raise ValueError(f"WorkQueue: src must be a rank in [0, {self.world}); found {src}")
         self._store = store if store is not None else (_default_store() if self.world > 1 else None)
+        _CREATED[name] += 1
+        base = f"{KEY_PREFIX}/{name}/{_CREATED[name]}"
+        self.key = f"{base}/next"
+        if self._store is None or rank() == src:
+            self.units = [int(u) for u in (units() if callable(units) else units)]
+            if self._store is not None:
+                self._store.set(f"{base}/units", json.dumps(self.units))
+        else:
+            self._store.wait([f"{base}/units"], timedelta(seconds=wait_timeout_s()))
+            self.units = json.loads(self._store.get(f"{base}/units"))
         self._next_local = 0
         self.claimed: list[int] = []
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -372,13 +372,14 @@ class Tfidf:
     (`tokens` of each) when the caller has them already."""
 
     def __init__(self, docs: Sequence[str], *, tokenized: Sequence[list[str]] | None = None):
-        df: Counter = Counter()
-        for toks in tokenized if tokenized is not None else (tokens(d) for d in docs):
-            df.update(set(toks))
-        terms = sorted(df)
-        self.vocab = {t: i for i, t in enumerate(terms)}
-        n = len(tokenized) if tokenized is not None else len(docs)
-        self.idf = torch.tensor([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms], dtype=torch.float64)
+        toks = tokenized if tokenized is not None else [tokens(d) for d in docs]
+        self.vocab = {t: i for i, t in enumerate(sorted({t for doc in toks for t in doc}))}
+        counts = _term_counts(toks, self.vocab)
+        df = torch.bincount(counts[1], minlength=len(self.vocab)).to(
+            torch.float64
+        )  # (row, term) pairs: unique
+        self.idf = torch.log((1.0 + len(toks)) / (1.0 + df)) + 1.0
+        self._fitted = (toks, counts)  # the fitted documents' counts, for `transform_tokens` of the same list
 
     def transform(self, docs: Sequence[str]) -> torch.Tensor:
         """Sparse COO [len(docs), |vocab|] float64 (unknown tokens ignored)."""
@@ -386,33 +387,58 @@ class Tfidf:
 
     def transform_tokens(self, tokenized: Sequence[list[str]]) -> torch.Tensor:
         """`transform` of documents given as their tokens."""
-        rows, cols, counts = [], [], []
-        vocab = self.vocab
-        for i, toks in enumerate(tokenized):
-            for t, k in Counter(toks).items():
-                c = vocab.get(t)
-                if c is not None:
-                    rows.append(i)
-                    cols.append(c)
-                    counts.append(k)
-        r, c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
-        w = torch.tensor(counts, dtype=torch.float64) * self.idf[c]
-        norm = torch.zeros(len(tokenized), dtype=torch.float64).index_add_(0, r, w * w).sqrt()
+        fitted, counts = self._fitted
+        return self._vectors(
+            len(tokenized), *(counts if tokenized is fitted else _term_counts(tokenized, self.vocab))
+        )
+
+    def _vectors(self, n: int, r: torch.Tensor, c: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        w = counts.to(torch.float64) * self.idf[c]
+        norm = torch.zeros(n, dtype=torch.float64).index_add_(0, r, w * w).sqrt()
         norm[norm == 0] = 1.0
+        # (row, term) pairs come unique and sorted from `_term_counts`: the tensor is coalesced as built
         return torch.sparse_coo_tensor(
-            torch.stack([r, c]), w / norm[r], (len(tokenized), len(vocab)), check_invariants=True
-        ).coalesce()
+            torch.stack([r, c]), w / norm[r], (n, len(self.vocab)), is_coalesced=True, check_invariants=False
+        )
+
+
+def _term_counts(
+    tokenized: Sequence[list[str]], vocab: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, term, count) of every term a document holds, in (row, term) order; tokens outside `vocab` ignored.
+    One dictionary lookup per token, the counting in torch (57k rows: a fraction of a Python Counter per row)."""
+    lengths = torch.tensor([len(t) for t in tokenized], dtype=torch.long)
+    get = vocab.get
+    ids = torch.tensor([get(t, -1) for doc in tokenized for t in doc], dtype=torch.long)
+    row = torch.repeat_interleave(torch.arange(len(tokenized), dtype=torch.long), lengths)
+    known = ids >= 0
+    keys, counts = torch.unique(row[known] * max(len(vocab), 1) + ids[known], return_counts=True)
+    return keys // max(len(vocab), 1), keys % max(len(vocab), 1), counts
 
 
 def tfidf_vectors(
     train_docs: Sequence[str], group_docs: dict[str, Sequence[str]]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(sparse [n, V] TF-IDF rows of the training documents, {group: sparse [m, V]}), one vocabulary and idf fitted
-    on all of them; each document is tokenized once."""
-    train_toks = [tokens(d) for d in train_docs]
-    group_toks = {name: [tokens(d) for d in docs] for name, docs in group_docs.items()}
-    model = Tfidf((), tokenized=train_toks + [t for toks in group_toks.values() for t in toks])
-    return model.transform_tokens(train_toks), {n: model.transform_tokens(t) for n, t in group_toks.items()}
+    on all of them; each document is tokenized and counted once."""
+    names = list(group_docs)
+    toks = [tokens(d) for d in train_docs] + [tokens(d) for name in names for d in group_docs[name]]
+    x = Tfidf((), tokenized=toks).transform_tokens(toks)  # every document at once: the rows split below
+    bounds = [0, len(train_docs)]
+    for name in names:
+        bounds.append(bounds[-1] + len(group_docs[name]))
+    blocks = [_row_block(x, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return blocks[0], dict(zip(names, blocks[1:], strict=True))
+
+
+def _row_block(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows [lo, hi) of a coalesced sparse COO matrix (its entries are in row order), as one."""
+    idx, val = x.indices(), x.values()
+    a, b = torch.searchsorted(idx[0], torch.tensor([lo, hi])).tolist()
+    rows = torch.stack([idx[0, a:b] - lo, idx[1, a:b]])
+    return torch.sparse_coo_tensor(
+        rows, val[a:b], (hi - lo, x.shape[1]), is_coalesced=True, check_invariants=False
+    )
 
 
 def tfidf_similarity(

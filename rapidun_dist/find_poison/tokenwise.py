@@ -80,8 +80,12 @@ def extract_all(job: ScoreJob, order: list[int] | None = None) -> dict:
             job.notes["group_rows_copied"] = copied
         queues: list[WorkQueue] = []
 
-        def claim(todo: list[int], name=name, queues=queues) -> WorkQueue:
-            queues.append(WorkQueue(f"find_poison-{name}", todo))
+        def claim(todo, name=name, queues=queues) -> WorkQueue:
+            # The last rank decides what is missing, so it starts at once: rank 0 comes later when it ran rank-0
+            # work first (a TF-IDF first stage; the groups' copy). Units go out in reverse store order: the
+            # training store is in length order, so the longest units go first and the last ones are short,
+            # which leaves the ranks less uneven at the end.
+            queues.append(WorkQueue(f"find_poison-{name}", lambda: todo()[::-1], src=info.world_size - 1))
             return queues[-1]
 
         t0 = time.perf_counter()

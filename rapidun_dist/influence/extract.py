@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from rapidun_dist.distributed import preempt
 from rapidun_dist.influence.features import make_extractor
 from rapidun_dist.influence.store import FeatureStore, assign_shards, ids_hash, plan_shards
 from rapidun_dist.training.finetune import encode_records
+
+if TYPE_CHECKING:
+    from rapidun_dist.distributed.workqueue import WorkQueue
 
 log = get_logger("influence")
 
@@ -91,15 +95,16 @@ def extract_features(
     rank: int = 0,
     world_size: int = 1,
     shard_size: int | None = None,
-    claim: Callable[[list[int]], Iterable[int]] | None = None,
+    claim: Callable[[Callable[[], list[int]]], WorkQueue] | None = None,
     contrast: bool = True,
 ) -> FeatureStore:
     """Compute (only) this rank's missing shards of features for `records` (global row order).
 
     Shards of `shard_size` rows (default `influence.shard_size`). Which shards this rank computes: the static,
-    token-balanced owners of `assign_shards` by default; with `claim` (the indices of the shards still to compute
-    -> the ones this rank takes, e.g. a `rapidun_dist.distributed.workqueue.WorkQueue`) whichever rank asks
-    first. A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
+    token-balanced owners of `assign_shards` by default (rank 0 decides which are missing and broadcasts it); with
+    `claim` whichever rank asks first: `claim(todo)` gets a callable that lists the shards still to compute and
+    returns the queue of the ones this rank takes (e.g. `rapidun_dist.distributed.workqueue.WorkQueue(name, todo,
+    src=r)`: rank r alone calls it, and starts at once; the others join when ready). A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
     same whoever computes it. `contrast=False`: plain features even with influence.contrast (find_poison's training
     rows: the contrast pairs come from the pack rows' known triggers, never from the training set's labels)."""
     icfg = cfg.influence if contrast else dataclasses.replace(cfg.influence, contrast="none")
@@ -113,9 +118,9 @@ def extract_features(
     store_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(len(records), shard_size or cfg.influence.shard_size)
     row_ids = [ids_hash([r["id"] for r in records[s:e]]) for s, e in shards]
-    todo = missing_shards(store, shards, row_ids, rank=rank, world_size=world_size)
     examples: list[dict] | None = None  # every row encoded (the static split weighs shards by tokens)
     if claim is None:
+        todo = missing_shards(store, shards, row_ids, rank=rank, world_size=world_size)
         examples = encode_records(records, tokenizer, cfg.model.max_length)
         owners = assign_shards(shards, [len(e["input_ids"]) for e in examples], world_size)
         owned = [i for i, o in enumerate(owners) if o == rank]
@@ -126,12 +131,14 @@ def extract_features(
             "already)"
         )
     else:
-        mine, n_rows = claim(todo), sum(shards[i][1] - shards[i][0] for i in todo) // max(world_size, 1)
+        mine = claim(lambda: store.missing(shards, row_ids))
+        todo = list(mine.units)
+        n_rows = sum(shards[i][1] - shards[i][0] for i in todo) // max(world_size, 1)
         log.info(
             f"features: {len(shards)} shards, {len(todo)} to compute ({len(shards) - len(todo)} valid already), "
             "claimed by whichever rank is free"
         )
-    progress = Progress(n_rows, "features", unit="sample")
+    progress = Progress(n_rows, "features", unit="sample", approx=claim is not None)
     model.eval()
     for i in mine:
         s, e = shards[i]

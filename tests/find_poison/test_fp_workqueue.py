@@ -1,5 +1,6 @@
-"""The work queue: on 1 and 4 gloo ranks (the stage tests add 2) every unit is claimed exactly once, rank 0's list is the one handed
-out, a slow rank takes fewer units, and a second queue starts from zero."""
+"""The work queue: on 1, 2 and 4 gloo ranks (the stage tests add 2) every unit is claimed exactly once, the deciding
+rank's list is the one handed out (its callable called there alone), a slow rank takes fewer units, a late rank
+does not hold up the deciding one, and a second queue starts from zero."""
 
 from __future__ import annotations
 
@@ -37,8 +38,41 @@ def test_every_unit_claimed_once_across_ranks(world_size):
     assert len(out[1]["first"]) < min(fast)  # the slow rank took fewer units: the others kept busy
 
 
+def _late_rank0(rank: int, world_size: int, units: list[int]) -> dict:
+    calls = []
+
+    def decide():
+        calls.append(rank)
+        return units
+
+    if rank == 0:
+        time.sleep(3.0)  # rank 0 still loading its model: the last rank decides and starts without it
+    t0 = time.perf_counter()
+    q = WorkQueue("late", decide, src=world_size - 1)
+    waited = time.perf_counter() - t0
+    claimed = []
+    for unit in q:
+        claimed.append((unit, time.time()))  # noqa: PERF401 - the work is the sleep below
+        time.sleep(0.01)
+    return {"claimed": claimed, "calls": calls, "waited": waited}
+
+
+@pytest.mark.dist
+def test_a_late_rank_does_not_hold_up_the_deciding_rank():
+    units = list(range(20))
+    r0, r1 = run_distributed(_late_rank0, 2, units)
+    assert r0["calls"] == [] and r1["calls"] == [1]  # the list is decided on the last rank alone
+    assert r1["waited"] < 1.0  # it did not wait for rank 0 to arrive
+    assert sorted(u for r in (r0, r1) for u, _ in r["claimed"]) == units  # each unit once
+    # 20 units x 10 ms: all gone before rank 0 woke up
+    assert r0["claimed"] == [] and [u for u, _ in r1["claimed"]] == units
+
+
 def test_single_process_hands_out_units_in_order():
     q = WorkQueue("local", [5, 3, 9])
     assert list(q) == [5, 3, 9] and q.claimed == [5, 3, 9] and q.claim() is None
+    assert list(WorkQueue("local", lambda: [2, 1])) == [2, 1]  # a callable is the decider's list
     with pytest.raises(ValueError, match="name"):
         WorkQueue("a/b", [1])
+    with pytest.raises(ValueError, match="src"):
+        WorkQueue("local", [1], src=1)
