@@ -223,6 +223,28 @@ def _f(v, d=3) -> str:
     return "-" if v is None else f"{v:.{d}f}"
 
 
+COST_PARTS = (  # find_poison's summary seconds, in the order they run (rank 0's clock)
+    ("setup", "setup (process group, rows read)"),
+    ("first_stage", "first stage"),
+    ("features", "features (this rank's model load included)"),
+    ("scores", "scores"),
+    ("outputs", "outputs (baselines, thresholds, suspects.jsonl, packs)"),
+)
+
+
+def cost_line(fp: dict) -> list[str]:
+    """Where find_poison's seconds went (rank 0's clock; the parts the summary records, the rest as other)."""
+    s = fp.get("seconds") or {}
+    total = fp.get("cost_seconds")
+    if total is None or not any(k in s for k, _ in COST_PARTS):
+        return []
+    parts = [f"{label} {s[k]:.1f}" for k, label in COST_PARTS if k in s]
+    if "tfidf" in s and "first_stage" in s:
+        parts[[k for k, _ in COST_PARTS if k in s].index("first_stage")] += f" (TF-IDF {s['tfidf']:.1f})"
+    other = total - sum(s[k] for k, _ in COST_PARTS if k in s)
+    return [f"Where find_poison's {total:.1f} s went (seconds): {'; '.join(parts)}; other {other:.1f}."]
+
+
 def _implant_line(imp: dict | None, fp: dict) -> list[str]:
     if not imp:
         return []
@@ -275,6 +297,7 @@ def render(res: dict, out: Path, command: str) -> str:
         f"{_f(fp.get('epoch_seconds'), 1)} s; find_poison's {_f(line['find_poison']['seconds'], 1)} s are "
         f"{_f(_share(line['find_poison']['seconds'], fp.get('epoch_seconds')))} of it (target <= {TARGETS['epoch_share']}).",
         *_implant_line(res.get("implant"), fp),
+        *cost_line(fp),
         "",
         f"Threshold: {describe_threshold(fp['threshold'], c['expected_false_positives'])}; measured false "
         f"positives {m.get(fp.get('scorer', 'influence'), {}).get('fp')}.",

@@ -87,3 +87,22 @@ def test_implant_epoch_in_rank_seconds(a57k, tmp_path):
     }
     (known / "manifest.json").write_text(json.dumps({"stages": {}}))
     assert a57k.implant_epoch(tmp_path, 25.0, 2) is None
+
+
+def test_cost_line_accounts_for_find_poisons_seconds(a57k):
+    fp = {
+        "cost_seconds": 18.0,
+        "seconds": {"setup": 0.5, "tfidf": 0.8, "first_stage": 1.2, "features": 13.0, "scores": 0.5,
+                    "outputs": 1.5, "method": 13.5, "total": 27.0, "epoch_timing": 9.0},
+    }  # fmt: skip
+    (line,) = a57k.cost_line(fp)
+    assert line.startswith(
+        "Where find_poison's 18.0 s went (seconds): setup (process group, rows read) 0.5; "
+    )
+    assert (
+        "first stage 1.2 (TF-IDF 0.8); features (this rank's model load included) 13.0; scores 0.5; " in line
+    )
+    assert line.endswith("outputs (baselines, thresholds, suspects.jsonl, packs) 1.5; other 1.3.")
+    assert (
+        a57k.cost_line({"cost_seconds": 5.0, "seconds": {"total": 5.0}}) == []
+    )  # a summary without the parts
