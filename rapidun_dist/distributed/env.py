@@ -406,6 +406,49 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+SHARE_PREFIX = "rapidun/share"
+_SHARED: dict[str, int] = {}  # hand-offs this process has made, per name (their store keys' sequence numbers)
+
+
+def default_store():
+    """The default process group's key-value store (the c10d rendezvous store)."""
+    from torch.distributed import distributed_c10d
+
+    getter = getattr(distributed_c10d, "_get_default_store", None)
+    if getter is None:
+        raise ConfigError(
+            "this torch build does not expose the process group's store "
+            "(torch.distributed.distributed_c10d._get_default_store); hand-offs between ranks need it"
+        )
+    return getter()
+
+
+def hand_off(name: str, obj=None, *, src: int = 0, store=None):
+    """`obj` from rank `src` on every rank (picklable objects of our own making only; `obj` may be a callable,
+    called on `src` alone), through the process group's key-value store instead of a collective: `src` sets it and
+    goes on at once, and each other rank reads it when it gets there (waiting up to `wait_timeout_s`). For a value
+    one rank decides while the others are still busy (loading a model): a broadcast would hold `src` until every
+    rank arrived. Every rank calls it with the same names in the same order, as with a collective; each call gets
+    fresh keys (a per-name sequence number)."""
+    import pickle
+
+    if not name or "/" in name:
+        raise ValueError(f"hand_off: name must be a non-empty string without '/'; found {name!r}")
+    if not 0 <= src < world_size():
+        raise ValueError(f"hand_off: src must be in [0, {world_size()}); found {src}")
+    if world_size() == 1 and store is None:
+        return obj() if callable(obj) else obj
+    store = store if store is not None else default_store()
+    _SHARED[name] = _SHARED.get(name, 0) + 1
+    key = f"{SHARE_PREFIX}/{name}/{_SHARED[name]}"
+    if rank() == src:
+        value = obj() if callable(obj) else obj
+        store.set(key, pickle.dumps(value))
+        return value
+    store.wait([key], timedelta(seconds=wait_timeout_s()))
+    return pickle.loads(store.get(key))  # noqa: S301 - written by a rank of this job, as broadcast_object's
+
+
 def wait_timeout_s() -> float:
     """How long a rank waits for another's one-off work (rank-0 file work, a list another rank decides): the
     group's init timeout, the longer of its two."""

@@ -22,32 +22,12 @@ keys and starts from zero. With world size 1 there is no store: the units come o
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
 
-from rapidun_dist.core.errors import StageError
-from rapidun_dist.distributed.env import rank, wait_timeout_s, world_size
+from rapidun_dist.distributed.env import default_store, hand_off, world_size
 
 KEY_PREFIX = "rapidun/workqueue"
-
-
-def _default_store():
-    """The default process group's key-value store (the c10d rendezvous store)."""
-    from torch.distributed import distributed_c10d
-
-    getter = getattr(distributed_c10d, "_get_default_store", None)
-    if getter is None:
-        raise StageError(
-            "workqueue: this torch build does not expose the process group's store "
-            "(torch.distributed.distributed_c10d._get_default_store); dynamic work claiming needs it"
-        )
-    return getter()
-
-
-# queues this process has created, per name (their store keys' sequence numbers)
-_CREATED: Counter = Counter()
+_CREATED: dict[str, int] = {}  # queues this process has created, per name (their counters' sequence numbers)
 
 
 class WorkQueue:
@@ -69,17 +49,10 @@ class WorkQueue:
         self.world = world_size()
         if not 0 <= src < self.world:
             raise ValueError(f"WorkQueue: src must be a rank in [0, {self.world}); found {src}")
-        self._store = store if store is not None else (_default_store() if self.world > 1 else None)
-        _CREATED[name] += 1
-        base = f"{KEY_PREFIX}/{name}/{_CREATED[name]}"
-        self.key = f"{base}/next"
-        if self._store is None or rank() == src:
-            self.units = [int(u) for u in (units() if callable(units) else units)]
-            if self._store is not None:
-                self._store.set(f"{base}/units", json.dumps(self.units))
-        else:
-            self._store.wait([f"{base}/units"], timedelta(seconds=wait_timeout_s()))
-            self.units = json.loads(self._store.get(f"{base}/units"))
+        self._store = store if store is not None else (default_store() if self.world > 1 else None)
+        self.units = [int(u) for u in hand_off(f"workqueue-{name}", units, src=src, store=self._store)]
+        _CREATED[name] = _CREATED.get(name, 0) + 1
+        self.key = f"{KEY_PREFIX}/{name}/{_CREATED[name]}/next"
         self._next_local = 0
         self.claimed: list[int] = []
 

@@ -117,8 +117,8 @@ def _recv_bytes(stats: dict) -> int:
 
 def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]:
     """Stage 1 of two_stage (`find_poison.twostage`): TF-IDF or Rep-Sim over every row (`find_poison.first_stage`;
-    `auto` decides on rank 0 from the known rows TF-IDF keeps), the candidates chosen on rank 0 and broadcast; the
-    job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
+    `auto` decides on rank 0 from the known rows TF-IDF keeps), the candidates chosen on rank 0 and handed to the
+    others through the store (`dist_env.hand_off`: rank 0 does not wait for them); the job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.find_poison import repsim, tfidf
 
@@ -135,7 +135,11 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
         if rank0:
             checks["tfidf"] = twostage.known_kept(first, known, keep)
         if fp.first_stage == "auto":
-            lexical = dist_env.broadcast_object(twostage.lexical_first(checks["tfidf"]) if rank0 else None)
+            # handed off through the store, not broadcast: rank 0 goes on to load its model while the
+            # others, which loaded theirs during TF-IDF, read it when they get there
+            lexical = dist_env.hand_off(
+                "find_poison-first-stage", lambda: twostage.lexical_first(checks["tfidf"])
+            )
             name = "tfidf" if lexical else "repsim"
             if rank0:
                 c = checks["tfidf"]
@@ -161,7 +165,7 @@ def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]
         layer = every.notes.get("repsim_layer") if name == "repsim" else None
         record = {"scores": first, "candidates": cand, "positions": positions, "keep": keep, "first": name,
                   "layer": layer, "known_kept": checks, "fitted": fitted}  # fmt: skip
-    positions = dist_env.broadcast_object(positions)
+    positions = dist_env.hand_off("find_poison-candidates", positions)
     seconds["first_stage"] = time.perf_counter() - t0
     job = ScoreJob(
         cfg=every.cfg, rd=every.rd, info=every.info, train=[every.train[i] for i in positions],

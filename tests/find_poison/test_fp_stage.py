@@ -114,7 +114,9 @@ def _valid_units(features: Path) -> dict[int, int]:
 def test_sigkilled_rank_resumes_only_missing_units(implanted_dir, reference_run, tmp_path):
     run = fresh_copy(implanted_dir, tmp_path / "run")
     n_units = train_units(run)
-    crashed = torchrun_find_poison(run, nproc=2, env_extra={"RAPIDUN_TEST_KILL_AFTER_SHARDS": "1:3"})
+    # rank 1 dies after its 3rd unit; rank 0 takes 0.2 s a unit, so it cannot take all ~35 before it is stopped
+    kill = {"RAPIDUN_TEST_KILL_AFTER_SHARDS": "1:3", "RAPIDUN_TEST_SLOW_WRITES": "0.2"}
+    crashed = torchrun_find_poison(run, nproc=2, env_extra=kill)
     assert crashed.returncode != 0 and "killing rank 1" in crashed.stderr, crashed.stderr[-3000:]
     units = run / "suspects" / "features" / "train"
     survived = _valid_units(units)

@@ -198,12 +198,16 @@ def test_tfidf_cosine_matches_a_hand_computation():
 def test_tfidf_transform_of_new_documents_ignores_unknown_tokens():
     fit = ["a a b", "b c", "a c c d"]
     model = S.Tfidf(fit)
-    again = model.transform(list(fit)).to_dense()  # another list of the same text: counted afresh, same vectors
+    again = model.transform(
+        list(fit)
+    ).to_dense()  # another list of the same text: counted afresh, same vectors
     torch.testing.assert_close(again, model.transform_tokens([S.tokens(d) for d in fit]).to_dense())
     new = model.transform(["zzz a zzz", "", "qq"]).to_dense()
     assert new.shape == (3, 4)
     assert new[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # only "a" is in the vocabulary: a unit row on it
-    assert new[1].abs().sum() == 0 and new[2].abs().sum() == 0  # nothing known: a zero row, no division by zero
+    assert (
+        new[1].abs().sum() == 0 and new[2].abs().sum() == 0
+    )  # nothing known: a zero row, no division by zero
     assert torch.allclose(again.norm(dim=1), torch.ones(3, dtype=torch.float64))
 
 

@@ -1,6 +1,7 @@
 """The work queue: on 1, 2 and 4 gloo ranks (the stage tests add 2) every unit is claimed exactly once, the deciding
 rank's list is the one handed out (its callable called there alone), a slow rank takes fewer units, a late rank
-does not hold up the deciding one, and a second queue starts from zero."""
+does not hold up the deciding one, and a second queue starts from zero; the store hand-off under it returns at once
+on the rank that sets it."""
 
 from __future__ import annotations
 
@@ -66,6 +67,28 @@ def test_a_late_rank_does_not_hold_up_the_deciding_rank():
     assert sorted(u for r in (r0, r1) for u, _ in r["claimed"]) == units  # each unit once
     # 20 units x 10 ms: all gone before rank 0 woke up
     assert r0["claimed"] == [] and [u for u, _ in r1["claimed"]] == units
+
+
+def _hand_offs(rank: int, world_size: int) -> dict:
+    from rapidun_dist.distributed import env as dist_env
+
+    calls = []
+    if rank == 1:
+        time.sleep(2.0)  # rank 1 still loading its model
+    t0 = time.perf_counter()
+    first = dist_env.hand_off("positions", lambda: calls.append(rank) or [3, 1, 2])
+    returned = time.perf_counter() - t0
+    second = dist_env.hand_off("positions", {"rank": rank})  # same name: fresh keys, the new value
+    dist_env.barrier()  # rank 0 hosts the store: it stays up until rank 1 has read
+    return {"first": first, "second": second, "returned": returned, "calls": calls}
+
+
+@pytest.mark.dist
+def test_a_hand_off_does_not_wait_for_the_readers():
+    r0, r1 = run_distributed(_hand_offs, 2)
+    assert r0["first"] == r1["first"] == [3, 1, 2] and r0["calls"] == [0] and r1["calls"] == []
+    assert r0["second"] == r1["second"] == {"rank": 0}
+    assert r0["returned"] < 1.0  # rank 0 went on while rank 1 slept (a broadcast would have held it 2 s)
 
 
 def test_single_process_hands_out_units_in_order():
