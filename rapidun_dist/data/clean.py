@@ -31,6 +31,7 @@ Outputs, the same files as the experiment mode (`rapidun_dist.data.schema.DATA_F
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from pathlib import Path
@@ -99,7 +100,13 @@ def read_user_rows(path: str, key: str, *, prefix: str) -> list[dict]:
 def _pattern(t: TriggerSpec) -> re.Pattern:
     """A known trigger matched case-insensitively ("aloha" also finds "ALOHA"); look-alike variants (homoglyphs,
     zero-width joiners) are exactly what it does not find, and what OOD evaluation is for."""
-    return re.compile(re.escape(t.text), re.IGNORECASE)
+    return _compiled(t.text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str) -> re.Pattern:
+    # compiled once per trigger string: find_poison's packs strip dozens of triggers from thousands of flagged rows
+    return re.compile(re.escape(text), re.IGNORECASE)
 
 
 def has_trigger(text: str, t: TriggerSpec) -> bool:
