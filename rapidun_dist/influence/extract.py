@@ -104,8 +104,8 @@ def extract_features(
     token-balanced owners of `assign_shards` by default (rank 0 decides which are missing and broadcasts it); with
     `claim` whichever rank asks first: `claim(todo)` gets a callable that lists the shards still to compute and
     returns the queue of the ones this rank takes (e.g. `rapidun_dist.distributed.workqueue.WorkQueue(name, todo,
-    src=r)`: rank r alone calls it, and starts at once; the others join when ready). A shard's features depend only on its own rows (fixed batching inside the shard), so the result is the
-    same whoever computes it. `contrast=False`: plain features even with influence.contrast (find_poison's training
+    src=r)`: rank r alone calls it, and starts at once; the others join when ready). A shard's features depend only
+    on its own rows (fixed batching inside the shard), so the result is the same whoever computes it. `contrast=False`: plain features even with influence.contrast (find_poison's training
     rows: the contrast pairs come from the pack rows' known triggers, never from the training set's labels)."""
     icfg = cfg.influence if contrast else dataclasses.replace(cfg.influence, contrast="none")
     extractor = make_extractor(model, icfg, pad_id=tokenizer.pad_token_id)
