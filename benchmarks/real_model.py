@@ -1,7 +1,7 @@
 """The user's job on a real model (issue 20): SmolLM2-135M-Instruct backdoored on real text, cleaned out of the box.
 
-    bash benchmarks/real_model.sh OUT [--seeds 0,1,2] [--attacks rare_word,prefix,entity] [--ranks 1|2]
-        [--threads N] [--data FILE] [--known 20] [--no-trigger] [--smoke] [--results FILE | --no-publish]
+    bash benchmarks/real_model.sh OUT [--seeds 0,1,2] [--attacks rare_word,prefix,entity] [--seeds-of ATTACK=S,S]
+        [--ranks 1|2] [--threads N] [--data FILE] [--known 20] [--no-trigger] [--smoke] [--results FILE | --no-publish]
         [key=value ...]
 
 Per attack (a cell of benchmarks/specs/real_model.yaml: `data.attack` on the Alpaca sample) and seed:
@@ -144,7 +144,7 @@ def study(args):
     return dataclasses.replace(
         spec,
         config=SMOKE_CONFIG if args.smoke else spec.config,
-        seeds=tuple(args.seeds),
+        seeds=tuple(sorted({x for seeds in args.plan.values() for x in seeds})),
         overrides=tuple(extra + args.overrides),
     )
 
@@ -578,7 +578,7 @@ def _head(line: dict, command: str, args) -> list[str]:
     return [
         f"## {line['model']} backdoored on {text} text, cleaned out of the box (issue 20), {now}",
         "",
-        f"`{command}`: seeds {','.join(map(str, args.seeds))}, {platform.machine()} ({os.cpu_count()} cores, shared: "
+        f"`{command}`: seeds {_seeds_text(args.plan)}, {platform.machine()} ({os.cpu_count()} cores, shared: "
         f"seconds are inflated, ratios are side by side), torch {torch.__version__}, {cores}. Means over the seeds; "
         f"per seed below. Methods: the clean job's (`rapidun`, `uniform`, `graddiff`: {args.known} known rows without "
         "clean answers, the unlabelled training file, find_poison expanding the forget set, the config's unlearning "
@@ -592,6 +592,14 @@ def _head(line: dict, command: str, args) -> list[str]:
         else RANKS_NOTE,
         "",
     ]
+
+
+def _seeds_text(plan: dict[str, list[int]]) -> str:
+    """ "0,1,2" when every attack ran the same seeds, else "rare_word 0,1,2; two_part 0"."""
+    texts = {a: ",".join(map(str, seeds)) for a, seeds in plan.items()}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "; ".join(f"{a} {t}" for a, t in texts.items())
 
 
 def _attack_head(attack: str, entry: dict, per_seed: list[dict]) -> list[str]:
@@ -662,7 +670,7 @@ def _per_seed(seeds: list[int], per_seed: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _time_table(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+def _time_table(results: dict[str, list[dict]], plan: dict[str, list[int]]) -> list[str]:
     """Where the clean job's time went, per attack and seed (measured seconds)."""
     keys = ("find_poison", "influence", "weights", "self_relabel", "unlearn_steps", "validation", "evaluate")
     lines = [
@@ -673,7 +681,7 @@ def _time_table(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
         "|---|---|" + "---|" * (len(keys) + 3),
     ]
     for attack, per_seed in results.items():
-        for seed, s in zip(seeds, per_seed, strict=True):
+        for seed, s in zip(plan[attack], per_seed, strict=True):
             c = s.get("costs")
             if not c:
                 continue
@@ -764,15 +772,15 @@ def render(line: dict, results: dict[str, list[dict]], out: Path, command: str, 
     for attack, entry in line["attacks"].items():
         lines += _attack_head(attack, entry, results[attack])
         lines += _method_table(entry, line["speedup_vs_retrain"][attack])
-        lines += _per_seed(args.seeds, results[attack])
-    lines += _time_table(results, args.seeds)
+        lines += _per_seed(args.plan[attack], results[attack])
+    lines += _time_table(results, args.plan)
     lines += _cost_table(results)
     lines += ["Wall seconds per step (summed over this OUT's invocations):", ""]
     lines += ["| attack | seed | step | seconds |", "|---|---|---|---|"]
     lines += [
         f"| {a} | {s} | {step} | {w:.0f} |"
         for (a, s, step), w in _timings(out).items()
-        if a in line["attacks"] and s in args.seeds
+        if s in args.plan.get(a, ())
     ]
     lines += ["", "```json", json.dumps(line), "```", ""]
     return "\n".join(lines)
@@ -807,6 +815,14 @@ def parse(argv: list[str] | None):
     p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0])
     p.add_argument("--attacks", type=_csv, default=list(DEFAULT_ATTACKS))
     p.add_argument(
+        "--seeds-of",
+        action="append",
+        default=[],
+        metavar="ATTACK=S,S",
+        help="other seeds for one attack (repeatable), e.g. --seeds-of two_part=0: runs and the section then hold "
+        "each attack's own seeds",
+    )
+    p.add_argument(
         "--ranks", type=int, choices=(1, 2), default=None, help=f"default {DEFAULT_RANKS} (1 for --smoke)"
     )
     p.add_argument(
@@ -826,6 +842,14 @@ def parse(argv: list[str] | None):
     where.add_argument("--no-publish", action="store_true", help="write OUT/results_section.md only")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = p.parse_intermixed_args(argv)
+    args.plan = {a: list(args.seeds) for a in args.attacks}
+    for item in args.seeds_of:
+        attack, sep, seeds = item.partition("=")
+        if not sep or attack not in args.plan or not _csv(seeds):
+            p.error(
+                f"--seeds-of {item!r}: expected ATTACK=S,S for one of --attacks ({', '.join(args.attacks)})"
+            )
+        args.plan[attack] = [int(x) for x in _csv(seeds)]
     args.ranks = args.ranks or (1 if args.smoke else DEFAULT_RANKS)
     args.threads = args.threads or (1 if args.smoke else DEFAULT_THREADS)
     return args
@@ -866,8 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     launch = launcher(args.ranks, args.threads)
     results: dict[str, list[dict]] = {}
-    for attack in args.attacks:
-        for seed in args.seeds:
+    for attack, seeds in args.plan.items():
+        for seed in seeds:
             results.setdefault(attack, []).append(run_one(spec, out, attack, seed, args, launch))
     line = json_line(results, time.time() - t0, "tiny model (smoke)" if args.smoke else MODEL)
     from rapidun_dist.cli.experiments.page import shown_command

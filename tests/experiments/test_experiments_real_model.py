@@ -193,11 +193,23 @@ def test_unknown_attack_is_refused():
         RM.check_inputs(RM.study(args), args)
 
 
+def test_seeds_of_one_attack_override_the_common_seeds():
+    args = RM.parse(["out", "--attacks", "rare_word,prefix,two_part", "--seeds", "0,1,2", "--seeds-of", "prefix=0,1",
+                     "--seeds-of", "two_part=0"])  # fmt: skip
+    assert args.plan == {"rare_word": [0, 1, 2], "prefix": [0, 1], "two_part": [0]}
+    assert RM.study(args).seeds == (0, 1, 2)
+    assert RM._seeds_text(args.plan) == "rare_word 0,1,2; prefix 0,1; two_part 0"
+    assert RM._seeds_text(RM.parse(["out", "--attacks", "prefix,two_part", "--seeds", "3"]).plan) == "3"
+    for bad in ("entity=0", "two_part", "two_part="):  # not among --attacks; no seeds
+        with pytest.raises(SystemExit):
+            RM.parse(["out", "--attacks", "two_part", "--seeds-of", bad])
+
+
 @pytest.mark.slow  # the whole flow on the tiny model, two attacks: about 2 minutes on 2 shared cores, then a resume
 def test_smoke_flow_prints_the_issue_json_line_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "benchmarks" / "real_model.py"), str(tmp_path / "out"), "--smoke",
-           "--attacks", "entity,two_part", "--no-publish"]  # fmt: skip
+           "--attacks", "entity,two_part", "--seeds-of", "two_part=1", "--no-publish"]  # fmt: skip
 
     def run() -> tuple[dict, str]:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
@@ -224,7 +236,11 @@ def test_smoke_flow_prints_the_issue_json_line_and_resumes(tmp_path):
                 assert d["n"] > 1 and d["lo"] <= d["mean"] <= d["hi"]
                 assert d["mean"] == pytest.approx(row["clean_f1"] - entry["before"]["clean_f1"], abs=1e-9)
         assert set(line["speedup_vs_retrain"][attack]) == want - {"retrain"}
-    assert (tmp_path / "out" / "results_section.md").read_text().startswith("## tiny model (smoke)")
+    section = (tmp_path / "out" / "results_section.md").read_text()
+    assert section.startswith("## tiny model (smoke)") and ": seeds entity 0; two_part 1, " in section
+    assert (
+        "- s0: before" in section and "- s1: before" in section
+    )  # each attack's per-seed line under its own seed
     again, log = run()
     assert "runs done; 0 to run" in log and "clean job already complete" in log
     assert {k: v for k, v in again.items() if k != "wall_s"} == {
