@@ -375,9 +375,8 @@ class Tfidf:
         toks = tokenized if tokenized is not None else [tokens(d) for d in docs]
         self.vocab = {t: i for i, t in enumerate(sorted({t for doc in toks for t in doc}))}
         counts = _term_counts(toks, self.vocab)
-        df = torch.bincount(counts[1], minlength=len(self.vocab)).to(
-            torch.float64
-        )  # (row, term) pairs: unique
+        # document frequency: the (row, term) pairs are unique, so a term's count of them is its df
+        df = torch.bincount(counts[1], minlength=len(self.vocab)).to(torch.float64)
         self.idf = torch.log((1.0 + len(toks)) / (1.0 + df)) + 1.0
         self._fitted = (toks, counts)  # the fitted documents' counts, for `transform_tokens` of the same list
 

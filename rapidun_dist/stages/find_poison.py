@@ -118,7 +118,8 @@ def _recv_bytes(stats: dict) -> int:
 def _first_stage(every: ScoreJob, seconds: dict) -> tuple[ScoreJob, dict | None]:
     """Stage 1 of two_stage (`find_poison.twostage`): TF-IDF or Rep-Sim over every row (`find_poison.first_stage`;
     `auto` decides on rank 0 from the known rows TF-IDF keeps), the candidates chosen on rank 0 and handed to the
-    others through the store (`dist_env.hand_off`: rank 0 does not wait for them); the job of stage 2 (same model, loaded once) and, on rank 0, stage 1's record."""
+    others through the store (`dist_env.hand_off`: rank 0 does not wait for them); the job of stage 2 (same model,
+    loaded once) and, on rank 0, stage 1's record."""
     from rapidun_dist.distributed import env as dist_env
     from rapidun_dist.find_poison import repsim, tfidf
 
